@@ -1,0 +1,47 @@
+# resnet-repro: `make reproduce-table` and `make test` are the two entry points.
+PY      := .venv/bin/python
+STAMP   := .venv/.installed
+DATA    ?= data
+BUDGET  ?= 1.0
+SPEC    ?= experiments/table6/resnet32.yaml
+TRIALS  ?= 20
+ARGS    ?=
+export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+
+.PHONY: install test lint run reproduce-table report tune ui bench clean
+
+install: $(STAMP)
+
+# Re-installs only when pyproject.toml changes; pip takes torch 2.14.1 / torchvision 0.29.1 from local wheels here.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(PY) -m ruff check harness tests
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q $(ARGS)
+
+run: $(STAMP)
+	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) $(ARGS)
+
+reproduce-table: $(STAMP)
+	$(PY) -m harness table --data $(DATA) --budget $(BUDGET) $(ARGS)
+
+report: $(STAMP)
+	$(PY) -m harness report $(ARGS)
+
+tune: $(STAMP)
+	$(PY) -m harness tune $(SPEC) --trials $(TRIALS) --data $(DATA) --budget $(BUDGET) $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m harness bench $(ARGS)
+
+ui: $(STAMP)
+	mkdir -p mlruns
+	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
+
+clean:
+	rm -rf .pytest_cache .ruff_cache

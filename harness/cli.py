@@ -1,0 +1,118 @@
+"""`python -m harness --help` is the map: one subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from harness.errors import UserError
+
+DEFAULT_DATA = os.environ.get("HARNESS_DATA", "data")
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("specs", nargs="+", help="spec files or folders of specs (experiments/table6, ...)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set model.depth=56 (repeatable)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="fraction of the paper's iterations (1.0 = 64k); scales milestones and patience too")
+
+
+def _load_all(paths, overrides, budget):
+    from harness.spec import expand_paths, load_spec, resolve_runs
+
+    runs = []
+    for path in expand_paths(paths):
+        spec = load_spec(path, overrides)
+        runs += resolve_runs(path, spec, budget)
+    if not runs:
+        raise UserError(f"{' '.join(paths)}: no spec files found (expected .yaml files)")
+    return runs
+
+
+def cmd_validate(a) -> int:
+    runs = _load_all(a.specs, a.overrides, a.budget)
+    for r in runs:
+        s = r.spec.schedule
+        print(f"ok  {r.source_file}  {r.run_name}  {r.spec.model.arch}-{r.spec.model.depth}  "
+              f"{s.total_iters} iters, milestones {s.milestones}, batch {r.spec.batch_size}")
+    return 0
+
+
+def cmd_run(a) -> int:
+    from harness.data import load_arrays
+    from harness.runner import execute
+    from harness.train import pick_device
+
+    runs = _load_all(a.specs, a.overrides, a.budget)  # every spec is checked before anything runs
+    arrays = load_arrays(a.data, download=a.download)
+    device = pick_device(a.device)
+    counts: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for i, r in enumerate(runs, 1):
+        print(f"[{i}/{len(runs)}] {r.run_name} ({r.source_file})", file=sys.stderr, flush=True)
+        status = execute(r, arrays, device, force=a.force, progress=not a.no_progress)
+        counts[status] = counts.get(status, 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    print(f"{len(runs)} runs: {summary} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    return 0 if counts.keys() <= {"finished", "skipped"} else 1
+
+
+def cmd_not_yet(a) -> int:
+    print(f"harness {a.command}: not yet implemented (see the open issue for it)", file=sys.stderr)
+    return 1
+
+
+def cmd_bench(a) -> int:
+    from harness.bench import main
+
+    return main(a)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Reproduce He et al. 2015 Table 6 on CIFAR-10: "
+                                "declarative specs, tracked in MLflow, resumable, tuned with Optuna.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="train specs (skips FINISHED runs, resumes killed ones)")
+    _common_run_args(r)
+    r.add_argument("--data", default=DEFAULT_DATA,
+                   help="an .npz (x_train, y_train, x_test, y_test) or a folder with cifar-10-batches-py/")
+    r.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    r.add_argument("--force", action="store_true", help="start afresh even if a run of this spec exists")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check specs without running them")
+    _common_run_args(v)
+    v.set_defaults(func=cmd_validate)
+
+    b = sub.add_parser("bench", help="training throughput: DataLoader loop vs ours, MLflow overhead")
+    b.add_argument("--model", default="resnet20", help="resnet20, resnet32, ... (CIFAR ResNet of that depth)")
+    b.add_argument("--iters", type=int, default=10, help="timed iterations per variant")
+    b.add_argument("--warmup", type=int, default=3, help="untimed iterations per variant")
+    b.add_argument("--batch-size", type=int, default=128)
+    b.add_argument("--data", default=None, help="an .npz to read images from (default: random uint8 images)")
+    b.add_argument("--device", default=None)
+    b.add_argument("--workers", type=int, default=2, help="DataLoader workers for the baseline")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.set_defaults(func=cmd_bench)
+
+    for name, helptext in [("report", "write reports/ from MLflow"), ("tune", "Optuna study over the LR schedule"),
+                           ("table", "run table6 + ablations + ladder, then report")]:
+        s = sub.add_parser(name, help=helptext + " (not yet)")
+        s.add_argument("args", nargs="*")
+        s.set_defaults(func=cmd_not_yet)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

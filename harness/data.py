@@ -1,0 +1,188 @@
+"""CIFAR-10 as tensors on the training device, augmented a whole batch at a time.
+
+Per-image PIL transforms in DataLoader workers cost more than the ResNet step on a small machine and
+need a host-to-device copy per batch on a GPU. The whole training set is 150 MB of uint8, so it lives
+on the device; a batch is a gather, a random translation (pad 4 + 32x32 crop, as one advanced-index
+gather) and a flip, all as a few tensor ops with no host sync.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.errors import DataError
+from harness.spec import DataSpec
+
+NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+DOWNLOAD_HINT = "torchvision downloads the official archive with --data DIR where there is internet"
+
+
+@dataclass
+class Arrays:
+    x_train: np.ndarray  # (N, 32, 32, 3) uint8
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    data_id: str  # identity of the bytes, part of every run's hash
+    source: str  # what a human reads in reports: file name or "torchvision CIFAR10"
+
+    @property
+    def is_official_full(self) -> bool:
+        return len(self.x_train) == 50000 and len(self.x_test) == 10000
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _check(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+        raise DataError(f"{path}: {name}: expected uint8 images of shape (N, 32, 32, 3) (NHWC), "
+                        f"got {x.dtype} {x.shape}")
+    if y.shape != (len(x),):
+        raise DataError(f"{path}: labels for {name}: expected shape ({len(x)},), got {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() > 9):
+        raise DataError(f"{path}: labels for {name}: expected classes 0..9, got {int(y.min())}..{int(y.max())}")
+
+
+def _load_npz(path: Path) -> Arrays:
+    try:
+        with np.load(path) as z:
+            missing = [k for k in NPZ_KEYS if k not in z.files]
+            if missing:
+                raise DataError(f"{path}: missing arrays {missing}: expected keys {list(NPZ_KEYS)} "
+                                "(uint8 NHWC images and 0..9 labels)")
+            arr = {k: z[k] for k in NPZ_KEYS}
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: unreadable or corrupt .npz ({type(e).__name__}: {e}); expected an "
+                        f"npz with {list(NPZ_KEYS)}; {DOWNLOAD_HINT}") from None
+    _check(path, "x_train", arr["x_train"], arr["y_train"])
+    _check(path, "x_test", arr["x_test"], arr["y_test"])
+    st = path.stat()
+    return Arrays(arr["x_train"], arr["y_train"].astype(np.int64), arr["x_test"], arr["y_test"].astype(np.int64),
+                  data_id=f"{path.name}:{_sha256(str(path.resolve()), st.st_size, st.st_mtime)}",
+                  source=path.name)
+
+
+def _load_torchvision(root: Path, download: bool) -> Arrays:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        train = CIFAR10(str(root), train=True, download=download)
+        test = CIFAR10(str(root), train=False, download=download)
+    except Exception as e:  # torchvision raises RuntimeError on md5 mismatch, URLError offline
+        raise DataError(f"{root}: no intact CIFAR-10 here (expected {root}/cifar-10-batches-py with the "
+                        f"official md5 sums, or an .npz file; {type(e).__name__}: {str(e).splitlines()[0]}); "
+                        f"{DOWNLOAD_HINT}") from None
+    return Arrays(train.data, np.asarray(train.targets, dtype=np.int64), test.data,
+                  np.asarray(test.targets, dtype=np.int64), data_id="torchvision-cifar10",
+                  source="torchvision CIFAR10 (official archive)")
+
+
+def load_arrays(path: str | Path, download: bool = False) -> Arrays:
+    path = Path(path)
+    if path.suffix == ".npz":
+        if not path.is_file():
+            raise DataError(f"{path}: file not found (expected an .npz with {list(NPZ_KEYS)}); {DOWNLOAD_HINT}")
+        return _load_npz(path)
+    if not path.exists() and not download:
+        raise DataError(f"{path}: not found (expected a folder holding cifar-10-batches-py/ or an .npz file); "
+                        f"{DOWNLOAD_HINT}")
+    return _load_torchvision(path, download)
+
+
+@dataclass
+class DeviceData:
+    """Train/val/test tensors on the device, images kept as uint8 NCHW until a batch is made."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    mean: torch.Tensor  # (3, 32, 32) or (3, 1, 1) in [0, 1] units; zeros when mean subtraction is off
+    eval_mean: torch.Tensor
+    dtype: torch.dtype
+    description: str
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
+
+
+def split_indices(n: int, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
+    """A split that depends on split_seed only, so every seed and every spec sees the same validation set."""
+    n_val = spec.val_size if spec.val_size is not None else round(n * spec.val_fraction)
+    if not 0 < n_val < n:
+        raise DataError(f"data.val_size: expected between 1 and {n - 1} for {n} training images, got {n_val}")
+    perm = np.random.default_rng(spec.split_seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch.dtype,
+              test_labels: np.ndarray | None = None) -> DeviceData:
+    tr, va = split_indices(len(arrays.x_train), spec)
+
+    def images(x):
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+
+    def labels(y):
+        return torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
+
+    x_train = images(arrays.x_train[tr])
+    if spec.mean == "per_pixel":
+        mean = x_train.float().mean(0) / 255.0
+    elif spec.mean == "per_channel":
+        mean = (x_train.float().mean((0, 2, 3)) / 255.0).view(3, 1, 1)
+    else:
+        mean = torch.zeros(3, 1, 1, device=device)
+    eval_mean = mean if spec.test_time_mean else torch.zeros_like(mean)
+    y_test = arrays.y_test if test_labels is None else test_labels
+    desc = (f"{arrays.source} train={len(tr)} val={len(va)} test={len(arrays.x_test)}"
+            f"{' (official test set)' if arrays.is_official_full else ''}")
+    return DeviceData(x_train, labels(arrays.y_train[tr]), images(arrays.x_train[va]), labels(arrays.y_train[va]),
+                      images(arrays.x_test), labels(y_test), mean.to(dtype), eval_mean.to(dtype), dtype, desc)
+
+
+def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x_uint8.to(dtype).div_(255.0).sub_(mean)
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random translation by up to `pad` pixels (zero = mean pixel after subtraction) and horizontal flip.
+
+    Equivalent to pad-4 + random 32x32 crop + random flip, done for the whole batch as one gather.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    shifts = torch.randint(0, 2 * pad + 1, (2, b), device=dev, generator=generator)
+    flips = torch.rand(b, device=dev, generator=generator) < 0.5
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    rows = shifts[0].view(b, 1) + torch.arange(h, device=dev)  # (b, h)
+    cols = shifts[1].view(b, 1) + torch.arange(w, device=dev)  # (b, w)
+    cols = torch.where(flips.view(b, 1), cols.flip(1), cols)
+    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return xp[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+def train_batch(data: DeviceData, idx: torch.Tensor, do_augment: bool, generator: torch.Generator):
+    x = normalize(data.x_train[idx], data.mean, data.dtype)
+    if do_augment:
+        x = augment(x, generator)
+    return x, data.y_train[idx]

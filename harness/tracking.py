@@ -1,0 +1,84 @@
+"""MLflow as the one record of every run: where the store is, how a run is found again, batched logging.
+
+A run is identified by the `spec_hash` tag (resolved spec + seed + budget + data), so rerunning a spec
+finds its run: FINISHED means skip, anything else means resume from the checkpoint. MLflow 3 refuses the
+plain file store, so the default is SQLite with artifacts in a folder beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def store_root(uri: str | None = None) -> Path:
+    """Folder for artifacts and checkpoints: beside the SQLite file, else ./mlruns."""
+    uri = uri or tracking_uri()
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent
+    if urlparse(uri).scheme in ("", "file"):
+        return Path(urlparse(uri).path or "mlruns")
+    return Path("mlruns")
+
+
+def client():
+    """An MlflowClient on the project's store; creates the SQLite folder on first use."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    store_root(uri).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def experiment_id(c, group: str) -> str:
+    exp = c.get_experiment_by_name(group)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = (store_root() / "artifacts" / group).resolve()
+    try:
+        return c.create_experiment(group, artifact_location=artifacts.as_uri())
+    except Exception:  # another worker created it first
+        return c.get_experiment_by_name(group).experiment_id
+
+
+def find_run(c, exp_id: str, spec_hash: str):
+    """The newest run of this exact resolved spec, or None."""
+    runs = c.search_runs([exp_id], filter_string=f"tags.spec_hash = '{spec_hash}'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> float:
+    """One round trip for all metrics of an evaluation point; returns the seconds it took."""
+    from mlflow.entities import Metric
+
+    t0 = time.perf_counter()
+    ts = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+    return time.perf_counter() - t0
+
+
+def metric_history(c, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))
