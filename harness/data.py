@@ -50,7 +50,7 @@ def _sha256(path: str, size: int, mtime: float) -> str:
 def _check(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
         raise DataError(f"{path}: {name}: expected uint8 images of shape (N, 32, 32, 3) (NHWC), "
-                        f"got {x.dtype} {x.shape}")
+                        f"got {x.dtype} {x.shape}; {DOWNLOAD_HINT}")
     if y.shape != (len(x),):
         raise DataError(f"{path}: labels for {name}: expected shape ({len(x)},), got {y.shape}")
     if len(y) and (y.min() < 0 or y.max() > 9):
@@ -63,7 +63,8 @@ def _load_npz(path: Path) -> Arrays:
             missing = [k for k in NPZ_KEYS if k not in z.files]
             if missing:
                 raise DataError(f"{path}: missing arrays {missing}: expected keys {list(NPZ_KEYS)} "
-                                "(uint8 NHWC images and 0..9 labels)")
+                                "(uint8 NHWC images and 0..9 labels); "
+                                f"{DOWNLOAD_HINT}")
             arr = {k: z[k] for k in NPZ_KEYS}
     except DataError:
         raise

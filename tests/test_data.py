@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+import torch
+
+from harness.cli import main
+from harness.data import augment, load_arrays, split_indices, to_device
+from harness.errors import DataError
+from harness.spec import DataSpec
+
+from .conftest import write_spec
+
+
+def test_mini_loads_real_cifar(mini):
+    a = load_arrays(mini)
+    assert a.x_train.shape == (4068, 32, 32, 3) and a.x_test.shape == (1017, 32, 32, 3)
+    assert not a.is_official_full and a.data_id.startswith("cifar10-mini.npz:")
+    assert sorted(np.unique(a.y_train)) == list(range(10))
+
+
+def test_split_is_seeded_stable_and_disjoint():
+    tr, va = split_indices(50000, DataSpec(val_fraction=0.1))
+    assert (len(tr), len(va)) == (45000, 5000)
+    assert not set(tr) & set(va)
+    tr2, va2 = split_indices(50000, DataSpec(val_fraction=0.1))
+    assert (va == va2).all()
+    _, va3 = split_indices(50000, DataSpec(val_fraction=0.1, split_seed=1))
+    assert not (va == va3).all()
+    assert len(split_indices(50000, DataSpec(val_size=2500))[1]) == 2500
+
+
+def test_per_pixel_mean_uses_training_split_only(mini):
+    a = load_arrays(mini)
+    d = to_device(a, DataSpec(val_fraction=0.1), torch.device("cpu"), torch.float32)
+    tr, _ = split_indices(len(a.x_train), DataSpec(val_fraction=0.1))
+    expected = a.x_train[tr].astype(np.float64).mean(0).transpose(2, 0, 1) / 255
+    assert d.mean.shape == (3, 32, 32)
+    assert np.allclose(d.mean.numpy(), expected, atol=1e-5)
+    assert d.sizes == {"train": 3661, "val": 407, "test": 1017}
+    off = to_device(a, DataSpec(val_fraction=0.1, test_time_mean=False), torch.device("cpu"), torch.float32)
+    assert off.eval_mean.abs().sum() == 0 and off.mean.abs().sum() > 0
+
+
+def test_augment_is_a_translation_and_flip():
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(2, 3, 32, 32) + 1
+    out = augment(x, g)
+    assert out.shape == x.shape
+    for i in range(2):
+        img = out[i]
+        # every output is a 32x32 window of the zero-padded image, possibly mirrored
+        padded = torch.nn.functional.pad(x[i], (4, 4, 4, 4))
+        windows = [padded[:, r:r + 32, c:c + 32] for r in range(9) for c in range(9)]
+        assert any(torch.equal(img, w) or torch.equal(img, w.flip(2)) for w in windows)
+
+
+def test_corrupt_and_missing_data_fail_with_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny")
+    bad = tmp_path / "broken.npz"
+    bad.write_bytes(b"PK\x03\x04 this is not a zip")
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, x_train=np.zeros((4, 32, 32, 3), np.uint8))
+    for data, words in [(bad, "corrupt"), (wrong, "missing arrays"), (tmp_path / "none.npz", "file not found"),
+                        (tmp_path / "nodir", "cifar-10-batches-py")]:
+        assert main(["run", str(spec), "--data", str(data), "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(data) in err and words in err, err
+        assert "torchvision downloads" in err
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_torchvision_folder_without_download_is_refused(tmp_path):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    with pytest.raises(DataError, match="official md5"):
+        load_arrays(tmp_path)

@@ -1,0 +1,47 @@
+import pytest
+import torch
+
+from harness.models import build_model, count_params
+from harness.spec import ModelSpec
+
+# He et al. 2015, Table 6: parameters of the option-A CIFAR ResNets.
+PAPER_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7}
+
+
+@pytest.mark.parametrize("depth,millions", PAPER_PARAMS_M.items())
+def test_resnet_parameter_count_matches_paper(depth, millions):
+    n = count_params(build_model(ModelSpec(arch="resnet", depth=depth, shortcut="A")))
+    digits = 1 if millions >= 1 else 2
+    assert round(n / 1e6, digits) == millions, n
+
+
+def test_plain_net_has_same_weights_as_option_a_resnet():
+    # Option A shortcuts are parameter-free, so a plain net differs only in the missing additions.
+    assert count_params(build_model(ModelSpec(arch="plain", depth=20))) == \
+        count_params(build_model(ModelSpec(arch="resnet", depth=20)))
+
+
+def test_option_b_adds_projection_weights_and_optional_bn():
+    a = count_params(build_model(ModelSpec(depth=20, shortcut="A")))
+    b = count_params(build_model(ModelSpec(depth=20, shortcut="B", bn_on_shortcut=False)))
+    b_bn = count_params(build_model(ModelSpec(depth=20, shortcut="B", bn_on_shortcut=True)))
+    assert b - a == 16 * 32 + 32 * 64  # two 1x1 projections, no bias
+    assert b_bn - b == 2 * (32 + 64)  # BN weight and bias on each projection
+
+
+def test_forward_shapes_and_fc_relu():
+    x = torch.randn(4, 3, 32, 32)
+    torch.manual_seed(0)
+    out = build_model(ModelSpec(depth=8, fc_relu=True))(x)
+    assert out.shape == (4, 10) and (out >= 0).all()
+    tv = build_model(ModelSpec(arch="torchvision_resnet34"))
+    assert tv.conv1.kernel_size == (7, 7) and tv(x).shape == (4, 10)
+    assert 21_000_000 < count_params(tv) < 21_400_000
+
+
+def test_he_init_is_kaiming_normal():
+    torch.manual_seed(0)
+    m = build_model(ModelSpec(depth=56))
+    w = m.blocks[10].conv1.weight
+    fan_in = w.shape[1] * 9
+    assert abs(w.std().item() - (2 / fan_in) ** 0.5) < 0.01

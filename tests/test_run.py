@@ -1,0 +1,120 @@
+"""End to end on real mini CIFAR-10 with a real SQLite MLflow store: tracking, skip, resume, failure."""
+
+import os
+import signal
+import subprocess
+import sys
+
+from mlflow import MlflowClient
+
+from harness.cli import main
+
+from .conftest import ROOT, TINY, env_with, write_spec
+
+FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", "train_error")
+
+
+def _runs(group="t"):
+    c = MlflowClient()
+    exp = c.get_experiment_by_name(group)
+    return c, (c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else [])
+
+
+def test_run_is_tracked_and_rerun_skips(store, mini, capsys):
+    spec = write_spec(store.parent / "experiments" / "t", "tiny")
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    c, runs = _runs()
+    assert len(runs) == 1
+    r = runs[0]
+    assert r.info.status == "FINISHED" and r.info.run_name == "tiny-s0"
+    for k in FINAL_KEYS + ("lr", "images_per_s"):
+        assert k in r.data.metrics, k
+    assert 0 <= r.data.metrics["test_error"] <= 100
+    tags = r.data.tags
+    for k in ("spec_name", "spec_hash", "budget", "data", "device", "git_commit"):
+        assert tags.get(k), k
+    assert tags["budget"] == "1" and "train=3661 val=407 test=1017" in tags["data"]
+    assert tags["official_test_set"] == "false"
+    assert r.data.params["model.depth"] == "8" and r.data.params["seed"] == "0"
+    assert [m.step for m in c.get_metric_history(r.info.run_id, "val_error")] == [3, 6, 9, 12]
+    arts = {a.path for a in c.list_artifacts(r.info.run_id)}
+    assert {"spec.yaml", "learning_curve.png", "model.pt"} <= arts
+
+    capsys.readouterr()
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert "already FINISHED" in capsys.readouterr().err
+    assert len(_runs()[1]) == 1
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--force"]) == 0
+    assert len(_runs()[1]) == 2
+    assert not list((store / "checkpoints").glob("*.pt"))  # finished runs leave no checkpoint
+
+
+def _final(c, run_id):
+    return {k: c.get_run(run_id).data.metrics[k] for k in FINAL_KEYS}
+
+
+def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypatch):
+    text = TINY.replace("total_iters: 12", "total_iters: 16").replace("eval_points: 4", "eval_points: 4")
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny", text)
+    # Uninterrupted reference in a store of its own.
+    ref_uri = f"sqlite:///{tmp_path}/ref/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ref_uri)
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    c = MlflowClient(ref_uri)
+    ref_run = c.search_runs([c.get_experiment_by_name("t").experiment_id])[0]
+    reference = _final(c, ref_run.info.run_id)
+
+    # Same spec, SIGKILLed right after iteration 10 (last checkpoint at 8), then rerun.
+    uri = f"sqlite:///{tmp_path}/killed/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    p = subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"],
+                       env=env_with(MLFLOW_TRACKING_URI=uri, HARNESS_FAULT_KILL_AT=10), cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    c2 = MlflowClient(uri)
+    killed = c2.search_runs([c2.get_experiment_by_name("t").experiment_id])
+    assert len(killed) == 1 and killed[0].info.status == "RUNNING"
+    assert list((tmp_path / "killed" / "checkpoints").glob("*.pt"))
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    resumed = c2.search_runs([c2.get_experiment_by_name("t").experiment_id])
+    assert len(resumed) == 1 and resumed[0].info.run_id == killed[0].info.run_id
+    assert resumed[0].info.status == "FINISHED"
+    assert _final(c2, resumed[0].info.run_id) == reference  # bit-exact on CPU
+    steps = [m.step for m in c2.get_metric_history(resumed[0].info.run_id, "val_error")]
+    assert steps == [4, 8, 12, 16]
+
+
+def test_divergence_is_recorded_and_the_batch_goes_on(store, mini, capsys):
+    folder = store.parent / "experiments" / "t"
+    bad = write_spec(folder, "a_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))
+    good = write_spec(folder, "b_fine")
+    code = main(["run", str(bad), str(good), "--data", str(mini), "--no-progress"])
+    assert code == 1  # not everything finished
+    c, runs = _runs()
+    by_name = {r.info.run_name: r for r in runs}
+    assert by_name["a_diverges-s0"].info.status == "FAILED"
+    assert by_name["a_diverges-s0"].data.tags["failure"] == "diverged"
+    assert by_name["b_fine-s0"].info.status == "FINISHED"
+    assert "diverged" in capsys.readouterr().err
+    # a diverged run is not retried silently
+    assert main(["run", str(bad), "--data", str(mini), "--no-progress"]) == 1
+    assert len(_runs()[1]) == 2
+
+
+def test_resnet110_style_warmup_returns_to_base_lr(store, mini):
+    text = TINY.replace("total_iters: 12}", "total_iters: 60, warmup: {lr: 0.01, until_train_error: 100.0, "
+                        "max_iters: 50}}").replace("[8, 10]", "[55]").replace("eval_points: 4", "eval_points: 6")
+    spec = write_spec(store.parent / "experiments" / "t", "warm", text)
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    c, runs = _runs()
+    lrs = [m.value for m in sorted(c.get_metric_history(runs[0].info.run_id, "lr"), key=lambda m: m.step)]
+    # error < 100 % at the first check (iteration 20) ends warm-up; lr goes back to 0.1, then /10 at 55
+    assert lrs[:1] == [0.01] and lrs[2:5] == [0.1, 0.1, 0.1] and lrs[-1] == 0.1 * 0.1
+
+
+def test_help_is_the_map():
+    out = subprocess.run([sys.executable, "-m", "harness", "--help"], capture_output=True, text=True, cwd=ROOT,
+                         env=env_with(COLUMNS=200)).stdout
+    for cmd in ("run", "validate", "report", "tune", "table", "bench"):
+        assert cmd in out
+    assert os.path.isfile(ROOT / "Makefile")

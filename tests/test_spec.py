@@ -1,0 +1,99 @@
+import subprocess
+import sys
+
+import pytest
+
+from harness.cli import main
+from harness.errors import SpecError
+from harness.spec import load_spec, resolve_runs
+
+from .conftest import ROOT, TINY, write_spec
+
+# (name, spec text, words the one-line error must contain: the key and what was expected)
+MALFORMED = [
+    ("unknown_top", TINY + "momentun: 0.9\n", ["momentun", "unknown key"]),
+    ("unknown_nested", TINY.replace("depth: 8", "depth: 8, dept: 8"), ["model.dept", "unknown key"]),
+    ("depth_not_6n2", TINY.replace("depth: 8", "depth: 33"), ["model.depth", "6n+2"]),
+    ("depth_string", TINY.replace("depth: 8", "depth: deep"), ["model.depth", "integer"]),
+    ("bad_arch", TINY.replace("arch: resnet", "arch: vgg"), ["model.arch", "resnet"]),
+    ("bad_shortcut", TINY.replace("depth: 8", "depth: 8, shortcut: C"), ["model.shortcut", "'A'"]),
+    ("milestone_past_end", TINY.replace("[8, 10]", "[8, 20]"), ["schedule.milestones", "total_iters=12"]),
+    ("milestones_unsorted", TINY.replace("[8, 10]", "[10, 8]"), ["schedule.milestones", "increasing"]),
+    ("negative_lr", TINY.replace("lr: 0.1", "lr: -0.1"), ["optimizer.lr", "greater than 0"]),
+    ("lr_text", TINY.replace("lr: 0.1", "lr: fast"), ["optimizer.lr", "number"]),
+    ("bad_optimizer", TINY.replace("name: sgd", "name: rmsprop"), ["optimizer.name", "sgd"]),
+    ("bad_schedule", TINY.replace("name: multistep", "name: step"), ["schedule.name", "multistep"]),
+    ("batch_zero", TINY.replace("batch_size: 32", "batch_size: 0"), ["batch_size", "greater than or equal to 1"]),
+    ("bad_dtype", TINY + "dtype: float16\n", ["dtype", "float32"]),
+    ("seeds_not_list", TINY.replace("seeds: [0]", "seeds: zero"), ["seeds", "list"]),
+    ("empty_seeds", TINY.replace("seeds: [0]", "seeds: []"), ["seeds", "at least 1"]),
+    ("both_val_rules", TINY.replace("val_fraction: 0.1", "val_fraction: 0.1, val_size: 100"), ["val_fraction"]),
+    ("val_fraction_one", TINY.replace("val_fraction: 0.1", "val_fraction: 1.5"), ["data.val_fraction", "less than 1"]),
+    ("not_a_mapping", "- just\n- a list\n", ["top level", "mapping"]),
+    ("bad_yaml", "model: {arch: resnet\nschedule: [\n", ["not valid YAML", "line"]),
+    ("bad_tune_range", TINY + "tune: {lr: [0.5, 0.1]}\n", ["tune.lr", "low < high"]),
+]
+
+
+@pytest.mark.parametrize("name,text,words", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_spec_gives_one_line_exit_2_and_leaves_nothing(name, text, words, store, mini, capsys):
+    path = write_spec(store.parent / "experiments" / "bad", name, text)
+    before = sorted(p for p in store.parent.rglob("*"))
+    code = main(["run", str(path), "--data", str(mini), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert str(path) in lines[0]
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert sorted(p for p in store.parent.rglob("*")) == before  # no MLflow store, no checkpoint, nothing
+    assert not store.exists()
+
+
+def test_missing_spec_file(store, capsys):
+    assert main(["validate", str(store.parent / "nope.yaml")]) == 2
+    assert "nope.yaml: spec file not found" in capsys.readouterr().err
+
+
+def test_cli_exit_code_is_really_2():
+    p = subprocess.run([sys.executable, "-m", "harness", "validate", str(ROOT / "experiments/table6/resnet32.yaml"),
+                        "--set", "model.depth=33"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2
+    assert p.stderr.count("\n") == 1 and "model.depth" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_overrides_seeds_and_budget_scaling(tmp_path):
+    path = ROOT / "experiments/table6/resnet32.yaml"
+    spec = load_spec(path, ["model.depth=56", "seeds=[3, 4]"])
+    assert spec.model.depth == 56 and spec.name == "resnet32"
+    runs = resolve_runs(path, spec, 0.002)
+    assert [r.run_name for r in runs] == ["resnet32-s3-b0.002", "resnet32-s4-b0.002"]
+    s = runs[0].spec.schedule
+    assert (s.total_iters, s.milestones) == (128, [64, 96])
+    full = resolve_runs(path, load_spec(path), 1.0)[0]
+    assert (full.spec.schedule.total_iters, full.spec.schedule.milestones) == (64000, [32000, 48000])
+    assert full.run_name == "resnet32-s0"
+    with pytest.raises(SpecError, match="--set model: expected KEY.PATH=VALUE"):
+        load_spec(path, ["model"])
+
+
+def test_paper_recipe_in_table6_specs():
+    for depth in (20, 32, 44, 56, 110):
+        s = load_spec(ROOT / f"experiments/table6/resnet{depth}.yaml")
+        assert (s.model.arch, s.model.depth, s.model.shortcut) == ("resnet", depth, "A")
+        o = s.optimizer
+        assert (o.name, o.lr, o.momentum, o.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
+        assert (s.schedule.milestones, s.schedule.total_iters, s.schedule.gamma) == ([32000, 48000], 64000, 0.1)
+        assert (s.batch_size, s.data.val_fraction, s.data.mean, s.data.augment) == (128, 0.1, "per_pixel", True)
+        assert (s.schedule.warmup is not None) == (depth == 110)
+
+
+def test_hash_depends_on_seed_budget_and_data():
+    path = ROOT / "experiments/table6/resnet20.yaml"
+    spec = load_spec(path)
+    a, b = resolve_runs(path, spec, 1.0)[:2]
+    small = resolve_runs(path, spec, 0.5)[0]
+    hashes = {a.spec_hash("d1"), b.spec_hash("d1"), small.spec_hash("d1"), a.spec_hash("d2")}
+    assert len(hashes) == 4
+    assert a.spec_hash("d1") == resolve_runs(path, load_spec(path), 1.0)[0].spec_hash("d1")
