@@ -65,6 +65,18 @@ def cmd_not_yet(a) -> int:
     return 1
 
 
+def cmd_table(a) -> int:
+    from harness.table import main
+
+    return main(a)
+
+
+def cmd_report(a) -> int:
+    from harness.report import main
+
+    return main(a)
+
+
 def cmd_bench(a) -> int:
     from harness.bench import main
 
@@ -98,14 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default=None, help="an .npz to read images from (default: random uint8 images)")
     b.add_argument("--device", default=None)
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers for the baseline")
+    b.add_argument("--compile", action="store_true", help="also time our loop under torch.compile")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
 
-    for name, helptext in [("report", "write reports/ from MLflow"), ("tune", "Optuna study over the LR schedule"),
-                           ("table", "run table6 + ablations + ladder, then report")]:
-        s = sub.add_parser(name, help=helptext + " (not yet)")
-        s.add_argument("args", nargs="*")
-        s.set_defaults(func=cmd_not_yet)
+    t = sub.add_parser("table", help="run table6 + ablations + ladder (+ tuned), skipping finished runs, then report")
+    t.add_argument("folders", nargs="*", help="spec folders (default: experiments/table6 ablations ladder tuned)")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    t.add_argument("--budget", type=float, default=1.0)
+    t.add_argument("--data", default=DEFAULT_DATA)
+    t.add_argument("--download", action="store_true")
+    t.add_argument("--device", default=None)
+    t.add_argument("--include-heavy", action="store_true", help="also run specs marked heavy (ResNet-1202)")
+    t.add_argument("--no-report", action="store_true")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--out", default="reports")
+    t.set_defaults(func=cmd_table, report_budget=None, data_id=None)
+
+    rp = sub.add_parser("report", help="write reports/ (markdown, CSV, figures) from the MLflow store")
+    rp.add_argument("--out", default="reports")
+    rp.add_argument("--budget", dest="report_budget", type=float, default=None,
+                    help="which runs (default: the budget of the latest finished table6 run)")
+    rp.add_argument("--data-id", default=None, help="which data (default: that of the latest finished table6 run)")
+    rp.set_defaults(func=cmd_report)
+
+    tu = sub.add_parser("tune", help="Optuna study over the LR schedule (not yet)")
+    tu.add_argument("args", nargs="*")
+    tu.set_defaults(func=cmd_not_yet)
     return p
 
 

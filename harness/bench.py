@@ -1,0 +1,234 @@
+"""Training throughput, side by side in one process: the usual DataLoader + transforms loop vs ours.
+
+The baseline is what the seed log and most CIFAR repositories do: per-image PIL transforms in DataLoader
+workers, a host-to-device copy per batch and `loss.item()` every step. Ours keeps the data on the device,
+augments whole batches there and never syncs inside the step. Same model, batch size and iterations.
+MLflow overhead is measured on a real SQLite store: the time of one batched `log_batch` at an
+evaluation point, against the training time between two evaluation points of a paper-length run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.data import DeviceData, load_arrays, train_batch
+from harness.errors import UserError
+from harness.models import build_model, count_params, train_flops_per_image
+from harness.spec import ModelSpec
+from harness.train import pick_device
+
+PAPER_ITERS = 64000
+PAPER_EVAL_POINTS = 32
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mem_mb(device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+
+
+def _fresh_model(depth: int, device, seed: int = 0):
+    torch.manual_seed(seed)
+    model = build_model(ModelSpec(arch="resnet", depth=depth)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
+                          **({"foreach": True} if device.type == "cpu" else {"fused": True}))
+    return model, opt
+
+
+def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, warmup, device, workers):
+    import torchvision.transforms as T
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+
+    class PilCifar(Dataset):  # what torchvision.datasets.CIFAR10.__getitem__ does
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return tf(Image.fromarray(images[i])), int(labels[i])
+
+    loader = DataLoader(PilCifar(), batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
+                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    model, opt = _fresh_model(depth, device)
+    model.train()
+
+    def batches():
+        while True:
+            yield from loader
+
+    it = batches()
+    t0 = 0.0
+    for i in range(warmup + iters):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        x, y = next(it)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss.item()  # the usual per-step logging
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, compiled=False):
+    model, opt = _fresh_model(depth, device)
+    model.train()
+    step_model = torch.compile(model) if compiled else model
+    gen = torch.Generator(device=device).manual_seed(0)
+    loss_sum = torch.zeros((), device=device)
+    n = len(data.y_train)
+    perm, pos = torch.randperm(n, device=device, generator=gen), 0
+    t0 = 0.0
+    for i in range(warmup + iters):
+        if i == warmup:
+            _sync(device)
+            t0 = time.perf_counter()
+        if pos + bs > n:
+            perm, pos = torch.randperm(n, device=device, generator=gen), 0
+        x, y = train_batch(data, perm[pos:pos + bs], True, gen)
+        pos += bs
+        loss = F.cross_entropy(step_model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def bench_mlflow(n_calls: int = 20) -> float:
+    """Mean seconds of one evaluation point's batched log (8 metrics) on a real SQLite store."""
+    import os
+
+    from harness import tracking
+
+    with tempfile.TemporaryDirectory() as d:
+        old = os.environ.get("MLFLOW_TRACKING_URI")
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
+        try:
+            c = tracking.client()
+            exp = tracking.experiment_id(c, "bench")
+            run_id = c.create_run(exp, run_name="bench").info.run_id
+            metrics = {k: 1.0 for k in ("train_loss", "train_error", "val_loss", "val_error", "test_loss",
+                                         "test_error", "lr", "images_per_s")}
+            tracking.log_metrics(c, run_id, metrics, 0)
+            total = sum(tracking.log_metrics(c, run_id, metrics, s) for s in range(1, n_calls + 1))
+            c.set_terminated(run_id)
+        finally:
+            if old is None:
+                os.environ.pop("MLFLOW_TRACKING_URI", None)
+            else:
+                os.environ["MLFLOW_TRACKING_URI"] = old
+    return total / n_calls
+
+
+def matmul_gflops(device, n: int = 2048, reps: int = 10) -> float:
+    """Achieved fp32 GEMM rate: a practical ceiling to set the step's GFLOP/s against."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    a @ b
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def device_label(device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.machine()} {torch.get_num_threads()} threads"
+
+
+def main(a) -> int:
+    name = a.model.lower()
+    if not name.startswith("resnet") or not name[6:].isdigit() or (int(name[6:]) - 2) % 6:
+        raise UserError(f"--model: expected resnetN with N = 6n+2 (resnet20, resnet32, ...), got {a.model}")
+    depth = int(name[6:])
+    device = pick_device(a.device)
+    if a.data:
+        arr = load_arrays(a.data)
+        images, labels = arr.x_train, arr.y_train
+    else:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8)
+        labels = rng.integers(0, 10, 10000)
+    from harness.data import Arrays, to_device
+    from harness.spec import DataSpec
+
+    arrays = Arrays(images, labels, images[:1000], labels[:1000], "bench", "bench")
+    data = to_device(arrays, DataSpec(val_size=100), device, torch.float32)
+
+    variants = {}
+    flops = train_flops_per_image(build_model(ModelSpec(depth=depth)))
+    runs = [("dataloader", lambda: bench_dataloader(images, labels, depth, a.batch_size, a.iters, a.warmup,
+                                                    device, a.workers)),
+            ("ours", lambda: bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device))]
+    if getattr(a, "compile", False):
+        runs.append(("ours_compiled", lambda: bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device,
+                                                          compiled=True)))
+    for vname, fn in runs:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        print(f"bench: {vname} ({a.iters} timed iterations after {a.warmup} warm-up)...", file=sys.stderr,
+              flush=True)
+        secs = fn()
+        ms = 1000 * secs / a.iters
+        ips = a.iters * a.batch_size / secs
+        variants[vname] = {"images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),
+                           "projected_64k_run_h": round(ms * PAPER_ITERS / 1000 / 3600, 2),
+                           "achieved_gflop_s": round(ips * flops / 1e9, 1),
+                           "peak_mem_mb": round(_peak_mem_mb(device), 1)}
+    base = variants["dataloader"]["images_per_s"]
+    for v in variants.values():
+        v["speedup_vs_dataloader"] = round(v["images_per_s"] / base, 2)
+    log_s = bench_mlflow()
+    step_s = variants["ours"]["ms_per_iter"] / 1000
+    eval_every = PAPER_ITERS // PAPER_EVAL_POINTS
+    result = {
+        "device": device_label(device), "model": name, "params": count_params(build_model(ModelSpec(depth=depth))),
+        "batch_size": a.batch_size, "iters": a.iters, "dataloader_workers": a.workers,
+        "train_gflop_per_image": round(flops / 1e9, 3), "matmul_gflop_s": round(matmul_gflops(device), 1),
+        "variants": variants,
+        "mlflow_log_ms_per_eval_point": round(1000 * log_s, 2),
+        "mlflow_overhead_pct": round(100 * log_s / (eval_every * step_s), 4),
+        "mlflow_overhead_pct_if_logged_every_step": round(100 * log_s / step_s, 2),
+        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+    }
+    if a.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['date']}  {result['device']}  {name} ({result['params']:,} params)  batch {a.batch_size}, "
+          f"{a.iters} iterations, torch {torch.__version__}")
+    print(f"{'variant':<15}{'images/s':>10}{'ms/iter':>10}{'64k run (h)':>13}{'GFLOP/s':>10}{'x loader':>10}"
+          f"{'peak MB':>10}")
+    for vname, v in variants.items():
+        print(f"{vname:<15}{v['images_per_s']:>10.1f}{v['ms_per_iter']:>10.1f}{v['projected_64k_run_h']:>13.2f}"
+              f"{v['achieved_gflop_s']:>10.1f}{v['speedup_vs_dataloader']:>10.2f}{v['peak_mem_mb']:>10.0f}")
+    print(f"fp32 matmul on this device: {result['matmul_gflop_s']} GFLOP/s; one training image = "
+          f"{result['train_gflop_per_image']} GFLOP")
+    print(f"MLflow: {result['mlflow_log_ms_per_eval_point']} ms per evaluation point = "
+          f"{result['mlflow_overhead_pct']}% of step time at the paper cadence (every {eval_every} iterations); "
+          f"{result['mlflow_overhead_pct_if_logged_every_step']}% if logged every step")
+    return 0

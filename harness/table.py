@@ -1,0 +1,103 @@
+"""`make reproduce-table`: every default spec, a plan with an ETA first, finished runs skipped, then reports.
+
+The ETA comes from a short measured step on this device (seconds per training GFLOP) times each pending
+run's training and evaluation FLOPs, so it holds for any mix of depths and batch sizes.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from harness import tracking
+from harness.data import Arrays
+from harness.models import build_model, train_flops_per_image
+from harness.spec import ModelSpec, RunSpec, expand_paths, load_spec, resolve_runs
+
+DEFAULT_FOLDERS = ("experiments/table6", "experiments/ablations", "experiments/ladder", "experiments/tuned")
+
+
+def collect_runs(folders, overrides, budget, include_heavy=False) -> list[RunSpec]:
+    runs: list[RunSpec] = []
+    for path in expand_paths([f for f in folders if Path(f).exists()]):
+        spec = load_spec(path, overrides)
+        if spec.heavy and not include_heavy:
+            continue
+        runs += resolve_runs(path, spec, budget)
+    return runs
+
+
+def seconds_per_gflop(device: torch.device) -> float:
+    """Time two ResNet-20 training steps at batch 128 after one warm-up step."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(depth=20)).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(128, 3, 32, 32, device=device)
+    y = torch.randint(0, 10, (128,), device=device)
+    t0 = 0.0
+    for i in range(3):
+        if i == 1:
+            t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    loss.item()
+    return (time.perf_counter() - t0) / 2 / (128 * train_flops_per_image(model) / 1e9)
+
+
+def run_gflops(run: RunSpec, n_val: int, n_test: int) -> float:
+    s = run.spec
+    per_image = train_flops_per_image(build_model(s.model)) / 1e9
+    dtype_cost = 2.0 if s.dtype == "float64" else 1.0
+    train = per_image * s.batch_size * s.schedule.total_iters
+    evals = per_image / 3 * (n_val + n_test) * min(s.eval_points, s.schedule.total_iters)
+    return dtype_cost * (train + evals)
+
+
+def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunSpec]:
+    """Print what will run and how long it should take; returns the runs still to do."""
+    c = tracking.client()
+    todo, done = [], 0
+    for r in runs:
+        found = tracking.find_run(c, tracking.experiment_id(c, r.group), r.spec_hash(arrays.data_id))
+        if found is not None and (found.info.status == "FINISHED" or found.data.tags.get("failure") == "diverged"):
+            done += 1
+        else:
+            todo.append(r)
+    n = len(arrays.x_train)
+    spg = seconds_per_gflop(device) if todo else 0.0
+    eta = sum(run_gflops(r, round(n * (r.spec.data.val_fraction or 0)) or (r.spec.data.val_size or 0),
+                         len(arrays.x_test)) for r in todo) * spg
+    print(f"plan: {len(runs)} runs in total, {done} already done, {len(todo)} to do; "
+          f"ETA {eta / 60:.0f} min on {device} (measured {1 / spg if spg else 0:.1f} GFLOP/s training rate)",
+          file=sys.stderr, flush=True)
+    return todo
+
+
+def main(a) -> int:
+    from harness.data import load_arrays
+    from harness.runner import execute
+    from harness.train import pick_device
+
+    runs = collect_runs(a.folders or DEFAULT_FOLDERS, a.overrides, a.budget, a.include_heavy)
+    arrays = load_arrays(a.data, download=a.download)
+    device = pick_device(a.device)
+    todo = plan(runs, arrays, device)
+    counts: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for i, r in enumerate(todo, 1):
+        print(f"[{i}/{len(todo)}] {r.group}/{r.run_name}  ({time.perf_counter() - t0:.0f}s elapsed)",
+              file=sys.stderr, flush=True)
+        status = execute(r, arrays, device, force=False, progress=not a.no_progress)
+        counts[status] = counts.get(status, 0) + 1
+    print(f"table: {len(todo)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
+          f" in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    if not a.no_report:
+        from harness.report import main as report_main
+
+        report_main(a)
+    return 0 if counts.keys() <= {"finished", "skipped"} else 1
