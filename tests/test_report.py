@@ -1,0 +1,66 @@
+"""`harness table` + `harness report` on a store filled by real short runs on mini CIFAR-10."""
+
+import shutil
+
+import pandas as pd
+import yaml
+from mlflow import MlflowClient
+
+from harness.cli import main
+
+from .conftest import ROOT, TINY, write_spec
+
+
+def test_paper_figures_file_matches_he_et_al_table6():
+    paper = yaml.safe_load((ROOT / "experiments/paper.yaml").read_text())
+    assert paper["test_error"] == {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
+                                   "resnet110": 6.43, "resnet1202": 7.93}
+    assert paper["resnet110_mean_std"] == [6.61, 0.16]
+
+
+def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store, mini, capsys):
+    exp = store.parent / "experiments"
+    exp.mkdir(parents=True)
+    shutil.copy(ROOT / "experiments/paper.yaml", exp / "paper.yaml")
+    write_spec(exp / "table6", "resnet32", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
+    write_spec(exp / "table6", "plain8", TINY.replace("arch: resnet", "arch: plain"))
+    write_spec(exp / "table6", "resnet1202", "heavy: true\n" + TINY)  # heavy: skipped by default
+    write_spec(exp / "ablations", "a_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))
+    write_spec(exp / "ablations", "fc_relu", TINY.replace("depth: 8}", "depth: 8, fc_relu: true}"))
+    write_spec(exp / "ladder", "0_seed", TINY.replace("name: sgd", "name: adam").replace("lr: 0.1", "lr: 0.001"))
+
+    code = main(["table", "--data", str(mini), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1  # one run diverged, so not everything finished...
+    assert "plan: 6 runs in total, 0 already done, 6 to do; ETA" in err
+    c = MlflowClient()
+    statuses = {}
+    for g in ("table6", "ablations", "ladder"):
+        for r in c.search_runs([c.get_experiment_by_name(g).experiment_id]):
+            statuses[r.info.run_name] = r.info.status
+    assert statuses == {"resnet32-s0": "FINISHED", "resnet32-s1": "FINISHED", "plain8-s0": "FINISHED",
+                        "a_diverges-s0": "FAILED", "fc_relu-s0": "FINISHED", "0_seed-s0": "FINISHED"}
+
+    out = store.parent / "reports"
+    for f in ("table6.md", "table6.csv", "ablations.md", "ladder.md", "error_vs_depth.png", "curves_table6.png",
+              "ladder.png"):
+        assert (out / f).stat().st_size > 0, f
+    t6 = (out / "table6.md").read_text()
+    assert "NOT CIFAR-10 test error" in t6 and "Data: cifar10-mini.npz" in t6 and "Budget: 1" in t6
+    assert "not comparable" in t6 and "Device: cpu" in t6
+    csv = pd.read_csv(out / "table6.csv")
+    res = csv[csv.model == "ResNet-8"].iloc[0]
+    exp_id = c.get_experiment_by_name("table6").experiment_id
+    errs = [r.data.metrics["test_error"] for r in c.search_runs([exp_id], "tags.spec_name = 'resnet32'")]
+    assert res.n == 2 and abs(res.measured_mean - sum(errs) / 2) < 0.01
+    assert pd.isna(res.delta_vs_paper)  # a subset at any budget is never compared with the paper
+    assert res.best_over_training_if_selected_on_test <= res.measured_mean + 1e-9
+    ab = (out / "ablations.md").read_text()
+    assert "| a_diverges |" in ab and "diverged" in ab and "| fc_relu |" in ab
+    assert "n<2: noise unknown" in ab
+    lad = (out / "ladder.md").read_text()
+    assert "| 0_seed |" in lad and "| paper_resnet32 |" in lad
+
+    # Rerun: the plan sees everything done (the diverged run is not retried) and trains nothing.
+    assert main(["table", "--data", str(mini), "--no-progress", "--no-report"]) == 0
+    assert "6 already done, 0 to do" in capsys.readouterr().err
