@@ -60,9 +60,10 @@ def cmd_run(a) -> int:
     return 0 if counts.keys() <= {"finished", "skipped"} else 1
 
 
-def cmd_not_yet(a) -> int:
-    print(f"harness {a.command}: not yet implemented (see the open issue for it)", file=sys.stderr)
-    return 1
+def cmd_tune(a) -> int:
+    from harness.tune import main
+
+    return main(a)
 
 
 def cmd_table(a) -> int:
@@ -134,9 +135,25 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--data-id", default=None, help="which data (default: that of the latest finished table6 run)")
     rp.set_defaults(func=cmd_report)
 
-    tu = sub.add_parser("tune", help="Optuna study over the LR schedule (not yet)")
-    tu.add_argument("args", nargs="*")
-    tu.set_defaults(func=cmd_not_yet)
+    tu = sub.add_parser("tune", help="Optuna study over the LR schedule on the validation split, with pruning")
+    tu.add_argument("spec", help="the spec to tune; its tune: section declares the search space")
+    tu.add_argument("--trials", type=int, default=20, help="finished (complete or pruned) trials to reach")
+    tu.add_argument("--study", default=None, help="study name (default: the spec's file name); reruns resume it")
+    tu.add_argument("--storage", default=os.environ.get("HARNESS_OPTUNA_STORAGE", "sqlite:///mlruns/optuna.db"),
+                    help="Optuna RDB URL (sqlite:///..., postgresql://...) or journal:PATH for a JournalStorage file")
+    tu.add_argument("--budget", type=float, default=0.05, help="fraction of the paper's iterations per trial")
+    tu.add_argument("--data", default=DEFAULT_DATA)
+    tu.add_argument("--device", default=None)
+    tu.add_argument("--workers", type=int, default=1, help="processes working on the one study")
+    tu.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats (RDB storage)")
+    tu.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
+    tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tu.add_argument("--export", default=None, metavar="PATH", help="write the best trial as a spec, e.g. "
+                    "experiments/tuned/resnet32.yaml")
+    tu.add_argument("--plots", default="reports/tuning", help="folder for Optuna's plots")
+    tu.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    tu.add_argument("--no-finish", action="store_true", help=argparse.SUPPRESS)
+    tu.set_defaults(func=cmd_tune)
     return p
 
 

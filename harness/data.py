@@ -35,7 +35,7 @@ class Arrays:
 
     @property
     def is_official_full(self) -> bool:
-        return len(self.x_train) == 50000 and len(self.x_test) == 10000
+        return len(self.x_train) == 50000 and len(self.x_test) == 10000 and self.data_id != "bench"
 
 
 @lru_cache(maxsize=8)
@@ -57,15 +57,19 @@ def _check(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
         raise DataError(f"{path}: labels for {name}: expected classes 0..9, got {int(y.min())}..{int(y.max())}")
 
 
-def _load_npz(path: Path) -> Arrays:
+def _load_npz(path: Path, with_test: bool = True) -> Arrays:
     try:
-        with np.load(path) as z:
+        with np.load(path) as z:  # lazy: arrays not asked for are never read
             missing = [k for k in NPZ_KEYS if k not in z.files]
             if missing:
                 raise DataError(f"{path}: missing arrays {missing}: expected keys {list(NPZ_KEYS)} "
                                 "(uint8 NHWC images and 0..9 labels); "
                                 f"{DOWNLOAD_HINT}")
-            arr = {k: z[k] for k in NPZ_KEYS}
+            arr = {k: z[k] for k in NPZ_KEYS[:2]}
+            if with_test:
+                arr.update(x_test=z["x_test"], y_test=z["y_test"])
+            else:  # tuning: the test split stays on disk
+                arr.update(x_test=np.zeros((0, 32, 32, 3), np.uint8), y_test=np.zeros(0, np.int64))
     except DataError:
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
@@ -94,16 +98,19 @@ def _load_torchvision(root: Path, download: bool) -> Arrays:
                   source="torchvision CIFAR10 (official archive)")
 
 
-def load_arrays(path: str | Path, download: bool = False) -> Arrays:
+def load_arrays(path: str | Path, download: bool = False, with_test: bool = True) -> Arrays:
     path = Path(path)
     if path.suffix == ".npz":
         if not path.is_file():
             raise DataError(f"{path}: file not found (expected an .npz with {list(NPZ_KEYS)}); {DOWNLOAD_HINT}")
-        return _load_npz(path)
+        return _load_npz(path, with_test)
     if not path.exists() and not download:
         raise DataError(f"{path}: not found (expected a folder holding cifar-10-batches-py/ or an .npz file); "
                         f"{DOWNLOAD_HINT}")
-    return _load_torchvision(path, download)
+    arrays = _load_torchvision(path, download)
+    if not with_test:
+        arrays.x_test, arrays.y_test = arrays.x_test[:0], arrays.y_test[:0]
+    return arrays
 
 
 @dataclass

@@ -1,0 +1,282 @@
+"""Optuna over the learning-rate schedule, scored on the validation split only.
+
+The test split is not even read from disk here: the objective is the final validation error, pruning
+reads intermediate validation errors, and a tuned schedule meets the test set once, as an ordinary spec
+in `make reproduce-table`. Trials are MLflow child runs of one parent run per study.
+
+Storage is an Optuna RDB URL (SQLite by default; PostgreSQL for many machines) with heartbeats, so a
+worker killed mid-trial leaves a trial that the next worker marks FAIL (fail_stale_trials) instead of a
+trial stuck in RUNNING, or `journal:PATH` (JournalStorage on a file) for many local processes.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from harness import tracking
+from harness.errors import UserError
+from harness.spec import RunSpec, Spec, TuneSpec, load_spec, resolve_runs
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+EXPERIMENT = "tuning"
+
+
+def open_storage(url: str, heartbeat: int = 30):
+    import optuna
+
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        path = Path(url.removeprefix("journal:"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+
+
+def make_pruner(t: TuneSpec, total_iters: int, eval_every: int):
+    import optuna
+
+    if t.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=total_iters, reduction_factor=3)
+    if t.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=eval_every)
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial, t: TuneSpec, base: Spec) -> dict:
+    """Sample a schedule; returns spec overrides with milestones in paper iterations (scaled by budget later)."""
+    p: dict = {}
+    family = trial.suggest_categorical("family", t.families) if len(t.families) > 1 else t.families[0]
+    p["schedule.name"] = family
+    if t.lr:
+        p["optimizer.lr"] = trial.suggest_float("lr", *t.lr, log=True)
+    total = base.schedule.total_iters
+    if family == "multistep" and t.milestone_fractions:
+        fr = [trial.suggest_float(f"milestone_{i}", *r) for i, r in enumerate(t.milestone_fractions)]
+        p["schedule.milestones"] = sorted({max(1, min(total - 1, round(f * total))) for f in fr})
+    elif family != "multistep":
+        p["schedule.milestones"] = []
+    if t.gamma and family != "cosine":
+        p["schedule.gamma"] = trial.suggest_float("gamma", *t.gamma, log=True)
+    if t.warmup_iters:
+        p["schedule.warmup_iters"] = trial.suggest_int("warmup_iters", *t.warmup_iters)
+    return p
+
+
+def apply(base: Spec, overrides: dict) -> Spec:
+    raw = base.model_dump(mode="json")
+    for key, value in overrides.items():
+        node = raw
+        *parents, last = key.split(".")
+        for k in parents:
+            node = node[k]
+        node[last] = value
+    return Spec.model_validate(raw)
+
+
+def _parent_run(c, exp_id: str, study: str, spec_path: str, budget: float) -> str:
+    runs = c.search_runs([exp_id], filter_string=f"tags.study_name = '{study}' and tags.role = 'study'",
+                         max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    r = c.create_run(exp_id, run_name=f"study-{study}",
+                     tags={"study_name": study, "role": "study", "spec_file": spec_path, "budget": f"{budget:g}"})
+    return r.info.run_id
+
+
+def run_worker(a, worker_index: int = 0) -> None:
+    import optuna
+    from mlflow.entities import Param
+
+    from harness.data import load_arrays, to_device
+    from harness.runner import device_name
+    from harness.train import Diverged, param_dtype, pick_device, train
+
+    base = load_spec(a.spec, a.overrides)
+    t = base.tune or TuneSpec()
+    arrays = load_arrays(a.data, with_test=False)  # the test split is never read for tuning
+    device = pick_device(a.device)
+    storage = open_storage(a.storage, a.heartbeat)
+    probe = resolve_runs(a.spec, base, a.budget)[0]
+    eval_every = max(1, -(-probe.spec.schedule.total_iters // base.eval_points))
+    study = optuna.create_study(study_name=a.study, storage=storage, direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=a.seed + worker_index, n_startup_trials=5),
+                                pruner=make_pruner(t, probe.spec.schedule.total_iters, eval_every))
+    c = tracking.client()
+    exp_id = tracking.experiment_id(c, EXPERIMENT)
+    parent = _parent_run(c, exp_id, a.study, a.spec, a.budget)
+    cache: dict = {}
+
+    def objective(trial) -> float:
+        spec = apply(base, suggest(trial, t, base))
+        run: RunSpec = resolve_runs(a.spec, spec, a.budget)[0]
+        key = (spec.data.model_dump_json(), spec.dtype)
+        if key not in cache:
+            cache[key] = to_device(arrays, spec.data, device, param_dtype(spec))
+        child = c.create_run(exp_id, run_name=f"{a.study}-t{trial.number}", tags={
+            "mlflow.parentRunId": parent, "study_name": a.study, "trial_number": str(trial.number),
+            "role": "trial", "budget": f"{a.budget:g}", "data": cache[key].description, "device": device_name(device),
+            "git_commit": tracking.git_commit()}).info.run_id
+        c.log_batch(child, params=[Param(k, str(v)) for k, v in trial.params.items()])
+        trial.set_user_attr("mlflow_run_id", child)
+
+        def on_eval(step: int, m: dict) -> bool:
+            tracking.log_metrics(c, child, m, step)
+            trial.report(m["val_error"], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at iteration {step} (val_error {m['val_error']:.2f})")
+            return False
+
+        try:
+            final, _ = train(run, cache[key], device, checkpoint=None, on_eval=on_eval, progress=False,
+                             evaluate_test=False)
+        except optuna.TrialPruned:
+            c.set_tag(child, "state", "pruned")
+            c.set_terminated(child, "KILLED")
+            raise
+        except Diverged as e:
+            c.set_tag(child, "state", "failed")
+            c.set_tag(child, "failure", "diverged")
+            c.set_terminated(child, "FAILED")
+            raise RuntimeError(str(e)) from None  # caught by optimize(): the trial is FAIL, the study goes on
+        except BaseException:
+            c.set_tag(child, "state", "failed")
+            c.set_terminated(child, "FAILED")
+            raise
+        c.set_tag(child, "state", "complete")
+        c.set_terminated(child, "FINISHED")
+        print(f"trial {trial.number}: val_error {final['val_error']:.2f} {trial.params}", file=sys.stderr,
+              flush=True)
+        return final["val_error"]
+
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study.optimize(objective, n_trials=a.trials, catch=(RuntimeError,),
+                   callbacks=[MaxTrialsCallback(a.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+
+
+def finish(a) -> dict:
+    """Tag the best trial, save and log Optuna's plots, print the summary."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=a.study, storage=open_storage(a.storage, a.heartbeat))
+    trials = study.get_trials(deepcopy=False)
+    count = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    c = tracking.client()
+    exp_id = tracking.experiment_id(c, EXPERIMENT)
+    parent = _parent_run(c, exp_id, a.study, a.spec, a.budget)
+    summary = {"study": a.study, "trials": len(trials), **{k: v for k, v in count.items() if v}}
+    state_of = {str(t.number): t.state for t in trials}
+    for r in c.search_runs([exp_id], f"tags.study_name = '{a.study}' and tags.role = 'trial'", max_results=5000):
+        # a worker killed mid-trial leaves its child run RUNNING; Optuna has failed the trial by now
+        if r.info.status == "RUNNING" and state_of.get(r.data.tags.get("trial_number")) == TrialState.FAIL:
+            c.set_tag(r.info.run_id, "state", "failed")
+            c.set_tag(r.info.run_id, "failure", "worker died (stale heartbeat)")
+            c.set_terminated(r.info.run_id, "FAILED")
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    if done:
+        best = study.best_trial
+        summary.update(best_trial=best.number, best_val_error=best.value, best_params=best.params)
+        for r in c.search_runs([exp_id], f"tags.study_name = '{a.study}' and tags.role = 'trial'", max_results=5000):
+            c.set_tag(r.info.run_id, "best", str(r.data.tags.get("trial_number") == str(best.number)).lower())
+        tracking.log_metrics(c, parent, {"best_val_error": best.value, "n_trials": len(trials),
+                                         "n_pruned": count.get("pruned", 0)}, 0)
+        c.set_tag(parent, "best_trial", str(best.number))
+        out = Path(a.plots) / a.study
+        out.mkdir(parents=True, exist_ok=True)
+        import matplotlib.pyplot as plt
+        from optuna.visualization import matplotlib as ovm
+
+        for name, fn in (("optimization_history", ovm.plot_optimization_history),
+                         ("param_importances", ovm.plot_param_importances),
+                         ("parallel_coordinate", ovm.plot_parallel_coordinate)):
+            try:
+                ax = fn(study)
+                fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+                fig.set_size_inches(8, 5)
+                fig.tight_layout()
+                fig.savefig(out / f"{name}.png", dpi=100)
+                plt.close(fig)
+                c.log_artifact(parent, str(out / f"{name}.png"), "optuna")
+            except (ValueError, RuntimeError) as e:  # e.g. importances need two finished trials
+                print(f"tune: no {name} plot ({e})", file=sys.stderr)
+    return summary
+
+
+def export(a, path: Path) -> None:
+    import optuna
+
+    study = optuna.load_study(study_name=a.study, storage=open_storage(a.storage, a.heartbeat))
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise UserError(f"--export {path}: study '{a.study}' has no finished trial yet") from None
+    base = load_spec(a.spec, a.overrides)
+    t = base.tune or TuneSpec()
+
+    class Fixed:  # replays the best trial's choices through the same suggest()
+        params = best.params
+
+        def suggest_categorical(self, name, choices):
+            return self.params[name]
+
+        def suggest_float(self, name, *r, **k):
+            return self.params[name]
+
+        def suggest_int(self, name, *r, **k):
+            return self.params[name]
+
+    spec = apply(base, suggest(Fixed(), t, base))
+    body = spec.model_dump(mode="json", exclude={"tune", "name"}, exclude_none=True)
+    body["description"] = (f"Tuned by Optuna study '{a.study}' (trial {best.number}, validation error "
+                           f"{best.value:.2f}% at budget {a.budget:g}) from {a.spec}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(body, sort_keys=False))
+    tmp.replace(path)
+    print(f"tune: wrote {path}", file=sys.stderr)
+
+
+def main(a) -> int:
+    base = load_spec(a.spec, a.overrides)  # validates spec and its tune: section before anything starts
+    if base.tune is None:
+        print(f"tune: {a.spec} has no tune: section; using the default search space", file=sys.stderr)
+    a.study = a.study or Path(a.spec).stem
+    t0 = time.perf_counter()
+    if a.trials:
+        if a.workers > 1:
+            import optuna
+
+            optuna.create_study(study_name=a.study, storage=open_storage(a.storage, a.heartbeat),
+                                direction="minimize", load_if_exists=True)
+            c = tracking.client()
+            _parent_run(c, tracking.experiment_id(c, EXPERIMENT), a.study, a.spec, a.budget)
+            cmd = [sys.executable, "-m", "harness", "tune", a.spec, "--trials", str(a.trials), "--study", a.study,
+                   "--storage", a.storage, "--budget", str(a.budget), "--data", a.data, "--workers", "1",
+                   "--heartbeat", str(a.heartbeat), "--no-finish"]
+            for o in a.overrides:
+                cmd += ["--set", o]
+            procs = [subprocess.Popen(cmd + ["--worker-index", str(i)]) for i in range(a.workers)]
+            codes = [p.wait() for p in procs]
+            if any(codes):
+                print(f"tune: worker exit codes {codes}", file=sys.stderr)
+        else:
+            run_worker(a, a.worker_index)
+    if a.no_finish:
+        return 0
+    summary = finish(a)
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    print("tune: " + ", ".join(f"{k}={v}" for k, v in summary.items()), file=sys.stderr)
+    if a.export:
+        export(a, Path(a.export))
+    return 0
