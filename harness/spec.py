@@ -274,7 +274,7 @@ def resolve_runs(path: str | Path, spec: Spec, budget: float) -> list[RunSpec]:
     })
     scaled = spec.model_copy(update={"schedule": sched})
     path = Path(path)
-    return [RunSpec(spec=scaled, group=path.parent.name or "default", name=spec.name, seed=seed,
+    return [RunSpec(spec=scaled, group=path.parent.name or "default", name=spec.name or path.stem, seed=seed,
                     budget=budget, source_file=str(path)) for seed in spec.seeds]
 
 

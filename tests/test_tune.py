@@ -1,0 +1,163 @@
+"""Optuna tuning against real storages (SQLite, JournalStorage, PostgreSQL) and a real MLflow store."""
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from harness.cli import main
+from harness.spec import load_spec
+
+from .conftest import env_with, write_spec
+
+TUNE = """\
+model: {arch: resnet, depth: 8}
+optimizer: {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 1.0e-4}
+schedule: {name: multistep, milestones: [12, 18], total_iters: 24}
+data: {val_fraction: 0.1}
+batch_size: 32
+seeds: [0]
+eval_points: 4
+tune:
+  lr: [0.00001, 0.3]
+  milestone_fractions: [[0.3, 0.6], [0.65, 0.9]]
+  gamma: [0.05, 0.5]
+  families: [multistep, cosine]
+  pruner: median
+"""
+
+
+def _trials(storage, study):
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def _children(study):
+    c = MlflowClient()
+    exp = c.get_experiment_by_name("tuning")
+    return c.search_runs([exp.experiment_id], f"tags.study_name = '{study}' and tags.role = 'trial'",
+                         max_results=1000)
+
+
+def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path):
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=storage, direction="minimize")
+    for lr in (0.1, 0.1, 0.1, 0.00001):  # three sound trials, then one that cannot learn: the median pruner stops it
+        study.enqueue_trial({"family": "multistep", "lr": lr, "milestone_0": 0.5, "milestone_1": 0.75, "gamma": 0.1})
+    out = tmp_path / "experiments" / "tuned" / "tiny.yaml"
+    assert main(["tune", str(spec), "--trials", "5", "--study", "s", "--storage", storage, "--budget", "1",
+                 "--data", str(mini), "--export", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    trials = _trials(storage, "s")
+    states = {t.number: t.state.name for t in trials}
+    assert states[3] == "PRUNED"
+    assert sum(s in ("COMPLETE", "PRUNED") for s in states.values()) == 5
+    children = {r.data.tags["trial_number"]: r for r in _children("s")}
+    assert sorted(children) == sorted(str(n) for n in states)
+    for n, st in states.items():
+        run = children[str(n)]
+        assert run.data.tags["state"] == {"COMPLETE": "complete", "PRUNED": "pruned"}[st]
+        assert run.data.tags["mlflow.parentRunId"]
+        assert "test_error" not in run.data.metrics  # the test split is never evaluated while tuning
+    best = optuna.load_study(study_name="s", storage=storage).best_trial
+    assert children[str(best.number)].data.tags["best"] == "true"
+    assert sum(r.data.tags["best"] == "true" for r in children.values()) == 1
+    assert (tmp_path / "plots" / "s" / "optimization_history.png").stat().st_size > 0
+    tuned = load_spec(out)  # an ordinary, valid spec
+    assert tuned.optimizer.lr == pytest.approx(best.params["lr"])
+    assert tuned.tune is None and "trial" in tuned.description
+
+
+def test_poisoned_test_split_changes_no_trial(store, mini, tmp_path):
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
+    poisoned = tmp_path / "poisoned.npz"
+    with np.load(mini) as z:
+        rng = np.random.default_rng(1)
+        np.savez(poisoned, x_train=z["x_train"], y_train=z["y_train"],
+                 x_test=rng.integers(0, 256, z["x_test"].shape, dtype=np.uint8),
+                 y_test=rng.permutation(z["y_test"]))
+    values = []
+    for data, name in ((mini, "clean"), (poisoned, "poisoned")):
+        storage = f"sqlite:///{tmp_path}/{name}.db"
+        assert main(["tune", str(spec), "--trials", "3", "--study", name, "--storage", storage, "--budget", "1",
+                     "--data", str(data), "--plots", str(tmp_path / "plots")]) == 0
+        values.append([(t.params, t.value) for t in _trials(storage, name)])
+    assert values[0] == values[1] and all(v is not None for _, v in values[0])
+
+
+def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, tmp_path):
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    cmd = [sys.executable, "-m", "harness", "tune", str(spec), "--trials", "3", "--study", "k", "--storage", storage,
+           "--budget", "1", "--data", str(mini), "--heartbeat", "1", "--plots", str(tmp_path / "plots")]
+    p = subprocess.run(cmd, env=env_with(HARNESS_FAULT_KILL_AT=10), cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
+    assert [t.state.name for t in _trials(storage, "k")] == ["RUNNING"]
+    time.sleep(3)  # past the grace period (2 heartbeats)
+    assert main(cmd[3:]) == 0
+    trials = _trials(storage, "k")
+    assert trials[0].state.name == "FAIL"
+    assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 3
+    killed = [r for r in _children("k") if r.data.tags["trial_number"] == "0"]
+    assert len(killed) == 1 and killed[0].info.status == "FAILED"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def postgres(tmp_path):
+    """A real PostgreSQL server on loopback, from Debian's packages (.ci/run installs them)."""
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does this)")
+    bindir = Path(bins[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # pytest's tmp dirs are closed to other users
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # postgres refuses to run as root
+    if as_pg:
+        shutil.chown(data, "postgres")
+    subprocess.run(as_pg + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = _free_port()
+    subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                            f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True,
+                   capture_output=True)
+    try:
+        subprocess.run(as_pg + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                                "optuna"], check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
+    finally:
+        subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "journal"])
+def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
+    storage = request.getfixturevalue("postgres") if kind == "postgres" else f"journal:{tmp_path}/journal.log"
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
+    assert main(["tune", str(spec), "--trials", "6", "--study", "w", "--storage", storage, "--budget", "1",
+                 "--data", str(mini), "--workers", "3", "--plots", str(tmp_path / "plots")]) == 0
+    from harness.tune import open_storage
+
+    trials = optuna.load_study(study_name="w", storage=open_storage(storage)).get_trials(deepcopy=False)
+    numbers = [t.number for t in trials]
+    assert sorted(numbers) == list(range(len(trials)))  # each trial number once, none lost
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert 6 <= len(finished) <= 6 + 2  # workers stop at 6; at most one in-flight trial each may overshoot
+    assert all(t.state.name != "RUNNING" for t in trials)
+    children = [r.data.tags["trial_number"] for r in _children("w")]
+    assert sorted(children, key=int) == [str(n) for n in sorted(numbers)]  # one MLflow child per trial
