@@ -4,6 +4,8 @@ STAMP   := .venv/.installed
 DATA    ?= data
 BUDGET  ?= 1.0
 SPEC    ?= experiments/table6/resnet32.yaml
+TUNE_SPEC ?= experiments/tuning/resnet32.yaml
+TUNE_BUDGET ?= 0.05
 TRIALS  ?= 20
 ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
@@ -34,7 +36,7 @@ report: $(STAMP)
 	$(PY) -m harness report $(ARGS)
 
 tune: $(STAMP)
-	$(PY) -m harness tune $(SPEC) --trials $(TRIALS) --data $(DATA) --budget $(BUDGET) $(ARGS)
+	$(PY) -m harness tune $(TUNE_SPEC) --trials $(TRIALS) --data $(DATA) --budget $(TUNE_BUDGET) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m harness bench $(ARGS)

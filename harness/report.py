@@ -189,6 +189,25 @@ def ablations(df: pd.DataFrame, paper: dict, budget: float, official: bool, out:
     (out / "ablations.md").write_text("\n".join(lines) + "\n")
 
 
+def tuned(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path, descriptions: dict) -> bool:
+    """Tuned schedules (chosen on validation by `harness tune`) vs the paper's, on test error measured once."""
+    tu = df[df.group == "tuned"]
+    if tu.empty:
+        return False
+    base = df[(df.group == "table6") & (df.spec == "resnet32")]
+    lines = [header("Tuned LR schedule vs the paper's", tu, budget, official, paper),
+             f"Paper schedule: table6/resnet32, {fmt(summarize(base))}. Tuned specs were selected on the "
+             "validation split only; this table is the first time their test error is measured.\n",
+             "| tuned spec | how it was chosen | error: mean ± std (n) | Δ vs paper schedule | noise |",
+             "|---|---|---|---|---|"]
+    for r in compare_rows(tu, base, sorted(set(tu.spec))):
+        delta = f"{r['delta']:+.2f}" if r["s"]["n"] else "—"
+        lines.append(f"| {r['name']} | {descriptions.get(('tuned', r['name']), '')} | {fmt(r['s'])} | {delta} | "
+                     f"{r['noise']} |")
+    (out / "tuned.md").write_text("\n".join(lines) + "\n")
+    return True
+
+
 def ladder(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path, descriptions: dict):
     lad = df[df.group == "ladder"]
     names = sorted(set(lad.spec))
@@ -306,6 +325,7 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
     tab = table6(df, paper, budget, official, out)
     ablations(df, paper, budget, official, out, desc)
     bars = ladder(df, paper, budget, official, out, desc)
+    tuned(df, paper, budget, official, out, desc)
     figures(df, tab, bars, paper, budget, official, out)
     print(f"report: wrote {out}/table6.md, table6.csv, ablations.md, ladder.md, error_vs_depth.png, "
           f"curves_table6.png, ladder.png ({len(df)} runs, budget {budget:g}, {data_id})", file=sys.stderr)
