@@ -14,20 +14,28 @@ import torch
 
 from harness import tracking
 from harness.data import Arrays
+from harness.errors import SpecError
 from harness.models import build_model, train_flops_per_image
 from harness.spec import ModelSpec, RunSpec, expand_paths, load_spec, resolve_runs
 
 DEFAULT_FOLDERS = ("experiments/table6", "experiments/ablations", "experiments/ladder", "experiments/tuned")
 
 
-def collect_runs(folders, overrides, budget, include_heavy=False) -> list[RunSpec]:
+def collect_runs(folders, overrides, budget, include_heavy=False) -> tuple[list[RunSpec], list[str]]:
+    """All runs of the valid specs, and one error line per invalid spec (those are skipped, not fatal)."""
     runs: list[RunSpec] = []
+    errors: list[str] = []
     for path in expand_paths([f for f in folders if Path(f).exists()]):
-        spec = load_spec(path, overrides)
+        try:
+            spec = load_spec(path, overrides)
+        except SpecError as e:
+            errors.append(str(e))
+            print(f"error: {e}", file=sys.stderr)
+            continue
         if spec.heavy and not include_heavy:
             continue
         runs += resolve_runs(path, spec, budget)
-    return runs
+    return runs, errors
 
 
 def seconds_per_gflop(device: torch.device) -> float:
@@ -83,7 +91,7 @@ def main(a) -> int:
     from harness.runner import execute
     from harness.train import pick_device
 
-    runs = collect_runs(a.folders or DEFAULT_FOLDERS, a.overrides, a.budget, a.include_heavy)
+    runs, bad_specs = collect_runs(a.folders or DEFAULT_FOLDERS, a.overrides, a.budget, a.include_heavy)
     arrays = load_arrays(a.data, download=a.download)
     device = pick_device(a.device)
     todo = plan(runs, arrays, device)
@@ -95,9 +103,12 @@ def main(a) -> int:
         status = execute(r, arrays, device, force=False, progress=not a.no_progress)
         counts[status] = counts.get(status, 0) + 1
     print(f"table: {len(todo)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
-          f" in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+          f" in {time.perf_counter() - t0:.0f}s" + (f"; {len(bad_specs)} invalid spec(s) skipped, see the "
+                                                   "error lines above" if bad_specs else ""), file=sys.stderr)
     if not a.no_report:
         from harness.report import main as report_main
 
         report_main(a)
+    if bad_specs:
+        return 2
     return 0 if counts.keys() <= {"finished", "skipped"} else 1

@@ -27,11 +27,13 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     write_spec(exp / "table6", "resnet1202", "heavy: true\n" + TINY)  # heavy: skipped by default
     write_spec(exp / "ablations", "a_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))
     write_spec(exp / "ablations", "fc_relu", TINY.replace("depth: 8}", "depth: 8, fc_relu: true}"))
+    write_spec(exp / "ablations", "bad_spec", TINY.replace("depth: 8", "depth: 9"))  # skipped, reported
     write_spec(exp / "ladder", "0_seed", TINY.replace("name: sgd", "name: adam").replace("lr: 0.1", "lr: 0.001"))
 
     code = main(["table", "--data", str(mini), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 1  # one run diverged, so not everything finished...
+    assert code == 2  # an invalid spec (and a diverged run): not everything finished
+    assert "bad_spec.yaml: model.depth: expected 6n+2" in err
     assert "plan: 6 runs in total, 0 already done, 6 to do; ETA" in err
     c = MlflowClient()
     statuses = {}
@@ -62,5 +64,6 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert "| 0_seed |" in lad and "| paper_resnet32 |" in lad
 
     # Rerun: the plan sees everything done (the diverged run is not retried) and trains nothing.
+    (exp / "ablations" / "bad_spec.yaml").unlink()
     assert main(["table", "--data", str(mini), "--no-progress", "--no-report"]) == 0
     assert "6 already done, 0 to do" in capsys.readouterr().err
