@@ -239,13 +239,17 @@ def ladder(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
 
 
 def descriptions_of_specs() -> dict:
+    from harness.errors import SpecError
     from harness.spec import expand_paths, load_spec
 
     out = {}
     for g in GROUPS:
         if Path("experiments", g).exists():
             for p in expand_paths([f"experiments/{g}"]):
-                out[(g, p.stem)] = load_spec(p).description.replace("|", "/")
+                try:
+                    out[(g, p.stem)] = load_spec(p).description.replace("|", "/")
+                except SpecError:  # reported by `table` already; a report still comes out
+                    continue
     return out
 
 
