@@ -210,6 +210,7 @@ def finish(a) -> dict:
                 c.log_artifact(parent, str(out / f"{name}.png"), "optuna")
             except (ValueError, RuntimeError) as e:  # e.g. importances need two finished trials
                 print(f"tune: no {name} plot ({e})", file=sys.stderr)
+    c.set_terminated(parent, "FINISHED")  # a later `tune` of the same study reopens nothing: it logs to it again
     return summary
 
 
