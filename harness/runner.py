@@ -56,7 +56,6 @@ def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = Fa
     """Returns 'finished', 'skipped', 'diverged' or 'failed'."""
     from mlflow.entities import Param
 
-    data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))
     c = tracking.client()
     exp_id = tracking.experiment_id(c, run.group)
     spec_hash = run.spec_hash(arrays.data_id)
@@ -72,10 +71,12 @@ def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = Fa
             log(f"{run.run_name}: diverged before (run {existing.info.run_id}); skipped (--force to retry)")
             return "diverged"
         run_id = existing.info.run_id
+        data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))
         c.update_run(run_id, status="RUNNING")
         where = f"iteration checkpoint {ckpt.name}" if ckpt.exists() else "the start (no checkpoint yet)"
         log(f"{run.run_name}: resuming MLflow run {run_id} ({status}) from {where}")
     else:
+        data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))  # only for runs that train
         ckpt.unlink(missing_ok=True)
         tags = {"spec_name": run.name, "spec_hash": spec_hash, "budget": f"{run.budget:g}",
                 "data": data.description, "data_id": arrays.data_id, "device": device_name(device),

@@ -17,7 +17,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -98,7 +98,6 @@ class LoopState:
     best_val_loss: float = math.inf
     best_val_iter: int = 0
     train_seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
 
 
 def save_checkpoint(path: Path, model, opt, plateau, gen: torch.Generator, st: LoopState) -> None:
