@@ -51,13 +51,41 @@ def cmd_run(a) -> int:
     device = pick_device(a.device)
     counts: dict[str, int] = {}
     t0 = time.perf_counter()
+    if a.offline:
+        from functools import partial
+        from pathlib import Path
+
+        from harness.runner import execute_offline
+
+        execute = partial(execute_offline, out=Path(a.offline))  # noqa: F811 - same signature, no MLflow
     for i, r in enumerate(runs, 1):
         print(f"[{i}/{len(runs)}] {r.run_name} ({r.source_file})", file=sys.stderr, flush=True)
-        status = execute(r, arrays, device, force=a.force, progress=not a.no_progress)
+        kw = {} if a.offline else {"force": a.force}
+        status = execute(r, arrays, device, progress=not a.no_progress, **kw)
         counts[status] = counts.get(status, 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     print(f"{len(runs)} runs: {summary} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return 0 if counts.keys() <= {"finished", "skipped"} else 1
+
+
+def cmd_import(a) -> int:
+    from pathlib import Path
+
+    from harness.runner import import_record
+
+    records = []
+    for p in map(Path, a.records):
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder (expected record.json files from `run --offline`)")
+        records += [p] if p.is_file() else sorted(p.rglob("record.json"))
+    if not records:
+        raise UserError(f"{' '.join(a.records)}: no record.json found (expected the folder given to run --offline)")
+    counts: dict[str, int] = {}
+    for rec in records:
+        status = import_record(rec)
+        counts[status] = counts.get(status, 0) + 1
+    print(f"{len(records)} records: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), file=sys.stderr)
+    return 0
 
 
 def cmd_tune(a) -> int:
@@ -97,7 +125,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     r.add_argument("--force", action="store_true", help="start afresh even if a run of this spec exists")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--offline", metavar="DIR", default=None,
+                   help="no MLflow: write each run to DIR/<spec_hash>/ (record.json, model.pt) for `import`; "
+                        "for machines without MLflow, e.g. a lent GPU")
     r.set_defaults(func=cmd_run)
+
+    im = sub.add_parser("import", help="log records of `run --offline` into the MLflow store (skips FINISHED)")
+    im.add_argument("records", nargs="+", help="record.json files or folders holding them")
+    im.set_defaults(func=cmd_import)
 
     v = sub.add_parser("validate", help="check specs without running them")
     _common_run_args(v)
@@ -111,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data", default=None, help="an .npz to read images from (default: random uint8 images)")
     b.add_argument("--device", default=None)
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers for the baseline")
-    b.add_argument("--compile", action="store_true", help="also time our loop under torch.compile")
+    b.add_argument("--compile", action="store_true",
+                   help="also time our step under torch.compile (on CUDA: with CUDA graphs, fp32 and bf16)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
 

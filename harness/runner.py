@@ -7,6 +7,8 @@ A batch of runs must survive one bad run, so every failure is recorded on that r
 from __future__ import annotations
 
 import io
+import json
+import os
 import sys
 import tempfile
 import time
@@ -51,6 +53,13 @@ def log_curve(c, run_id: str, title: str) -> None:
     plt.close(fig)
 
 
+def run_tags(run: RunSpec, arrays: Arrays, data_description: str, device: torch.device) -> dict[str, str]:
+    return {"spec_name": run.name, "spec_hash": run.spec_hash(arrays.data_id), "budget": f"{run.budget:g}",
+            "data": data_description, "data_id": arrays.data_id, "device": device_name(device),
+            "git_commit": tracking.git_commit(), "spec_file": run.source_file, "torch": torch.__version__,
+            "official_test_set": str(arrays.is_official_full and run.budget == 1.0).lower()}
+
+
 def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = False,
             progress: bool = True) -> str:
     """Returns 'finished', 'skipped', 'diverged' or 'failed'."""
@@ -78,11 +87,7 @@ def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = Fa
     else:
         data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))  # only for runs that train
         ckpt.unlink(missing_ok=True)
-        tags = {"spec_name": run.name, "spec_hash": spec_hash, "budget": f"{run.budget:g}",
-                "data": data.description, "data_id": arrays.data_id, "device": device_name(device),
-                "git_commit": tracking.git_commit(), "spec_file": run.source_file,
-                "official_test_set": str(arrays.is_official_full and run.budget == 1.0).lower()}
-        r = c.create_run(exp_id, run_name=run.run_name, tags=tags)
+        r = c.create_run(exp_id, run_name=run.run_name, tags=run_tags(run, arrays, data.description, device))
         run_id = r.info.run_id
         c.log_batch(run_id, params=[Param(k, v) for k, v in run_params(run).items()])
         c.log_text(run_id, resolved_yaml(run), "spec.yaml")
@@ -144,3 +149,99 @@ def device_name(device: torch.device) -> str:
     import platform
 
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Path, progress: bool = True) -> str:
+    """Train without MLflow (the GPU machine has none) into `out/<spec_hash>/`; `import` logs it later.
+
+    The folder holds the checkpoint and the evaluation history while the run is going (a killed run
+    resumes from them), and record.json + model.pt once it is done, the same content `execute` logs.
+    """
+    spec_hash = run.spec_hash(arrays.data_id)
+    folder = out / spec_hash
+    record_path, history_path = folder / "record.json", folder / "history.jsonl"
+    if record_path.exists():
+        log(f"{run.run_name}: already recorded in {record_path}; skipped")
+        return "skipped"
+    folder.mkdir(parents=True, exist_ok=True)
+    data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))
+    ckpt = folder / "checkpoint.pt"
+    if not ckpt.exists():
+        history_path.unlink(missing_ok=True)
+    log(f"{run.run_name}: offline run into {folder} on {device_name(device)}, {data.description}, budget "
+        f"{run.budget:g} ({run.spec.schedule.total_iters} iterations)" + (", resuming" if ckpt.exists() else ""))
+
+    def on_eval(step: int, metrics: dict[str, float]) -> bool:
+        with history_path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if not progress:  # a log line per evaluation point instead of the bar
+            log(f"{run.run_name} it {step}: train_loss {metrics['train_loss']:.3f} val_error "
+                f"{metrics['val_error']:.2f}% {metrics['images_per_s']:.0f} img/s")
+        return False
+
+    t0 = time.perf_counter()
+    status, final, model = "FINISHED", {}, None
+    try:
+        final, model = train(run, data, device, checkpoint=ckpt, on_eval=on_eval, progress=progress)
+    except Diverged as e:
+        status, final = "FAILED", {"failure": "diverged", "failure_message": str(e)}
+    by_step = {}
+    if history_path.exists():  # a resumed run may repeat the evaluation it was killed after: keep the last
+        for line in history_path.read_text().splitlines():
+            by_step[json.loads(line)["step"]] = json.loads(line)
+    record = {"group": run.group, "run_name": run.run_name, "status": status,
+              "tags": run_tags(run, arrays, data.description, device), "params": run_params(run),
+              "spec_yaml": resolved_yaml(run), "history": [by_step[k] for k in sorted(by_step)],
+              "summary": {"final_iteration": final.get("iterations", 0), "train_seconds": final.get("train_seconds", 0),
+                          "wall_seconds_this_attempt": time.perf_counter() - t0},
+              "final": final}
+    if model is not None:
+        tmp = folder / "model.pt.tmp"
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, folder / "model.pt")
+    tmp = folder / "record.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, record_path)  # the record appears whole or not at all
+    ckpt.unlink(missing_ok=True)
+    history_path.unlink(missing_ok=True)
+    log(f"{run.run_name}: {status} in {record['summary']['wall_seconds_this_attempt']:.0f}s: test_error "
+        f"{final.get('test_error', float('nan')):.2f}% ({data.description}, budget {run.budget:g}) -> {record_path}")
+    return "finished" if status == "FINISHED" else "diverged"
+
+
+def import_record(record_path: Path) -> str:
+    """Log one offline record into the MLflow store as the run `execute` would have made; idempotent."""
+    from mlflow.entities import Metric, Param
+
+    try:
+        rec = json.loads(record_path.read_text())
+        tags, history, group = rec["tags"], rec["history"], rec["group"]
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{record_path}: expected a record.json written by `run --offline` ({e})") from e
+    c = tracking.client()
+    exp_id = tracking.experiment_id(c, group)
+    existing = tracking.find_run(c, exp_id, tags["spec_hash"])
+    if existing is not None and existing.info.status == "FINISHED":
+        log(f"{rec['run_name']}: already FINISHED in MLflow (run {existing.info.run_id}); not imported again")
+        return "skipped"
+    r = c.create_run(exp_id, run_name=rec["run_name"], tags={**tags, "imported_from": str(record_path)})
+    run_id = r.info.run_id
+    ts = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), ts, h["step"]) for h in history for k, v in h.items() if k != "step"]
+    last_step = history[-1]["step"] if history else 0
+    metrics += [Metric(k, float(v), ts, last_step) for k, v in rec["summary"].items()]
+    params = [Param(k, v) for k, v in rec["params"].items()]
+    for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
+        c.log_batch(run_id, metrics=metrics[i:i + 1000], params=params if i == 0 else [])
+    c.log_text(run_id, rec["spec_yaml"], "spec.yaml")
+    if (record_path.parent / "model.pt").exists():
+        c.log_artifact(run_id, str(record_path.parent / "model.pt"))
+    if rec["status"] == "FINISHED":
+        log_curve(c, run_id, f"{rec['run_name']} ({tags['data']}, budget {tags['budget']})")
+    else:
+        for k in ("failure", "failure_message"):
+            c.set_tag(run_id, k, rec["final"].get(k, ""))
+    c.set_terminated(run_id, rec["status"])
+    log(f"{rec['run_name']}: imported as MLflow run {run_id} ({rec['status']}) in experiment '{group}' "
+        f"from {record_path}")
+    return "imported"

@@ -155,7 +155,9 @@ class Spec(_Strict):
     seeds: list[int] = Field([0], min_length=1)
     dtype: Literal["float32", "bfloat16", "float64"] = "float32"
     channels_last: bool = False
-    compile: bool = False
+    # false: eager; true: torch.compile's default mode; "reduce-overhead" adds CUDA-graph capture of the
+    # forward and backward (static shapes; on CPU it is the default mode); "max-autotune" also tunes kernels.
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
     eval_points: int = Field(32, ge=1)
     tune: TuneSpec | None = None
 

@@ -60,6 +60,9 @@ def find_run(c, exp_id: str, spec_hash: str):
 
 
 def git_commit() -> str:
+    """HEAD (with -dirty); HARNESS_GIT_COMMIT names it where the tree has no .git (the GPU machine's copy)."""
+    if os.environ.get("HARNESS_GIT_COMMIT"):
+        return os.environ["HARNESS_GIT_COMMIT"]
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                              check=True, cwd=Path(__file__).parent).stdout.strip()

@@ -57,6 +57,57 @@ def make_optimizer(model: torch.nn.Module, spec: Spec, device: torch.device) -> 
     return torch.optim.Adam(model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay, **fast)
 
 
+def autocast_for(spec: Spec, device: torch.device):
+    """bf16 is autocast around the forward (weights, optimizer state and loss stay float32)."""
+    if spec.dtype == "bfloat16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext
+
+
+def compile_mode(spec: Spec) -> str | None:
+    return None if spec.compile is False else ("default" if spec.compile is True else spec.compile)
+
+
+Step = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
+
+
+def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, spec: Spec, device: torch.device) -> Step:
+    """One SGD step as (images, labels, lr) -> (loss, wrong), both still on the device.
+
+    Forward, loss and error count are one compiled region, so its backward is one compiled graph too; under
+    "reduce-overhead" / "max-autotune" on CUDA both are replayed as CUDA graphs (the launch cost of ~100 small
+    kernels is what bounds a batch-128 ResNet step on a GPU). The optimizer is the fused (CUDA) or foreach
+    (CPU) SGD: a handful of kernels for all parameters. Nothing here reads a value back to the host.
+    """
+    autocast = autocast_for(spec, device)
+
+    def forward_loss(x, y):
+        with autocast():
+            logits = model(x)
+        return F.cross_entropy(logits.float(), y), (logits.argmax(1) != y).sum()
+
+    mode = compile_mode(spec)
+    fwd = torch.compile(forward_loss, mode=mode) if mode else forward_loss
+    graphed = device.type == "cuda" and mode in ("reduce-overhead", "max-autotune")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # static shapes: pick the fastest convolution once
+
+    def step(x, y, lr):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if graphed:
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, wrong = fwd(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if graphed:  # graph outputs are overwritten by the next replay; the caller accumulates them later
+            return loss.detach().clone(), wrong.clone()
+        return loss.detach(), wrong
+
+    return step
+
+
 def scheduled_lr(s: ScheduleSpec, base_lr: float, it: int) -> float:
     """The lr at iteration `it` for the iteration-indexed families; a pure function, so resume cannot drift."""
     if s.name == "cosine":
@@ -155,9 +206,8 @@ def train(run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path
     patience_evals = math.ceil(s.patience / eval_every) if plateau else 0
     if plateau:
         plateau.patience = patience_evals
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if spec.dtype == "bfloat16" \
-        else nullcontext
-    step_model = torch.compile(model) if spec.compile else model
+    autocast = autocast_for(spec, device)
+    step = make_step(model, opt, spec, device)
     kill_at = int(os.environ.get("HARNESS_FAULT_KILL_AT", "0"))  # fault injection for the resume test
 
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -182,17 +232,8 @@ def train(run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path
         lr = s.warmup.lr if warming else (
             st.plateau_lr * (min(1.0, (st.it + 1) / s.warmup_iters) if s.warmup_iters else 1.0)
             if plateau else scheduled_lr(s, spec.optimizer.lr, st.it))
-        for g in opt.param_groups:
-            g["lr"] = lr
-
-        with autocast():
-            logits = step_model(x)
-            loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        wrong = (logits.argmax(1) != y).sum()
-        loss_sum += loss.detach().double()
+        loss, wrong = step(x, y, lr)
+        loss_sum += loss.double()
         wrong_sum += wrong
         seen += bs
         st.it += 1

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# What a lent GPU machine runs (device tool; it has torch but no MLflow/pydantic, and $OUT comes back).
+#   scripts/gpu.sh setup                      install carried wheels (.whl/) into /tmp/site
+#   scripts/gpu.sh bench resnet20 resnet32    bench each model, JSON lines into $OUT/bench.jsonl
+#   scripts/gpu.sh run SPEC [harness run args] train offline into /tmp/records, copied to $OUT/records
+# Records come home with `python -m harness import <files>/records`.
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+OUT=${OUT:-/tmp/out}
+cmd=$1; shift
+case "$cmd" in
+  setup)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
+    python3 -c "import torch, torchvision, pydantic; print('torch', torch.__version__, 'tv', torchvision.__version__, 'pydantic', pydantic.__version__, torch.cuda.get_device_name())"
+    ;;
+  bench)
+    for m in "$@"; do
+      timeout "${BENCH_TIMEOUT:-280}" python3 -m harness bench --model "$m" --compile --iters "${ITERS:-200}" \
+        --warmup "${WARMUP:-20}" --workers "${WORKERS:-8}" --json >> "$OUT/bench.jsonl" 2>> "$OUT/bench.log" \
+        || echo "bench $m: exit $?" | tee -a "$OUT/bench.log"
+      tail -n 1 "$OUT/bench.jsonl"
+    done
+    ;;
+  run)
+    spec=$1; shift
+    timeout "${RUN_TIMEOUT:-560}" python3 -m harness run "$spec" --offline /tmp/records --no-progress "$@" 2>&1 \
+      | tee -a "$OUT/run.log" | grep -v "^\s*$" | tail -n 40
+    cp -r /tmp/records "$OUT/" 2>/dev/null
+    find "$OUT" -type f | head -20
+    ;;
+  *) echo "gpu.sh: unknown command $cmd (setup, bench, run)" >&2; exit 2 ;;
+esac
