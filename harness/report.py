@@ -331,12 +331,19 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
     out.mkdir(parents=True, exist_ok=True)
     desc = descriptions_of_specs()
     tab = table6(df, paper, budget, official, out)
-    ablations(df, paper, budget, official, out, desc)
-    bars = ladder(df, paper, budget, official, out, desc)
-    tuned(df, paper, budget, official, out, desc)
+    written = ["table6.md", "table6.csv", "error_vs_depth.png", "curves_table6.png"]
+    bars = []
+    if (df.group == "ablations").any():  # a campaign without such runs (e.g. a GPU session's) gets no empty page
+        ablations(df, paper, budget, official, out, desc)
+        written.append("ablations.md")
+    if (df.group == "ladder").any():
+        bars = ladder(df, paper, budget, official, out, desc)
+        written += ["ladder.md", "ladder.png"]
+    if tuned(df, paper, budget, official, out, desc):
+        written.append("tuned.md")
     figures(df, tab, bars, paper, budget, official, out)
-    print(f"report: wrote {out}/table6.md, table6.csv, ablations.md, ladder.md, error_vs_depth.png, "
-          f"curves_table6.png, ladder.png ({len(df)} runs, budget {budget:g}, {data_id})", file=sys.stderr)
+    print(f"report: wrote {out}/{', '.join(written)} ({len(df)} runs, budget {budget:g}, {data_id})",
+          file=sys.stderr)
     return out
 
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # What a lent GPU machine runs (device tool; it has torch but no MLflow/pydantic, and $OUT comes back).
 #   scripts/gpu.sh setup                      install carried wheels (.whl/) into /tmp/site
+#   scripts/gpu.sh data                       keep the carried .devdata/ part in /tmp/dd (the next call's carry
+#                                             replaces .devdata/); once all three are there, join and check them
 #   scripts/gpu.sh bench resnet20 resnet32    bench each model, JSON lines into $OUT/bench.jsonl
 #   scripts/gpu.sh run SPEC [harness run args] train offline into /tmp/records, copied to $OUT/records
 # Records come home with `python -m harness import <files>/records`.
@@ -13,6 +15,13 @@ case "$cmd" in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader
     python3 -c "import torch, torchvision, pydantic; print('torch', torch.__version__, 'tv', torchvision.__version__, 'pydantic', pydantic.__version__, torch.cuda.get_device_name())"
+    ;;
+  data)
+    mkdir -p /tmp/dd && cp .devdata/* /tmp/dd/
+    if [ -f /tmp/dd/part-00 ] && [ -f /tmp/dd/part-01 ] && [ -f /tmp/dd/part-02 ]; then
+      (cd /tmp/dd && cat part-0? > cifar10-full.npz && sha256sum -c SHA256SUMS && rm part-0?) || exit 2
+    fi
+    ls -la /tmp/dd
     ;;
   bench)
     for m in "$@"; do
@@ -29,5 +38,5 @@ case "$cmd" in
     cp -r /tmp/records "$OUT/" 2>/dev/null
     find "$OUT" -type f | head -20
     ;;
-  *) echo "gpu.sh: unknown command $cmd (setup, bench, run)" >&2; exit 2 ;;
+  *) echo "gpu.sh: unknown command $cmd (setup, data, bench, run)" >&2; exit 2 ;;
 esac

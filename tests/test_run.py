@@ -1,5 +1,6 @@
 """End to end on real mini CIFAR-10 with a real SQLite MLflow store: tracking, skip, resume, failure."""
 
+import json
 import os
 import signal
 import subprocess
@@ -118,3 +119,49 @@ def test_help_is_the_map():
     for cmd in ("run", "validate", "report", "tune", "table", "bench"):
         assert cmd in out
     assert os.path.isfile(ROOT / "Makefile")
+
+
+def test_offline_run_then_import_is_a_finished_mlflow_run(store, mini, tmp_path, capsys):
+    """The GPU machine has no MLflow: `run --offline` writes a record, `import` makes it the run `run` would
+    have made, so a later `run` of the same spec skips it and a second import adds nothing."""
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny")
+    out = tmp_path / "records"
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--offline", str(out)]) == 0
+    assert not store.exists() or not _runs()[1]  # nothing in MLflow yet
+    (record,) = out.glob("*/record.json")
+    assert {p.name for p in record.parent.iterdir()} == {"record.json", "model.pt"}  # checkpoint gone
+    assert main(["import", str(out)]) == 0
+    c, runs = _runs()
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    r = runs[0]
+    assert r.data.tags["spec_hash"] == record.parent.name and r.data.tags["imported_from"] == str(record)
+    assert [m.step for m in c.get_metric_history(r.info.run_id, "val_error")] == [3, 6, 9, 12]
+    assert 0 <= r.data.metrics["test_error"] <= 100 and r.data.params["model.depth"] == "8"
+    assert {a.path for a in c.list_artifacts(r.info.run_id)} >= {"spec.yaml", "model.pt", "learning_curve.png"}
+    capsys.readouterr()
+    assert main(["import", str(out)]) == 0 and "not imported again" in capsys.readouterr().err
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert "already FINISHED" in capsys.readouterr().err and len(_runs()[1]) == 1
+
+
+def test_offline_run_killed_resumes_from_its_folder(store, mini, tmp_path):
+    text = TINY.replace("total_iters: 12", "total_iters: 16")
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny", text)
+    out = tmp_path / "records"
+    args = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress", "--offline",
+            str(out)]
+    p = subprocess.run(args, env=env_with(HARNESS_FAULT_KILL_AT=10), cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    (folder,) = out.iterdir()
+    assert (folder / "checkpoint.pt").exists() and not (folder / "record.json").exists()
+    p = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0 and "resuming" in p.stderr, p.stderr
+    history = json.loads((folder / "record.json").read_text())["history"]
+    assert [h["step"] for h in history] == [4, 8, 12, 16]  # the repeated evaluation is kept once
+
+
+def test_import_rejects_a_folder_without_records(store, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["import", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no record.json" in err[0]

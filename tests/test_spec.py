@@ -31,6 +31,7 @@ MALFORMED = [
     ("val_fraction_one", TINY.replace("val_fraction: 0.1", "val_fraction: 1.5"), ["data.val_fraction", "less than 1"]),
     ("not_a_mapping", "- just\n- a list\n", ["top level", "mapping"]),
     ("bad_yaml", "model: {arch: resnet\nschedule: [\n", ["not valid YAML", "line"]),
+    ("bad_compile_mode", TINY + "compile: fastest\n", ["compile", "reduce-overhead"]),
     ("bad_tune_range", TINY + "tune: {lr: [0.5, 0.1]}\n", ["tune.lr", "low < high"]),
 ]
 
