@@ -143,6 +143,9 @@ class TuneSpec(_Strict):
         return v
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
 class Spec(_Strict):
     name: str | None = None
     description: str = ""
@@ -157,9 +160,16 @@ class Spec(_Strict):
     channels_last: bool = False
     # false: eager; true: torch.compile's default mode; "reduce-overhead" adds CUDA-graph capture of the
     # forward and backward (static shapes; on CPU it is the default mode); "max-autotune" also tunes kernels.
-    compile: bool | Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = False
+    compile: bool | str = False
     eval_points: int = Field(32, ge=1)
     tune: TuneSpec | None = None
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, v):
+        if isinstance(v, bool) or v in COMPILE_MODES:
+            return v
+        raise ValueError(f"expected true, false or one of {', '.join(COMPILE_MODES)}, got {v!r}")
 
 
 class RunSpec(BaseModel):
