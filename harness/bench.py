@@ -110,8 +110,6 @@ def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, **fast):
         if pos + bs > n:
             perm, pos = torch.randperm(n, device=device, generator=gen), 0
         x, y = train_batch(data, perm[pos:pos + bs], True, gen)
-        if spec.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
         pos += bs
         loss, _ = step(x, y, 0.1)
         loss_sum += loss

@@ -60,8 +60,7 @@ def cmd_run(a) -> int:
         execute = partial(execute_offline, out=Path(a.offline))  # noqa: F811 - same signature, no MLflow
     for i, r in enumerate(runs, 1):
         print(f"[{i}/{len(runs)}] {r.run_name} ({r.source_file})", file=sys.stderr, flush=True)
-        kw = {} if a.offline else {"force": a.force}
-        status = execute(r, arrays, device, progress=not a.no_progress, **kw)
+        status = execute(r, arrays, device, force=a.force, progress=not a.no_progress)
         counts[status] = counts.get(status, 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     print(f"{len(runs)} runs: {summary} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)

@@ -151,7 +151,8 @@ def device_name(device: torch.device) -> str:
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
-def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Path, progress: bool = True) -> str:
+def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Path, force: bool = False,
+                    progress: bool = True) -> str:
     """Train without MLflow (the GPU machine has none) into `out/<spec_hash>/`; `import` logs it later.
 
     The folder holds the checkpoint and the evaluation history while the run is going (a killed run
@@ -159,13 +160,15 @@ def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Pat
     """
     spec_hash = run.spec_hash(arrays.data_id)
     folder = out / spec_hash
-    record_path, history_path = folder / "record.json", folder / "history.jsonl"
+    record_path, history_path, ckpt = folder / "record.json", folder / "history.jsonl", folder / "checkpoint.pt"
+    if force:  # start afresh, as `execute --force` does
+        for p in (record_path, history_path, ckpt, folder / "model.pt"):
+            p.unlink(missing_ok=True)
     if record_path.exists():
-        log(f"{run.run_name}: already recorded in {record_path}; skipped")
+        log(f"{run.run_name}: already recorded in {record_path}; skipped (--force to run again)")
         return "skipped"
     folder.mkdir(parents=True, exist_ok=True)
     data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))
-    ckpt = folder / "checkpoint.pt"
     if not ckpt.exists():
         history_path.unlink(missing_ok=True)
     log(f"{run.run_name}: offline run into {folder} on {device_name(device)}, {data.description}, budget "
@@ -187,8 +190,8 @@ def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Pat
         status, final = "FAILED", {"failure": "diverged", "failure_message": str(e)}
     by_step = {}
     if history_path.exists():  # a resumed run may repeat the evaluation it was killed after: keep the last
-        for line in history_path.read_text().splitlines():
-            by_step[json.loads(line)["step"]] = json.loads(line)
+        for point in map(json.loads, history_path.read_text().splitlines()):
+            by_step[point["step"]] = point
     record = {"group": run.group, "run_name": run.run_name, "status": status,
               "tags": run_tags(run, arrays, data.description, device), "params": run_params(run),
               "spec_yaml": resolved_yaml(run), "history": [by_step[k] for k in sorted(by_step)],

@@ -72,7 +72,8 @@ Step = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.T
 
 
 def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, spec: Spec, device: torch.device) -> Step:
-    """One SGD step as (images, labels, lr) -> (loss, wrong), both still on the device.
+    """One SGD step as (images, labels, lr) -> (loss, wrong), both still on the device; the images are put
+    in the model's memory format here.
 
     Forward, loss and error count are one compiled region, so its backward is one compiled graph too; under
     "reduce-overhead" / "max-autotune" on CUDA both are replayed as CUDA graphs (the launch cost of ~100 small
@@ -93,6 +94,8 @@ def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, spec: Spec, de
         torch.backends.cudnn.benchmark = True  # static shapes: pick the fastest convolution once
 
     def step(x, y, lr):
+        if spec.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         for g in opt.param_groups:
             g["lr"] = lr
         if graphed:
@@ -225,8 +228,6 @@ def train(run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path
         idx = st.perm[st.pos:st.pos + bs]
         st.pos += bs
         x, y = train_batch(data, idx, spec.data.augment, gen)
-        if spec.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
 
         warming = s.warmup is not None and not st.warmup_done and st.it < s.warmup.max_iters
         lr = s.warmup.lr if warming else (
