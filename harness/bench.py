@@ -15,6 +15,7 @@ import resource
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,7 +75,7 @@ def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, w
             yield from loader
 
     it = batches()
-    t0 = 0.0
+    start = t0 = time.perf_counter()
     for i in range(warmup + iters):
         if i == warmup:
             _sync(device)
@@ -87,7 +88,7 @@ def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, w
         opt.step()
         loss.item()  # the usual per-step logging
     _sync(device)
-    return time.perf_counter() - t0
+    return t0 - start, time.perf_counter() - t0
 
 
 def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, **fast):
@@ -102,7 +103,7 @@ def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, **fast):
     loss_sum = torch.zeros((), device=device)
     n = len(data.y_train)
     perm, pos = torch.randperm(n, device=device, generator=gen), 0
-    t0 = 0.0
+    start = t0 = time.perf_counter()
     for i in range(warmup + iters):
         if i == warmup:
             _sync(device)
@@ -116,7 +117,23 @@ def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, **fast):
     _sync(device)
     if not torch.isfinite(loss_sum):
         raise RuntimeError(f"bench: the loss is not finite for {fast}")
-    return time.perf_counter() - t0
+    return t0 - start, time.perf_counter() - t0
+
+
+def bench_batches(data: DeviceData, bs: int, iters: int, device) -> float:
+    """Seconds per batch of our loader alone (gather, normalize, pad-crop-flip), to show whether the step or the
+    augmentation bounds a training iteration."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    n = len(data.y_train)
+    idx = [torch.randint(0, n, (bs,), device=device, generator=gen) for _ in range(iters + 2)]
+    for i in idx[:2]:
+        train_batch(data, i, True, gen)
+    _sync(device)
+    t0 = time.perf_counter()
+    for i in idx[2:]:
+        train_batch(data, i, True, gen)
+    _sync(device)
+    return (time.perf_counter() - t0) / iters
 
 
 def bench_mlflow(n_calls: int = 20) -> float | None:
@@ -165,16 +182,21 @@ def matmul_gflops(device, n: int = 2048, reps: int = 10) -> float:
 def device_label(device) -> str:
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.machine()} {torch.get_num_threads()} threads"
+    model = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                 platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"cpu:{platform.machine()} {model} {torch.get_num_threads()} threads"
 
 
 def fast_variants(device) -> list[tuple[str, dict]]:
-    """The compiled paths worth timing on this device (CUDA graphs exist only on CUDA)."""
-    variants = [("ours_compiled", {"compile": True})]
+    """The fast paths worth timing on this device: CUDA graphs exist only on CUDA; on a CPU oneDNN's convolutions
+    prefer channels_last, while bf16 there is emulated unless the cores have AMX/AVX512-BF16."""
     if device.type == "cuda":
-        variants += [("ours_graphed", {"compile": "reduce-overhead"}),
-                     ("ours_graphed_bf16", {"compile": "reduce-overhead", "dtype": "bfloat16", "channels_last": True})]
-    return variants
+        return [("ours_compiled", {"compile": True}),
+                ("ours_graphed", {"compile": "reduce-overhead"}),
+                ("ours_graphed_bf16", {"compile": "reduce-overhead", "dtype": "bfloat16", "channels_last": True})]
+    return [("ours_channels_last", {"channels_last": True}),
+            ("ours_compiled", {"compile": True}),
+            ("ours_compiled_channels_last", {"compile": True, "channels_last": True})]
 
 
 def _duration(seconds: float) -> str:
@@ -186,7 +208,12 @@ def main(a) -> int:
     if not name.startswith("resnet") or not name[6:].isdigit() or (int(name[6:]) - 2) % 6:
         raise UserError(f"--model: expected resnetN with N = 6n+2 (resnet20, resnet32, ...), got {a.model}")
     depth = int(name[6:])
+    wanted = [w for w in (a.variants or "").split(",") if w]
     device = pick_device(a.device)
+    known = ["dataloader", "ours"] + [v for v, _ in fast_variants(device)]
+    if unknown := [w for w in wanted if w not in known]:
+        raise UserError(f"--variants: unknown {', '.join(unknown)} on {device.type}; expected some of "
+                        f"{', '.join(known)}")
     if a.data:
         arr = load_arrays(a.data)
         images, labels = arr.x_train, arr.y_train
@@ -200,37 +227,44 @@ def main(a) -> int:
     arrays = Arrays(images, labels, images[:1000], labels[:1000], "bench", "bench")
     data = to_device(arrays, DataSpec(val_size=100), device, torch.float32)
 
-    variants = {}
     flops = train_flops_per_image(build_model(ModelSpec(depth=depth)))
-    runs = [("dataloader", lambda: bench_dataloader(images, labels, depth, a.batch_size, a.iters, a.warmup,
-                                                    device, a.workers)),
-            ("ours", lambda: bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device))]
-    for vname, fast in fast_variants(device) if a.compile else []:
-        runs.append((vname, lambda fast=fast: bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device,
-                                                         **fast)))
-    for vname, fn in runs:
+    runs = {"dataloader": lambda: bench_dataloader(images, labels, depth, a.batch_size, a.iters, a.warmup,
+                                                   device, a.workers),
+            "ours": lambda: bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device)}
+    for vname, fast in fast_variants(device) if a.compile or wanted else []:
+        runs[vname] = lambda fast=fast: bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device, **fast)
+    if wanted:
+        runs = {k: fn for k, fn in runs.items() if k in wanted}
+
+    variants = {}
+    for vname, fn in runs.items():
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         print(f"bench: {vname} ({a.iters} timed iterations after {a.warmup} warm-up)...", file=sys.stderr,
               flush=True)
-        secs = fn()
+        warm_s, secs = fn()
         ms = 1000 * secs / a.iters
         ips = a.iters * a.batch_size / secs
         variants[vname] = {"images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),
                            "projected_64k_run_s": round(ms * PAPER_ITERS / 1000, 1),
                            "achieved_gflop_s": round(ips * flops / 1e9, 1),
-                           "peak_mem_mb": round(_peak_mem_mb(device), 1)}
-    base = variants["dataloader"]["images_per_s"]
+                           "peak_mem_mb": round(_peak_mem_mb(device), 1),
+                           "warmup_s": round(warm_s, 1)}  # includes compiling and capturing the graphs
+    base = variants.get("dataloader", {}).get("images_per_s")
     for v in variants.values():
-        v["speedup_vs_dataloader"] = round(v["images_per_s"] / base, 2)
+        v["speedup_vs_dataloader"] = None if base is None else round(v["images_per_s"] / base, 2)
     log_s = bench_mlflow()
-    step_s = min(v["ms_per_iter"] for k, v in variants.items() if k != "dataloader") / 1000  # the fastest step
+    ours = {k: v for k, v in variants.items() if k != "dataloader"} or variants
+    step_s = min(v["ms_per_iter"] for v in ours.values()) / 1000  # the fastest step
+    batch_s = bench_batches(data, a.batch_size, max(a.iters, 5), device)
     eval_every = PAPER_ITERS // PAPER_EVAL_POINTS
     result = {
         "device": device_label(device), "model": name, "params": count_params(build_model(ModelSpec(depth=depth))),
         "batch_size": a.batch_size, "iters": a.iters, "dataloader_workers": a.workers,
         "train_gflop_per_image": round(flops / 1e9, 3), "matmul_gflop_s": round(matmul_gflops(device), 1),
         "variants": variants,
+        "loader_ms_per_batch": round(1000 * batch_s, 3),
+        "loader_pct_of_fastest_iter": round(100 * batch_s / step_s, 2),
         "mlflow_log_ms_per_eval_point": None if log_s is None else round(1000 * log_s, 2),
         "mlflow_overhead_pct": None if log_s is None else round(100 * log_s / (eval_every * step_s), 4),
         "mlflow_overhead_pct_if_logged_every_step": None if log_s is None else round(100 * log_s / step_s, 2),
@@ -241,14 +275,17 @@ def main(a) -> int:
         return 0
     print(f"{result['date']}  {result['device']}  {name} ({result['params']:,} params)  batch {a.batch_size}, "
           f"{a.iters} iterations, torch {torch.__version__}")
-    print(f"{'variant':<19}{'images/s':>10}{'ms/iter':>10}{'64k run':>10}{'GFLOP/s':>10}{'x loader':>10}"
-          f"{'peak MB':>10}")
+    print(f"{'variant':<28}{'images/s':>10}{'ms/iter':>10}{'64k run':>10}{'GFLOP/s':>10}{'x loader':>10}"
+          f"{'peak MB':>10}{'warm-up s':>10}")
     for vname, v in variants.items():
-        print(f"{vname:<19}{v['images_per_s']:>10.1f}{v['ms_per_iter']:>10.2f}"
+        ratio = "-" if v["speedup_vs_dataloader"] is None else f"{v['speedup_vs_dataloader']:.2f}"
+        print(f"{vname:<28}{v['images_per_s']:>10.1f}{v['ms_per_iter']:>10.2f}"
               f"{_duration(v['projected_64k_run_s']):>10}{v['achieved_gflop_s']:>10.1f}"
-              f"{v['speedup_vs_dataloader']:>10.2f}{v['peak_mem_mb']:>10.0f}")
+              f"{ratio:>10}{v['peak_mem_mb']:>10.0f}{v['warmup_s']:>10.1f}")
     print(f"fp32 matmul on this device: {result['matmul_gflop_s']} GFLOP/s; one training image = "
           f"{result['train_gflop_per_image']} GFLOP")
+    print(f"our loader alone (gather + normalize + crop/flip): {result['loader_ms_per_batch']} ms per batch = "
+          f"{result['loader_pct_of_fastest_iter']}% of the fastest iteration")
     if log_s is None:
         print("MLflow: not installed here, overhead not measured")
         return 0

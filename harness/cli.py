@@ -146,7 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers for the baseline")
     b.add_argument("--compile", action="store_true",
-                   help="also time our step under torch.compile (on CUDA: with CUDA graphs, fp32 and bf16)")
+                   help="also time the fast variants (torch.compile; on CPU channels_last; on CUDA CUDA graphs, "
+                        "fp32 and bf16)")
+    b.add_argument("--variants", default=None,
+                   help="comma-separated subset to time, e.g. dataloader,ours_graphed (default: all)")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
 

@@ -15,6 +15,8 @@ def test_bench_json_is_machine_readable(mini, tmp_path):
     for v in ("dataloader", "ours"):
         assert r["variants"][v]["images_per_s"] > 0 and r["variants"][v]["ms_per_iter"] > 0
     assert r["variants"]["dataloader"]["speedup_vs_dataloader"] == 1.0
+    assert all(v["warmup_s"] >= 0 for v in r["variants"].values())
+    assert r["loader_ms_per_batch"] > 0 and 0 < r["loader_pct_of_fastest_iter"] < 100  # augmentation is not the step
     assert 0 <= r["mlflow_overhead_pct"] < 100
     assert not (tmp_path / "mlruns").exists()  # the MLflow probe uses a throw-away store
 
@@ -23,3 +25,19 @@ def test_bench_rejects_unknown_model():
     p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "vgg16"], capture_output=True, text=True,
                        cwd=ROOT)
     assert p.returncode == 2 and "--model: expected resnetN" in p.stderr
+
+
+def test_bench_times_only_the_variants_asked_for(mini, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--iters", "1", "--warmup", "1",
+                        "--batch-size", "16", "--data", str(mini), "--variants", "ours,ours_channels_last", "--json"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    assert list(r["variants"]) == ["ours", "ours_channels_last"]
+    assert r["variants"]["ours"]["speedup_vs_dataloader"] is None  # no baseline timed, no ratio made up
+
+
+def test_bench_rejects_unknown_variant():
+    p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--variants", "ours,ours_graphed",
+                        "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 2 and "--variants: unknown ours_graphed on cpu" in p.stderr
