@@ -38,6 +38,6 @@ def test_bench_times_only_the_variants_asked_for(mini, tmp_path):
 
 
 def test_bench_rejects_unknown_variant():
-    p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--variants", "ours,ours_graphed",
-                        "--device", "cpu"], capture_output=True, text=True, cwd=ROOT)
+    p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--device", "cpu",
+                        "--variants", "ours,ours_graphed"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and "--variants: unknown ours_graphed on cpu" in p.stderr
