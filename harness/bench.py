@@ -50,7 +50,8 @@ def _fresh_model(depth: int, device, seed: int = 0):
     return model, opt
 
 
-def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, warmup, device, workers):
+def _pil_loader(images: np.ndarray, labels: np.ndarray, bs: int, workers: int, pin: bool):
+    """torchvision's CIFAR10 pipeline: per-image PIL transforms in DataLoader workers."""
     import torchvision.transforms as T
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -65,8 +66,23 @@ def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, w
         def __getitem__(self, i):
             return tf(Image.fromarray(images[i])), int(labels[i])
 
-    loader = DataLoader(PilCifar(), batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
-                        pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    return DataLoader(PilCifar(), batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
+                      pin_memory=pin, persistent_workers=workers > 0)
+
+
+def bench_pil_batches(images: np.ndarray, labels: np.ndarray, bs: int, n: int = 10) -> float:
+    """CPU seconds per batch of the transforms alone (no workers): what the baseline's workers must find on the
+    host's cores, beside the training step, for every batch."""
+    it = iter(_pil_loader(images, labels, bs, 0, False))
+    next(it)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        next(it)
+    return (time.perf_counter() - t0) / n
+
+
+def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, warmup, device, workers):
+    loader = _pil_loader(images, labels, bs, workers, device.type == "cuda")
     model, opt = _fresh_model(depth, device)
     model.train()
 
@@ -264,6 +280,7 @@ def main(a) -> int:
         "train_gflop_per_image": round(flops / 1e9, 3), "matmul_gflop_s": round(matmul_gflops(device), 1),
         "variants": variants,
         "loader_ms_per_batch": round(1000 * batch_s, 3),
+        "transforms_cpu_ms_per_batch": round(1000 * bench_pil_batches(images, labels, a.batch_size), 1),
         "loader_pct_of_fastest_iter": round(100 * batch_s / step_s, 2),
         "mlflow_log_ms_per_eval_point": None if log_s is None else round(1000 * log_s, 2),
         "mlflow_overhead_pct": None if log_s is None else round(100 * log_s / (eval_every * step_s), 4),
@@ -285,7 +302,8 @@ def main(a) -> int:
     print(f"fp32 matmul on this device: {result['matmul_gflop_s']} GFLOP/s; one training image = "
           f"{result['train_gflop_per_image']} GFLOP")
     print(f"our loader alone (gather + normalize + crop/flip): {result['loader_ms_per_batch']} ms per batch = "
-          f"{result['loader_pct_of_fastest_iter']}% of the fastest iteration")
+          f"{result['loader_pct_of_fastest_iter']}% of the fastest iteration; the baseline's transforms: "
+          f"{result['transforms_cpu_ms_per_batch']} ms of CPU per batch")
     if log_s is None:
         print("MLflow: not installed here, overhead not measured")
         return 0

@@ -4,6 +4,8 @@
 #   scripts/gpu.sh data                       keep the carried .devdata/ part in /tmp/dd (the next call's carry
 #                                             replaces .devdata/); once all three are there, join and check them
 #   scripts/gpu.sh bench resnet20 resnet32    bench each model, JSON lines into $OUT/bench.jsonl
+#                                             (VARIANTS=dataloader,ours_graphed: a subset, e.g. one compiled
+#                                             variant per call for ResNet-110, whose compile is minutes)
 #   scripts/gpu.sh run SPEC [harness run args] train offline into /tmp/records, copied to $OUT/records
 # Records come home with `python -m harness import <files>/records`.
 set -uo pipefail
@@ -26,7 +28,8 @@ case "$cmd" in
   bench)
     for m in "$@"; do
       timeout "${BENCH_TIMEOUT:-280}" python3 -m harness bench --model "$m" --compile --iters "${ITERS:-200}" \
-        --warmup "${WARMUP:-20}" --workers "${WORKERS:-8}" --json >> "$OUT/bench.jsonl" 2>> "$OUT/bench.log" \
+        --warmup "${WARMUP:-20}" --workers "${WORKERS:-8}" ${VARIANTS:+--variants "$VARIANTS"} --json \
+        >> "$OUT/bench.jsonl" 2>> "$OUT/bench.log" \
         || echo "bench $m: exit $?" | tee -a "$OUT/bench.log"
       tail -n 1 "$OUT/bench.jsonl"
     done

@@ -17,6 +17,7 @@ def test_bench_json_is_machine_readable(mini, tmp_path):
     assert r["variants"]["dataloader"]["speedup_vs_dataloader"] == 1.0
     assert all(v["warmup_s"] >= 0 for v in r["variants"].values())
     assert r["loader_ms_per_batch"] > 0 and 0 < r["loader_pct_of_fastest_iter"] < 100  # augmentation is not the step
+    assert r["transforms_cpu_ms_per_batch"] > 0
     assert 0 <= r["mlflow_overhead_pct"] < 100
     assert not (tmp_path / "mlruns").exists()  # the MLflow probe uses a throw-away store
 
