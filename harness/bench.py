@@ -226,7 +226,8 @@ def main(a) -> int:
     depth = int(name[6:])
     wanted = [w for w in (a.variants or "").split(",") if w]
     device = pick_device(a.device)
-    known = ["dataloader", "ours"] + [v for v, _ in fast_variants(device)]
+    ours_fields = {"ours": {}, **dict(fast_variants(device))}  # variant -> Spec fields for bench_ours
+    known = ["dataloader", *ours_fields]
     if unknown := [w for w in wanted if w not in known]:
         raise UserError(f"--variants: unknown {', '.join(unknown)} on {device.type}; expected some of "
                         f"{', '.join(known)}")
@@ -244,21 +245,18 @@ def main(a) -> int:
     data = to_device(arrays, DataSpec(val_size=100), device, torch.float32)
 
     flops = train_flops_per_image(build_model(ModelSpec(depth=depth)))
-    runs = {"dataloader": lambda: bench_dataloader(images, labels, depth, a.batch_size, a.iters, a.warmup,
-                                                   device, a.workers),
-            "ours": lambda: bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device)}
-    for vname, fast in fast_variants(device) if a.compile or wanted else []:
-        runs[vname] = lambda fast=fast: bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device, **fast)
-    if wanted:
-        runs = {k: fn for k, fn in runs.items() if k in wanted}
+    chosen = [v for v in known if v in wanted] if wanted else known if a.compile else ["dataloader", "ours"]
 
     variants = {}
-    for vname, fn in runs.items():
+    for vname in chosen:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         print(f"bench: {vname} ({a.iters} timed iterations after {a.warmup} warm-up)...", file=sys.stderr,
               flush=True)
-        warm_s, secs = fn()
+        if vname == "dataloader":
+            warm_s, secs = bench_dataloader(images, labels, depth, a.batch_size, a.iters, a.warmup, device, a.workers)
+        else:
+            warm_s, secs = bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device, **ours_fields[vname])
         ms = 1000 * secs / a.iters
         ips = a.iters * a.batch_size / secs
         variants[vname] = {"images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),
