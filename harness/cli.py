@@ -20,6 +20,17 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
                    help="fraction of the paper's iterations (1.0 = 64k); scales milestones and patience too")
 
 
+def _jobs_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="train N runs at once on the device, each in its own process (CPU threads split between "
+                        "them); no progress bars, a line per evaluation point instead")
+
+
+def check_jobs(jobs: int) -> None:
+    if jobs < 1:
+        raise UserError(f"--jobs: expected a whole number of runs at a time, at least 1, got {jobs}")
+
+
 def _load_all(paths, overrides, budget):
     from harness.spec import expand_paths, load_spec, resolve_runs
 
@@ -47,21 +58,27 @@ def cmd_run(a) -> int:
     from harness.train import pick_device
 
     runs = _load_all(a.specs, a.overrides, a.budget)  # every spec is checked before anything runs
+    check_jobs(a.jobs)
     arrays = load_arrays(a.data, download=a.download)
     device = pick_device(a.device)
     counts: dict[str, int] = {}
     t0 = time.perf_counter()
-    if a.offline:
-        from functools import partial
-        from pathlib import Path
+    if a.jobs > 1:
+        from harness.parallel import execute_all
 
-        from harness.runner import execute_offline
+        counts = execute_all(runs, arrays, device, a.jobs, force=a.force, offline=a.offline)
+    else:
+        if a.offline:
+            from functools import partial
+            from pathlib import Path
 
-        execute = partial(execute_offline, out=Path(a.offline))  # noqa: F811 - same signature, no MLflow
-    for i, r in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {r.run_name} ({r.source_file})", file=sys.stderr, flush=True)
-        status = execute(r, arrays, device, force=a.force, progress=not a.no_progress)
-        counts[status] = counts.get(status, 0) + 1
+            from harness.runner import execute_offline
+
+            execute = partial(execute_offline, out=Path(a.offline))  # noqa: F811 - same signature, no MLflow
+        for i, r in enumerate(runs, 1):
+            print(f"[{i}/{len(runs)}] {r.run_name} ({r.source_file})", file=sys.stderr, flush=True)
+            status = execute(r, arrays, device, force=a.force, progress=not a.no_progress)
+            counts[status] = counts.get(status, 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     print(f"{len(runs)} runs: {summary} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return 0 if counts.keys() <= {"finished", "skipped"} else 1
@@ -127,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--offline", metavar="DIR", default=None,
                    help="no MLflow: write each run to DIR/<spec_hash>/ (record.json, model.pt) for `import`; "
                         "for machines without MLflow, e.g. a lent GPU")
+    _jobs_arg(r)
     r.set_defaults(func=cmd_run)
 
     im = sub.add_parser("import", help="log records of `run --offline` into the MLflow store (skips FINISHED)")
@@ -164,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-report", action="store_true")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--out", default="reports")
+    _jobs_arg(t)
     t.set_defaults(func=cmd_table, report_budget=None, data_id=None)
 
     rp = sub.add_parser("report", help="write reports/ (markdown, CSV, figures) from the MLflow store")

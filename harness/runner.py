@@ -29,6 +29,12 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def log_eval_point(run: RunSpec, step: int, metrics: dict[str, float]) -> None:
+    """One line per evaluation point where there is no progress bar (--no-progress, --jobs, a GPU log)."""
+    log(f"{run.run_name} it {step}: train_loss {metrics['train_loss']:.3f} val_error {metrics['val_error']:.2f}% "
+        f"{metrics['images_per_s']:.0f} img/s")
+
+
 def resolved_yaml(run: RunSpec) -> str:
     body = run.spec.model_dump(mode="json", exclude={"seeds"})
     body.update(seed=run.seed, budget=run.budget, group=run.group, source_file=run.source_file)
@@ -98,6 +104,8 @@ def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = Fa
 
     def on_eval(step: int, metrics: dict[str, float]) -> bool:
         log_seconds[0] += tracking.log_metrics(c, run_id, metrics, step)
+        if not progress:
+            log_eval_point(run, step, metrics)
         return False
 
     t0 = time.perf_counter()
@@ -177,9 +185,8 @@ def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Pat
     def on_eval(step: int, metrics: dict[str, float]) -> bool:
         with history_path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
-        if not progress:  # a log line per evaluation point instead of the bar
-            log(f"{run.run_name} it {step}: train_loss {metrics['train_loss']:.3f} val_error "
-                f"{metrics['val_error']:.2f}% {metrics['images_per_s']:.0f} img/s")
+        if not progress:
+            log_eval_point(run, step, metrics)
         return False
 
     t0 = time.perf_counter()

@@ -81,27 +81,34 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
     eta = sum(run_gflops(r, round(n * (r.spec.data.val_fraction or 0)) or (r.spec.data.val_size or 0),
                          len(arrays.x_test)) for r in todo) * spg
     print(f"plan: {len(runs)} runs in total, {done} already done, {len(todo)} to do; "
-          f"ETA {eta / 60:.0f} min on {device} (measured {1 / spg if spg else 0:.1f} GFLOP/s training rate)",
+          f"ETA {eta / 60:.0f} min on {device} one run at a time (measured {1 / spg if spg else 0:.1f} GFLOP/s "
+          "training rate)",
           file=sys.stderr, flush=True)
     return todo
 
 
 def main(a) -> int:
+    from harness.cli import check_jobs
     from harness.data import load_arrays
+    from harness.parallel import execute_all
     from harness.runner import execute
     from harness.train import pick_device
 
+    check_jobs(a.jobs)
     runs, bad_specs = collect_runs(a.folders or DEFAULT_FOLDERS, a.overrides, a.budget, a.include_heavy)
     arrays = load_arrays(a.data, download=a.download)
     device = pick_device(a.device)
     todo = plan(runs, arrays, device)
     counts: dict[str, int] = {}
     t0 = time.perf_counter()
-    for i, r in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {r.group}/{r.run_name}  ({time.perf_counter() - t0:.0f}s elapsed)",
-              file=sys.stderr, flush=True)
-        status = execute(r, arrays, device, force=False, progress=not a.no_progress)
-        counts[status] = counts.get(status, 0) + 1
+    if a.jobs > 1 and todo:
+        counts = execute_all(todo, arrays, device, a.jobs, label=lambda r: f"{r.group}/{r.run_name}")
+    else:
+        for i, r in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {r.group}/{r.run_name}  ({time.perf_counter() - t0:.0f}s elapsed)",
+                  file=sys.stderr, flush=True)
+            status = execute(r, arrays, device, force=False, progress=not a.no_progress)
+            counts[status] = counts.get(status, 0) + 1
     print(f"table: {len(todo)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
           f" in {time.perf_counter() - t0:.0f}s" + (f"; {len(bad_specs)} invalid spec(s) skipped, see the "
                                                    "error lines above" if bad_specs else ""), file=sys.stderr)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 
+import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
@@ -165,3 +166,54 @@ def test_import_rejects_a_folder_without_records(store, tmp_path, capsys):
     assert main(["import", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no record.json" in err[0]
+
+
+def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers(store, mini, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """`--jobs 2`: two spawned workers with one CPU thread each. Killed mid-run (both workers SIGKILL themselves
+    after iteration 10), the batch exits non-zero, leaves its runs RUNNING with checkpoints, and a rerun resumes
+    them to the numbers of the same runs made one after the other on one thread."""
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny",
+                      TINY.replace("total_iters: 12", "total_iters: 16").replace("seeds: [0]", "seeds: [0, 1]")
+                      .replace("eval_points: 4", "eval_points: 2"))
+
+    def run(uri, jobs, **env):
+        return subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress",
+                               "--jobs", str(jobs)], env=env_with(MLFLOW_TRACKING_URI=uri, **env), cwd=tmp_path,
+                              capture_output=True, text=True)
+
+    def finals(uri):
+        c = MlflowClient(uri)
+        runs = c.search_runs([c.get_experiment_by_name("t").experiment_id])
+        return {r.info.run_name: (r.info.status, r.data.tags["device"], _final(c, r.info.run_id)) for r in runs}
+
+    ref_uri = f"sqlite:///{tmp_path}/ref/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", ref_uri)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    reference = finals(ref_uri)
+
+    uri = f"sqlite:///{tmp_path}/jobs/mlflow.db"
+    p = run(uri, 2, OMP_NUM_THREADS=2, HARNESS_FAULT_KILL_AT=10)
+    assert p.returncode == 1 and "2 runs at a time on cpu, 1 CPU thread(s) each" in p.stderr, p.stderr
+    c = MlflowClient(uri)
+    killed = c.search_runs([c.get_experiment_by_name("t").experiment_id])
+    assert sorted(r.info.status for r in killed) == ["RUNNING", "RUNNING"]
+    assert list((tmp_path / "jobs" / "checkpoints").glob("*.pt"))  # the pool may stop the other one before its first
+
+    p = run(uri, 2, OMP_NUM_THREADS=2)
+    assert p.returncode == 0 and p.stderr.count("resuming MLflow run") == 2, p.stderr
+    assert "tiny-s1 it 16: train_loss" in p.stderr  # a line per evaluation point stands in for the bars
+    resumed = finals(uri)
+    assert set(resumed) == set(reference) == {"tiny-s0", "tiny-s1"}
+    for name, (status, device, metrics) in resumed.items():
+        assert status == "FINISHED" and device.endswith("x1 threads"), (name, device)
+        assert metrics == reference[name][2], name  # bit-exact: same thread count, same seeds
+    assert not list((tmp_path / "jobs" / "checkpoints").glob("*.pt"))
+
+    assert main(["run", str(spec), "--data", str(mini), "--jobs", "0"]) == 2
+    assert "--jobs: expected a whole number of runs at a time, at least 1, got 0" in capsys.readouterr().err
