@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from harness.data import DeviceData, load_arrays, train_batch
 from harness.errors import UserError
 from harness.models import build_model, count_params, train_flops_per_image
+from harness.parallel import thread_share
 from harness.spec import ModelSpec, Spec
 from harness.train import make_step, pick_device
 
@@ -107,9 +108,10 @@ def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, w
     return t0 - start, time.perf_counter() - t0
 
 
-def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, **fast):
+def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, before_timing=None, **fast):
     """Our training step (train.make_step) on device-resident data; `fast` holds Spec fields such as
-    compile="reduce-overhead", dtype="bfloat16", channels_last=True."""
+    compile="reduce-overhead", dtype="bfloat16", channels_last=True. `before_timing` lets concurrent jobs start
+    their timed iterations together."""
     spec = Spec(model=ModelSpec(arch="resnet", depth=depth), batch_size=bs, **fast)
     model, opt = _fresh_model(depth, device)
     model = model.to(memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
@@ -123,6 +125,8 @@ def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, **fast):
     for i in range(warmup + iters):
         if i == warmup:
             _sync(device)
+            if before_timing is not None:
+                before_timing()
             t0 = time.perf_counter()
         if pos + bs > n:
             perm, pos = torch.randperm(n, device=device, generator=gen), 0
@@ -134,6 +138,37 @@ def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, **fast):
     if not torch.isfinite(loss_sum):
         raise RuntimeError(f"bench: the loss is not finite for {fast}")
     return t0 - start, time.perf_counter() - t0
+
+
+def _bench_data(images: np.ndarray, labels: np.ndarray, device) -> DeviceData:
+    from harness.data import Arrays, to_device
+    from harness.spec import DataSpec
+
+    arrays = Arrays(images, labels, images[:1000], labels[:1000], "bench", "bench")
+    return to_device(arrays, DataSpec(val_size=100), device, torch.float32)
+
+
+def _one_job(images, labels, depth, bs, iters, warmup, device: str, threads: int, fields: dict, barrier):
+    torch.set_num_threads(threads)
+    device = torch.device(device)
+    data = _bench_data(images, labels, device)
+    warm_s, secs = bench_ours(data, depth, bs, iters, warmup, device, before_timing=barrier.wait, **fields)
+    return warm_s, secs, _peak_mem_mb(device)
+
+
+def bench_jobs(images, labels, depth, bs, iters, warmup, device, jobs: int, fields: dict):
+    """`jobs` copies of our step at once, each in a spawned process with its share of the CPU threads (what
+    `run --jobs` does), timed together from a barrier: (warm-up s, per-job seconds, summed peak MB)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        barrier = manager.Barrier(jobs)
+        futures = [pool.submit(_one_job, images, labels, depth, bs, iters, warmup, str(device), thread_share(jobs),
+                               fields, barrier) for _ in range(jobs)]
+        results = [f.result() for f in futures]
+    return max(r[0] for r in results), [r[1] for r in results], sum(r[2] for r in results)
 
 
 def bench_batches(data: DeviceData, bs: int, iters: int, device) -> float:
@@ -224,6 +259,8 @@ def main(a) -> int:
     if not name.startswith("resnet") or not name[6:].isdigit() or (int(name[6:]) - 2) % 6:
         raise UserError(f"--model: expected resnetN with N = 6n+2 (resnet20, resnet32, ...), got {a.model}")
     depth = int(name[6:])
+    if a.jobs < 1:
+        raise UserError(f"--jobs: expected a whole number of runs at a time, at least 1, got {a.jobs}")
     wanted = [w for w in (a.variants or "").split(",") if w]
     device = pick_device(a.device)
     ours_fields = {"ours": {}, **dict(fast_variants(device))}  # variant -> Spec fields for bench_ours
@@ -238,37 +275,40 @@ def main(a) -> int:
         rng = np.random.default_rng(0)
         images = rng.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 10, 10000)
-    from harness.data import Arrays, to_device
-    from harness.spec import DataSpec
-
-    arrays = Arrays(images, labels, images[:1000], labels[:1000], "bench", "bench")
-    data = to_device(arrays, DataSpec(val_size=100), device, torch.float32)
+    data = _bench_data(images, labels, device)
 
     flops = train_flops_per_image(build_model(ModelSpec(depth=depth)))
     chosen = [v for v in known if v in wanted] if wanted else known if a.compile else ["dataloader", "ours"]
 
+    rows = [(v, 1) for v in chosen] + [(v, a.jobs) for v in chosen if v != "dataloader" and a.jobs > 1]
     variants = {}
-    for vname in chosen:
+    for vname, jobs in rows:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        print(f"bench: {vname} ({a.iters} timed iterations after {a.warmup} warm-up)...", file=sys.stderr,
+        label = vname if jobs == 1 else f"{vname}_x{jobs}"
+        print(f"bench: {label} ({a.iters} timed iterations after {a.warmup} warm-up)...", file=sys.stderr,
               flush=True)
         if vname == "dataloader":
             warm_s, secs = bench_dataloader(images, labels, depth, a.batch_size, a.iters, a.warmup, device, a.workers)
-        else:
+        elif jobs == 1:
             warm_s, secs = bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device, **ours_fields[vname])
+        else:
+            warm_s, job_secs, mem = bench_jobs(images, labels, depth, a.batch_size, a.iters, a.warmup, device, jobs,
+                                               ours_fields[vname])
+            secs = sum(job_secs) / jobs
         ms = 1000 * secs / a.iters
-        ips = a.iters * a.batch_size / secs
-        variants[vname] = {"images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),
+        ips = jobs * a.iters * a.batch_size / secs  # all jobs together
+        variants[label] = {"images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),  # per run
                            "projected_64k_run_s": round(ms * PAPER_ITERS / 1000, 1),
                            "achieved_gflop_s": round(ips * flops / 1e9, 1),
-                           "peak_mem_mb": round(_peak_mem_mb(device), 1),
-                           "warmup_s": round(warm_s, 1)}  # includes compiling and capturing the graphs
+                           "peak_mem_mb": round(_peak_mem_mb(device) if jobs == 1 else mem, 1),  # all jobs
+                           "warmup_s": round(warm_s, 1),  # includes compiling and capturing the graphs
+                           "jobs": jobs}
     base = variants.get("dataloader", {}).get("images_per_s")
     for v in variants.values():
         v["speedup_vs_dataloader"] = None if base is None else round(v["images_per_s"] / base, 2)
     log_s = bench_mlflow()
-    ours = {k: v for k, v in variants.items() if k != "dataloader"} or variants
+    ours = {k: v for k, v in variants.items() if k != "dataloader" and v["jobs"] == 1} or variants
     step_s = min(v["ms_per_iter"] for v in ours.values()) / 1000  # the fastest step
     batch_s = bench_batches(data, a.batch_size, max(a.iters, 5), device)
     eval_every = PAPER_ITERS // PAPER_EVAL_POINTS
@@ -297,6 +337,9 @@ def main(a) -> int:
         print(f"{vname:<28}{v['images_per_s']:>10.1f}{v['ms_per_iter']:>10.2f}"
               f"{_duration(v['projected_64k_run_s']):>10}{v['achieved_gflop_s']:>10.1f}"
               f"{ratio:>10}{v['peak_mem_mb']:>10.0f}{v['warmup_s']:>10.1f}")
+    if a.jobs > 1:
+        print(f"_x{a.jobs} rows: {a.jobs} runs at once, {thread_share(a.jobs)} CPU thread(s) each; images/s, GFLOP/s, "
+              f"x loader and peak MB are their total, ms/iter and the 64k run each run's")
     print(f"fp32 matmul on this device: {result['matmul_gflop_s']} GFLOP/s; one training image = "
           f"{result['train_gflop_per_image']} GFLOP")
     print(f"our loader alone (gather + normalize + crop/flip): {result['loader_ms_per_batch']} ms per batch = "

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fp32 and bf16)")
     b.add_argument("--variants", default=None,
                    help="comma-separated subset to time, e.g. dataloader,ours_graphed (default: all)")
+    b.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="also time each of our variants as N runs at once (as run --jobs N does): total images/s, "
+                        "ms/iter of each run")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
 

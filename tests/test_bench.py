@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT
 
 
@@ -28,17 +30,25 @@ def test_bench_rejects_unknown_model():
     assert p.returncode == 2 and "--model: expected resnetN" in p.stderr
 
 
-def test_bench_times_only_the_variants_asked_for(mini, tmp_path):
-    p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--iters", "1", "--warmup", "1",
-                        "--batch-size", "16", "--data", str(mini), "--variants", "ours,ours_channels_last", "--json"],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+def test_bench_times_only_the_variants_asked_for_alone_and_as_jobs(mini, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--iters", "2", "--warmup", "1",
+                        "--batch-size", "16", "--data", str(mini), "--variants", "ours_channels_last", "--jobs", "2",
+                        "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)
-    assert list(r["variants"]) == ["ours", "ours_channels_last"]
-    assert r["variants"]["ours"]["speedup_vs_dataloader"] is None  # no baseline timed, no ratio made up
+    assert list(r["variants"]) == ["ours_channels_last", "ours_channels_last_x2"]
+    alone, two = r["variants"]["ours_channels_last"], r["variants"]["ours_channels_last_x2"]
+    assert alone["speedup_vs_dataloader"] is None  # no baseline timed, no ratio made up
+    assert alone["jobs"] == 1 and two["jobs"] == 2
+    # images/s is the two runs' total, ms/iter each run's own
+    assert two["images_per_s"] == pytest.approx(2 * 16 * 1000 / two["ms_per_iter"], rel=0.01)
+    assert two["peak_mem_mb"] > alone["peak_mem_mb"] > 0
 
 
 def test_bench_rejects_unknown_variant():
     p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--device", "cpu",
                         "--variants", "ours,ours_graphed"], capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 2 and "--variants: unknown ours_graphed on cpu" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "harness", "bench", "--jobs", "0"], capture_output=True, text=True,
+                       cwd=ROOT)
+    assert p.returncode == 2 and "--jobs: expected a whole number of runs at a time, at least 1, got 0" in p.stderr
