@@ -7,6 +7,7 @@ SPEC    ?= experiments/table6/resnet32.yaml
 TUNE_SPEC ?= experiments/tuning/resnet32.yaml
 TUNE_BUDGET ?= 0.05
 TRIALS  ?= 20
+JOBS    ?= 1
 ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
@@ -27,10 +28,10 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q $(ARGS)
 
 run: $(STAMP)
-	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) $(ARGS)
+	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
 
 reproduce-table: $(STAMP)
-	$(PY) -m harness table --data $(DATA) --budget $(BUDGET) $(ARGS)
+	$(PY) -m harness table --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
 
 report: $(STAMP)
 	$(PY) -m harness report $(ARGS)

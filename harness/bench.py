@@ -40,7 +40,14 @@ def _sync(device):
 def _peak_mem_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (Linux: KiB)
+    # This process's peak RSS: VmHWM, since ru_maxrss of a spawned job starts at its parent's peak (Linux keeps
+    # it across fork and exec).
+    status = Path("/proc/self/status")
+    if status.exists():
+        hwm = [ln.split()[1] for ln in status.read_text().splitlines() if ln.startswith("VmHWM:")]
+        if hwm:
+            return int(hwm[0]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
 def _fresh_model(depth: int, device, seed: int = 0):
