@@ -224,3 +224,6 @@ def main(argv=None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # runs in flight are marked KILLED in MLflow and keep their checkpoints
+        print("interrupted: the same command resumes killed runs from their last checkpoint", file=sys.stderr)
+        return 130

@@ -1,9 +1,9 @@
 """Several runs at once on one device: the lever for a whole table's throughput.
 
-A batch-128 CIFAR ResNet step leaves most of a device idle. On a 2-core CPU, two runs with one thread each
-train ~1.2x more images per second in total than one run with both threads (`bench --jobs 2` measures it on
-the machine at hand), because small convolutions scale poorly across threads. Runs are independent (own
-MLflow run, own checkpoint keyed by spec_hash), so they need nothing from each other but the device.
+A batch-128 CIFAR ResNet step leaves much of a device idle. On a 2-core CPU, two runs with one thread each
+trained 1.1-1.25x more images per second in total than one run with both threads (`bench --jobs 2` measures
+it on the machine at hand): small convolutions scale poorly across threads. Not measured on a GPU yet.
+Runs are independent (own MLflow run, own checkpoint keyed by spec_hash): they share nothing but the device.
 
 Workers are spawned processes, never forked: a forked child of a process that has touched CUDA cannot use it.
 Each gets the CPU threads of the parent divided by the number of jobs. A run killed with its worker resumes
@@ -61,21 +61,34 @@ def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs:
     threads = thread_share(jobs)
     print(f"jobs: {jobs} runs at a time on {device}" + (f", {threads} CPU thread(s) each" if device.type == "cpu"
                                                          else ""), file=sys.stderr, flush=True)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init,
-                             initargs=(arrays, str(device), threads, offline)) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init,
+                               initargs=(arrays, str(device), threads, offline))
+    try:
         futures = {pool.submit(_execute, r, force): r for r in runs}
-        try:
-            for done, fut in enumerate(as_completed(futures), 1):
-                r = futures[fut]
-                try:
-                    status = fut.result()
-                except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OOM killer: the run resumes later
-                    status = "failed"
-                    print(f"{label(r)}: worker failed with {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-                counts[status] = counts.get(status, 0) + 1
-                print(f"[{done}/{len(runs)}] {label(r)}: {status} ({time.perf_counter() - t0:.0f}s elapsed)",
-                      file=sys.stderr, flush=True)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=True, cancel_futures=True)  # workers saw the same Ctrl-C and marked runs KILLED
-            raise
+        for done, fut in enumerate(as_completed(futures), 1):
+            r = futures[fut]
+            try:
+                status = fut.result()
+            except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OOM killer: the run resumes later
+                status = "failed"
+                print(f"{label(r)}: worker failed with {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            counts[status] = counts.get(status, 0) + 1
+            print(f"[{done}/{len(runs)}] {label(r)}: {status} ({time.perf_counter() - t0:.0f}s elapsed)",
+                  file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)  # no run starts after a Ctrl-C
+        stop_workers()
+        raise
+    pool.shutdown()
     return counts
+
+
+def stop_workers(grace_s: float = 15.0) -> None:
+    """After a Ctrl-C: the workers saw it too and are marking their runs KILLED; one that does not exit in time
+    (e.g. it was still starting when the signal came) is terminated, its run left RUNNING to resume."""
+    deadline = time.monotonic() + grace_s
+    for p in mp.active_children():
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.terminate()
+            p.join()
