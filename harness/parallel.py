@@ -13,6 +13,7 @@ from its checkpoint on the next call, exactly as in one process.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -42,9 +43,13 @@ def _execute(run: RunSpec, force: bool) -> str:
     from harness.runner import execute, execute_offline
 
     w = _worker
-    if w["offline"]:
-        return execute_offline(run, w["arrays"], w["device"], Path(w["offline"]), force=force, progress=False)
-    return execute(run, w["arrays"], w["device"], force=force, progress=False)
+    try:
+        if w["offline"]:
+            return execute_offline(run, w["arrays"], w["device"], Path(w["offline"]), force=force, progress=False)
+        return execute(run, w["arrays"], w["device"], force=force, progress=False)
+    except KeyboardInterrupt:  # the run is marked KILLED by now; leave at once rather than take a queued run
+        sys.stderr.flush()
+        os._exit(130)
 
 
 def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int, force: bool = False,

@@ -11,7 +11,7 @@ from mlflow import MlflowClient
 
 from harness.cli import main
 
-from .conftest import ROOT, TINY, env_with, write_spec
+from .conftest import MINI, ROOT, TINY, env_with, write_spec
 
 FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", "train_error")
 
@@ -217,3 +217,25 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
 
     assert main(["run", str(spec), "--data", str(mini), "--jobs", "0"]) == 2
     assert "--jobs: expected a whole number of runs at a time, at least 1, got 0" in capsys.readouterr().err
+
+
+def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path):
+    """Ctrl-C reaches the whole process group: each worker marks its run KILLED (resumable), no queued run starts,
+    and the command ends with one line and exit 130 instead of waiting for the batch."""
+    spec = write_spec(tmp_path / "experiments" / "t", "long", TINY.replace("total_iters: 12", "total_iters: 3000")
+                      .replace("seeds: [0]", "seeds: [0, 1, 2]").replace("eval_points: 4", "eval_points: 2"))
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    p = subprocess.Popen([sys.executable, "-m", "harness", "run", str(spec), "--data", str(MINI), "--jobs", "2"],
+                         env=env_with(MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS=2), cwd=tmp_path, text=True,
+                         stderr=subprocess.PIPE, start_new_session=True,  # a terminal's Ctrl-C hits the group
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    lines = []
+    while sum("MLflow run" in ln for ln in lines) < 2:  # both workers are training
+        lines.append(p.stderr.readline())
+        assert lines[-1] or p.poll() is None, "".join(lines)
+    os.killpg(p.pid, signal.SIGINT)
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 130 and "interrupted: the same command resumes killed runs" in err, err[-3000:]
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name("t").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # the third never started
