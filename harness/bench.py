@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from harness.data import DeviceData, load_arrays, train_batch
 from harness.errors import UserError
 from harness.models import build_model, count_params, train_flops_per_image
-from harness.parallel import thread_share
+from harness.parallel import check_jobs, thread_share
 from harness.spec import ModelSpec, Spec
 from harness.train import make_step, pick_device
 
@@ -266,8 +266,7 @@ def main(a) -> int:
     if not name.startswith("resnet") or not name[6:].isdigit() or (int(name[6:]) - 2) % 6:
         raise UserError(f"--model: expected resnetN with N = 6n+2 (resnet20, resnet32, ...), got {a.model}")
     depth = int(name[6:])
-    if a.jobs < 1:
-        raise UserError(f"--jobs: expected a whole number of runs at a time, at least 1, got {a.jobs}")
+    check_jobs(a.jobs)
     wanted = [w for w in (a.variants or "").split(",") if w]
     device = pick_device(a.device)
     ours_fields = {"ours": {}, **dict(fast_variants(device))}  # variant -> Spec fields for bench_ours

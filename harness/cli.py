@@ -26,11 +26,6 @@ def _jobs_arg(p: argparse.ArgumentParser) -> None:
                         "them); no progress bars, a line per evaluation point instead")
 
 
-def check_jobs(jobs: int) -> None:
-    if jobs < 1:
-        raise UserError(f"--jobs: expected a whole number of runs at a time, at least 1, got {jobs}")
-
-
 def _load_all(paths, overrides, budget):
     from harness.spec import expand_paths, load_spec, resolve_runs
 
@@ -54,6 +49,7 @@ def cmd_validate(a) -> int:
 
 def cmd_run(a) -> int:
     from harness.data import load_arrays
+    from harness.parallel import check_jobs, execute_all
     from harness.runner import execute
     from harness.train import pick_device
 
@@ -64,8 +60,6 @@ def cmd_run(a) -> int:
     counts: dict[str, int] = {}
     t0 = time.perf_counter()
     if a.jobs > 1:
-        from harness.parallel import execute_all
-
         counts = execute_all(runs, arrays, device, a.jobs, force=a.force, offline=a.offline)
     else:
         if a.offline:

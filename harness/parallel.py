@@ -22,6 +22,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 import torch
 
 from harness.data import Arrays
+from harness.errors import UserError
 from harness.spec import RunSpec
 
 _worker: dict = {}
@@ -30,6 +31,11 @@ _worker: dict = {}
 def thread_share(jobs: int) -> int:
     """CPU threads for each of `jobs` workers: this process's threads (OMP_NUM_THREADS respected) split evenly."""
     return max(1, torch.get_num_threads() // jobs)
+
+
+def check_jobs(jobs: int) -> None:
+    if jobs < 1:
+        raise UserError(f"--jobs: expected a whole number of runs at a time, at least 1, got {jobs}")
 
 
 def _init(arrays: Arrays, device: str, threads: int, offline: str | None) -> None:

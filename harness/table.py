@@ -88,9 +88,8 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
 
 
 def main(a) -> int:
-    from harness.cli import check_jobs
     from harness.data import load_arrays
-    from harness.parallel import execute_all
+    from harness.parallel import check_jobs, execute_all
     from harness.runner import execute
     from harness.train import pick_device
 

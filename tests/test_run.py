@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import torch
 from mlflow import MlflowClient
@@ -233,9 +234,10 @@ def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path):
     while sum("MLflow run" in ln for ln in lines) < 2:  # both workers are training
         lines.append(p.stderr.readline())
         assert lines[-1] or p.poll() is None, "".join(lines)
+    time.sleep(1)  # the line comes just before training starts: let both workers get into it
     os.killpg(p.pid, signal.SIGINT)
     err = p.communicate(timeout=60)[1]
     assert p.returncode == 130 and "interrupted: the same command resumes killed runs" in err, err[-3000:]
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name("t").experiment_id])
-    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"]  # the third never started
+    assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], err[-3000:]  # the third never started
