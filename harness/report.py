@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from harness import tracking
+from harness.errors import UserError
 from harness.models import build_model, count_params
 from harness.spec import ModelSpec
 
@@ -29,7 +30,12 @@ PAPER_FILE = Path("experiments/paper.yaml")
 
 
 def load_paper(path: Path = PAPER_FILE) -> dict:
-    return yaml.safe_load(path.read_text())
+    """The paper's figures: the working directory's copy if there is one (a user may extend it), else the one in
+    this checkout, so `report` works from any directory."""
+    for p in (path, Path(__file__).resolve().parents[1] / PAPER_FILE):
+        if p.is_file():
+            return yaml.safe_load(p.read_text())
+    raise UserError(f"{path}: not found (expected the paper's Table 6 figures, as in the repository's {PAPER_FILE})")
 
 
 def load_runs(groups=GROUPS) -> pd.DataFrame:

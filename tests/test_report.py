@@ -7,6 +7,7 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.cli import main
+from harness.report import load_paper
 
 from .conftest import ROOT, TINY, write_spec
 
@@ -16,6 +17,11 @@ def test_paper_figures_file_matches_he_et_al_table6():
     assert paper["test_error"] == {"resnet20": 8.75, "resnet32": 7.51, "resnet44": 7.17, "resnet56": 6.97,
                                    "resnet110": 6.43, "resnet1202": 7.93}
     assert paper["resnet110_mean_std"] == [6.61, 0.16]
+
+
+def test_paper_figures_are_found_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no experiments/ here: the checkout's copy is read
+    assert load_paper()["test_error"]["resnet32"] == 7.51
 
 
 def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store, mini, capsys):
