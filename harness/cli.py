@@ -50,29 +50,15 @@ def cmd_validate(a) -> int:
 def cmd_run(a) -> int:
     from harness.data import load_arrays
     from harness.parallel import check_jobs, execute_all
-    from harness.runner import execute
     from harness.train import pick_device
 
     runs = _load_all(a.specs, a.overrides, a.budget)  # every spec is checked before anything runs
     check_jobs(a.jobs)
     arrays = load_arrays(a.data, download=a.download)
     device = pick_device(a.device)
-    counts: dict[str, int] = {}
     t0 = time.perf_counter()
-    if a.jobs > 1:
-        counts = execute_all(runs, arrays, device, a.jobs, force=a.force, offline=a.offline)
-    else:
-        if a.offline:
-            from functools import partial
-            from pathlib import Path
-
-            from harness.runner import execute_offline
-
-            execute = partial(execute_offline, out=Path(a.offline))  # noqa: F811 - same signature, no MLflow
-        for i, r in enumerate(runs, 1):
-            print(f"[{i}/{len(runs)}] {r.run_name} ({r.source_file})", file=sys.stderr, flush=True)
-            status = execute(r, arrays, device, force=a.force, progress=not a.no_progress)
-            counts[status] = counts.get(status, 0) + 1
+    counts = execute_all(runs, arrays, device, a.jobs, force=a.force, offline=a.offline, progress=not a.no_progress,
+                         label=lambda r: f"{r.run_name} ({r.source_file})")
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     print(f"{len(runs)} runs: {summary} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return 0 if counts.keys() <= {"finished", "skipped"} else 1

@@ -1,4 +1,5 @@
-"""Several runs at once on one device: the lever for a whole table's throughput.
+"""A batch of runs (`run`, `table`): one at a time in this process, or several at once on one device, the lever
+for a whole table's throughput.
 
 A batch-128 CIFAR ResNet step leaves much of a device idle. On a 2-core CPU, two runs with one thread each
 trained 1.1-1.25x more images per second in total than one run with both threads (`bench --jobs 2` measures
@@ -43,32 +44,47 @@ def _init(arrays: Arrays, device: str, threads: int, offline: str | None) -> Non
     _worker.update(arrays=arrays, device=torch.device(device), offline=offline)
 
 
-def _execute(run: RunSpec, force: bool) -> str:
+def execute_one(run: RunSpec, arrays: Arrays, device: torch.device, force: bool, offline: str | None,
+                progress: bool) -> str:
+    """Into MLflow, or without it into `offline`/<spec_hash>/ (`run --offline`)."""
     from pathlib import Path
 
     from harness.runner import execute, execute_offline
 
+    if offline:
+        return execute_offline(run, arrays, device, Path(offline), force=force, progress=progress)
+    return execute(run, arrays, device, force=force, progress=progress)
+
+
+def _execute(run: RunSpec, force: bool) -> str:
     w = _worker
     try:
-        if w["offline"]:
-            return execute_offline(run, w["arrays"], w["device"], Path(w["offline"]), force=force, progress=False)
-        return execute(run, w["arrays"], w["device"], force=force, progress=False)
+        return execute_one(run, w["arrays"], w["device"], force, w["offline"], progress=False)
     except KeyboardInterrupt:  # the run is marked KILLED by now; leave at once rather than take a queued run
         sys.stderr.flush()
         os._exit(130)
 
 
-def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int, force: bool = False,
-                offline: str | None = None, label: Callable[[RunSpec], str] = lambda r: r.run_name) -> dict[str, int]:
-    """Run `runs` on `jobs` spawned workers; returns {status: count}. Bars are off (N bars would interleave): each
-    worker logs one line per evaluation point instead."""
+def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int = 1, force: bool = False,
+                offline: str | None = None, progress: bool = True,
+                label: Callable[[RunSpec], str] = lambda r: r.run_name) -> dict[str, int]:
+    """Run `runs`, `jobs` at a time; returns {status: count}. With jobs > 1 they go to spawned workers and bars are
+    off (N bars would interleave): each worker logs one line per evaluation point instead."""
     counts: dict[str, int] = {}
-    unique = {r.spec_hash(arrays.data_id): r for r in reversed(runs)}  # one worker per run: the first of duplicates
+    t0 = time.perf_counter()
+    if jobs == 1 or not runs:
+        for i, r in enumerate(runs, 1):
+            print(f"[{i}/{len(runs)}] {label(r)}  ({time.perf_counter() - t0:.0f}s elapsed)", file=sys.stderr,
+                  flush=True)
+            status = execute_one(r, arrays, device, force, offline, progress)
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+    hashes = [r.spec_hash(arrays.data_id) for r in runs]
+    unique = [r for i, r in enumerate(runs) if hashes[i] not in hashes[:i]]  # one worker per run: the first one
     if len(unique) < len(runs):
         counts["skipped"] = len(runs) - len(unique)
         print(f"jobs: {len(runs) - len(unique)} duplicate run(s) of the same resolved spec skipped", file=sys.stderr)
-    runs = [r for r in runs if unique.get(r.spec_hash(arrays.data_id)) is r]
-    t0 = time.perf_counter()
+    runs = unique
     threads = thread_share(jobs)
     print(f"jobs: {jobs} runs at a time on {device}" + (f", {threads} CPU thread(s) each" if device.type == "cpu"
                                                          else ""), file=sys.stderr, flush=True)

@@ -90,7 +90,6 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
 def main(a) -> int:
     from harness.data import load_arrays
     from harness.parallel import check_jobs, execute_all
-    from harness.runner import execute
     from harness.train import pick_device
 
     check_jobs(a.jobs)
@@ -98,16 +97,9 @@ def main(a) -> int:
     arrays = load_arrays(a.data, download=a.download)
     device = pick_device(a.device)
     todo = plan(runs, arrays, device)
-    counts: dict[str, int] = {}
     t0 = time.perf_counter()
-    if a.jobs > 1 and todo:
-        counts = execute_all(todo, arrays, device, a.jobs, label=lambda r: f"{r.group}/{r.run_name}")
-    else:
-        for i, r in enumerate(todo, 1):
-            print(f"[{i}/{len(todo)}] {r.group}/{r.run_name}  ({time.perf_counter() - t0:.0f}s elapsed)",
-                  file=sys.stderr, flush=True)
-            status = execute(r, arrays, device, force=False, progress=not a.no_progress)
-            counts[status] = counts.get(status, 0) + 1
+    counts = execute_all(todo, arrays, device, a.jobs, progress=not a.no_progress,
+                         label=lambda r: f"{r.group}/{r.run_name}")
     print(f"table: {len(todo)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
           f" in {time.perf_counter() - t0:.0f}s" + (f"; {len(bad_specs)} invalid spec(s) skipped, see the "
                                                    "error lines above" if bad_specs else ""), file=sys.stderr)
