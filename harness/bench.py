@@ -2,7 +2,8 @@
 
 The baseline is what the seed log and most CIFAR repositories do: per-image PIL transforms in DataLoader
 workers, a host-to-device copy per batch and `loss.item()` every step. Ours keeps the data on the device,
-augments whole batches there and never syncs inside the step. Same model, batch size and iterations.
+augments whole batches there and never syncs inside the step. Same model, batch size and iterations. With
+`--peer`, a real reproduction's own loop is timed too (harness/peer.py), to show the baseline is not a straw man.
 MLflow overhead is measured on a real SQLite store: the time of one batched `log_batch` at an
 evaluation point, against the training time between two evaluation points of a paper-length run.
 """
@@ -274,6 +275,11 @@ def main(a) -> int:
     if unknown := [w for w in wanted if w not in known]:
         raise UserError(f"--variants: unknown {', '.join(unknown)} on {device.type}; expected some of "
                         f"{', '.join(known)}")
+    peer = None
+    if a.peer:
+        from harness import peer as peer_mod
+
+        peer = peer_mod.load(a.peer, depth)
     if a.data:
         arr = load_arrays(a.data)
         images, labels = arr.x_train, arr.y_train
@@ -285,8 +291,10 @@ def main(a) -> int:
 
     flops = train_flops_per_image(build_model(ModelSpec(depth=depth)))
     chosen = [v for v in known if v in wanted] if wanted else known if a.compile else ["dataloader", "ours"]
+    if peer:
+        chosen.insert(1 if "dataloader" in chosen else 0, "peer")
 
-    rows = [(v, 1) for v in chosen] + [(v, a.jobs) for v in chosen if v != "dataloader" and a.jobs > 1]
+    rows = [(v, 1) for v in chosen] + [(v, a.jobs) for v in chosen if v not in ("dataloader", "peer") and a.jobs > 1]
     variants = {}
     for vname, jobs in rows:
         if device.type == "cuda":
@@ -296,6 +304,9 @@ def main(a) -> int:
               flush=True)
         if vname == "dataloader":
             warm_s, secs = bench_dataloader(images, labels, depth, a.batch_size, a.iters, a.warmup, device, a.workers)
+        elif vname == "peer":
+            warm_s, secs = peer_mod.bench_peer(peer, images, labels, a.batch_size, a.iters, a.warmup, device,
+                                               a.workers)
         elif jobs == 1:
             warm_s, secs = bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device, **ours_fields[vname])
         else:
@@ -311,10 +322,13 @@ def main(a) -> int:
                            "warmup_s": round(warm_s, 1),  # includes compiling and capturing the graphs
                            "jobs": jobs}
     base = variants.get("dataloader", {}).get("images_per_s")
+    peer_ips = variants.get("peer", {}).get("images_per_s")
     for v in variants.values():
         v["speedup_vs_dataloader"] = None if base is None else round(v["images_per_s"] / base, 2)
+        if peer_ips:
+            v["speedup_vs_peer"] = round(v["images_per_s"] / peer_ips, 2)
     log_s = bench_mlflow()
-    ours = {k: v for k, v in variants.items() if k != "dataloader" and v["jobs"] == 1} or variants
+    ours = {k: v for k, v in variants.items() if k not in ("dataloader", "peer") and v["jobs"] == 1} or variants
     step_s = min(v["ms_per_iter"] for v in ours.values()) / 1000  # the fastest step
     batch_s = bench_batches(data, a.batch_size, max(a.iters, 5), device)
     eval_every = PAPER_ITERS // PAPER_EVAL_POINTS
@@ -322,7 +336,7 @@ def main(a) -> int:
         "device": device_label(device), "model": name, "params": count_params(build_model(ModelSpec(depth=depth))),
         "batch_size": a.batch_size, "iters": a.iters, "dataloader_workers": a.workers,
         "train_gflop_per_image": round(flops / 1e9, 3), "matmul_gflop_s": round(matmul_gflops(device), 1),
-        "variants": variants,
+        "variants": variants, "peer": peer[2] if peer else None,
         "loader_ms_per_batch": round(1000 * batch_s, 3),
         "transforms_cpu_ms_per_batch": round(1000 * bench_pil_batches(images, labels, a.batch_size), 1),
         "loader_pct_of_fastest_iter": round(100 * batch_s / step_s, 2),
@@ -337,12 +351,14 @@ def main(a) -> int:
     print(f"{result['date']}  {result['device']}  {name} ({result['params']:,} params)  batch {a.batch_size}, "
           f"{a.iters} iterations, torch {torch.__version__}")
     print(f"{'variant':<28}{'images/s':>10}{'ms/iter':>10}{'64k run':>10}{'GFLOP/s':>10}{'x loader':>10}"
-          f"{'peak MB':>10}{'warm-up s':>10}")
+          + (f"{'x peer':>10}" if peer else "") + f"{'peak MB':>10}{'warm-up s':>10}")
     for vname, v in variants.items():
         ratio = "-" if v["speedup_vs_dataloader"] is None else f"{v['speedup_vs_dataloader']:.2f}"
         print(f"{vname:<28}{v['images_per_s']:>10.1f}{v['ms_per_iter']:>10.2f}"
-              f"{_duration(v['projected_64k_run_s']):>10}{v['achieved_gflop_s']:>10.1f}"
-              f"{ratio:>10}{v['peak_mem_mb']:>10.0f}{v['warmup_s']:>10.1f}")
+              f"{_duration(v['projected_64k_run_s']):>10}{v['achieved_gflop_s']:>10.1f}{ratio:>10}"
+              + (f"{v['speedup_vs_peer']:>10.2f}" if peer else "") + f"{v['peak_mem_mb']:>10.0f}{v['warmup_s']:>10.1f}")
+    if peer:
+        print(f"peer: its own trainer.train() and resnet.{name}() from {peer[2]}, {a.workers} DataLoader workers")
     if a.jobs > 1:
         print(f"_x{a.jobs} rows: {a.jobs} runs at once, {thread_share(a.jobs)} CPU thread(s) each; images/s, GFLOP/s, "
               f"x loader and peak MB are their total, ms/iter and the 64k run each run's")

@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="also time each of our variants as N runs at once (as run --jobs N does): total images/s, "
                         "ms/iter of each run")
+    b.add_argument("--peer", metavar="DIR", default=None,
+                   help="a checkout of akamaster/pytorch_resnet_cifar10: also time its own training loop "
+                        "(trainer.train, resnet.resnetN) on the same data and device, the row `peer`")
     b.add_argument("--json", action="store_true", help="print one JSON object")
     b.set_defaults(func=cmd_bench)
 

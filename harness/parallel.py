@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -41,7 +42,16 @@ def check_jobs(jobs: int) -> None:
 
 def _init(arrays: Arrays, device: str, threads: int, offline: str | None) -> None:
     torch.set_num_threads(threads)
-    _worker.update(arrays=arrays, device=torch.device(device), offline=offline)
+    _worker.update(arrays=arrays, device=torch.device(device), offline=offline, busy=False)
+    signal.signal(signal.SIGINT, _on_ctrl_c)
+
+
+def _on_ctrl_c(signum, frame) -> None:
+    """A training worker marks its run KILLED on the way out; an idle one has nothing to mark and leaves quietly
+    (a KeyboardInterrupt in multiprocessing's queue wait prints a traceback that reads like a failure)."""
+    if _worker.get("busy"):
+        raise KeyboardInterrupt
+    os._exit(130)
 
 
 def execute_one(run: RunSpec, arrays: Arrays, device: torch.device, force: bool, offline: str | None,
@@ -58,11 +68,14 @@ def execute_one(run: RunSpec, arrays: Arrays, device: torch.device, force: bool,
 
 def _execute(run: RunSpec, force: bool) -> str:
     w = _worker
+    w["busy"] = True
     try:
         return execute_one(run, w["arrays"], w["device"], force, w["offline"], progress=False)
     except KeyboardInterrupt:  # the run is marked KILLED by now; leave at once rather than take a queued run
         sys.stderr.flush()
         os._exit(130)
+    finally:
+        w["busy"] = False
 
 
 def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int = 1, force: bool = False,

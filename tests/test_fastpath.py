@@ -33,8 +33,8 @@ def test_compiled_step_follows_the_eager_trajectory(mini, mode):
 
 @pytest.mark.parametrize("dtype,param", [("bfloat16", torch.float32), ("float64", torch.float64)])
 def test_precision_specs_run(mini, dtype, param):
-    losses, metrics, model = _losses(mini, dtype=dtype)
-    assert all(torch.isfinite(torch.tensor(losses)))
+    losses, metrics, model = _losses(mini, dtype=dtype, eval_points=1)  # bf16 is emulated on most CPUs: slow
+    assert len(losses) == 1 and all(torch.isfinite(torch.tensor(losses)))
     assert next(model.parameters()).dtype == param
     assert 0 <= metrics["val_error"] <= 100
 
