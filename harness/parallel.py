@@ -78,19 +78,45 @@ def _execute(run: RunSpec, force: bool) -> str:
         w["busy"] = False
 
 
+class _Rate:
+    """Time left for the rest of a batch at the rate measured so far (work per second of wall time): it holds for
+    any --jobs and device, where an estimate made before the batch cannot know what N runs at once gain."""
+
+    def __init__(self, runs: list[RunSpec], cost: Callable[[RunSpec], float] | None):
+        self.cost = cost or (lambda r: 1.0)
+        self.left = sum(self.cost(r) for r in runs)
+        self.trained = 0.0
+        self.t0 = time.perf_counter()
+
+    def done(self, run: RunSpec, status: str) -> None:
+        self.left -= self.cost(run)
+        if status != "skipped":  # a skipped run took no time and must not speed up the estimate
+            self.trained += self.cost(run)
+
+    def line(self) -> str:
+        elapsed = time.perf_counter() - self.t0
+        if not self.trained or self.left <= 0:
+            return f"{elapsed:.0f}s elapsed"
+        left = self.left * elapsed / self.trained
+        left_text = f"{left:.0f}s" if left < 90 else f"{left / 60:.0f} min" if left < 5400 else f"{left / 3600:.1f} h"
+        return f"{elapsed:.0f}s elapsed, ~{left_text} left at the rate so far"
+
+
 def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int = 1, force: bool = False,
                 offline: str | None = None, progress: bool = True,
-                label: Callable[[RunSpec], str] = lambda r: r.run_name) -> dict[str, int]:
+                label: Callable[[RunSpec], str] = lambda r: r.run_name,
+                cost: Callable[[RunSpec], float] | None = None) -> dict[str, int]:
     """Run `runs`, `jobs` at a time; returns {status: count}. With jobs > 1 they go to spawned workers and bars are
-    off (N bars would interleave): each worker logs one line per evaluation point instead."""
+    off (N bars would interleave): each worker logs one line per evaluation point instead. `cost` weighs runs
+    (e.g. their GFLOPs) for the time-left estimate; without it every run counts the same."""
     counts: dict[str, int] = {}
-    t0 = time.perf_counter()
     if jobs == 1 or not runs:
+        rate = _Rate(runs, cost)
         for i, r in enumerate(runs, 1):
-            print(f"[{i}/{len(runs)}] {label(r)}  ({time.perf_counter() - t0:.0f}s elapsed)", file=sys.stderr,
-                  flush=True)
+            print(f"[{i}/{len(runs)}] {label(r)}  ({rate.line()})", file=sys.stderr, flush=True)
             status = execute_one(r, arrays, device, force, offline, progress)
             counts[status] = counts.get(status, 0) + 1
+            rate.done(r, status)
         return counts
     hashes = [r.spec_hash(arrays.data_id) for r in runs]
     unique = [r for i, r in enumerate(runs) if hashes[i] not in hashes[:i]]  # one worker per run: the first one
@@ -98,6 +124,7 @@ def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs:
         counts["skipped"] = len(runs) - len(unique)
         print(f"jobs: {len(runs) - len(unique)} duplicate run(s) of the same resolved spec skipped", file=sys.stderr)
     runs = unique
+    rate = _Rate(runs, cost)
     threads = thread_share(jobs)
     print(f"jobs: {jobs} runs at a time on {device}" + (f", {threads} CPU thread(s) each" if device.type == "cpu"
                                                          else ""), file=sys.stderr, flush=True)
@@ -113,8 +140,8 @@ def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs:
                 status = "failed"
                 print(f"{label(r)}: worker failed with {type(e).__name__}: {e}", file=sys.stderr, flush=True)
             counts[status] = counts.get(status, 0) + 1
-            print(f"[{done}/{len(runs)}] {label(r)}: {status} ({time.perf_counter() - t0:.0f}s elapsed)",
-                  file=sys.stderr, flush=True)
+            rate.done(r, status)
+            print(f"[{done}/{len(runs)}] {label(r)}: {status} ({rate.line()})", file=sys.stderr, flush=True)
     except KeyboardInterrupt:
         pool.shutdown(wait=False, cancel_futures=True)  # no run starts after a Ctrl-C
         stop_workers()

@@ -1,5 +1,6 @@
 """`harness table` + `harness report` on a store filled by real short runs on mini CIFAR-10."""
 
+import re
 import shutil
 
 import pandas as pd
@@ -41,6 +42,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert code == 2  # an invalid spec (and a diverged run): not everything finished
     assert "bad_spec.yaml: model.depth: expected 6n+2" in err
     assert "plan: 6 runs in total, 0 already done, 6 to do; ETA" in err
+    assert re.search(r"\[2/6\] \S+  \(\d+s elapsed, ~\d+(s| min| h) left at the rate so far\)", err), err[-3000:]
     c = MlflowClient()
     statuses = {}
     for g in ("table6", "ablations", "ladder"):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -167,6 +168,24 @@ def test_import_rejects_a_folder_without_records(store, tmp_path, capsys):
     assert main(["import", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no record.json" in err[0]
+
+
+def test_time_left_comes_from_the_batchs_own_rate_weighted_by_cost():
+    """Skipped runs took no time and do not count as trained; what is left is weighted by each run's cost."""
+    from types import SimpleNamespace
+
+    from harness.parallel import _Rate
+
+    small, skipped, big = SimpleNamespace(c=1.0), SimpleNamespace(c=1.0), SimpleNamespace(c=3.0)
+    rate = _Rate([small, skipped, big], cost=lambda r: r.c)
+    assert rate.line().endswith("s elapsed")  # nothing trained yet: no guess
+    rate.t0 -= 100  # as if the batch had started 100 s ago
+    rate.done(skipped, "skipped")
+    assert "left" not in rate.line()
+    rate.done(small, "finished")  # 1 unit in ~100 s, 3 left
+    assert re.search(r"^10\ds elapsed, ~5 min left at the rate so far$", rate.line()), rate.line()
+    rate.done(big, "finished")
+    assert "left" not in rate.line()
 
 
 def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers(store, mini, tmp_path, capsys,
