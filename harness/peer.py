@@ -35,7 +35,8 @@ def load(path: str | Path, depth: int):
     for name in ("trainer.py", "resnet.py"):
         if not (root / name).is_file():
             raise UserError(f"--peer: {root / name} not found; expected a checkout of {URL}")
-    sys.path.insert(0, str(root))  # trainer.py does `import resnet`
+    sys.path.insert(0, str(root))  # trainer.py does `import resnet`: this checkout's, not one imported before
+    sys.modules.pop("resnet", None)
     try:
         spec = importlib.util.spec_from_file_location("peer_trainer", root / "trainer.py")
         trainer = importlib.util.module_from_spec(spec)
@@ -46,7 +47,7 @@ def load(path: str | Path, depth: int):
                         f"checkout of {URL}") from e
     finally:
         sys.path.remove(str(root))
-    factory = getattr(trainer.resnet, f"resnet{depth}", None)
+    factory = getattr(getattr(trainer, "resnet", None), f"resnet{depth}", None)
     if factory is None or not callable(getattr(trainer, "train", None)):
         raise UserError(f"--peer: {root} has no trainer.train() or resnet.resnet{depth}(); expected a checkout of "
                         f"{URL}")

@@ -77,7 +77,7 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
         else:
             todo.append(r)
     spg = seconds_per_gflop(device) if todo else 0.0
-    eta = sum(pending_gflops(r, arrays) for r in todo) * spg
+    eta = sum(gflops_on_data(r, arrays) for r in todo) * spg
     print(f"plan: {len(runs)} runs in total, {done} already done, {len(todo)} to do; "
           f"ETA {eta / 60:.0f} min on {device} one run at a time (measured {1 / spg if spg else 0:.1f} GFLOP/s "
           "training rate; each finished run re-estimates the time left from the batch's own rate)",
@@ -85,7 +85,8 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
     return todo
 
 
-def pending_gflops(run: RunSpec, arrays: Arrays) -> float:
+def gflops_on_data(run: RunSpec, arrays: Arrays) -> float:
+    """A run's training and evaluation GFLOPs with these arrays' split sizes: the weight of a run in an ETA."""
     n = len(arrays.x_train)
     n_val = round(n * (run.spec.data.val_fraction or 0)) or (run.spec.data.val_size or 0)
     return run_gflops(run, n_val, len(arrays.x_test))
@@ -103,7 +104,7 @@ def main(a) -> int:
     todo = plan(runs, arrays, device)
     t0 = time.perf_counter()
     counts = execute_all(todo, arrays, device, a.jobs, progress=not a.no_progress,
-                         label=lambda r: f"{r.group}/{r.run_name}", cost=lambda r: pending_gflops(r, arrays))
+                         label=lambda r: f"{r.group}/{r.run_name}", cost=lambda r: gflops_on_data(r, arrays))
     print(f"table: {len(todo)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
           f" in {time.perf_counter() - t0:.0f}s" + (f"; {len(bad_specs)} invalid spec(s) skipped, see the "
                                                    "error lines above" if bad_specs else ""), file=sys.stderr)

@@ -56,13 +56,19 @@ def test_bench_json_is_machine_readable_with_a_peer_row(mini, tmp_path):
     assert not (tmp_path / "mlruns").exists()  # the MLflow probe uses a throw-away store
 
 
-def test_bench_rejects_bad_input_in_one_line(capsys):
+def test_bench_rejects_bad_input_in_one_line(capsys, tmp_path):
     """In-process (`python -m harness` is `sys.exit(main())`): each is an exit 2 before any timing starts."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "trainer.py").write_text("import resnet\nimport no_such_module\n")
+    (broken / "resnet.py").write_text("")
     cases = [(["--model", "vgg16"], "--model: expected resnetN"),
              (["--model", "resnet8", "--device", "cpu", "--variants", "ours,ours_graphed"],
               "--variants: unknown ours_graphed on cpu"),
              (["--jobs", "0"], "--jobs: expected a whole number of runs at a time, at least 1, got 0"),
-             (["--peer", str(ROOT / "harness")], "trainer.py not found; expected a checkout of")]
+             (["--peer", str(ROOT / "harness")], "trainer.py not found; expected a checkout of"),
+             (["--model", "resnet20", "--peer", str(broken)],
+              "trainer.py does not import (ModuleNotFoundError: No module named 'no_such_module')")]
     for args, message in cases:
         assert main(["bench", *args]) == 2, args
         err = capsys.readouterr().err
