@@ -59,24 +59,30 @@ def _fresh_model(depth: int, device, seed: int = 0):
     return model, opt
 
 
-def _pil_loader(images: np.ndarray, labels: np.ndarray, bs: int, workers: int, pin: bool):
-    """torchvision's CIFAR10 pipeline: per-image PIL transforms in DataLoader workers."""
-    import torchvision.transforms as T
+def pil_dataset(images: np.ndarray, labels: np.ndarray, transform):
+    """What torchvision.datasets.CIFAR10.__getitem__ does (a PIL image through `transform`), over our arrays."""
     from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data import Dataset
 
-    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
-
-    class PilCifar(Dataset):  # what torchvision.datasets.CIFAR10.__getitem__ does
+    class PilCifar(Dataset):
         def __len__(self):
             return len(images)
 
         def __getitem__(self, i):
-            return tf(Image.fromarray(images[i])), int(labels[i])
+            return transform(Image.fromarray(images[i])), int(labels[i])
 
-    return DataLoader(PilCifar(), batch_size=bs, shuffle=True, drop_last=True, num_workers=workers,
-                      pin_memory=pin, persistent_workers=workers > 0)
+    return PilCifar()
+
+
+def _pil_loader(images: np.ndarray, labels: np.ndarray, bs: int, workers: int, pin: bool):
+    """torchvision's CIFAR10 pipeline: per-image PIL transforms in DataLoader workers."""
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader
+
+    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                    T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
+    return DataLoader(pil_dataset(images, labels, tf), batch_size=bs, shuffle=True, drop_last=True,
+                      num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
 
 
 def bench_pil_batches(images: np.ndarray, labels: np.ndarray, bs: int, n: int = 10) -> float:

@@ -74,20 +74,13 @@ def _loader(images: np.ndarray, labels: np.ndarray, bs: int, batches: int, worke
     """Its DataLoader (shuffle, its transforms, pinned on CUDA) over our arrays, `batches` batches long: its
     `train()` runs over the whole loader, so the loader's length is the number of iterations."""
     import torchvision.transforms as T
-    from PIL import Image
-    from torch.utils.data import DataLoader, Dataset, RandomSampler
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from harness.bench import pil_dataset
 
     tf = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, 4), T.ToTensor(),
                     T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
-
-    class Cifar(Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, i):
-            return tf(Image.fromarray(images[i])), int(labels[i])
-
-    data = Cifar()
+    data = pil_dataset(images, labels, tf)
     sampler = RandomSampler(data, num_samples=bs * batches, generator=torch.Generator().manual_seed(0))
     return DataLoader(data, batch_size=bs, sampler=sampler, num_workers=workers, pin_memory=pin)
 
