@@ -38,6 +38,18 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+def _reset_peak_mem(device) -> None:
+    """Each row's own peak: on CUDA the allocator's; on Linux the process's RSS high-water mark, which writing 5
+    to /proc/self/clear_refs lowers to the current RSS (without it every CPU row showed the largest so far)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:  # not Linux, or not allowed: the figure stays the process's peak so far
+        pass
+
+
 def _peak_mem_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -303,8 +315,7 @@ def main(a) -> int:
     rows = [(v, 1) for v in chosen] + [(v, a.jobs) for v in chosen if v not in ("dataloader", "peer") and a.jobs > 1]
     variants = {}
     for vname, jobs in rows:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+        _reset_peak_mem(device)
         label = vname if jobs == 1 else f"{vname}_x{jobs}"
         print(f"bench: {label} ({a.iters} timed iterations after {a.warmup} warm-up)...", file=sys.stderr,
               flush=True)
@@ -368,6 +379,9 @@ def main(a) -> int:
     if a.jobs > 1:
         print(f"_x{a.jobs} rows: {a.jobs} runs at once, {thread_share(a.jobs)} CPU thread(s) each; images/s, GFLOP/s, "
               f"x loader and peak MB are their total, ms/iter and the 64k run each run's")
+    if device.type == "cpu":
+        print("peak MB: this process's resident memory high-water mark during the row (Linux; DataLoader worker "
+              "processes not counted)")
     print(f"fp32 matmul on this device: {result['matmul_gflop_s']} GFLOP/s; one training image = "
           f"{result['train_gflop_per_image']} GFLOP")
     print(f"our loader alone (gather + normalize + crop/flip): {result['loader_ms_per_batch']} ms per batch = "
