@@ -354,6 +354,10 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
 
 
 def main(a) -> int:
-    write_reports(Path(getattr(a, "out", "reports")), getattr(a, "report_budget", None),
-                  getattr(a, "data_id", None))
+    from harness.bench import write_bench_report
+
+    out = Path(getattr(a, "out", "reports"))
+    if bench := write_bench_report(out):  # first: it needs no runs in the store
+        print(f"report: wrote {bench} from {out}/bench/*.jsonl", file=sys.stderr)
+    write_reports(out, getattr(a, "report_budget", None), getattr(a, "data_id", None))
     return 0

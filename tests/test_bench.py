@@ -5,7 +5,9 @@ import sys
 import pytest
 import torch
 
+from harness.bench import write_bench_report
 from harness.cli import main
+from harness.errors import UserError
 from harness.peer import _cuda_means
 
 from .conftest import ROOT
@@ -49,6 +51,20 @@ def test_bench_json_is_machine_readable_with_a_peer_row(mini, tmp_path):
         assert r["variants"][v]["images_per_s"] > 0 and r["variants"][v]["ms_per_iter"] > 0
     assert r["variants"]["dataloader"]["speedup_vs_dataloader"] == 1.0
     assert r["variants"]["peer"]["speedup_vs_peer"] == 1.0
+
+    # reports/bench.md is rendered from such lines; a line that is not bench JSON leaves the last good page alone
+    (tmp_path / "reports" / "bench").mkdir(parents=True)
+    kept = tmp_path / "reports" / "bench" / "cpu.jsonl"
+    kept.write_text(p.stdout)
+    page = write_bench_report(tmp_path / "reports").read_text()
+    row = r["variants"]["peer"]
+    assert f"| peer | {row['images_per_s']:,.1f} | {row['ms_per_iter']:.2f} |" in page
+    assert "### resnet8 on cpu" in page and str(peer.resolve()) in page
+    kept.write_text(p.stdout + "{not json\n")
+    with pytest.raises(UserError, match=r"cpu.jsonl:2: not a `bench --json` line"):
+        write_bench_report(tmp_path / "reports")
+    assert (tmp_path / "reports" / "bench.md").read_text() == page
+    assert not list((tmp_path / "reports").glob("*.tmp"))
     assert all(v["warmup_s"] >= 0 for v in r["variants"].values())
     assert r["loader_ms_per_batch"] > 0 and 0 < r["loader_pct_of_fastest_iter"] < 100  # augmentation is not the step
     assert r["transforms_cpu_ms_per_batch"] > 0

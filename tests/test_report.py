@@ -37,6 +37,8 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     write_spec(exp / "ablations", "bad_spec", TINY.replace("depth: 8", "depth: 9"))  # skipped, reported
     write_spec(exp / "ladder", "0_seed", TINY.replace("name: sgd", "name: adam").replace("lr: 0.1", "lr: 0.001"))
 
+    (store.parent / "reports" / "bench").mkdir(parents=True)  # a real H100 bench line, rendered by report
+    shutil.copy(ROOT / "reports/bench/h100-2026-11-23.jsonl", store.parent / "reports" / "bench")
     code = main(["table", "--data", str(mini), "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2  # an invalid spec (and a diverged run): not everything finished
@@ -52,6 +54,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
                         "a_diverges-s0": "FAILED", "fc_relu-s0": "FINISHED", "0_seed-s0": "FINISHED"}
 
     out = store.parent / "reports"
+    assert "| ours_graphed | 37,327.0 | 3.43 |" in (out / "bench.md").read_text()  # resnet20's row in that file
     for f in ("table6.md", "table6.csv", "ablations.md", "ladder.md", "error_vs_depth.png", "curves_table6.png",
               "ladder.png"):
         assert (out / f).stat().st_size > 0, f
