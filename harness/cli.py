@@ -155,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--peer", metavar="DIR", default=None,
                    help="a checkout of akamaster/pytorch_resnet_cifar10: also time its own training loop "
                         "(trainer.train, resnet.resnetN) on the same data and device, the row `peer`")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
+    b.add_argument("--json", action="store_true",
+                   help="print one JSON object (kept as a line of reports/bench/*.jsonl, `report` renders it)")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("table", help="run table6 + ablations + ladder (+ tuned), skipping finished runs, then report")
@@ -173,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_table, report_budget=None, data_id=None)
 
     rp = sub.add_parser("report", help="write reports/ (markdown, CSV, figures) from the MLflow store")
-    rp.add_argument("--out", default="reports")
+    rp.add_argument("--out", default="reports", help="where to write; OUT/bench/*.jsonl become OUT/bench.md")
     rp.add_argument("--budget", dest="report_budget", type=float, default=None,
                     help="which runs (default: the budget of the latest finished table6 run)")
     rp.add_argument("--data-id", default=None, help="which data (default: that of the latest finished table6 run)")
