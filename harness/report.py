@@ -40,6 +40,11 @@ def load_paper(path: Path = PAPER_FILE) -> dict:
 
 def load_runs(groups=GROUPS) -> pd.DataFrame:
     """One row per MLflow run of the given experiments, with the metrics and tags the reports need."""
+    uri = tracking.tracking_uri()
+    db = Path(uri.removeprefix("sqlite:///"))
+    if uri.startswith("sqlite:///") and not db.is_file():  # reading must not create an empty store
+        raise UserError(f"{db}: no MLflow store there (MLFLOW_TRACKING_URI={uri}); train runs first (`make "
+                        "reproduce-table`, `harness run`) or point MLFLOW_TRACKING_URI at the store to report on")
     c = tracking.client()
     rows = []
     for g in groups:
@@ -65,15 +70,18 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
 
 def pick_campaign(df: pd.DataFrame, budget: float | None, data_id: str | None) -> tuple[float, str]:
     """Default: the budget and data of the most recently finished Table 6 run."""
-    fin = df[df.status == "FINISHED"]
-    if budget is not None and data_id is not None:
-        return budget, data_id
+    fin = df[df.status == "FINISHED"] if not df.empty else df
     if budget is not None:
         fin = fin[fin.budget == budget]
     if data_id is not None:
         fin = fin[fin.data_id == data_id]
     if fin.empty:
-        raise SystemExit("report: no finished runs in MLflow for that budget/data; run `make reproduce-table` first")
+        raise UserError(f"{tracking.tracking_uri()}: no finished runs in its experiments {', '.join(GROUPS)}"
+                        + (f" for budget {budget:g}" if budget is not None else "")
+                        + (f" and data {data_id}" if data_id is not None else "")
+                        + "; run `make reproduce-table` first")
+    if budget is not None and data_id is not None:
+        return budget, data_id
     pref = fin[fin.group == "table6"] if (fin.group == "table6").any() else fin
     last = pref.sort_values("end_time").iloc[-1]
     return float(last.budget), str(last.data_id)

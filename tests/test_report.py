@@ -1,5 +1,6 @@
 """`harness table` + `harness report` on a store filled by real short runs on mini CIFAR-10."""
 
+import os
 import re
 import shutil
 
@@ -78,3 +79,14 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     (exp / "ablations" / "bad_spec.yaml").unlink()
     assert main(["table", "--data", str(mini), "--no-progress", "--no-report"]) == 0
     assert "6 already done, 0 to do" in capsys.readouterr().err
+
+    # A budget with no runs is one line and exit 2, as is a store that is not there (and reading creates none).
+    assert main(["report", "--budget", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "no finished runs in its experiments table6, ablations, ladder, tuned for budget 0.5" in err
+    assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
+    missing = store.parent / "elsewhere" / "mlflow.db"
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{missing}"  # the store fixture's monkeypatch restores it
+    assert main(["report", "--out", str(store.parent / "r2")]) == 2
+    assert f"{missing}: no MLflow store there" in capsys.readouterr().err
+    assert not missing.parent.exists() and not (store.parent / "r2").exists()
