@@ -290,12 +290,18 @@ def resolve_runs(path: str | Path, spec: Spec, budget: float) -> list[RunSpec]:
                     budget=budget, source_file=str(path)) for seed in spec.seeds]
 
 
+SKIPPED_FOLDERS = {"mlruns", "__pycache__"}  # and hidden ones (.venv, .git): their YAML is no spec
+
+
 def expand_paths(paths: list[str]) -> list[Path]:
-    """Spec arguments may be files or folders (all *.yaml inside, sorted, `paper.yaml` excluded)."""
+    """Spec arguments may be files or folders (all *.yaml inside, sorted, `paper.yaml` excluded). A folder walk
+    skips the tracking store (each run's resolved spec.yaml artifact) and hidden folders, so that
+    `validate .` in a checkout reads the specs and nothing else."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*.yaml") if q.name != "paper.yaml")
+            out += sorted(q for q in p.rglob("*.yaml") if q.name != "paper.yaml" and not any(
+                part in SKIPPED_FOLDERS or part.startswith(".") for part in q.relative_to(p).parts[:-1]))
         else:
             out.append(p)
     return out

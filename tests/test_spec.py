@@ -5,7 +5,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import SpecError
-from harness.spec import load_spec, resolve_runs
+from harness.spec import expand_paths, load_spec, resolve_runs
 
 from .conftest import ROOT, TINY, write_spec
 
@@ -98,3 +98,12 @@ def test_hash_depends_on_seed_budget_and_data():
     hashes = {a.spec_hash("d1"), b.spec_hash("d1"), small.spec_hash("d1"), a.spec_hash("d2")}
     assert len(hashes) == 4
     assert a.spec_hash("d1") == resolve_runs(path, load_spec(path), 1.0)[0].spec_hash("d1")
+
+
+def test_a_folder_walk_reads_specs_not_the_store_or_hidden_folders(tmp_path):
+    good = write_spec(tmp_path / "experiments", "ok", TINY)
+    for junk in ("mlruns/artifacts/1/spec.yaml", ".venv/lib/site/conf.yaml"):
+        (tmp_path / junk).parent.mkdir(parents=True)
+        (tmp_path / junk).write_text("seed: 0\n")  # not a spec: would be an error if read
+    assert expand_paths([str(tmp_path)]) == [good]
+    assert main(["validate", str(tmp_path)]) == 0
