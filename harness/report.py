@@ -71,9 +71,9 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
 def pick_campaign(df: pd.DataFrame, budget: float | None, data_id: str | None) -> tuple[float, str]:
     """Default: the budget and data of the most recently finished Table 6 run."""
     fin = df[df.status == "FINISHED"] if not df.empty else df
-    if budget is not None:
+    if budget is not None and not fin.empty:
         fin = fin[fin.budget == budget]
-    if data_id is not None:
+    if data_id is not None and not fin.empty:
         fin = fin[fin.data_id == data_id]
     if fin.empty:
         raise UserError(f"{tracking.tracking_uri()}: no finished runs in its experiments {', '.join(GROUPS)}"

@@ -90,3 +90,13 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert main(["report", "--out", str(store.parent / "r2")]) == 2
     assert f"{missing}: no MLflow store there" in capsys.readouterr().err
     assert not missing.parent.exists() and not (store.parent / "r2").exists()
+
+
+def test_report_on_a_store_without_runs_is_one_line(store, capsys):
+    from harness import tracking
+
+    tracking.client().search_experiments()  # the store exists, with no experiment of ours in it
+    for args in ([], ["--budget", "0.5"], ["--budget", "0.5", "--data-id", "x"]):
+        assert main(["report", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert "no finished runs in its experiments table6, ablations, ladder, tuned" in err and "Traceback" not in err
