@@ -31,6 +31,7 @@ from harness.train import make_step, pick_device
 
 PAPER_ITERS = 64000
 PAPER_EVAL_POINTS = 32
+BASELINES = ("dataloader", "peer")  # rows that are not our step: no _xN copies, not "the fastest step"
 
 
 def _sync(device):
@@ -312,7 +313,7 @@ def main(a) -> int:
     if peer:
         chosen.insert(1 if "dataloader" in chosen else 0, "peer")
 
-    rows = [(v, 1) for v in chosen] + [(v, a.jobs) for v in chosen if v not in ("dataloader", "peer") and a.jobs > 1]
+    rows = [(v, 1) for v in chosen] + [(v, a.jobs) for v in chosen if v not in BASELINES and a.jobs > 1]
     variants = {}
     for vname, jobs in rows:
         _reset_peak_mem(device)
@@ -345,7 +346,7 @@ def main(a) -> int:
         if peer_ips:
             v["speedup_vs_peer"] = round(v["images_per_s"] / peer_ips, 2)
     log_s = bench_mlflow()
-    ours = {k: v for k, v in variants.items() if k not in ("dataloader", "peer") and v["jobs"] == 1} or variants
+    ours = {k: v for k, v in variants.items() if k not in BASELINES and v["jobs"] == 1} or variants
     step_s = min(v["ms_per_iter"] for v in ours.values()) / 1000  # the fastest step
     batch_s = bench_batches(data, a.batch_size, max(a.iters, 5), device)
     eval_every = PAPER_ITERS // PAPER_EVAL_POINTS

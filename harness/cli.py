@@ -50,7 +50,6 @@ def cmd_validate(a) -> int:
 def cmd_run(a) -> int:
     from harness.data import load_arrays
     from harness.parallel import check_jobs, execute_all
-    from harness.table import gflops_on_data
     from harness.train import pick_device
 
     runs = _load_all(a.specs, a.overrides, a.budget)  # every spec is checked before anything runs
@@ -59,7 +58,7 @@ def cmd_run(a) -> int:
     device = pick_device(a.device)
     t0 = time.perf_counter()
     counts = execute_all(runs, arrays, device, a.jobs, force=a.force, offline=a.offline, progress=not a.no_progress,
-                         label=lambda r: f"{r.run_name} ({r.source_file})", cost=lambda r: gflops_on_data(r, arrays))
+                         label=lambda r: f"{r.run_name} ({r.source_file})")
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     print(f"{len(runs)} runs: {summary} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
     return 0 if counts.keys() <= {"finished", "skipped"} else 1

@@ -20,6 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from functools import partial
 
 import torch
 
@@ -82,16 +83,16 @@ class _Rate:
     """Time left for the rest of a batch at the rate measured so far (work per second of wall time): it holds for
     any --jobs and device, where an estimate made before the batch cannot know what N runs at once gain."""
 
-    def __init__(self, runs: list[RunSpec], cost: Callable[[RunSpec], float] | None):
-        self.cost = cost or (lambda r: 1.0)
-        self.left = sum(self.cost(r) for r in runs)
+    def __init__(self, runs: list[RunSpec], cost: Callable[[RunSpec], float]):
+        self.cost = {id(r): cost(r) for r in runs}  # each weighed once: a cost builds the model to count FLOPs
+        self.left = sum(self.cost.values())
         self.trained = 0.0
         self.t0 = time.perf_counter()
 
     def done(self, run: RunSpec, status: str) -> None:
-        self.left -= self.cost(run)
+        self.left -= self.cost[id(run)]
         if status != "skipped":  # a skipped run took no time and must not speed up the estimate
-            self.trained += self.cost(run)
+            self.trained += self.cost[id(run)]
 
     def line(self) -> str:
         elapsed = time.perf_counter() - self.t0
@@ -104,12 +105,14 @@ class _Rate:
 
 def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int = 1, force: bool = False,
                 offline: str | None = None, progress: bool = True,
-                label: Callable[[RunSpec], str] = lambda r: r.run_name,
-                cost: Callable[[RunSpec], float] | None = None) -> dict[str, int]:
+                label: Callable[[RunSpec], str] = lambda r: r.run_name) -> dict[str, int]:
     """Run `runs`, `jobs` at a time; returns {status: count}. With jobs > 1 they go to spawned workers and bars are
-    off (N bars would interleave): each worker logs one line per evaluation point instead. `cost` weighs runs
-    (e.g. their GFLOPs) for the time-left estimate; without it every run counts the same."""
+    off (N bars would interleave): each worker logs one line per evaluation point instead. The time-left estimate
+    weighs each run by its GFLOPs on these arrays."""
+    from harness.table import gflops_on_data
+
     counts: dict[str, int] = {}
+    cost = partial(gflops_on_data, arrays=arrays)
     if jobs == 1 or not runs:
         rate = _Rate(runs, cost)
         for i, r in enumerate(runs, 1):

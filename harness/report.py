@@ -41,8 +41,8 @@ def load_paper(path: Path = PAPER_FILE) -> dict:
 def load_runs(groups=GROUPS) -> pd.DataFrame:
     """One row per MLflow run of the given experiments, with the metrics and tags the reports need."""
     uri = tracking.tracking_uri()
-    db = Path(uri.removeprefix("sqlite:///"))
-    if uri.startswith("sqlite:///") and not db.is_file():  # reading must not create an empty store
+    db = tracking.sqlite_file(uri)
+    if db is not None and not db.is_file():  # reading must not create an empty store
         raise UserError(f"{db}: no MLflow store there (MLFLOW_TRACKING_URI={uri}); train runs first (`make "
                         "reproduce-table`, `harness run`) or point MLFLOW_TRACKING_URI at the store to report on")
     c = tracking.client()
@@ -70,11 +70,13 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
 
 def pick_campaign(df: pd.DataFrame, budget: float | None, data_id: str | None) -> tuple[float, str]:
     """Default: the budget and data of the most recently finished Table 6 run."""
-    fin = df[df.status == "FINISHED"] if not df.empty else df
-    if budget is not None and not fin.empty:
-        fin = fin[fin.budget == budget]
-    if data_id is not None and not fin.empty:
-        fin = fin[fin.data_id == data_id]
+    fin = df  # a store without runs of ours gives a table without columns: nothing to filter
+    if not df.empty:
+        fin = df[df.status == "FINISHED"]
+        if budget is not None:
+            fin = fin[fin.budget == budget]
+        if data_id is not None:
+            fin = fin[fin.data_id == data_id]
     if fin.empty:
         raise UserError(f"{tracking.tracking_uri()}: no finished runs in its experiments {', '.join(GROUPS)}"
                         + (f" for budget {budget:g}" if budget is not None else "")

@@ -104,7 +104,7 @@ def main(a) -> int:
     todo = plan(runs, arrays, device)
     t0 = time.perf_counter()
     counts = execute_all(todo, arrays, device, a.jobs, progress=not a.no_progress,
-                         label=lambda r: f"{r.group}/{r.run_name}", cost=lambda r: gflops_on_data(r, arrays))
+                         label=lambda r: f"{r.group}/{r.run_name}")
     print(f"table: {len(todo)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
           f" in {time.perf_counter() - t0:.0f}s" + (f"; {len(bad_specs)} invalid spec(s) skipped, see the "
                                                    "error lines above" if bad_specs else ""), file=sys.stderr)

@@ -20,11 +20,17 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
 
 
+def sqlite_file(uri: str | None = None) -> Path | None:
+    """The SQLite file of a `sqlite:///PATH` store, else None."""
+    uri = uri or tracking_uri()
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def store_root(uri: str | None = None) -> Path:
     """Folder for artifacts and checkpoints: beside the SQLite file, else ./mlruns."""
     uri = uri or tracking_uri()
-    if uri.startswith("sqlite:///"):
-        return Path(uri.removeprefix("sqlite:///")).parent
+    if db := sqlite_file(uri):
+        return db.parent
     if urlparse(uri).scheme in ("", "file"):
         return Path(urlparse(uri).path or "mlruns")
     return Path("mlruns")
