@@ -22,8 +22,9 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
 
 def _jobs_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="train N runs at once on the device, each in its own process (CPU threads split between "
-                        "them); no progress bars, a line per evaluation point instead")
+                   help="train N runs at once, each in its own process (CPU threads split between them; with "
+                        "several GPUs and --device cuda, workers dealt over the GPUs); no progress bars, a line per "
+                        "evaluation point instead")
 
 
 def _load_all(paths, overrides, budget):

@@ -1,5 +1,5 @@
-"""A batch of runs (`run`, `table`): one at a time in this process, or several at once on one device, the lever
-for a whole table's throughput.
+"""A batch of runs (`run`, `table`): one at a time in this process, or several at once on one device (or dealt over
+several GPUs), the lever for a whole table's throughput.
 
 A batch-128 CIFAR ResNet step leaves much of a device idle. On a 2-core CPU, two runs with one thread each
 trained 1.1-1.25x more images per second in total than one run with both threads (`bench --jobs 2` measures
@@ -7,8 +7,10 @@ it on the machine at hand): small convolutions scale poorly across threads. Not 
 Runs are independent (own MLflow run, own checkpoint keyed by spec_hash): they share nothing but the device.
 
 Workers are spawned processes, never forked: a forked child of a process that has touched CUDA cannot use it.
-Each gets the CPU threads of the parent divided by the number of jobs. A run killed with its worker resumes
-from its checkpoint on the next call, exactly as in one process.
+Each gets the CPU threads of the parent divided by the number of jobs. On a machine with several GPUs and
+`--device cuda` (or none), each worker owns one GPU for its life, the workers dealt round-robin over the GPUs, so
+`--jobs 8` on four GPUs trains two runs on each; `--device cuda:1` keeps every worker on that one GPU. A run
+killed with its worker resumes from its checkpoint on the next call, exactly as in one process.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
@@ -41,9 +44,21 @@ def check_jobs(jobs: int) -> None:
         raise UserError(f"--jobs: expected a whole number of runs at a time, at least 1, got {jobs}")
 
 
-def _init(arrays: Arrays, device: str, threads: int, offline: str | None) -> None:
+def worker_devices(device: torch.device, jobs: int, gpus: int) -> list[str]:
+    """The device of each of `jobs` workers: dealt over the `gpus` GPUs when `device` is CUDA without an index
+    (a worker is pinned for its life: a run's checkpoint, CUDA graphs and memory stay on one GPU), else all alike."""
+    if device.type == "cuda" and device.index is None and gpus > 1:
+        return [f"cuda:{k % gpus}" for k in range(jobs)]
+    return [str(device)] * jobs
+
+
+def _init(arrays: Arrays, devices, threads: int, offline: str | None) -> None:
+    """`devices` is a queue holding one device per worker: each worker takes its own as it starts."""
     torch.set_num_threads(threads)
-    _worker.update(arrays=arrays, device=torch.device(device), offline=offline, busy=False)
+    device = torch.device(devices.get())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # kernels, graphs and caches of this process go to its GPU
+    _worker.update(arrays=arrays, device=device, offline=offline, busy=False)
     signal.signal(signal.SIGINT, _on_ctrl_c)
 
 
@@ -129,10 +144,17 @@ def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs:
     runs = unique
     rate = _Rate(runs, cost)
     threads = thread_share(jobs)
-    print(f"jobs: {jobs} runs at a time on {device}" + (f", {threads} CPU thread(s) each" if device.type == "cpu"
-                                                         else ""), file=sys.stderr, flush=True)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init,
-                               initargs=(arrays, str(device), threads, offline))
+    devices = worker_devices(device, jobs, torch.cuda.device_count() if device.type == "cuda" else 0)
+    where = ", ".join(f"{n} on {d}" for d, n in sorted(Counter(devices).items())) if len(set(devices)) > 1 \
+        else f"on {devices[0]}"
+    print(f"jobs: {jobs} runs at a time {where}" + (f", {threads} CPU thread(s) each" if device.type == "cpu"
+                                                    else ""), file=sys.stderr, flush=True)
+    ctx = mp.get_context("spawn")
+    queue = ctx.SimpleQueue()
+    for d in devices:
+        queue.put(d)
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_init,
+                               initargs=(arrays, queue, threads, offline))
     try:
         futures = {pool.submit(_execute, r, force): r for r in runs}
         for done, fut in enumerate(as_completed(futures), 1):

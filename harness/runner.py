@@ -153,7 +153,9 @@ def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = Fa
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
+        n = torch.cuda.device_count()
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{torch.cuda.get_device_name(device)}" + (f" (GPU {index} of {n})" if n > 1 else "")
     import platform
 
     return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"

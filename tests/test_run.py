@@ -12,6 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
+from harness.parallel import worker_devices
 
 from .conftest import MINI, ROOT, TINY, env_with, write_spec
 
@@ -186,6 +187,15 @@ def test_time_left_comes_from_the_batchs_own_rate_weighted_by_cost():
     assert re.search(r"^10\ds elapsed, ~5 min left at the rate so far$", rate.line()), rate.line()
     rate.done(big, "finished")
     assert "left" not in rate.line()
+
+
+def test_jobs_deal_workers_over_the_gpus_unless_one_is_named():
+    """`--jobs 4` on two GPUs puts two workers on each; a named GPU, one GPU or the CPU keeps them all together."""
+    assert worker_devices(torch.device("cuda"), 4, gpus=2) == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_devices(torch.device("cuda"), 3, gpus=4) == ["cuda:0", "cuda:1", "cuda:2"]
+    assert worker_devices(torch.device("cuda:1"), 2, gpus=4) == ["cuda:1", "cuda:1"]
+    assert worker_devices(torch.device("cuda"), 2, gpus=1) == ["cuda", "cuda"]
+    assert worker_devices(torch.device("cpu"), 2, gpus=0) == ["cpu", "cpu"]
 
 
 def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers(store, mini, tmp_path, capsys,
