@@ -11,6 +11,7 @@ trial stuck in RUNNING, or `journal:PATH` (JournalStorage on a file) for many lo
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -123,7 +124,7 @@ def run_worker(a, worker_index: int = 0) -> None:
         child = c.create_run(exp_id, run_name=f"{a.study}-t{trial.number}", tags={
             "mlflow.parentRunId": parent, "study_name": a.study, "trial_number": str(trial.number),
             "role": "trial", "budget": f"{a.budget:g}", "data": cache[key].description, "device": device_name(device),
-            "git_commit": tracking.git_commit()}).info.run_id
+            "sampler_seed": str(a.seed + worker_index), "git_commit": tracking.git_commit()}).info.run_id
         c.log_batch(child, params=[Param(k, str(v)) for k, v in trial.params.items()])
         trial.set_user_attr("mlflow_run_id", child)
 
@@ -248,6 +249,22 @@ def export(a, path: Path) -> None:
     print(f"tune: wrote {path}", file=sys.stderr)
 
 
+def _worker_places(a) -> list[tuple[str, dict[str, str]]]:
+    """Each worker's device and environment, as `run --jobs` places its workers: dealt over the GPUs when there are
+    several, and on a CPU the threads split between the workers (K workers on all cores each would thrash)."""
+    import torch
+
+    from harness.parallel import thread_share, worker_devices
+    from harness.train import pick_device
+
+    device = pick_device(a.device)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    env = dict(os.environ)
+    if device.type == "cpu":
+        env["OMP_NUM_THREADS"] = str(thread_share(a.workers))
+    return [(d, env) for d in worker_devices(device, a.workers, gpus)]
+
+
 def main(a) -> int:
     base = load_spec(a.spec, a.overrides)  # validates spec and its tune: section before anything starts
     if base.tune is None:
@@ -264,10 +281,11 @@ def main(a) -> int:
             _parent_run(c, tracking.experiment_id(c, EXPERIMENT), a.study, a.spec, a.budget)
             cmd = [sys.executable, "-m", "harness", "tune", a.spec, "--trials", str(a.trials), "--study", a.study,
                    "--storage", a.storage, "--budget", str(a.budget), "--data", a.data, "--workers", "1",
-                   "--heartbeat", str(a.heartbeat), "--no-finish"]
+                   "--heartbeat", str(a.heartbeat), "--seed", str(a.seed), "--no-finish"]
             for o in a.overrides:
                 cmd += ["--set", o]
-            procs = [subprocess.Popen(cmd + ["--worker-index", str(i)]) for i in range(a.workers)]
+            procs = [subprocess.Popen(cmd + ["--worker-index", str(i), "--device", device], env=env)
+                     for i, (device, env) in enumerate(_worker_places(a))]
             codes = [p.wait() for p in procs]
             if any(codes):
                 print(f"tune: worker exit codes {codes}", file=sys.stderr)

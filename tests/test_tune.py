@@ -150,7 +150,8 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     storage = request.getfixturevalue("postgres") if kind == "postgres" else f"journal:{tmp_path}/journal.log"
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     assert main(["tune", str(spec), "--trials", "6", "--study", "w", "--storage", storage, "--budget", "1",
-                 "--data", str(mini), "--workers", "3", "--plots", str(tmp_path / "plots")]) == 0
+                 "--data", str(mini), "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]) == 0
+    from harness.parallel import thread_share
     from harness.tune import open_storage
 
     trials = optuna.load_study(study_name="w", storage=open_storage(storage)).get_trials(deepcopy=False)
@@ -161,3 +162,7 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     assert all(t.state.name != "RUNNING" for t in trials)
     children = [r.data.tags["trial_number"] for r in _children("w")]
     assert sorted(children, key=int) == [str(n) for n in sorted(numbers)]  # one MLflow child per trial
+    tags = [r.data.tags for r in _children("w")]
+    assert {t["sampler_seed"] for t in tags} <= {"7", "8", "9"}  # --seed reaches the workers: worker i uses seed + i
+    share = f" x{thread_share(3)} threads"  # the cores split between the workers, not all cores for each
+    assert all(t["device"].endswith(share) for t in tags), (share, tags)
