@@ -19,6 +19,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -26,7 +27,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from functools import partial
 
 import torch
+from tqdm import tqdm
 
+from harness import tracking
 from harness.data import Arrays
 from harness.errors import UserError
 from harness.spec import RunSpec
@@ -55,6 +58,9 @@ def worker_devices(device: torch.device, jobs: int, gpus: int) -> list[str]:
 def _init(arrays: Arrays, devices, threads: int, offline: str | None) -> None:
     """`devices` is a queue holding one device per worker: each worker takes its own as it starts."""
     torch.set_num_threads(threads)
+    # Bars are off in workers; tqdm would still make a multiprocessing lock, which a worker leaving by os._exit on
+    # Ctrl-C never unlinks ("leaked semaphore objects" warning). A thread lock serves a process without bars.
+    tqdm.set_lock(threading.RLock())
     device = torch.device(devices.get())
     if device.type == "cuda":
         torch.cuda.set_device(device)  # kernels, graphs and caches of this process go to its GPU
@@ -142,6 +148,8 @@ def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs:
         counts["skipped"] = len(runs) - len(unique)
         print(f"jobs: {len(runs) - len(unique)} duplicate run(s) of the same resolved spec skipped", file=sys.stderr)
     runs = unique
+    if not offline:
+        tracking.create_store()
     rate = _Rate(runs, cost)
     threads = thread_share(jobs)
     devices = worker_devices(device, jobs, torch.cuda.device_count() if device.type == "cuda" else 0)

@@ -47,6 +47,12 @@ def client():
     return MlflowClient(uri)
 
 
+def create_store() -> None:
+    """Create the store's tables before several processes open it: workers that open a fresh SQLite store at
+    the same moment race to create them, and the loser's run fails with "table ... already exists"."""
+    client().search_experiments(max_results=1)
+
+
 def experiment_id(c, group: str) -> str:
     exp = c.get_experiment_by_name(group)
     if exp is not None:

@@ -230,6 +230,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
     uri = f"sqlite:///{tmp_path}/jobs/mlflow.db"
     p = run(uri, 2, OMP_NUM_THREADS=2, HARNESS_FAULT_KILL_AT=10)
     assert p.returncode == 1 and "2 runs at a time on cpu, 1 CPU thread(s) each" in p.stderr, p.stderr
+    assert p.stderr.count("Creating initial MLflow database tables") == 1, p.stderr  # by the parent, not a race
     c = MlflowClient(uri)
     killed = c.search_runs([c.get_experiment_by_name("t").experiment_id])
     assert sorted(r.info.status for r in killed) == ["RUNNING", "RUNNING"]
@@ -267,7 +268,7 @@ def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path):
     os.killpg(p.pid, signal.SIGINT)
     err = p.communicate(timeout=60)[1]
     assert p.returncode == 130 and "interrupted: the same command resumes killed runs" in err, err[-3000:]
-    assert "Traceback" not in err, err[-3000:]
+    assert "Traceback" not in err and "leaked semaphore" not in err, err[-3000:]
     c = MlflowClient(uri)
     runs = c.search_runs([c.get_experiment_by_name("t").experiment_id])
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], err[-3000:]  # the third never started
