@@ -12,12 +12,22 @@ from harness.errors import UserError
 DEFAULT_DATA = os.environ.get("HARNESS_DATA", "data")
 
 
+DATA_HELP = (f"an .npz (x_train, y_train, x_test, y_test) or a folder with cifar-10-batches-py/ (default: "
+             f"{DEFAULT_DATA!r}, set by $HARNESS_DATA)")
+DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda if PyTorch sees a GPU, else cpu)"
+SET_HELP = "override a spec field, e.g. --set model.depth=56 or --set 'seeds=[0,1]' (a YAML value; repeatable)"
+BUDGET_HELP = ("fraction of the paper's iterations (1.0 = 64k, 0.001 = 64); milestones, patience and warm-up "
+               "scale with it")
+
+
+def _set_and_budget_args(p: argparse.ArgumentParser, budget: float = 1.0, budget_help: str = BUDGET_HELP) -> None:
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    p.add_argument("--budget", type=float, default=budget, help=budget_help)
+
+
 def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("specs", nargs="+", help="spec files or folders of specs (experiments/table6, ...)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec field, e.g. --set model.depth=56 (repeatable)")
-    p.add_argument("--budget", type=float, default=1.0,
-                   help="fraction of the paper's iterations (1.0 = 64k); scales milestones and patience too")
+    _set_and_budget_args(p)
 
 
 def _jobs_arg(p: argparse.ArgumentParser) -> None:
@@ -28,12 +38,19 @@ def _jobs_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _load_all(paths, overrides, budget):
+    """Every spec is read before anything runs, and every bad one is named (one `error:` line each), so a folder
+    of specs is fixed in one pass rather than one error per call."""
+    from harness.errors import SpecError
     from harness.spec import expand_paths, load_spec, resolve_runs
 
-    runs = []
+    runs, errors = [], []
     for path in expand_paths(paths):
-        spec = load_spec(path, overrides)
-        runs += resolve_runs(path, spec, budget)
+        try:
+            runs += resolve_runs(path, load_spec(path, overrides), budget)
+        except SpecError as e:
+            errors.append(str(e))
+    if errors:
+        raise SpecError("\nerror: ".join(dict.fromkeys(errors)))  # a bad --budget is one line, not one per spec
     if not runs:
         raise UserError(f"{' '.join(paths)}: no spec files found (expected .yaml files)")
     return runs
@@ -50,7 +67,7 @@ def cmd_validate(a) -> int:
 
 def cmd_run(a) -> int:
     from harness.data import load_arrays
-    from harness.parallel import check_jobs, execute_all
+    from harness.parallel import check_jobs, execute_all, show_bars
     from harness.train import pick_device
 
     runs = _load_all(a.specs, a.overrides, a.budget)  # every spec is checked before anything runs
@@ -58,7 +75,7 @@ def cmd_run(a) -> int:
     arrays = load_arrays(a.data, download=a.download)
     device = pick_device(a.device)
     t0 = time.perf_counter()
-    counts = execute_all(runs, arrays, device, a.jobs, force=a.force, offline=a.offline, progress=not a.no_progress,
+    counts = execute_all(runs, arrays, device, a.jobs, force=a.force, offline=a.offline, progress=show_bars(a),
                          label=lambda r: f"{r.run_name} ({r.source_file})")
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     print(f"{len(runs)} runs: {summary} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
@@ -116,12 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train specs (skips FINISHED runs, resumes killed ones)")
     _common_run_args(r)
-    r.add_argument("--data", default=DEFAULT_DATA,
-                   help="an .npz (x_train, y_train, x_test, y_test) or a folder with cifar-10-batches-py/")
+    r.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     r.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
-    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    r.add_argument("--device", default=None, help=DEVICE_HELP)
     r.add_argument("--force", action="store_true", help="start afresh even if a run of this spec exists")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.add_argument("--no-progress", action="store_true",
+                   help="a line per evaluation point instead of a progress bar (the default where stderr is not a "
+                        "terminal)")
     r.add_argument("--offline", metavar="DIR", default=None,
                    help="no MLflow: write each run to DIR/<spec_hash>/ (record.json, model.pt) for `import`; "
                         "for machines without MLflow, e.g. a lent GPU")
@@ -142,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3, help="untimed iterations per variant")
     b.add_argument("--batch-size", type=int, default=128)
     b.add_argument("--data", default=None, help="an .npz to read images from (default: random uint8 images)")
-    b.add_argument("--device", default=None)
+    b.add_argument("--device", default=None, help=DEVICE_HELP)
     b.add_argument("--workers", type=int, default=2, help="DataLoader workers for the baseline")
     b.add_argument("--compile", action="store_true",
                    help="also time the fast variants (torch.compile; on CPU channels_last; on CUDA CUDA graphs, "
@@ -161,15 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("table", help="run table6 + ablations + ladder (+ tuned), skipping finished runs, then report")
     t.add_argument("folders", nargs="*", help="spec folders (default: experiments/table6 ablations ladder tuned)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    t.add_argument("--budget", type=float, default=1.0)
-    t.add_argument("--data", default=DEFAULT_DATA)
-    t.add_argument("--download", action="store_true")
-    t.add_argument("--device", default=None)
+    _set_and_budget_args(t)
+    t.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
+    t.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
+    t.add_argument("--device", default=None, help=DEVICE_HELP)
     t.add_argument("--include-heavy", action="store_true", help="also run specs marked heavy (ResNet-1202)")
-    t.add_argument("--no-report", action="store_true")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--out", default="reports")
+    t.add_argument("--no-report", action="store_true", help="do not write the reports afterwards")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.add_argument("--out", default="reports", help="where the reports go")
     _jobs_arg(t)
     t.set_defaults(func=cmd_table, report_budget=None, data_id=None)
 
@@ -187,12 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--storage", default=os.environ.get("HARNESS_OPTUNA_STORAGE", "sqlite:///mlruns/optuna.db"),
                     help="Optuna RDB URL (sqlite:///..., postgresql://...) or journal:PATH for a JournalStorage file")
     tu.add_argument("--budget", type=float, default=0.05, help="fraction of the paper's iterations per trial")
-    tu.add_argument("--data", default=DEFAULT_DATA)
-    tu.add_argument("--device", default=None)
+    tu.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP + "; its test split is never read")
+    tu.add_argument("--device", default=None, help=DEVICE_HELP)
     tu.add_argument("--workers", type=int, default=1, help="processes working on the one study")
     tu.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats (RDB storage)")
     tu.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
-    tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     tu.add_argument("--export", default=None, metavar="PATH", help="write the best trial as a spec, e.g. "
                     "experiments/tuned/resnet32.yaml")
     tu.add_argument("--plots", default="reports/tuning", help="folder for Optuna's plots")

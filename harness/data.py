@@ -102,10 +102,10 @@ def load_arrays(path: str | Path, download: bool = False, with_test: bool = True
     path = Path(path)
     if path.suffix == ".npz":
         if not path.is_file():
-            raise DataError(f"{path}: file not found (expected an .npz with {list(NPZ_KEYS)}); {DOWNLOAD_HINT}")
+            raise DataError(f"--data {path}: file not found (expected an .npz with {list(NPZ_KEYS)}); {DOWNLOAD_HINT}")
         return _load_npz(path, with_test)
     if not path.exists() and not download:
-        raise DataError(f"{path}: not found (expected a folder holding cifar-10-batches-py/ or an .npz file); "
+        raise DataError(f"--data {path}: not found (expected a folder holding cifar-10-batches-py/ or an .npz file); "
                         f"{DOWNLOAD_HINT}")
     arrays = _load_torchvision(path, download)
     if not with_test:

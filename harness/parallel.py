@@ -42,6 +42,12 @@ def thread_share(jobs: int) -> int:
     return max(1, torch.get_num_threads() // jobs)
 
 
+def show_bars(a) -> bool:
+    """Bars only on a terminal: in a log file or CI a bar is hundreds of carriage returns on one line, so there each
+    evaluation point gets a line of its own instead (as under --no-progress)."""
+    return not a.no_progress and sys.stderr.isatty()
+
+
 def check_jobs(jobs: int) -> None:
     if jobs < 1:
         raise UserError(f"--jobs: expected a whole number of runs at a time, at least 1, got {jobs}")

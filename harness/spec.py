@@ -236,7 +236,11 @@ def apply_override(raw: dict, assignment: str, file: str) -> None:
         node = node.setdefault(k, {})
         if not isinstance(node, dict):
             raise SpecError(f"{file}: --set {path}: '{k}' is not a section")
-    node[keys[-1]] = yaml.safe_load(value)
+    try:
+        node[keys[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{file}: --set {path}: expected a YAML value (e.g. 56, 0.1, [0, 1], true), got {value!r}: "
+                        f"{getattr(e, 'problem', e)}") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:

@@ -25,7 +25,10 @@ def collect_runs(folders, overrides, budget, include_heavy=False) -> tuple[list[
     """All runs of the valid specs, and one error line per invalid spec (those are skipped, not fatal)."""
     runs: list[RunSpec] = []
     errors: list[str] = []
-    for path in expand_paths([f for f in folders if Path(f).exists()]):
+    paths = expand_paths([f for f in folders if Path(f).exists()])
+    if not paths:
+        raise SpecError(f"{' '.join(map(str, folders))}: no spec files found (expected folders of .yaml specs)")
+    for path in paths:
         try:
             spec = load_spec(path, overrides)
         except SpecError as e:
@@ -94,23 +97,27 @@ def gflops_on_data(run: RunSpec, arrays: Arrays) -> float:
 
 def main(a) -> int:
     from harness.data import load_arrays
-    from harness.parallel import check_jobs, execute_all
+    from harness.parallel import check_jobs, execute_all, show_bars
     from harness.train import pick_device
 
     check_jobs(a.jobs)
+    missing = [f for f in a.folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not
+    if missing:
+        raise SpecError(f"{missing[0]}: spec folder not found (expected a folder of .yaml specs or a spec file)")
     runs, bad_specs = collect_runs(a.folders or DEFAULT_FOLDERS, a.overrides, a.budget, a.include_heavy)
     arrays = load_arrays(a.data, download=a.download)
     device = pick_device(a.device)
     todo = plan(runs, arrays, device)
     t0 = time.perf_counter()
-    counts = execute_all(todo, arrays, device, a.jobs, progress=not a.no_progress,
+    counts = execute_all(todo, arrays, device, a.jobs, progress=show_bars(a),
                          label=lambda r: f"{r.group}/{r.run_name}")
     print(f"table: {len(todo)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
           f" in {time.perf_counter() - t0:.0f}s" + (f"; {len(bad_specs)} invalid spec(s) skipped, see the "
                                                    "error lines above" if bad_specs else ""), file=sys.stderr)
-    if not a.no_report:
+    if not a.no_report:  # the report of this table's runs, not of whatever finished last
         from harness.report import main as report_main
 
+        a.report_budget, a.data_id = a.budget, arrays.data_id
         report_main(a)
     if bad_specs:
         return 2

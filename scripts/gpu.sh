@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # What a lent GPU machine runs (device tool; it has torch but no MLflow/pydantic, and $OUT comes back).
+#   scripts/gpu.sh wheels                     HERE, not there: download into .whl/ the wheels `setup` installs
+#                                             (pydantic and its needs, the versions of this .venv, for Python 3.12)
 #   scripts/gpu.sh setup                      install carried wheels (.whl/) into /tmp/site
 #   scripts/gpu.sh data                       keep the carried .devdata/ part in /tmp/dd (the next call's carry
 #                                             replaces .devdata/); once all three are there, join and check them
@@ -15,6 +17,16 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-/tmp/out}
 cmd=$1; shift
 case "$cmd" in
+  wheels)
+    py=${PY:-.venv/bin/python}
+    for pkg in pydantic pydantic_core annotated-types typing-inspection; do
+      v=$($py -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$pkg") || exit 2
+      python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform any -d .whl "$pkg==$v" || exit 2
+    done
+    ls .whl
+    ;;
   setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader

@@ -57,6 +57,38 @@ def test_missing_spec_file(store, capsys):
     assert "nope.yaml: spec file not found" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,words", [
+    (["--set", "seeds=[0,"], ["--set seeds", "expected a YAML value", "'[0,'"]),
+    (["--device", "gpu"], ["--device gpu", "expected cpu, cuda or cuda:N"]),
+    (["--device", "cuda:7"], ["--device cuda:7"]),  # no GPU here; on a GPU machine: not 8 of them
+], ids=["set_not_yaml", "device_typo", "device_missing_gpu"])
+def test_bad_set_value_or_device_is_one_line_before_anything_runs(argv, words, store, mini, capsys):
+    path = write_spec(store.parent / "experiments" / "t", "tiny", TINY)
+    assert main(["run", str(path), "--data", str(mini), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and all(w in err for w in words), err
+    assert not store.exists()
+
+
+def test_every_bad_spec_of_a_folder_is_named_at_once(tmp_path, capsys):
+    folder = tmp_path / "experiments" / "bad"
+    a = write_spec(folder, "a", TINY.replace("depth: 8", "depth: 33"))
+    write_spec(folder, "b", TINY)
+    c = write_spec(folder, "c", TINY + "momentun: 0.9\n")
+    assert main(["validate", str(folder)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"error: {a}: model.depth") and f"{c}: momentun" in lines[1], lines
+    assert main(["validate", str(folder), "--budget", "0"]) == 2  # the same bad budget for all: one line
+    assert capsys.readouterr().err.count("--budget: expected a positive fraction") == 1
+
+
+def test_table_with_a_folder_that_is_not_there_is_an_error(tmp_path, mini, capsys):
+    out = tmp_path / "reports"
+    assert main(["table", str(tmp_path / "nonexist"), "--data", str(mini), "--out", str(out)]) == 2
+    assert "nonexist: spec folder not found" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_cli_exit_code_is_really_2():
     p = subprocess.run([sys.executable, "-m", "harness", "validate", str(ROOT / "experiments/table6/resnet32.yaml"),
                         "--set", "model.depth=33"], capture_output=True, text=True, cwd=ROOT)
