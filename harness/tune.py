@@ -27,18 +27,43 @@ DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 EXPERIMENT = "tuning"
 
 
+def storage_file(url: str) -> Path | None:
+    """The file of a `journal:PATH` or `sqlite:///PATH` storage (opening it creates it), else None."""
+    for prefix in ("journal:", "sqlite:///"):
+        if url.startswith(prefix):
+            return Path(url.removeprefix(prefix))
+    return None
+
+
 def open_storage(url: str, heartbeat: int = 30):
     import optuna
 
+    path = storage_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+
+
+def load_study(a):
+    """The existing study named by --study, for finish and --export. A typo there must not end in Optuna's
+    `KeyError: 'Record does not exist.'` traceback: say which studies the storage holds instead, and create
+    nothing (opening a SQLite or journal file that is not there would create an empty one)."""
+    import optuna
+
+    path = storage_file(a.storage)
+    names = []
+    if path is None or path.exists():
+        storage = open_storage(a.storage, a.heartbeat)
+        names = sorted(optuna.get_all_study_names(storage))
+    if a.study not in names:
+        held = f"it holds {', '.join(names)}" if names else "it holds no studies"
+        raise UserError(f"--study '{a.study}': no such study in --storage {a.storage} ({held}); check the name, "
+                        "or run with --trials N to create it")
+    return optuna.load_study(study_name=a.study, storage=storage)
 
 
 def make_pruner(t: TuneSpec, total_iters: int, eval_every: int):
@@ -165,12 +190,10 @@ def run_worker(a, worker_index: int = 0) -> None:
                    callbacks=[MaxTrialsCallback(a.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
 
 
-def finish(a) -> dict:
+def finish(a, study) -> dict:
     """Tag the best trial, save and log Optuna's plots, print the summary."""
-    import optuna
     from optuna.trial import TrialState
 
-    study = optuna.load_study(study_name=a.study, storage=open_storage(a.storage, a.heartbeat))
     trials = study.get_trials(deepcopy=False)
     count = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     c = tracking.client()
@@ -215,10 +238,7 @@ def finish(a) -> dict:
     return summary
 
 
-def export(a, path: Path) -> None:
-    import optuna
-
-    study = optuna.load_study(study_name=a.study, storage=open_storage(a.storage, a.heartbeat))
+def export(a, study, path: Path) -> None:
     try:
         best = study.best_trial
     except ValueError:
@@ -293,9 +313,10 @@ def main(a) -> int:
             run_worker(a, a.worker_index)
     if a.no_finish:
         return 0
-    summary = finish(a)
+    study = load_study(a)
+    summary = finish(a, study)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print("tune: " + ", ".join(f"{k}={v}" for k, v in summary.items()), file=sys.stderr)
     if a.export:
-        export(a, Path(a.export))
+        export(a, study, Path(a.export))
     return 0

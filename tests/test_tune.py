@@ -166,3 +166,22 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     assert {t["sampler_seed"] for t in tags} <= {"7", "8", "9"}  # --seed reaches the workers: worker i uses seed + i
     share = f" x{thread_share(3)} threads"  # the cores split between the workers, not all cores for each
     assert all(t["device"].endswith(share) for t in tags), (share, tags)
+
+
+def test_unknown_study_is_a_one_line_error_and_creates_nothing(store, mini, tmp_path, capsys):
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    for name in ("lr32", "wide"):
+        optuna.create_study(study_name=name, storage=storage)
+    args = ["tune", str(spec), "--trials", "0", "--storage", storage, "--data", str(mini),
+            "--export", str(tmp_path / "out.yaml"), "--plots", str(tmp_path / "plots")]
+    assert main(args + ["--study", "lr23"]) == 2  # a typo when exporting
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ") and "Traceback" not in err
+    assert "'lr23'" in err and storage in err and "lr32, wide" in err
+    assert sorted(optuna.get_all_study_names(storage)) == ["lr32", "wide"]
+    missing = f"sqlite:///{tmp_path}/nowhere/optuna.db"  # nor an empty storage where none was
+    assert main(args + ["--study", "lr32", "--storage", missing]) == 2
+    assert "no studies" in capsys.readouterr().err
+    for path in ("nowhere", "out.yaml", "plots", "mlruns"):
+        assert not (tmp_path / path).exists(), path
