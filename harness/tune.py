@@ -117,7 +117,16 @@ def _parent_run(c, exp_id: str, study: str, spec_path: str, budget: float) -> st
     return r.info.run_id
 
 
-def run_worker(a, worker_index: int = 0) -> None:
+def finished(study) -> int:
+    """Trials that count towards --trials: complete or pruned (a failed trial is not counted; another is run)."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def run_worker(a, left: int, worker_index: int = 0) -> None:
+    """Run at most `left` trials (what the study lacked of --trials when this process looked), and stop early
+    once the study holds --trials finished ones: other workers on the same study finish trials too."""
     import optuna
     from mlflow.entities import Param
 
@@ -186,7 +195,7 @@ def run_worker(a, worker_index: int = 0) -> None:
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective, n_trials=a.trials, catch=(RuntimeError,),
+    study.optimize(objective, n_trials=left, catch=(RuntimeError,),
                    callbacks=[MaxTrialsCallback(a.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
 
 
@@ -269,7 +278,7 @@ def export(a, study, path: Path) -> None:
     print(f"tune: wrote {path}", file=sys.stderr)
 
 
-def _worker_places(a) -> list[tuple[str, dict[str, str]]]:
+def _worker_places(a, workers: int) -> list[tuple[str, dict[str, str]]]:
     """Each worker's device and environment, as `run --jobs` places its workers: dealt over the GPUs when there are
     several, and on a CPU the threads split between the workers (K workers on all cores each would thrash)."""
     import torch
@@ -281,8 +290,8 @@ def _worker_places(a) -> list[tuple[str, dict[str, str]]]:
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     env = dict(os.environ)
     if device.type == "cpu":
-        env["OMP_NUM_THREADS"] = str(thread_share(a.workers))
-    return [(d, env) for d in worker_devices(device, a.workers, gpus)]
+        env["OMP_NUM_THREADS"] = str(thread_share(workers))
+    return [(d, env) for d in worker_devices(device, workers, gpus)]
 
 
 def main(a) -> int:
@@ -290,13 +299,21 @@ def main(a) -> int:
     if base.tune is None:
         print(f"tune: {a.spec} has no tune: section; using the default search space", file=sys.stderr)
     a.study = a.study or Path(a.spec).stem
+    if a.trials < 0:
+        raise UserError(f"--trials {a.trials}: expected the number of finished trials to reach (0 or more)")
     t0 = time.perf_counter()
     if a.trials:
-        if a.workers > 1:
-            import optuna
+        import optuna
 
-            optuna.create_study(study_name=a.study, storage=open_storage(a.storage, a.heartbeat),
-                                direction="minimize", load_if_exists=True)
+        study = optuna.create_study(study_name=a.study, storage=open_storage(a.storage, a.heartbeat),
+                                    direction="minimize", load_if_exists=True)
+        # --trials is a total to reach, not a number to add: a rerun of a finished study runs nothing, and
+        # each worker runs at most what is left (the workers' MaxTrialsCallback stops them there together)
+        left = a.trials - finished(study)
+        if left <= 0:
+            print(f"tune: study '{a.study}' already has {a.trials - left} finished trials (--trials {a.trials}); "
+                  "nothing to run", file=sys.stderr)
+        elif a.workers > 1:
             c = tracking.client()
             _parent_run(c, tracking.experiment_id(c, EXPERIMENT), a.study, a.spec, a.budget)
             cmd = [sys.executable, "-m", "harness", "tune", a.spec, "--trials", str(a.trials), "--study", a.study,
@@ -305,12 +322,12 @@ def main(a) -> int:
             for o in a.overrides:
                 cmd += ["--set", o]
             procs = [subprocess.Popen(cmd + ["--worker-index", str(i), "--device", device], env=env)
-                     for i, (device, env) in enumerate(_worker_places(a))]
+                     for i, (device, env) in enumerate(_worker_places(a, min(a.workers, left)))]
             codes = [p.wait() for p in procs]
             if any(codes):
                 print(f"tune: worker exit codes {codes}", file=sys.stderr)
         else:
-            run_worker(a, a.worker_index)
+            run_worker(a, left, a.worker_index)
     if a.no_finish:
         return 0
     study = load_study(a)

@@ -149,8 +149,9 @@ def postgres(tmp_path):
 def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     storage = request.getfixturevalue("postgres") if kind == "postgres" else f"journal:{tmp_path}/journal.log"
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
-    assert main(["tune", str(spec), "--trials", "6", "--study", "w", "--storage", storage, "--budget", "1",
-                 "--data", str(mini), "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]) == 0
+    args = ["tune", str(spec), "--study", "w", "--storage", storage, "--budget", "1", "--data", str(mini),
+            "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]
+    assert main(args + ["--trials", "6"]) == 0
     from harness.parallel import thread_share
     from harness.tune import open_storage
 
@@ -166,6 +167,12 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     assert {t["sampler_seed"] for t in tags} <= {"7", "8", "9"}  # --seed reaches the workers: worker i uses seed + i
     share = f" x{thread_share(3)} threads"  # the cores split between the workers, not all cores for each
     assert all(t["device"].endswith(share) for t in tags), (share, tags)
+
+    assert main(args + ["--trials", "6"]) == 0  # reached: no worker runs a trial
+    assert main(args + ["--trials", str(len(finished) + 1)]) == 0  # one left: one worker runs it, not three
+    again = optuna.load_study(study_name="w", storage=open_storage(storage)).get_trials(deepcopy=False)
+    assert len(again) == len(trials) + 1 and again[-1].state.name in ("COMPLETE", "PRUNED")
+    assert len(_children("w")) == len(again)
 
 
 def test_unknown_study_is_a_one_line_error_and_creates_nothing(store, mini, tmp_path, capsys):
@@ -185,3 +192,18 @@ def test_unknown_study_is_a_one_line_error_and_creates_nothing(store, mini, tmp_
     assert "no studies" in capsys.readouterr().err
     for path in ("nowhere", "out.yaml", "plots", "mlruns"):
         assert not (tmp_path / path).exists(), path
+
+
+def test_a_rerun_runs_only_what_is_left_at_the_budget_the_study_was_run_at(store, mini, tmp_path, capsys):
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+
+    def tune(trials, budget, *more):
+        code = main(["tune", str(spec), "--trials", str(trials), "--study", "r", "--storage", storage, "--budget",
+                     str(budget), "--data", str(mini), "--plots", str(tmp_path / "plots"), *more])
+        return code, capsys.readouterr().err
+
+    assert tune(2, 0.25)[0] == 0
+    code, err = tune(2, 0.25)  # --trials 2 reached: nothing more runs
+    assert code == 0 and "already has 2 finished trials" in err
+    assert len(_trials(storage, "r")) == 2 and len(_children("r")) == 2
