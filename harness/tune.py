@@ -124,19 +124,43 @@ def finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def run_worker(a, left: int, worker_index: int = 0) -> None:
+def open_study(a, data_id: str):
+    """Create the study and record on it what its trials run at, or check that a resumed one matches: validation
+    errors at different budgets or on different data do not compare, and a study mixing them would crown the
+    longest-trained trial rather than the best schedule. A study from before these were recorded takes them
+    from the call that resumes it."""
+    import optuna
+
+    study = optuna.create_study(study_name=a.study, storage=open_storage(a.storage, a.heartbeat),
+                                direction="minimize", load_if_exists=True)
+    if "budget" not in study.user_attrs:
+        for key, value in (("budget", a.budget), ("data_id", data_id), ("data", str(a.data)), ("spec", str(a.spec)),
+                           ("overrides", list(a.overrides))):
+            study.set_user_attr(key, value)
+    ran = study.user_attrs  # read back: of two processes creating the study at once, the first to record wins
+    if ran["budget"] != a.budget:
+        raise UserError(f"--budget {a.budget:g}: study '{a.study}' was run at budget {ran['budget']:g}, and trials at "
+                        f"two budgets do not compare; resume it with --budget {ran['budget']:g}, or name a new "
+                        "study with --study")
+    if ran["data_id"] != data_id:
+        raise UserError(f"--data {a.data}: study '{a.study}' was run on {ran['data']} (data id {ran['data_id']}), "
+                        f"not on this data (data id {data_id}); resume it with that data, or name a new study "
+                        "with --study")
+    return study
+
+
+def run_worker(a, arrays, left: int, worker_index: int = 0) -> None:
     """Run at most `left` trials (what the study lacked of --trials when this process looked), and stop early
     once the study holds --trials finished ones: other workers on the same study finish trials too."""
     import optuna
     from mlflow.entities import Param
 
-    from harness.data import load_arrays, to_device
+    from harness.data import to_device
     from harness.runner import device_name
     from harness.train import Diverged, param_dtype, pick_device, train
 
     base = load_spec(a.spec, a.overrides)
     t = base.tune or TuneSpec()
-    arrays = load_arrays(a.data, with_test=False)  # the test split is never read for tuning
     device = pick_device(a.device)
     storage = open_storage(a.storage, a.heartbeat)
     probe = resolve_runs(a.spec, base, a.budget)[0]
@@ -161,6 +185,7 @@ def run_worker(a, left: int, worker_index: int = 0) -> None:
             "sampler_seed": str(a.seed + worker_index), "git_commit": tracking.git_commit()}).info.run_id
         c.log_batch(child, params=[Param(k, str(v)) for k, v in trial.params.items()])
         trial.set_user_attr("mlflow_run_id", child)
+        trial.set_user_attr("budget", a.budget)  # what --export labels the tuned spec with
 
         def on_eval(step: int, m: dict) -> bool:
             tracking.log_metrics(c, child, m, step)
@@ -194,7 +219,6 @@ def run_worker(a, left: int, worker_index: int = 0) -> None:
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study.optimize(objective, n_trials=left, catch=(RuntimeError,),
                    callbacks=[MaxTrialsCallback(a.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
 
@@ -207,7 +231,7 @@ def finish(a, study) -> dict:
     count = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
     c = tracking.client()
     exp_id = tracking.experiment_id(c, EXPERIMENT)
-    parent = _parent_run(c, exp_id, a.study, a.spec, a.budget)
+    parent = _parent_run(c, exp_id, a.study, a.spec, study.user_attrs.get("budget", a.budget))
     summary = {"study": a.study, "trials": len(trials), **{k: v for k, v in count.items() if v}}
     state_of = {str(t.number): t.state for t in trials}
     for r in c.search_runs([exp_id], f"tags.study_name = '{a.study}' and tags.role = 'trial'", max_results=5000):
@@ -269,8 +293,10 @@ def export(a, study, path: Path) -> None:
 
     spec = apply(base, suggest(Fixed(), t, base))
     body = spec.model_dump(mode="json", exclude={"tune", "name"}, exclude_none=True)
+    budget = best.user_attrs.get("budget", study.user_attrs.get("budget"))  # the trial's own, not this call's
+    at = f"at budget {budget:g}" if budget is not None else "at an unrecorded budget"
     body["description"] = (f"Tuned by Optuna study '{a.study}' (trial {best.number}, validation error "
-                           f"{best.value:.2f}% at budget {a.budget:g}) from {a.spec}")
+                           f"{best.value:.2f}% {at}) from {a.spec}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(body, sort_keys=False))
@@ -295,6 +321,10 @@ def _worker_places(a, workers: int) -> list[tuple[str, dict[str, str]]]:
 
 
 def main(a) -> int:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO lines ("Using an existing study") only add noise,
+    # and would turn a one-line error such as the --budget refusal into two lines
     base = load_spec(a.spec, a.overrides)  # validates spec and its tune: section before anything starts
     if base.tune is None:
         print(f"tune: {a.spec} has no tune: section; using the default search space", file=sys.stderr)
@@ -303,10 +333,11 @@ def main(a) -> int:
         raise UserError(f"--trials {a.trials}: expected the number of finished trials to reach (0 or more)")
     t0 = time.perf_counter()
     if a.trials:
-        import optuna
+        from harness.data import load_arrays
 
-        study = optuna.create_study(study_name=a.study, storage=open_storage(a.storage, a.heartbeat),
-                                    direction="minimize", load_if_exists=True)
+        resolve_runs(a.spec, base, a.budget)  # --budget and --data are checked before a study is created
+        arrays = load_arrays(a.data, with_test=False)  # the test split is never read for tuning
+        study = open_study(a, arrays.data_id)
         # --trials is a total to reach, not a number to add: a rerun of a finished study runs nothing, and
         # each worker runs at most what is left (the workers' MaxTrialsCallback stops them there together)
         left = a.trials - finished(study)
@@ -327,7 +358,7 @@ def main(a) -> int:
             if any(codes):
                 print(f"tune: worker exit codes {codes}", file=sys.stderr)
         else:
-            run_worker(a, left, a.worker_index)
+            run_worker(a, arrays, left, a.worker_index)
     if a.no_finish:
         return 0
     study = load_study(a)

@@ -197,6 +197,7 @@ def test_unknown_study_is_a_one_line_error_and_creates_nothing(store, mini, tmp_
 def test_a_rerun_runs_only_what_is_left_at_the_budget_the_study_was_run_at(store, mini, tmp_path, capsys):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     storage = f"sqlite:///{tmp_path}/optuna.db"
+    out = tmp_path / "tuned.yaml"
 
     def tune(trials, budget, *more):
         code = main(["tune", str(spec), "--trials", str(trials), "--study", "r", "--storage", storage, "--budget",
@@ -207,3 +208,14 @@ def test_a_rerun_runs_only_what_is_left_at_the_budget_the_study_was_run_at(store
     code, err = tune(2, 0.25)  # --trials 2 reached: nothing more runs
     assert code == 0 and "already has 2 finished trials" in err
     assert len(_trials(storage, "r")) == 2 and len(_children("r")) == 2
+
+    code, err = tune(3, 0.5)  # a different budget would mix incomparable trials in one study
+    assert code == 2 and err.count("\n") == 1 and "'r'" in err and "0.25" in err and "0.5" in err, err
+    assert "--study" in err and len(_trials(storage, "r")) == 2 and len(_children("r")) == 2
+    shutil.copy(mini, tmp_path / "other.npz")  # nor on other data
+    code, err = tune(2, 0.25, "--data", str(tmp_path / "other.npz"))
+    assert code == 2 and "'r'" in err and "cifar10-mini.npz" in err and "other.npz" in err, err
+    attrs = optuna.load_study(study_name="r", storage=storage).user_attrs
+    assert attrs["budget"] == 0.25 and attrs["data_id"].startswith("cifar10-mini.npz:")
+    assert tune(0, 0.5, "--export", str(out))[0] == 0  # only reads the study: labelled with the trials' budget
+    assert "at budget 0.25)" in load_spec(out).description
