@@ -151,7 +151,10 @@ def open_study(a, data_id: str):
 
 def run_worker(a, arrays, left: int, worker_index: int = 0) -> None:
     """Run at most `left` trials (what the study lacked of --trials when this process looked), and stop early
-    once the study holds --trials finished ones: other workers on the same study finish trials too."""
+    once the study holds --trials finished ones: other workers on the same study finish trials too.
+
+    The sampler's seed is a.sampler_seed + worker_index (see sampler_seed()): workers of one call draw different
+    points, and so do the calls that resume a study."""
     import optuna
     from mlflow.entities import Param
 
@@ -165,8 +168,9 @@ def run_worker(a, arrays, left: int, worker_index: int = 0) -> None:
     storage = open_storage(a.storage, a.heartbeat)
     probe = resolve_runs(a.spec, base, a.budget)[0]
     eval_every = max(1, -(-probe.spec.schedule.total_iters // base.eval_points))
+    seed = a.sampler_seed + worker_index
     study = optuna.create_study(study_name=a.study, storage=storage, direction="minimize", load_if_exists=True,
-                                sampler=optuna.samplers.TPESampler(seed=a.seed + worker_index, n_startup_trials=5),
+                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
                                 pruner=make_pruner(t, probe.spec.schedule.total_iters, eval_every))
     c = tracking.client()
     exp_id = tracking.experiment_id(c, EXPERIMENT)
@@ -182,7 +186,7 @@ def run_worker(a, arrays, left: int, worker_index: int = 0) -> None:
         child = c.create_run(exp_id, run_name=f"{a.study}-t{trial.number}", tags={
             "mlflow.parentRunId": parent, "study_name": a.study, "trial_number": str(trial.number),
             "role": "trial", "budget": f"{a.budget:g}", "data": cache[key].description, "device": device_name(device),
-            "sampler_seed": str(a.seed + worker_index), "git_commit": tracking.git_commit()}).info.run_id
+            "sampler_seed": str(seed), "git_commit": tracking.git_commit()}).info.run_id
         c.log_batch(child, params=[Param(k, str(v)) for k, v in trial.params.items()])
         trial.set_user_attr("mlflow_run_id", child)
         trial.set_user_attr("budget", a.budget)  # what --export labels the tuned spec with
@@ -221,6 +225,15 @@ def run_worker(a, arrays, left: int, worker_index: int = 0) -> None:
 
     study.optimize(objective, n_trials=left, catch=(RuntimeError,),
                    callbacks=[MaxTrialsCallback(a.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+
+
+def sampler_seed(a, study) -> int:
+    """--seed + the number of trials already in the study: the seed of worker 0 of this call (worker i adds i).
+    TPE draws its first trials at random from its seed alone, so a study resumed with the bare --seed drew
+    trial 0's point again; the trial count moves each resume to new points, and the same commands run again on
+    a fresh study still draw the same ones. The parent reads the count once and hands the seed to its
+    workers (--sampler-seed), so it does not depend on which worker started first."""
+    return a.sampler_seed if a.sampler_seed is not None else a.seed + len(study.get_trials(deepcopy=False))
 
 
 def finish(a, study) -> dict:
@@ -341,6 +354,7 @@ def main(a) -> int:
         # --trials is a total to reach, not a number to add: a rerun of a finished study runs nothing, and
         # each worker runs at most what is left (the workers' MaxTrialsCallback stops them there together)
         left = a.trials - finished(study)
+        a.sampler_seed = sampler_seed(a, study)
         if left <= 0:
             print(f"tune: study '{a.study}' already has {a.trials - left} finished trials (--trials {a.trials}); "
                   "nothing to run", file=sys.stderr)
@@ -349,7 +363,8 @@ def main(a) -> int:
             _parent_run(c, tracking.experiment_id(c, EXPERIMENT), a.study, a.spec, a.budget)
             cmd = [sys.executable, "-m", "harness", "tune", a.spec, "--trials", str(a.trials), "--study", a.study,
                    "--storage", a.storage, "--budget", str(a.budget), "--data", a.data, "--workers", "1",
-                   "--heartbeat", str(a.heartbeat), "--seed", str(a.seed), "--no-finish"]
+                   "--heartbeat", str(a.heartbeat), "--seed", str(a.seed), "--sampler-seed", str(a.sampler_seed),
+                   "--no-finish"]
             for o in a.overrides:
                 cmd += ["--set", o]
             procs = [subprocess.Popen(cmd + ["--worker-index", str(i), "--device", device], env=env)

@@ -172,7 +172,8 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     assert main(args + ["--trials", str(len(finished) + 1)]) == 0  # one left: one worker runs it, not three
     again = optuna.load_study(study_name="w", storage=open_storage(storage)).get_trials(deepcopy=False)
     assert len(again) == len(trials) + 1 and again[-1].state.name in ("COMPLETE", "PRUNED")
-    assert len(_children("w")) == len(again)
+    seeds = {r.data.tags["trial_number"]: r.data.tags["sampler_seed"] for r in _children("w")}
+    assert len(seeds) == len(again) and seeds[str(again[-1].number)] == str(7 + len(trials))  # resumed: new seed
 
 
 def test_unknown_study_is_a_one_line_error_and_creates_nothing(store, mini, tmp_path, capsys):
@@ -219,3 +220,9 @@ def test_a_rerun_runs_only_what_is_left_at_the_budget_the_study_was_run_at(store
     assert attrs["budget"] == 0.25 and attrs["data_id"].startswith("cifar10-mini.npz:")
     assert tune(0, 0.5, "--export", str(out))[0] == 0  # only reads the study: labelled with the trials' budget
     assert "at budget 0.25)" in load_spec(out).description
+
+    assert tune(3, 0.25)[0] == 0  # resumed: the sampler draws new points, not trial 0's again
+    trials = _trials(storage, "r")
+    assert len(trials) == 3 and trials[2].params not in (trials[0].params, trials[1].params)
+    seeds = {r.data.tags["trial_number"]: r.data.tags["sampler_seed"] for r in _children("r")}
+    assert seeds == {"0": "0", "1": "0", "2": "2"}  # --seed 0 + 2 trials already in the study
