@@ -15,6 +15,8 @@ import os
 import subprocess
 import sys
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -25,6 +27,18 @@ from harness.spec import RunSpec, Spec, TuneSpec, load_spec, resolve_runs
 
 DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
 EXPERIMENT = "tuning"
+
+
+@contextmanager
+def known_experimental():
+    """Optuna warns (ExperimentalWarning) on every use of an API it marks experimental. We use two knowingly:
+    RDBStorage's heartbeat_interval (how a killed worker's trial gets failed) and the matplotlib plots; their
+    warnings are silenced around those calls only, so an experimental API we did not choose still warns."""
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        yield
 
 
 def storage_file(url: str) -> Path | None:
@@ -45,7 +59,8 @@ def open_storage(url: str, heartbeat: int = 30):
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+    with known_experimental():
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
 
 
 def load_study(a):
@@ -256,7 +271,7 @@ def finish(a, study) -> dict:
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     if done:
         best = study.best_trial
-        summary.update(best_trial=best.number, best_val_error=best.value, best_params=best.params)
+        summary.update(best_trial=best.number, best_val_error=round(best.value, 2), best_params=best.params)
         for r in c.search_runs([exp_id], f"tags.study_name = '{a.study}' and tags.role = 'trial'", max_results=5000):
             c.set_tag(r.info.run_id, "best", str(r.data.tags.get("trial_number") == str(best.number)).lower())
         tracking.log_metrics(c, parent, {"best_val_error": best.value, "n_trials": len(trials),
@@ -271,7 +286,8 @@ def finish(a, study) -> dict:
                          ("param_importances", ovm.plot_param_importances),
                          ("parallel_coordinate", ovm.plot_parallel_coordinate)):
             try:
-                ax = fn(study)
+                with known_experimental():
+                    ax = fn(study)
                 fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
                 fig.set_size_inches(8, 5)
                 fig.tight_layout()
