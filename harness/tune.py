@@ -352,8 +352,8 @@ def _worker_places(a, workers: int) -> list[tuple[str, dict[str, str]]]:
 def main(a) -> int:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its INFO lines ("Using an existing study") only add noise,
-    # and would turn a one-line error such as the --budget refusal into two lines
+    # Optuna's INFO lines ("Using an existing study ...") repeat ours and would make a one-line error two lines
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = load_spec(a.spec, a.overrides)  # validates spec and its tune: section before anything starts
     if base.tune is None:
         print(f"tune: {a.spec} has no tune: section; using the default search space", file=sys.stderr)
