@@ -6,6 +6,7 @@ BUDGET  ?= 1.0
 SPEC    ?= experiments/table6/resnet32.yaml
 TUNE_SPEC ?= experiments/tuning/resnet32.yaml
 TUNE_BUDGET ?= 0.05
+TUNE_EXPORT ?= experiments/tuned/resnet32.yaml
 TRIALS  ?= 20
 JOBS    ?= 1
 ARGS    ?=
@@ -37,7 +38,8 @@ report: $(STAMP)
 	$(PY) -m harness report $(ARGS)
 
 tune: $(STAMP)
-	$(PY) -m harness tune $(TUNE_SPEC) --trials $(TRIALS) --data $(DATA) --budget $(TUNE_BUDGET) $(ARGS)
+	$(PY) -m harness tune $(TUNE_SPEC) --trials $(TRIALS) --data $(DATA) --budget $(TUNE_BUDGET) \
+	    --export $(TUNE_EXPORT) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m harness bench $(ARGS)

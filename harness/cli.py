@@ -208,13 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--device", default=None, help=DEVICE_HELP)
     tu.add_argument("--workers", type=int, default=1, help="processes working on the one study")
     tu.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats (RDB storage)")
-    tu.add_argument("--seed", type=int, default=0, help="sampler seed (worker i uses seed + i)")
+    tu.add_argument("--seed", type=int, default=0, help="sampler seed: worker i of a call uses seed + i + the "
+                    "trials already in the study, so a resumed study draws new points (tag sampler_seed)")
     tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     tu.add_argument("--export", default=None, metavar="PATH", help="write the best trial as a spec, e.g. "
                     "experiments/tuned/resnet32.yaml")
     tu.add_argument("--plots", default="reports/tuning", help="folder for Optuna's plots")
     tu.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     tu.add_argument("--no-finish", action="store_true", help=argparse.SUPPRESS)
+    tu.add_argument("--sampler-seed", type=int, default=None, help=argparse.SUPPRESS)  # from the parent to workers
     tu.set_defaults(func=cmd_tune)
     return p
 

@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 import shutil
 import signal
 import socket
@@ -149,8 +150,9 @@ def postgres(tmp_path):
 def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     storage = request.getfixturevalue("postgres") if kind == "postgres" else f"journal:{tmp_path}/journal.log"
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
-    assert main(["tune", str(spec), "--trials", "6", "--study", "w", "--storage", storage, "--budget", "1",
-                 "--data", str(mini), "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]) == 0
+    args = ["tune", str(spec), "--study", "w", "--storage", storage, "--budget", "1", "--data", str(mini),
+            "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]
+    assert main(args + ["--trials", "6"]) == 0
     from harness.parallel import thread_share
     from harness.tune import open_storage
 
@@ -166,3 +168,65 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     assert {t["sampler_seed"] for t in tags} <= {"7", "8", "9"}  # --seed reaches the workers: worker i uses seed + i
     share = f" x{thread_share(3)} threads"  # the cores split between the workers, not all cores for each
     assert all(t["device"].endswith(share) for t in tags), (share, tags)
+
+    assert main(args + ["--trials", "6"]) == 0  # reached: no worker runs a trial
+    assert main(args + ["--trials", str(len(finished) + 1)]) == 0  # one left: one worker runs it, not three
+    again = optuna.load_study(study_name="w", storage=open_storage(storage)).get_trials(deepcopy=False)
+    assert len(again) == len(trials) + 1 and again[-1].state.name in ("COMPLETE", "PRUNED")
+    seeds = {r.data.tags["trial_number"]: r.data.tags["sampler_seed"] for r in _children("w")}
+    assert len(seeds) == len(again) and seeds[str(again[-1].number)] == str(7 + len(trials))  # resumed: new seed
+
+
+def test_unknown_study_is_a_one_line_error_and_creates_nothing(store, mini, tmp_path, capsys):
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    for name in ("lr32", "wide"):
+        optuna.create_study(study_name=name, storage=storage)
+    args = ["tune", str(spec), "--trials", "0", "--storage", storage, "--data", str(mini),
+            "--export", str(tmp_path / "out.yaml"), "--plots", str(tmp_path / "plots")]
+    assert main(args + ["--study", "lr23"]) == 2  # a typo when exporting
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: ") and "Traceback" not in err
+    assert "'lr23'" in err and storage in err and "lr32, wide" in err
+    assert sorted(optuna.get_all_study_names(storage)) == ["lr32", "wide"]
+    missing = f"sqlite:///{tmp_path}/nowhere/optuna.db"  # nor an empty storage where none was
+    assert main(args + ["--study", "lr32", "--storage", missing]) == 2
+    assert "no studies" in capsys.readouterr().err
+    for path in ("nowhere", "out.yaml", "plots", "mlruns"):
+        assert not (tmp_path / path).exists(), path
+
+
+def test_a_rerun_runs_only_what_is_left_at_the_budget_the_study_was_run_at(store, mini, tmp_path, capsys, recwarn):
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    out = tmp_path / "tuned.yaml"
+
+    def tune(trials, budget, *more):
+        code = main(["tune", str(spec), "--trials", str(trials), "--study", "r", "--storage", storage, "--budget",
+                     str(budget), "--data", str(mini), "--plots", str(tmp_path / "plots"), *more])
+        return code, capsys.readouterr().err
+
+    assert tune(2, 0.25)[0] == 0
+    code, err = tune(2, 0.25)  # --trials 2 reached: nothing more runs
+    assert code == 0 and "already has 2 finished trials" in err
+    assert len(_trials(storage, "r")) == 2 and len(_children("r")) == 2
+
+    code, err = tune(3, 0.5)  # a different budget would mix incomparable trials in one study
+    assert code == 2 and err.count("\n") == 1 and "'r'" in err and "0.25" in err and "0.5" in err, err
+    assert "--study" in err and len(_trials(storage, "r")) == 2 and len(_children("r")) == 2
+    shutil.copy(mini, tmp_path / "other.npz")  # nor on other data
+    code, err = tune(2, 0.25, "--data", str(tmp_path / "other.npz"))
+    assert code == 2 and "'r'" in err and "cifar10-mini.npz" in err and "other.npz" in err, err
+    attrs = optuna.load_study(study_name="r", storage=storage).user_attrs
+    assert attrs["budget"] == 0.25 and attrs["data_id"].startswith("cifar10-mini.npz:")
+    assert tune(0, 0.5, "--export", str(out))[0] == 0  # only reads the study: labelled with the trials' budget
+    assert "at budget 0.25)" in load_spec(out).description
+
+    code, err = tune(3, 0.25)  # resumed: the sampler draws new points, not trial 0's again
+    assert code == 0 and re.search(r"best_val_error=\d+\.\d\d?, ", err), err  # rounded in the summary
+    trials = _trials(storage, "r")
+    assert len(trials) == 3 and trials[2].params not in (trials[0].params, trials[1].params)
+    seeds = {r.data.tags["trial_number"]: r.data.tags["sampler_seed"] for r in _children("r")}
+    assert seeds == {"0": "0", "1": "0", "2": "2"}  # --seed 0 + 2 trials already in the study
+    # heartbeats and the matplotlib plots are experimental in Optuna: used knowingly, so not warned about
+    assert [str(w.message) for w in recwarn if issubclass(w.category, optuna.exceptions.ExperimentalWarning)] == []
