@@ -68,22 +68,46 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pick_campaign(df: pd.DataFrame, budget: float | None, data_id: str | None) -> tuple[float, str]:
-    """Default: the budget and data of the most recently finished Table 6 run."""
-    fin = df  # a store without runs of ours gives a table without columns: nothing to filter
-    if not df.empty:
-        fin = df[df.status == "FINISHED"]
-        if budget is not None:
-            fin = fin[fin.budget == budget]
-        if data_id is not None:
-            fin = fin[fin.data_id == data_id]
+def campaigns(df: pd.DataFrame) -> pd.DataFrame:
+    """The (budget, data_id) pairs that have finished runs, newest first, with how many: what --budget and
+    --data-id can name, listed when they name nothing."""
+    fin = df[df.status == "FINISHED"] if not df.empty else df
     if fin.empty:
-        raise UserError(f"{tracking.tracking_uri()}: no finished runs in its experiments {', '.join(GROUPS)}"
-                        + (f" for budget {budget:g}" if budget is not None else "")
-                        + (f" and data {data_id}" if data_id is not None else "")
-                        + "; run `make reproduce-table` first")
+        return pd.DataFrame(columns=["budget", "data_id", "runs", "last"])
+    return (fin.groupby(["budget", "data_id"]).agg(runs=("run_id", "size"), last=("end_time", "max"))
+            .reset_index().sort_values("last", ascending=False))
+
+
+def describe_campaigns(camps: pd.DataFrame) -> str:
+    return ", ".join(f"budget {c.budget:g} on {c.data_id} ({c.runs} finished run{'s' if c.runs != 1 else ''})"
+                     for c in camps.itertuples())
+
+
+def pick_campaign(df: pd.DataFrame, budget: float | None, data_id: str | None) -> tuple[float, str]:
+    """Default: the budget and data of the most recently finished Table 6 run. A data id may be given as its
+    file name alone (`cifar10-mini.npz`) when that names one data id among the campaigns at hand."""
+    uri = tracking.tracking_uri()
+    camps = campaigns(df)
+    if camps.empty:
+        raise UserError(f"{uri}: no finished runs in its experiments {', '.join(GROUPS)}; train runs first "
+                        "(`make reproduce-table`, `harness run`) or point MLFLOW_TRACKING_URI at another store")
+    sel = camps[camps.budget == budget] if budget is not None else camps
+    if data_id is not None:
+        if data_id not in set(sel.data_id) and ":" not in data_id:  # a file name: the id's part before ':'
+            ids = sorted({i for i in sel.data_id if i.split(":")[0] == data_id})
+            if len(ids) > 1:
+                raise UserError(f"--data-id {data_id}: names {len(ids)} data ids ({', '.join(ids)}); expected "
+                                "one of them in full (file name:first 16 hex digits of its SHA-256)")
+            data_id = ids[0] if ids else data_id
+        sel = sel[sel.data_id == data_id]
+    if sel.empty:
+        asked = " ".join(([f"--budget {budget:g}"] if budget is not None else [])
+                         + ([f"--data-id {data_id}"] if data_id is not None else []))
+        raise UserError(f"{uri}: no finished runs for {asked}; the store has: {describe_campaigns(camps)} "
+                        "(expected one of these with --budget and --data-id)")
     if budget is not None and data_id is not None:
         return budget, data_id
+    fin = df[(df.status == "FINISHED") & df.budget.isin(sel.budget) & df.data_id.isin(sel.data_id)]
     pref = fin[fin.group == "table6"] if (fin.group == "table6").any() else fin
     last = pref.sort_values("end_time").iloc[-1]
     return float(last.budget), str(last.data_id)

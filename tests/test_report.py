@@ -4,7 +4,9 @@ import os
 import re
 import shutil
 
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -83,7 +85,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     # A budget with no runs is one line and exit 2, as is a store that is not there (and reading creates none).
     assert main(["report", "--budget", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "no finished runs in its experiments table6, ablations, ladder, tuned for budget 0.5" in err
+    assert "no finished runs for --budget 0.5; the store has: budget 1 on cifar10-mini.npz:" in err
     assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
     missing = store.parent / "elsewhere" / "mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{missing}"  # the store fixture's monkeypatch restores it
@@ -100,3 +102,52 @@ def test_report_on_a_store_without_runs_is_one_line(store, capsys):
         assert main(["report", *args]) == 2, args
         err = capsys.readouterr().err
         assert "no finished runs in its experiments table6, ablations, ladder, tuned" in err and "Traceback" not in err
+
+
+def test_report_help_documents_the_data_id_format(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "name + ':' + the first 16 hex digits of the file's SHA-256" in out
+
+
+def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
+    """One store of real tiny runs (ResNet-8, 12 iterations at budget 1, 6 at 0.5): campaign A (budget 1) has
+    table6 and ladder runs, campaign B (budget 0.5) only a table6 run, campaign C the same file name with other
+    bytes. Each report must say which runs it is of, and what in its folder it did not rewrite."""
+    exp = store.parent / "experiments"
+    exp.mkdir(parents=True)
+    write_spec(exp / "table6", "resnet32", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
+    write_spec(exp / "ladder", "3_multistep", TINY)
+    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 0
+    c = MlflowClient()
+    t6 = c.get_experiment_by_name("table6").experiment_id
+    done = c.search_runs([t6], "tags.spec_name = 'resnet32'")[0]
+    mini_id = done.data.tags["data_id"]
+    assert re.fullmatch(r"cifar10-mini\.npz:[0-9a-f]{16}", mini_id), mini_id
+
+
+    # Campaign B has no ladder runs: ladder.md and ladder.png stay, and report says so and of which runs they are.
+    assert main(["run", str(exp / "table6" / "resnet32.yaml"), "--set", "seeds=[0]", "--budget", "0.5",
+                 "--data", str(mini), "--no-progress"]) == 0
+
+    # Campaign C: another file of the same name. --data-id by file name works where it names one data id.
+    other = store.parent / "other" / "cifar10-mini.npz"
+    other.parent.mkdir()
+    with np.load(mini) as z:
+        np.savez(other, x_train=z["x_train"][:400], y_train=z["y_train"][:400], x_test=z["x_test"][:100],
+                 y_test=z["y_test"][:100])
+    assert main(["run", str(exp / "table6" / "resnet32.yaml"), "--set", "seeds=[0]", "--budget", "0.5",
+                 "--data", str(other), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--budget", "1", "--data-id", "cifar10-full.npz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "no finished runs for --budget 1 --data-id cifar10-full.npz; the store " \
+        "has: budget 0.5 on cifar10-mini.npz:" in err, err  # the newest campaign first
+    assert f"budget 0.5 on {mini_id} (1 finished run)" in err, err
+    assert f"budget 1 on {mini_id} (3 finished runs)" in err, err  # resnet32 s0, s1 and 3_multistep once
+    assert main(["report", "--data-id", "cifar10-mini.npz"]) == 2  # two files have that name
+    assert "--data-id cifar10-mini.npz: names 2 data ids" in capsys.readouterr().err
+    assert main(["report", "--out", str(store.parent / "r1"), "--budget", "1", "--data-id", "cifar10-mini.npz"]) == 0
+    assert f"budget 1, {mini_id})" in capsys.readouterr().err
+    assert "- Budget: 1\n" in (store.parent / "r1" / "table6.md").read_text()
