@@ -362,6 +362,16 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
         plt.close(fig)
 
 
+def made_from(md: Path) -> str:
+    """The budget, data and date in the header of a page written earlier: which runs that page is of."""
+    fields = {}
+    for line in md.read_text().splitlines()[:12]:
+        key, _, value = line.removeprefix("- ").partition(": ")
+        if line.startswith("- ") and key in ("Budget", "Data", "Date"):
+            fields[key] = value.split(" (generated")[0]
+    return f"budget {fields.get('Budget', '?')}, data {fields.get('Data', '?')}, written {fields.get('Date', '?')}"
+
+
 def write_reports(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None) -> Path:
     df = load_runs()
     budget, data_id = pick_campaign(df, budget, data_id)
@@ -384,6 +394,15 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
     figures(df, tab, bars, paper, budget, official, out)
     print(f"report: wrote {out}/{', '.join(written)} ({len(df)} runs, budget {budget:g}, {data_id})",
           file=sys.stderr)
+    # A page of a group this campaign has no runs of stays as it was (it may be a committed result of a long
+    # campaign), but never unsaid: the folder now holds pages of two sets of runs.
+    for group, files in (("ablations", ["ablations.md"]), ("ladder", ["ladder.md", "ladder.png"]),
+                         ("tuned", ["tuned.md"])):
+        left = [out / f for f in files if f not in written and (out / f).exists()]
+        if left:
+            print(f"report: left {', '.join(map(str, left))} as {'they were' if len(left) > 1 else 'it was'} "
+                  f"(no {group} runs for budget {budget:g} on {data_id}; {left[0].name} is from an earlier report: "
+                  f"{made_from(left[0])})", file=sys.stderr)
     return out
 
 

@@ -126,10 +126,22 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     mini_id = done.data.tags["data_id"]
     assert re.fullmatch(r"cifar10-mini\.npz:[0-9a-f]{16}", mini_id), mini_id
 
+    out = store.parent / "r"
+    assert main(["report", "--out", str(out)]) == 0
+    capsys.readouterr()
+    ladder_before = (out / "ladder.md").read_bytes()
 
     # Campaign B has no ladder runs: ladder.md and ladder.png stay, and report says so and of which runs they are.
     assert main(["run", str(exp / "table6" / "resnet32.yaml"), "--set", "seeds=[0]", "--budget", "0.5",
                  "--data", str(mini), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (f"report: left {out}/ladder.md, {out}/ladder.png as they were (no ladder runs for budget 0.5 on "
+            f"{mini_id}; ladder.md is from an earlier report: budget 1, data cifar10-mini.npz train=") in err, err
+    assert "ablations.md" not in err and "tuned.md" not in err  # never written here: nothing to say
+    assert (out / "ladder.md").read_bytes() == ladder_before
+    assert "- Budget: 0.5\n" in (out / "table6.md").read_text()
 
     # Campaign C: another file of the same name. --data-id by file name works where it names one data id.
     other = store.parent / "other" / "cifar10-mini.npz"
