@@ -11,7 +11,7 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.report import load_paper
+from harness.report import load_paper, paper_cell, paper_figure
 
 from .conftest import ROOT, TINY, write_spec
 
@@ -111,12 +111,23 @@ def test_report_help_documents_the_data_id_format(capsys):
     assert "name + ':' + the first 16 hex digits of the file's SHA-256" in out
 
 
+def test_paper_column_sets_resnet110s_mean_beside_our_mean():
+    paper = load_paper()  # Table 6's 6.43 for ResNet-110 is the best of 5 runs; their mean is 6.61 ± 0.16
+    assert paper_figure(paper, "resnet110") == (6.61, 0.16, 6.43)
+    assert paper_cell(*paper_figure(paper, "resnet110")) == "6.61 ± 0.16 (best 6.43)"
+    assert paper_cell(*paper_figure(paper, "resnet32")) == "7.51"
+
+
 def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     """One store of real tiny runs (ResNet-8, 12 iterations at budget 1, 6 at 0.5): campaign A (budget 1) has
     table6 and ladder runs, campaign B (budget 0.5) only a table6 run, campaign C the same file name with other
     bytes. Each report must say which runs it is of, and what in its folder it did not rewrite."""
     exp = store.parent / "experiments"
     exp.mkdir(parents=True)
+    paper = yaml.safe_load((ROOT / "experiments/paper.yaml").read_text())
+    paper["test_error"]["resnet8"] = 9.0  # a best-of-runs figure with its mean ± std beside it, as ResNet-110's
+    paper["resnet8_mean_std"] = [9.5, 0.25]
+    (exp / "paper.yaml").write_text(yaml.safe_dump(paper))
     write_spec(exp / "table6", "resnet32", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
     write_spec(exp / "ladder", "3_multistep", TINY)
     assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 0
@@ -129,6 +140,11 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     out = store.parent / "r"
     assert main(["report", "--out", str(out)]) == 0
     capsys.readouterr()
+    t6md = (out / "table6.md").read_text()
+    assert "| ResNet-8 | 0.08 | 9.50 ± 0.25 (best 9.00) | " in t6md
+    assert "ResNet-8: the paper's Table 6 figure 9.00 is the best of its runs" in t6md
+    row = pd.read_csv(out / "table6.csv").iloc[0]
+    assert (row.paper_test_error, row.paper_std, row.paper_best_run, row.n) == (9.5, 0.25, 9.0, 2)
     ladder_before = (out / "ladder.md").read_bytes()
 
     # Campaign B has no ladder runs: ladder.md and ladder.png stay, and report says so and of which runs they are.
