@@ -132,10 +132,12 @@ def fmt(s: dict) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})"
 
 
-def noise_verdict(a: np.ndarray, b: np.ndarray) -> str:
-    """Welch's t-test over seeds; with fewer than two seeds on either side, noise cannot be judged."""
-    if len(a) < 2 or len(b) < 2:
-        return "n<2: noise unknown"
+def noise_verdict(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("this row", "the baseline")) -> str:
+    """Welch's t-test over seeds; with fewer than two seeds on either side, noise cannot be judged. The verdict
+    names the side that lacks seeds: a bare "n<2" in a row whose own n is 2 reads as a mistake."""
+    short = [f"n={len(x)} in {name}" for name, x in zip(names, (a, b), strict=True) if len(x) < 2]
+    if short:
+        return f"noise unknown: {', '.join(short)}"
     from scipy.stats import ttest_ind
 
     if np.std(a) == 0 and np.std(b) == 0:
@@ -216,10 +218,11 @@ def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
                   "Δ is taken from that mean, because our column is a mean over seeds, not a best run."]
     res = tab[tab.model.str.startswith("ResNet")]
     if len(res) >= 2:
+        lo, hi = f"ResNet-{res.depth.min()}", f"ResNet-{res.depth.max()}"
         a = t6[(t6.arch == "resnet") & (t6.depth == res.depth.min()) & (t6.status == "FINISHED")].test_error
         b = t6[(t6.arch == "resnet") & (t6.depth == res.depth.max()) & (t6.status == "FINISHED")].test_error
-        lines += ["", f"Depth effect, ResNet-{res.depth.min()} vs ResNet-{res.depth.max()}: "
-                  f"{noise_verdict(a.to_numpy(), b.to_numpy())}."]
+        lines += ["", f"Depth effect, {lo} vs {hi}: "
+                  f"{noise_verdict(a.to_numpy(), b.to_numpy(), (lo, hi))}."]
     (out / "table6.md").write_text("\n".join(lines) + "\n")
     return tab
 
@@ -291,7 +294,7 @@ def ladder(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
     for name, runs, desc in rungs:
         s = summarize(runs)
         delta = f"{s['mean'] - prev['mean']:+.2f}" if prev and s["n"] and prev["n"] else "—"
-        noise = noise_verdict(s["values"], prev["values"]) if prev else "—"
+        noise = noise_verdict(s["values"], prev["values"], ("this rung", "the previous rung")) if prev else "—"
         lines.append(f"| {name} | {desc} | {fmt(s)} | {delta} | {noise} |")
         bars.append((name, s))
         prev = s
