@@ -73,7 +73,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert res.best_over_training_if_selected_on_test <= res.measured_mean + 1e-9
     ab = (out / "ablations.md").read_text()
     assert "| a_diverges |" in ab and "diverged" in ab and "| fc_relu |" in ab
-    assert "n<2: noise unknown" in ab
+    assert "noise unknown: n=1 in this row" in ab
     lad = (out / "ladder.md").read_text()
     assert "| 0_seed |" in lad and "| paper_resnet32 |" in lad
 
@@ -141,10 +141,16 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     assert main(["report", "--out", str(out)]) == 0
     capsys.readouterr()
     t6md = (out / "table6.md").read_text()
+    assert t6md.startswith("# Table 6 (He et al. 2015) rerun at budget 1 on cifar10-mini.npz: not CIFAR-10 test "
+                           "error\n"), t6md[:200]
+    assert "| best seed (final error) |" in t6md
     assert "| ResNet-8 | 0.08 | 9.50 ± 0.25 (best 9.00) | " in t6md
     assert "ResNet-8: the paper's Table 6 figure 9.00 is the best of its runs" in t6md
     row = pd.read_csv(out / "table6.csv").iloc[0]
     assert (row.paper_test_error, row.paper_std, row.paper_best_run, row.n) == (9.5, 0.25, 9.0, 2)
+    assert row.best_seed <= row.measured_mean
+    lad = (out / "ladder.md").read_text()
+    assert re.search(r"\| paper_resnet32 \| .* \| noise unknown: n=1 in the previous rung \|", lad), lad
     ladder_before = (out / "ladder.md").read_bytes()
 
     # Campaign B has no ladder runs: ladder.md and ladder.png stay, and report says so and of which runs they are.
