@@ -60,12 +60,22 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
                 "data": t.get("data", ""), "data_id": t.get("data_id", ""), "device": t.get("device", ""),
                 "status": r.info.status, "failure": t.get("failure", ""), "official": t.get("official_test_set"),
                 "arch": p.get("model.arch"), "depth": int(p.get("model.depth", 0)),
-                "description": "", "end_time": r.info.end_time or 0,
+                "description": "", "start_time": r.info.start_time or 0, "end_time": r.info.end_time or 0,
                 "test_error": m.get("test_error", math.nan), "val_error": m.get("val_error", math.nan),
                 "train_error": m.get("train_error", math.nan),
                 "best_test_error_over_training": min((v for _, v in hist), default=math.nan),
             })
     return pd.DataFrame(rows)
+
+
+def newest_per_spec(df: pd.DataFrame) -> pd.DataFrame:
+    """One run per experiment and spec_hash (resolved spec + seed + budget + data): the newest, the one `run`
+    finds. A rerun with --force leaves the earlier run in the store, and counting both would count one seed twice
+    in n and the std. (Two experiments may hold the same resolved spec: a ladder rung can be a table6 run.)"""
+    if df.empty:
+        return df
+    df = df.sort_values("start_time")
+    return df[~(df.spec_hash.notna() & df.duplicated(["group", "spec_hash"], keep="last"))]
 
 
 def campaigns(df: pd.DataFrame) -> pd.DataFrame:
@@ -411,7 +421,7 @@ def made_from(md: Path) -> str:
 
 
 def write_reports(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None) -> Path:
-    df = load_runs()
+    df = newest_per_spec(load_runs())
     budget, data_id = pick_campaign(df, budget, data_id)
     df = df[(df.budget == budget) & (df.data_id == data_id)]
     official = budget == 1.0 and (df.official == "true").any()

@@ -131,6 +131,7 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     write_spec(exp / "table6", "resnet32", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
     write_spec(exp / "ladder", "3_multistep", TINY)
     assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(exp / "ladder"), "--data", str(mini), "--no-progress", "--force"]) == 0  # same seed again
     c = MlflowClient()
     t6 = c.get_experiment_by_name("table6").experiment_id
     done = c.search_runs([t6], "tags.spec_name = 'resnet32'")[0]
@@ -150,6 +151,7 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     assert (row.paper_test_error, row.paper_std, row.paper_best_run, row.n) == (9.5, 0.25, 9.0, 2)
     assert row.best_seed <= row.measured_mean
     lad = (out / "ladder.md").read_text()
+    assert re.search(r"\| 3_multistep \|  \| \d+\.\d\d \(n=1\) \|", lad), lad  # the forced rerun replaces its run
     assert re.search(r"\| paper_resnet32 \| .* \| noise unknown: n=1 in the previous rung \|", lad), lad
     ladder_before = (out / "ladder.md").read_bytes()
 
