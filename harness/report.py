@@ -131,15 +131,22 @@ def summarize(runs: pd.DataFrame) -> dict:
             "best": float(e.min()) if len(e) else math.nan,
             "best_over_training": float(ok.best_test_error_over_training.mean()) if len(e) else math.nan,
             "values": e, "failed": int((runs.status == "FAILED").sum()),
+            "unfinished": int((~runs.status.isin(["FINISHED", "FAILED"])).sum()),
             "failures": ",".join(sorted(set(runs.failure) - {""}))}
 
 
 def fmt(s: dict) -> str:
+    """Mean ± std (n) of the finished runs, naming the failed and unfinished ones: a mean over the seeds that
+    survived, with the others left unsaid, flatters a recipe that diverges now and then."""
+    lost = []
+    if s["failed"]:
+        lost.append(f"{s['failed']} failed" + (f": {s['failures']}" if s["failures"] else ""))
+    if s["unfinished"]:
+        lost.append(f"{s['unfinished']} unfinished")
     if not s["n"]:
-        return "no finished run" + (f" ({s['failed']} failed: {s['failures']})" if s["failed"] else "")
-    if s["n"] == 1:
-        return f"{s['mean']:.2f} (n=1)"
-    return f"{s['mean']:.2f} ± {s['std']:.2f} (n={s['n']})"
+        return "no finished run" + (f" ({'; '.join(lost)})" if lost else "")
+    spread = f" ± {s['std']:.2f}" if s["n"] > 1 else ""
+    return f"{s['mean']:.2f}{spread} (n={s['n']}{''.join('; ' + x for x in lost)})"
 
 
 def noise_verdict(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("this row", "the baseline")) -> str:

@@ -129,14 +129,20 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     paper["resnet8_mean_std"] = [9.5, 0.25]
     (exp / "paper.yaml").write_text(yaml.safe_dump(paper))
     write_spec(exp / "table6", "resnet32", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
+    write_spec(exp / "table6", "resnet8_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))  # same row, fails
     write_spec(exp / "ladder", "3_multistep", TINY)
-    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 1
     assert main(["run", str(exp / "ladder"), "--data", str(mini), "--no-progress", "--force"]) == 0  # same seed again
     c = MlflowClient()
     t6 = c.get_experiment_by_name("table6").experiment_id
     done = c.search_runs([t6], "tags.spec_name = 'resnet32'")[0]
     mini_id = done.data.tags["data_id"]
     assert re.fullmatch(r"cifar10-mini\.npz:[0-9a-f]{16}", mini_id), mini_id
+    in_flight = c.create_run(t6, run_name="resnet32-s2", tags={  # a seed still training when the report is made
+        **{k: v for k, v in done.data.tags.items() if not k.startswith("mlflow.")}, "spec_hash": "in-flight"})
+    for k in ("model.arch", "model.depth"):
+        c.log_param(in_flight.info.run_id, k, done.data.params[k])
+    c.log_param(in_flight.info.run_id, "seed", "2")
 
     out = store.parent / "r"
     assert main(["report", "--out", str(out)]) == 0
@@ -146,6 +152,7 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
                            "error\n"), t6md[:200]
     assert "| best seed (final error) |" in t6md
     assert "| ResNet-8 | 0.08 | 9.50 ± 0.25 (best 9.00) | " in t6md
+    assert "(n=2; 1 failed: diverged; 1 unfinished) |" in t6md
     assert "ResNet-8: the paper's Table 6 figure 9.00 is the best of its runs" in t6md
     row = pd.read_csv(out / "table6.csv").iloc[0]
     assert (row.paper_test_error, row.paper_std, row.paper_best_run, row.n) == (9.5, 0.25, 9.0, 2)
