@@ -160,6 +160,7 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     lad = (out / "ladder.md").read_text()
     assert re.search(r"\| 3_multistep \|  \| \d+\.\d\d \(n=1\) \|", lad), lad  # the forced rerun replaces its run
     assert re.search(r"\| paper_resnet32 \| .* \| noise unknown: n=1 in the previous rung \|", lad), lad
+    assert "the ladder runs backwards" not in lad  # that reading is of a short run, and this is budget 1
     ladder_before = (out / "ladder.md").read_bytes()
 
     # Campaign B has no ladder runs: ladder.md and ladder.png stay, and report says so and of which runs they are.
