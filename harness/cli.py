@@ -194,7 +194,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="reports", help="where to write; OUT/bench/*.jsonl become OUT/bench.md")
     rp.add_argument("--budget", dest="report_budget", type=float, default=None,
                     help="which runs (default: the budget of the latest finished table6 run)")
-    rp.add_argument("--data-id", default=None, help="which data (default: that of the latest finished table6 run)")
+    rp.add_argument("--data-id", default=None,
+                    help="which data (default: that of the latest finished table6 run): the runs' data_id tag, an "
+                         ".npz file's name + ':' + the first 16 hex digits of the file's SHA-256 (`sha256sum FILE`), "
+                         "e.g. cifar10-mini.npz:56ecc45f2a62d293, or torchvision-cifar10 for a cifar-10-batches-py "
+                         "folder; the file name alone will do where it names one data id in the store. With no "
+                         "match the error lists the budgets and data ids the store has")
     rp.set_defaults(func=cmd_report)
 
     tu = sub.add_parser("tune", help="Optuna study over the LR schedule on the validation split, with pruning")

@@ -4,12 +4,14 @@ import os
 import re
 import shutil
 
+import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.report import load_paper
+from harness.report import load_paper, paper_cell, paper_figure
 
 from .conftest import ROOT, TINY, write_spec
 
@@ -71,7 +73,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert res.best_over_training_if_selected_on_test <= res.measured_mean + 1e-9
     ab = (out / "ablations.md").read_text()
     assert "| a_diverges |" in ab and "diverged" in ab and "| fc_relu |" in ab
-    assert "n<2: noise unknown" in ab
+    assert "noise unknown: n=1 in this row" in ab
     lad = (out / "ladder.md").read_text()
     assert "| 0_seed |" in lad and "| paper_resnet32 |" in lad
 
@@ -83,7 +85,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     # A budget with no runs is one line and exit 2, as is a store that is not there (and reading creates none).
     assert main(["report", "--budget", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "no finished runs in its experiments table6, ablations, ladder, tuned for budget 0.5" in err
+    assert "no finished runs for --budget 0.5; the store has: budget 1 on cifar10-mini.npz:" in err
     assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
     missing = store.parent / "elsewhere" / "mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{missing}"  # the store fixture's monkeypatch restores it
@@ -100,3 +102,96 @@ def test_report_on_a_store_without_runs_is_one_line(store, capsys):
         assert main(["report", *args]) == 2, args
         err = capsys.readouterr().err
         assert "no finished runs in its experiments table6, ablations, ladder, tuned" in err and "Traceback" not in err
+
+
+def test_report_help_documents_the_data_id_format(capsys):
+    with pytest.raises(SystemExit):
+        main(["report", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "name + ':' + the first 16 hex digits of the file's SHA-256" in out
+
+
+def test_paper_column_sets_resnet110s_mean_beside_our_mean():
+    paper = load_paper()  # Table 6's 6.43 for ResNet-110 is the best of 5 runs; their mean is 6.61 ± 0.16
+    assert paper_figure(paper, "resnet110") == (6.61, 0.16, 6.43)
+    assert paper_cell(*paper_figure(paper, "resnet110")) == "6.61 ± 0.16 (best 6.43)"
+    assert paper_cell(*paper_figure(paper, "resnet32")) == "7.51"
+
+
+def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
+    """One store of real tiny runs (ResNet-8, 12 iterations at budget 1, 6 at 0.5): campaign A (budget 1) has
+    table6 and ladder runs, campaign B (budget 0.5) only a table6 run, campaign C the same file name with other
+    bytes. Each report must say which runs it is of, and what in its folder it did not rewrite."""
+    exp = store.parent / "experiments"
+    exp.mkdir(parents=True)
+    paper = yaml.safe_load((ROOT / "experiments/paper.yaml").read_text())
+    paper["test_error"]["resnet8"] = 9.0  # a best-of-runs figure with its mean ± std beside it, as ResNet-110's
+    paper["resnet8_mean_std"] = [9.5, 0.25]
+    (exp / "paper.yaml").write_text(yaml.safe_dump(paper))
+    write_spec(exp / "table6", "resnet32", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
+    write_spec(exp / "table6", "resnet8_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))  # same row, fails
+    write_spec(exp / "ladder", "3_multistep", TINY)
+    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 1
+    assert main(["run", str(exp / "ladder"), "--data", str(mini), "--no-progress", "--force"]) == 0  # same seed again
+    c = MlflowClient()
+    t6 = c.get_experiment_by_name("table6").experiment_id
+    done = c.search_runs([t6], "tags.spec_name = 'resnet32'")[0]
+    mini_id = done.data.tags["data_id"]
+    assert re.fullmatch(r"cifar10-mini\.npz:[0-9a-f]{16}", mini_id), mini_id
+    in_flight = c.create_run(t6, run_name="resnet32-s2", tags={  # a seed still training when the report is made
+        **{k: v for k, v in done.data.tags.items() if not k.startswith("mlflow.")}, "spec_hash": "in-flight"})
+    for k in ("model.arch", "model.depth"):
+        c.log_param(in_flight.info.run_id, k, done.data.params[k])
+    c.log_param(in_flight.info.run_id, "seed", "2")
+
+    out = store.parent / "r"
+    assert main(["report", "--out", str(out)]) == 0
+    capsys.readouterr()
+    t6md = (out / "table6.md").read_text()
+    assert t6md.startswith("# Table 6 (He et al. 2015) rerun at budget 1 on cifar10-mini.npz: not CIFAR-10 test "
+                           "error\n"), t6md[:200]
+    assert "| best seed (final error) |" in t6md
+    assert "| ResNet-8 | 0.08 | 9.50 ± 0.25 (best 9.00) | " in t6md
+    assert "(n=2; 1 failed: diverged; 1 unfinished) |" in t6md
+    assert "ResNet-8: the paper's Table 6 figure 9.00 is the best of its runs" in t6md
+    row = pd.read_csv(out / "table6.csv").iloc[0]
+    assert (row.paper_test_error, row.paper_std, row.paper_best_run, row.n) == (9.5, 0.25, 9.0, 2)
+    assert row.best_seed <= row.measured_mean
+    lad = (out / "ladder.md").read_text()
+    assert re.search(r"\| 3_multistep \|  \| \d+\.\d\d \(n=1\) \|", lad), lad  # the forced rerun replaces its run
+    assert re.search(r"\| paper_resnet32 \| .* \| noise unknown: n=1 in the previous rung \|", lad), lad
+    assert "the ladder runs backwards" not in lad  # that reading is of a short run, and this is budget 1
+    ladder_before = (out / "ladder.md").read_bytes()
+
+    # Campaign B has no ladder runs: ladder.md and ladder.png stay, and report says so and of which runs they are.
+    assert main(["run", str(exp / "table6" / "resnet32.yaml"), "--set", "seeds=[0]", "--budget", "0.5",
+                 "--data", str(mini), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert (f"report: left {out}/ladder.md, {out}/ladder.png as they were (no ladder runs for budget 0.5 on "
+            f"{mini_id}; ladder.md is from an earlier report: budget 1, data cifar10-mini.npz train=") in err, err
+    assert "ablations.md" not in err and "tuned.md" not in err  # never written here: nothing to say
+    assert (out / "ladder.md").read_bytes() == ladder_before
+    assert "- Budget: 0.5\n" in (out / "table6.md").read_text()
+
+    # Campaign C: another file of the same name. --data-id by file name works where it names one data id.
+    other = store.parent / "other" / "cifar10-mini.npz"
+    other.parent.mkdir()
+    with np.load(mini) as z:
+        np.savez(other, x_train=z["x_train"][:400], y_train=z["y_train"][:400], x_test=z["x_test"][:100],
+                 y_test=z["y_test"][:100])
+    assert main(["run", str(exp / "table6" / "resnet32.yaml"), "--set", "seeds=[0]", "--budget", "0.5",
+                 "--data", str(other), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--budget", "1", "--data-id", "cifar10-full.npz"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "no finished runs for --budget 1 --data-id cifar10-full.npz; the store " \
+        "has: budget 0.5 on cifar10-mini.npz:" in err, err  # the newest campaign first
+    assert f"budget 0.5 on {mini_id} (1 finished run)" in err, err
+    assert f"budget 1 on {mini_id} (3 finished runs)" in err, err  # resnet32 s0, s1 and 3_multistep once
+    assert main(["report", "--data-id", "cifar10-mini.npz"]) == 2  # two files have that name
+    assert "--data-id cifar10-mini.npz: names 2 data ids" in capsys.readouterr().err
+    assert main(["report", "--out", str(store.parent / "r1"), "--budget", "1", "--data-id", "cifar10-mini.npz"]) == 0
+    assert f"budget 1, {mini_id})" in capsys.readouterr().err
+    assert "- Budget: 1\n" in (store.parent / "r1" / "table6.md").read_text()
