@@ -357,46 +357,47 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
 
     data = sorted(set(df.data))[0] if len(df) else ""
     label = "CIFAR-10 test error (%)" if official else f"error (%), {data.split(' ')[0]}, budget {budget:g}"
-    # error vs depth
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for arch, color in (("ResNet", "C0"), ("plain", "C3")):
-        sub = tab[tab.model.str.startswith(arch)]
-        if len(sub):
-            ax.errorbar(sub.depth, sub.measured_mean, yerr=sub.measured_std.fillna(0), marker="o", color=color,
-                        capsize=3, label=f"{arch} (measured)")
-    depths = sorted(int(k[6:]) for k in paper["test_error"] if int(k[6:]) <= 110)
-    figs = [paper_figure(paper, f"resnet{d}") for d in depths]  # means where the paper gives them, as ours are
-    ax.errorbar(depths, [m for m, _, _ in figs], yerr=[s or 0 for _, s, _ in figs], fmt="k*--", capsize=3,
-                label="ResNet (paper: full data, 64k it; 110: mean ± std of its runs)")
-    ax.set_xlabel("depth")
-    ax.set_ylabel(label)
-    ax.set_title("Error vs depth", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "error_vs_depth.png")
-    plt.close(fig)
-
-    # Fig. 6 look: plain (left) and ResNet (right); thin dashed = train, bold = test
-    c = tracking.client()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
-    t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
-    for ax, arch in zip(axes, ("plain", "resnet"), strict=True):
-        for i, depth in enumerate(sorted(set(t6[t6.arch == arch].depth))):
-            run = t6[(t6.arch == arch) & (t6.depth == depth)].sort_values("seed").iloc[0]
-            for key, lw, ls in (("train_error", 0.8, "--"), ("test_error", 2.0, "-")):
-                h = tracking.metric_history(c, run.run_id, key)
-                ax.plot([s for s, _ in h], [v for _, v in h], lw=lw, ls=ls, color=f"C{i}",
-                        label=f"{arch}-{depth}" if key == "test_error" else None)
-        ax.set_title(f"{'plain' if arch == 'plain' else 'ResNet'} (thin dashed: train, bold: test)", fontsize=9)
-        ax.set_xlabel("iteration")
+    if len(tab):  # a campaign without Table 6 runs (e.g. the ladder alone) gets no Table 6 figures
+        # error vs depth
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        for arch, color in (("ResNet", "C0"), ("plain", "C3")):
+            sub = tab[tab.model.str.startswith(arch)]
+            if len(sub):
+                ax.errorbar(sub.depth, sub.measured_mean, yerr=sub.measured_std.fillna(0), marker="o", color=color,
+                            capsize=3, label=f"{arch} (measured)")
+        depths = sorted(int(k[6:]) for k in paper["test_error"] if int(k[6:]) <= 110)
+        figs = [paper_figure(paper, f"resnet{d}") for d in depths]  # means where the paper gives them, as ours are
+        ax.errorbar(depths, [m for m, _, _ in figs], yerr=[s or 0 for _, s, _ in figs], fmt="k*--", capsize=3,
+                    label="ResNet (paper: full data, 64k it; 110: mean ± std of its runs)")
+        ax.set_xlabel("depth")
+        ax.set_ylabel(label)
+        ax.set_title("Error vs depth", fontsize=9)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    axes[0].set_ylabel(label)
-    fig.tight_layout()
-    fig.savefig(out / "curves_table6.png")
-    plt.close(fig)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / "error_vs_depth.png")
+        plt.close(fig)
+
+        # Fig. 6 look: plain (left) and ResNet (right); thin dashed = train, bold = test
+        c = tracking.client()
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
+        t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
+        for ax, arch in zip(axes, ("plain", "resnet"), strict=True):
+            for i, depth in enumerate(sorted(set(t6[t6.arch == arch].depth))):
+                run = t6[(t6.arch == arch) & (t6.depth == depth)].sort_values("seed").iloc[0]
+                for key, lw, ls in (("train_error", 0.8, "--"), ("test_error", 2.0, "-")):
+                    h = tracking.metric_history(c, run.run_id, key)
+                    ax.plot([s for s, _ in h], [v for _, v in h], lw=lw, ls=ls, color=f"C{i}",
+                            label=f"{arch}-{depth}" if key == "test_error" else None)
+            ax.set_title(f"{'plain' if arch == 'plain' else 'ResNet'} (thin dashed: train, bold: test)", fontsize=9)
+            ax.set_xlabel("iteration")
+            ax.grid(alpha=0.3)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
+        axes[0].set_ylabel(label)
+        fig.tight_layout()
+        fig.savefig(out / "curves_table6.png")
+        plt.close(fig)
 
     # ladder bars
     if bars:
@@ -435,8 +436,10 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
     paper = load_paper()
     out.mkdir(parents=True, exist_ok=True)
     desc = descriptions_of_specs()
-    tab = table6(df, paper, budget, official, out)
-    written = ["table6.md", "table6.csv", "error_vs_depth.png", "curves_table6.png"]
+    tab, written = pd.DataFrame(), []
+    if (df.group == "table6").any():
+        tab = table6(df, paper, budget, official, out)
+        written += ["table6.md", "table6.csv", "error_vs_depth.png", "curves_table6.png"]
     bars = []
     if (df.group == "ablations").any():  # a campaign without such runs (e.g. a GPU session's) gets no empty page
         ablations(df, paper, budget, official, out, desc)
@@ -451,7 +454,8 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
           file=sys.stderr)
     # A page of a group this campaign has no runs of stays as it was (it may be a committed result of a long
     # campaign), but never unsaid: the folder now holds pages of two sets of runs.
-    for group, files in (("ablations", ["ablations.md"]), ("ladder", ["ladder.md", "ladder.png"]),
+    for group, files in (("table6", ["table6.md", "table6.csv", "error_vs_depth.png", "curves_table6.png"]),
+                         ("ablations", ["ablations.md"]), ("ladder", ["ladder.md", "ladder.png"]),
                          ("tuned", ["tuned.md"])):
         left = [out / f for f in files if f not in written and (out / f).exists()]
         if left:
