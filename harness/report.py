@@ -383,12 +383,12 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
         fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
         t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
         for ax, arch in zip(axes, ("plain", "resnet"), strict=True):
-            for i, depth in enumerate(sorted(set(t6[t6.arch == arch].depth))):
+            for i, depth in enumerate(sorted(set(t6[t6.arch == arch].depth))):  # one seed each, named in the legend
                 run = t6[(t6.arch == arch) & (t6.depth == depth)].sort_values("seed").iloc[0]
                 for key, lw, ls in (("train_error", 0.8, "--"), ("test_error", 2.0, "-")):
                     h = tracking.metric_history(c, run.run_id, key)
                     ax.plot([s for s, _ in h], [v for _, v in h], lw=lw, ls=ls, color=f"C{i}",
-                            label=f"{arch}-{depth}" if key == "test_error" else None)
+                            label=f"{arch}-{depth} (seed {run.seed})" if key == "test_error" else None)
             ax.set_title(f"{'plain' if arch == 'plain' else 'ResNet'} (thin dashed: train, bold: test)", fontsize=9)
             ax.set_xlabel("iteration")
             ax.grid(alpha=0.3)
