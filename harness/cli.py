@@ -208,14 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--study", default=None, help="study name (default: the spec's file name); reruns resume it")
     tu.add_argument("--storage", default=os.environ.get("HARNESS_OPTUNA_STORAGE", "sqlite:///mlruns/optuna.db"),
                     help="Optuna RDB URL (sqlite:///..., postgresql://...) or journal:PATH for a JournalStorage file")
-    tu.add_argument("--budget", type=float, default=0.05, help="fraction of the paper's iterations per trial")
+    _set_and_budget_args(tu, 0.05, "fraction of the paper's iterations per trial")
     tu.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP + "; its test split is never read")
     tu.add_argument("--device", default=None, help=DEVICE_HELP)
     tu.add_argument("--workers", type=int, default=1, help="processes working on the one study")
     tu.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats (RDB storage)")
     tu.add_argument("--seed", type=int, default=0, help="sampler seed: worker i of a call uses seed + i + the "
                     "trials already in the study, so a resumed study draws new points (tag sampler_seed)")
-    tu.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
     tu.add_argument("--export", default=None, metavar="PATH", help="write the best trial as a spec, e.g. "
                     "experiments/tuned/resnet32.yaml")
     tu.add_argument("--plots", default="reports/tuning", help="folder for Optuna's plots")

@@ -43,10 +43,9 @@ def known_experimental():
 
 def storage_file(url: str) -> Path | None:
     """The file of a `journal:PATH` or `sqlite:///PATH` storage (opening it creates it), else None."""
-    for prefix in ("journal:", "sqlite:///"):
-        if url.startswith(prefix):
-            return Path(url.removeprefix(prefix))
-    return None
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    return tracking.sqlite_file(url)
 
 
 def open_storage(url: str, heartbeat: int = 30):
