@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -307,10 +306,7 @@ def train(run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path
     model.train()
     bar = Progress(run.run_name, s.total_iters, st.it, progress)
     meter = Meter(device, spec.batch_size)
-    kill_at = int(os.environ.get("HARNESS_FAULT_KILL_AT", "0"))  # fault injection for the resume test
     while st.it < s.total_iters:
-        if kill_at and st.it == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
         x, y = next_batch(st, data, spec, gen)
         warming, lr = sched.warming(st.it), sched.lr_at(st.it)
         loss, wrong = step(x, y, lr)

@@ -21,6 +21,7 @@ from harness.cli import main
 from harness.spec import load_spec
 
 from .conftest import env_with, write_spec
+from .faults import killed_after
 
 TUNE = """\
 model: {arch: resnet, depth: 8}
@@ -101,7 +102,7 @@ def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     cmd = [sys.executable, "-m", "harness", "tune", str(spec), "--trials", "3", "--study", "k", "--storage", storage,
            "--budget", "1", "--data", str(mini), "--heartbeat", "1", "--plots", str(tmp_path / "plots")]
-    p = subprocess.run(cmd, env=env_with(HARNESS_FAULT_KILL_AT=10), cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env_with(**killed_after(10)), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert [t.state.name for t in _trials(storage, "k")] == ["RUNNING"]
     time.sleep(3)  # past the grace period (2 heartbeats)
