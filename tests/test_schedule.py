@@ -117,3 +117,47 @@ def test_eval_every_is_the_ceiling_of_total_over_points():
 def test_plateau_factor_must_be_below_one():
     with pytest.raises(ValueError, match="below 1"):
         Schedule(ScheduleSpec(name="plateau", milestones=[], gamma=1.0), 0.1, 10)
+
+
+def _plateau_run(tmp_path):
+    from harness.spec import Spec, resolve_runs
+
+    spec = Spec.model_validate({
+        "model": {"arch": "resnet", "depth": 8}, "batch_size": 32, "data": {"val_size": 200}, "eval_points": 6,
+        "optimizer": {"lr": 0.8},
+        "schedule": {"name": "plateau", "milestones": [], "total_iters": 24, "patience": 4, "gamma": 0.5,
+                     "warmup_iters": 6}})
+    return resolve_runs(tmp_path / "experiments" / "t" / "p.yaml", spec, 1.0)[0]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["checkpoint", "checkpoint_from_before_schedule"])
+def test_plateau_run_resumes_to_the_same_numbers(mini, tmp_path, legacy):
+    """Killed after an evaluation point (plateau state, ramp and data order in the checkpoint), resumed; also from
+    a checkpoint in the layout written before the Schedule object (its state in the loop's dict and in torch's
+    ReduceLROnPlateau), which a run killed then still resumes from."""
+    from harness.data import load_arrays, to_device
+    from harness.train import param_dtype, train
+
+    run = _plateau_run(tmp_path)
+    data = to_device(load_arrays(mini), run.spec.data, torch.device("cpu"), param_dtype(run.spec))
+    drop = ("images_per_s", "train_seconds")
+    whole, _ = train(run, data, torch.device("cpu"), progress=False, evaluate_test=False)
+    reference = {k: v for k, v in whole.items() if k not in drop}
+
+    def stop_at_16(step, metrics):
+        if step == 16:
+            raise KeyboardInterrupt
+        return False
+
+    ckpt = tmp_path / "ck.pt"
+    with pytest.raises(KeyboardInterrupt):  # after iteration 16's on_eval: the checkpoint is the one of 12
+        train(run, data, torch.device("cpu"), checkpoint=ckpt, on_eval=stop_at_16, progress=False,
+              evaluate_test=False)
+    if legacy:
+        ck = torch.load(ckpt, weights_only=False)
+        state = ck.pop("schedule")
+        ck["loop"].update({k: state[k] for k in ("warmup_done", "plateau_lr", "best_val_loss", "best_val_iter")})
+        ck["plateau"] = {"best": state["plateau_best"], "num_bad_epochs": state["plateau_bad"], "patience": 1}
+        torch.save(ck, ckpt)
+    resumed, _ = train(run, data, torch.device("cpu"), checkpoint=ckpt, progress=False, evaluate_test=False)
+    assert {k: v for k, v in resumed.items() if k not in drop} == reference
