@@ -194,6 +194,7 @@ class Meter:
         return train_loss, time.perf_counter() - self.t0
 
     def train_error(self) -> float:
+        """Training error (%) since the last evaluation point."""
         return 100.0 * self.wrong.item() / max(self.seen, 1)
 
 
@@ -226,6 +227,7 @@ class LoopState:
 
 
 def save_checkpoint(path: Path, model, opt, sched: Schedule, gen: torch.Generator, st: LoopState) -> None:
+    """Weights, optimizer, schedule, both RNGs and the loop's place: all that the next iteration depends on."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
@@ -248,6 +250,7 @@ def _schedule_state(ck: dict) -> dict:
 
 
 def load_checkpoint(path: Path, model, opt, sched: Schedule, gen: torch.Generator) -> LoopState:
+    """Puts model, optimizer, schedule and RNGs back as save_checkpoint found them; returns the loop's place."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])

@@ -64,6 +64,8 @@ class TuneOptions:
 
 
 def _parent_run(c, exp_id: str, study: str, spec_path: str, budget: float) -> str:
+    """The study's MLflow run, found by its tags or made by the first process that asks, so that every worker's
+    trials hang under one parent."""
     runs = c.search_runs([exp_id], filter_string=f"tags.study_name = '{study}' and tags.role = 'study'",
                          max_results=1)
     if runs:
