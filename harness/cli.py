@@ -103,9 +103,12 @@ def cmd_import(a) -> int:
 
 
 def cmd_tune(a) -> int:
-    from harness.tune import main
+    from harness.tune import TuneOptions, main
 
-    return main(a)
+    return main(TuneOptions(spec=a.spec, study=a.study, storage=a.storage, trials=a.trials, budget=a.budget,
+                            data=a.data, workers=a.workers, heartbeat=a.heartbeat, seed=a.seed, plots=a.plots,
+                            overrides=tuple(a.overrides), device=a.device, export=a.export, finish=not a.no_finish,
+                            worker_index=a.worker_index, sampler_seed=a.sampler_seed))
 
 
 def cmd_table(a) -> int:

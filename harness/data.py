@@ -142,8 +142,9 @@ def split_indices(n: int, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch.dtype,
-              test_labels: np.ndarray | None = None) -> DeviceData:
+def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch.dtype) -> DeviceData:
+    """The split of `spec` on `device`, images kept uint8 until a batch is made; the mean comes from the training
+    images alone, so that nothing of the validation or test images leaks into training."""
     tr, va = split_indices(len(arrays.x_train), spec)
 
     def images(x):
@@ -160,11 +161,10 @@ def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch
     else:
         mean = torch.zeros(3, 1, 1, device=device)
     eval_mean = mean if spec.test_time_mean else torch.zeros_like(mean)
-    y_test = arrays.y_test if test_labels is None else test_labels
     desc = (f"{arrays.source} train={len(tr)} val={len(va)} test={len(arrays.x_test)}"
             f"{' (official test set)' if arrays.is_official_full else ''}")
     return DeviceData(x_train, labels(arrays.y_train[tr]), images(arrays.x_train[va]), labels(arrays.y_train[va]),
-                      images(arrays.x_test), labels(y_test), mean.to(dtype), eval_mean.to(dtype), dtype, desc)
+                      images(arrays.x_test), labels(arrays.y_test), mean.to(dtype), eval_mean.to(dtype), dtype, desc)
 
 
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -225,22 +225,39 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {msg}, got {got!r}"
 
 
+def _section(raw: dict, keys: list[str], path: str, where: str) -> dict:
+    """The section of `raw` that holds the last of `keys` (made where missing): the one walker of dotted keys,
+    for --set on a spec's YAML and for the overrides a tuning trial samples, so both reach a field the same way."""
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"{where}: --set {path}: '{k}' is not a section")
+    return node
+
+
 def apply_override(raw: dict, assignment: str, file: str) -> None:
     """`model.depth=56` -> raw["model"]["depth"] = 56, with the value parsed as YAML."""
     if "=" not in assignment:
         raise SpecError(f"{file}: --set {assignment}: expected KEY.PATH=VALUE")
     path, value = assignment.split("=", 1)
     keys = path.strip().split(".")
-    node = raw
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise SpecError(f"{file}: --set {path}: '{k}' is not a section")
+    node = _section(raw, keys, path, file)
     try:
         node[keys[-1]] = yaml.safe_load(value)
     except yaml.YAMLError as e:
         raise SpecError(f"{file}: --set {path}: expected a YAML value (e.g. 56, 0.1, [0, 1], true), got {value!r}: "
                         f"{getattr(e, 'problem', e)}") from None
+
+
+def with_overrides(spec: Spec, overrides: dict[str, object]) -> Spec:
+    """A copy of `spec` with dotted-key overrides (e.g. {"schedule.gamma": 0.2}, what a tuning trial samples),
+    validated again as a whole."""
+    raw = spec.model_dump(mode="json")
+    for path, value in overrides.items():
+        keys = path.split(".")
+        _section(raw, keys, path, spec.name or "spec")[keys[-1]] = value
+    return Spec.model_validate(raw)
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:

@@ -15,6 +15,7 @@ from harness.cli import main
 from harness.parallel import worker_devices
 
 from .conftest import MINI, ROOT, TINY, env_with, write_spec
+from .faults import killed_after
 
 FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", "train_error")
 
@@ -73,7 +74,7 @@ def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypa
     uri = f"sqlite:///{tmp_path}/killed/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     p = subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"],
-                       env=env_with(MLFLOW_TRACKING_URI=uri, HARNESS_FAULT_KILL_AT=10), cwd=tmp_path,
+                       env=env_with(MLFLOW_TRACKING_URI=uri, **killed_after(10)), cwd=tmp_path,
                        capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr
     c2 = MlflowClient(uri)
@@ -154,7 +155,7 @@ def test_offline_run_killed_resumes_from_its_folder(store, mini, tmp_path):
     out = tmp_path / "records"
     args = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress", "--offline",
             str(out)]
-    p = subprocess.run(args, env=env_with(HARNESS_FAULT_KILL_AT=10), cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(args, env=env_with(**killed_after(10)), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr
     (folder,) = out.iterdir()
     assert (folder / "checkpoint.pt").exists() and not (folder / "record.json").exists()
@@ -228,7 +229,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
     reference = finals(ref_uri)
 
     uri = f"sqlite:///{tmp_path}/jobs/mlflow.db"
-    p = run(uri, 2, OMP_NUM_THREADS=2, HARNESS_FAULT_KILL_AT=10)
+    p = run(uri, 2, OMP_NUM_THREADS=2, **killed_after(10))
     assert p.returncode == 1 and "2 runs at a time on cpu, 1 CPU thread(s) each" in p.stderr, p.stderr
     assert p.stderr.count("Creating initial MLflow database tables") == 1, p.stderr  # by the parent, not a race
     c = MlflowClient(uri)

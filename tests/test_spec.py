@@ -5,7 +5,7 @@ import pytest
 
 from harness.cli import main
 from harness.errors import SpecError
-from harness.spec import expand_paths, load_spec, resolve_runs
+from harness.spec import expand_paths, load_spec, resolve_runs, with_overrides
 
 from .conftest import ROOT, TINY, write_spec
 
@@ -139,3 +139,17 @@ def test_a_folder_walk_reads_specs_not_the_store_or_hidden_folders(tmp_path):
         (tmp_path / junk).write_text("seed: 0\n")  # not a spec: would be an error if read
     assert expand_paths([str(tmp_path)]) == [good]
     assert main(["validate", str(tmp_path)]) == 0
+
+
+def test_set_and_tuning_overrides_walk_dotted_keys_alike():
+    """--set on the YAML and a trial's sampled overrides on a Spec go through one walker: same fields, same
+    error for a key that runs into a value."""
+    path = ROOT / "experiments/table6/resnet32.yaml"
+    by_set = load_spec(path, ["schedule.gamma=0.2", "optimizer.lr=0.05", "schedule.milestones=[100, 200]"])
+    tuned = with_overrides(load_spec(path), {"schedule.gamma": 0.2, "optimizer.lr": 0.05,
+                                             "schedule.milestones": [100, 200]})
+    assert tuned == by_set
+    with pytest.raises(SpecError, match="'batch_size' is not a section"):
+        load_spec(path, ["batch_size.x=1"])
+    with pytest.raises(SpecError, match="'batch_size' is not a section"):
+        with_overrides(load_spec(path), {"batch_size.x": 1})

@@ -21,6 +21,7 @@ from harness.cli import main
 from harness.spec import load_spec
 
 from .conftest import env_with, write_spec
+from .faults import killed_after
 
 TUNE = """\
 model: {arch: resnet, depth: 8}
@@ -79,6 +80,27 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path)
     assert tuned.tune is None and "trial" in tuned.description
 
 
+def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini, tmp_path, monkeypatch):
+    """train() evaluates every schedule.eval_every iterations; the tuner builds its pruner from the same number,
+    so a median pruner's warm-up and hyperband's resources are whole evaluation points."""
+    import harness.tune
+
+    built = []
+
+    def make_pruner(t, total_iters, eval_every):
+        built.append((total_iters, eval_every))
+        return optuna.pruners.NopPruner()
+
+    monkeypatch.setattr(harness.tune, "make_pruner", make_pruner)
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE.replace("total_iters: 24", "total_iters: 26"))
+    assert main(["tune", str(spec), "--trials", "1", "--study", "e", "--storage", f"sqlite:///{tmp_path}/optuna.db",
+                 "--budget", "1", "--data", str(mini), "--plots", str(tmp_path / "plots")]) == 0
+    (child,) = _children("e")
+    steps = [m.step for m in MlflowClient().get_metric_history(child.info.run_id, "val_error")]
+    assert steps == [7, 14, 21, 26]  # ceil(26 / 4) apart, and the last iteration
+    assert built == [(26, 7)]
+
+
 def test_poisoned_test_split_changes_no_trial(store, mini, tmp_path):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     poisoned = tmp_path / "poisoned.npz"
@@ -101,7 +123,7 @@ def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, 
     storage = f"sqlite:///{tmp_path}/optuna.db"
     cmd = [sys.executable, "-m", "harness", "tune", str(spec), "--trials", "3", "--study", "k", "--storage", storage,
            "--budget", "1", "--data", str(mini), "--heartbeat", "1", "--plots", str(tmp_path / "plots")]
-    p = subprocess.run(cmd, env=env_with(HARNESS_FAULT_KILL_AT=10), cwd=tmp_path, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env_with(**killed_after(10)), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert [t.state.name for t in _trials(storage, "k")] == ["RUNNING"]
     time.sleep(3)  # past the grace period (2 heartbeats)
@@ -154,7 +176,7 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
             "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]
     assert main(args + ["--trials", "6"]) == 0
     from harness.parallel import thread_share
-    from harness.tune import open_storage
+    from harness.study import open_storage
 
     trials = optuna.load_study(study_name="w", storage=open_storage(storage)).get_trials(deepcopy=False)
     numbers = [t.number for t in trials]

@@ -1,0 +1,163 @@
+"""The Schedule object: one lr per iteration for every family, fed back the numbers it decides on."""
+
+import math
+import random
+
+import pytest
+import torch
+
+from harness.schedule import Schedule, eval_every
+from harness.spec import ScheduleSpec, WarmupSpec
+
+
+def _lrs(sched: Schedule, iters) -> list[float]:
+    return [sched.lr_at(it) for it in iters]
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+@pytest.mark.parametrize("patience", [0, 1, 3])
+def test_plateau_is_torchs_reduce_lr_on_plateau_counted_in_evaluation_points(mode, patience):
+    """The plateau family used torch's ReduceLROnPlateau on the optimizer; the schedule keeps its decisions: a
+    relative threshold of 1e-4 (a tiny gain is no gain), patience in evaluation points, no drop below 1e-8."""
+    every, lr, gamma = 5, 0.1, 0.1
+    rng = random.Random(patience)
+    losses, v = [], 2.0
+    for _ in range(80):  # plateaus, real gains and gains within the relative threshold
+        v = v * rng.choice([1.0, 1.0, 0.99995, 0.9, 1.2])
+        losses.append(v)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    ref = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=gamma, patience=patience)
+    s = ScheduleSpec(name="plateau", milestones=[], total_iters=1000, patience=patience * every, mode=mode,
+                     gamma=gamma)
+    sched = Schedule(s, lr, every)
+    expected, got = [], []
+    for k, loss in enumerate(losses):
+        ref.step(loss)
+        expected.append(opt.param_groups[0]["lr"])
+        sched.observe_eval((k + 1) * every, loss, warming=False)
+        got.append(sched.lr_at((k + 1) * every))
+    assert got == expected
+    assert len(set(got)) > 2  # several drops happened, and the lr stops short of ~0 (eps)
+
+
+@pytest.mark.parametrize("family", ["multistep", "cosine", "plateau"])
+def test_one_linear_ramp_for_every_family(family):
+    """`warmup_iters` scales the family's own lr by (it + 1) / warmup_iters, also after a plateau drop inside it."""
+    kw = {"milestones": [30]} if family == "multistep" else {"milestones": []}
+    ramped = Schedule(ScheduleSpec(name=family, total_iters=60, warmup_iters=12, patience=0, **kw), 0.1, 4)
+    flat = Schedule(ScheduleSpec(name=family, total_iters=60, patience=0, **kw), 0.1, 4)
+    family_lrs = []
+    for it in range(60):
+        family_lrs.append(flat.lr_at(it))
+        assert ramped.lr_at(it) == flat.lr_at(it) * min(1.0, (it + 1) / 12), (family, it)
+        if it % 4 == 3:  # a worse validation loss at every point: plateau drops the lr each time
+            for sched in (ramped, flat):
+                sched.observe_eval(it + 1, 1.0 + it, warming=False)
+    if family == "plateau":
+        assert family_lrs[8] < family_lrs[7] and family_lrs[12] < family_lrs[8]  # the first drop is inside the ramp
+
+
+def test_resnet110_warmup_holds_its_lr_until_the_training_error_drops_then_the_ramp_applies():
+    s = ScheduleSpec(name="plateau", milestones=[], total_iters=200, patience=0, warmup_iters=50,
+                     warmup=WarmupSpec(lr=0.01, until_train_error=80, max_iters=100))
+    sched = Schedule(s, 0.1, 20)
+    assert _lrs(sched, range(40)) == [0.01] * 40
+    sched.observe_eval(20, 5.0, warming=True)
+    sched.observe_eval(40, 9.0, warming=True)  # worse, but the plateau does not step during the warm-up
+    assert sched.plateau_lr == 0.1
+    sched.observe_train_error(85.0)  # not yet
+    assert sched.warming(40)
+    sched.observe_train_error(79.9)
+    assert not sched.warming(40) and sched.lr_at(40) == 0.1 * (41 / 50)
+    capped = Schedule(s, 0.1, 20)  # never below the threshold: max_iters ends the warm-up
+    assert capped.warming(99) and not capped.warming(100) and capped.lr_at(100) == 0.1
+
+
+def test_early_stopping_counts_iterations_since_the_best_validation_loss():
+    s = ScheduleSpec(milestones=[], total_iters=100, early_stopping_patience=30)
+    sched = Schedule(s, 0.1, 10)
+    assert [sched.observe_eval(it, loss, warming=False) for it, loss in
+            ((10, 2.0), (20, 1.0), (30, 1.5), (40, 1.2), (50, 1.1))] == [False, False, False, False, True]
+    never = Schedule(ScheduleSpec(milestones=[], total_iters=100), 0.1, 10)
+    assert not any(never.observe_eval(it, 1.0 + it, warming=False) for it in range(10, 100, 10))
+
+
+def test_state_dict_resumes_the_same_lrs():
+    s = ScheduleSpec(name="plateau", milestones=[], total_iters=100, patience=0, gamma=0.5, warmup_iters=5,
+                     early_stopping_patience=50, warmup=WarmupSpec(lr=0.01, until_train_error=50, max_iters=60))
+    losses = [3.0, 2.0, 2.5, 2.4, 2.6, 1.9, 2.0, 2.1, 2.2, 2.3]
+    errors = {20: 70.0, 40: 40.0}
+
+    def drive(sched, start, stop):
+        lrs = []
+        for it in range(start, stop):  # as the training loop feeds it
+            warming = sched.warming(it)
+            lrs.append(sched.lr_at(it))
+            if warming and it + 1 in errors:
+                sched.observe_train_error(errors[it + 1])
+            if (it + 1) % 10 == 0:
+                sched.observe_eval(it + 1, losses[it // 10], warming)
+        return lrs
+
+    whole = drive(Schedule(s, 0.1, 10), 0, 100)
+    first = Schedule(s, 0.1, 10)
+    head = drive(first, 0, 50)
+    resumed = Schedule(s, 0.1, 10)
+    resumed.load_state_dict(first.state_dict())
+    assert head + drive(resumed, 50, 100) == whole
+    assert len(set(whole)) > 3
+
+
+def test_eval_every_is_the_ceiling_of_total_over_points():
+    for total in range(1, 200):
+        for points in range(1, 40):
+            assert eval_every(total, points) == max(1, math.ceil(total / points))
+
+
+def test_plateau_factor_must_be_below_one():
+    with pytest.raises(ValueError, match="below 1"):
+        Schedule(ScheduleSpec(name="plateau", milestones=[], gamma=1.0), 0.1, 10)
+
+
+def _plateau_run(tmp_path):
+    from harness.spec import Spec, resolve_runs
+
+    spec = Spec.model_validate({
+        "model": {"arch": "resnet", "depth": 8}, "batch_size": 32, "data": {"val_size": 200}, "eval_points": 6,
+        "optimizer": {"lr": 0.8},
+        "schedule": {"name": "plateau", "milestones": [], "total_iters": 24, "patience": 4, "gamma": 0.5,
+                     "warmup_iters": 6}})
+    return resolve_runs(tmp_path / "experiments" / "t" / "p.yaml", spec, 1.0)[0]
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["checkpoint", "checkpoint_from_before_schedule"])
+def test_plateau_run_resumes_to_the_same_numbers(mini, tmp_path, legacy):
+    """Killed after an evaluation point (plateau state, ramp and data order in the checkpoint), resumed; also from
+    a checkpoint in the layout written before the Schedule object (its state in the loop's dict and in torch's
+    ReduceLROnPlateau), which a run killed then still resumes from."""
+    from harness.data import load_arrays, to_device
+    from harness.train import param_dtype, train
+
+    run = _plateau_run(tmp_path)
+    data = to_device(load_arrays(mini), run.spec.data, torch.device("cpu"), param_dtype(run.spec))
+    drop = ("images_per_s", "train_seconds")
+    whole, _ = train(run, data, torch.device("cpu"), progress=False, evaluate_test=False)
+    reference = {k: v for k, v in whole.items() if k not in drop}
+
+    def stop_at_16(step, metrics):
+        if step == 16:
+            raise KeyboardInterrupt
+        return False
+
+    ckpt = tmp_path / "ck.pt"
+    with pytest.raises(KeyboardInterrupt):  # after iteration 16's on_eval: the checkpoint is the one of 12
+        train(run, data, torch.device("cpu"), checkpoint=ckpt, on_eval=stop_at_16, progress=False,
+              evaluate_test=False)
+    if legacy:
+        ck = torch.load(ckpt, weights_only=False)
+        state = ck.pop("schedule")
+        ck["loop"].update({k: state[k] for k in ("warmup_done", "plateau_lr", "best_val_loss", "best_val_iter")})
+        ck["plateau"] = {"best": state["plateau_best"], "num_bad_epochs": state["plateau_bad"], "patience": 1}
+        torch.save(ck, ckpt)
+    resumed, _ = train(run, data, torch.device("cpu"), checkpoint=ckpt, progress=False, evaluate_test=False)
+    assert {k: v for k, v in resumed.items() if k not in drop} == reference
