@@ -11,7 +11,6 @@ evaluation point, against the training time between two evaluation points of a p
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import sys
 import tempfile
@@ -23,20 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from harness.data import DeviceData, load_arrays, train_batch
+from harness.devices import check_jobs, device_name, pick_device, sync, thread_share
 from harness.errors import UserError
 from harness.models import build_model, count_params, train_flops_per_image
-from harness.parallel import check_jobs, thread_share
 from harness.spec import ModelSpec, Spec
-from harness.train import make_step, pick_device
+from harness.train import make_step
 
 PAPER_ITERS = 64000
 PAPER_EVAL_POINTS = 32
 BASELINES = ("dataloader", "peer")  # rows that are not our step: no _xN copies, not "the fastest step"
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _reset_peak_mem(device) -> None:
@@ -122,7 +116,7 @@ def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, w
     start = t0 = time.perf_counter()
     for i in range(warmup + iters):
         if i == warmup:
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
         x, y = next(it)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -131,7 +125,7 @@ def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, w
         loss.backward()
         opt.step()
         loss.item()  # the usual per-step logging
-    _sync(device)
+    sync(device)
     return t0 - start, time.perf_counter() - t0
 
 
@@ -151,7 +145,7 @@ def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, before_timing
     start = t0 = time.perf_counter()
     for i in range(warmup + iters):
         if i == warmup:
-            _sync(device)
+            sync(device)
             if before_timing is not None:
                 before_timing()
             t0 = time.perf_counter()
@@ -161,7 +155,7 @@ def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, before_timing
         pos += bs
         loss, _ = step(x, y, 0.1)
         loss_sum += loss
-    _sync(device)
+    sync(device)
     if not torch.isfinite(loss_sum):
         raise RuntimeError(f"bench: the loss is not finite for {fast}")
     return t0 - start, time.perf_counter() - t0
@@ -206,11 +200,11 @@ def bench_batches(data: DeviceData, bs: int, iters: int, device) -> float:
     idx = [torch.randint(0, n, (bs,), device=device, generator=gen) for _ in range(iters + 2)]
     for i in idx[:2]:
         train_batch(data, i, True, gen)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for i in idx[2:]:
         train_batch(data, i, True, gen)
-    _sync(device)
+    sync(device)
     return (time.perf_counter() - t0) / iters
 
 
@@ -249,20 +243,12 @@ def matmul_gflops(device, n: int = 2048, reps: int = 10) -> float:
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     a @ b
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
-    _sync(device)
+    sync(device)
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
-def device_label(device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    model = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.processor())
-    return f"cpu:{platform.machine()} {model} {torch.get_num_threads()} threads"
 
 
 def fast_variants(device) -> list[tuple[str, dict]]:
@@ -351,7 +337,7 @@ def main(a) -> int:
     batch_s = bench_batches(data, a.batch_size, max(a.iters, 5), device)
     eval_every = PAPER_ITERS // PAPER_EVAL_POINTS
     result = {
-        "device": device_label(device), "model": name, "params": count_params(build_model(ModelSpec(depth=depth))),
+        "device": device_name(device), "model": name, "params": count_params(build_model(ModelSpec(depth=depth))),
         "batch_size": a.batch_size, "iters": a.iters, "dataloader_workers": a.workers,
         "train_gflop_per_image": round(flops / 1e9, 3), "matmul_gflop_s": round(matmul_gflops(device), 1),
         "variants": variants, "peer": peer[2] if peer else None, "peak_mem_per_row": True,

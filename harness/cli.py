@@ -67,8 +67,8 @@ def cmd_validate(a) -> int:
 
 def cmd_run(a) -> int:
     from harness.data import load_arrays
-    from harness.parallel import check_jobs, execute_all, show_bars
-    from harness.train import pick_device
+    from harness.devices import check_jobs, pick_device
+    from harness.parallel import execute_all, show_bars
 
     runs = _load_all(a.specs, a.overrides, a.budget)  # every spec is checked before anything runs
     check_jobs(a.jobs)

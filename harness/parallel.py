@@ -31,34 +31,16 @@ from tqdm import tqdm
 
 from harness import tracking
 from harness.data import Arrays
-from harness.errors import UserError
+from harness.devices import thread_share, worker_devices
 from harness.spec import RunSpec
 
 _worker: dict = {}
-
-
-def thread_share(jobs: int) -> int:
-    """CPU threads for each of `jobs` workers: this process's threads (OMP_NUM_THREADS respected) split evenly."""
-    return max(1, torch.get_num_threads() // jobs)
 
 
 def show_bars(a) -> bool:
     """Bars only on a terminal: in a log file or CI a bar is hundreds of carriage returns on one line, so there each
     evaluation point gets a line of its own instead (as under --no-progress)."""
     return not a.no_progress and sys.stderr.isatty()
-
-
-def check_jobs(jobs: int) -> None:
-    if jobs < 1:
-        raise UserError(f"--jobs: expected a whole number of runs at a time, at least 1, got {jobs}")
-
-
-def worker_devices(device: torch.device, jobs: int, gpus: int) -> list[str]:
-    """The device of each of `jobs` workers: dealt over the `gpus` GPUs when `device` is CUDA without an index
-    (a worker is pinned for its life: a run's checkpoint, CUDA graphs and memory stay on one GPU), else all alike."""
-    if device.type == "cuda" and device.index is None and gpus > 1:
-        return [f"cuda:{k % gpus}" for k in range(jobs)]
-    return [str(device)] * jobs
 
 
 def _init(arrays: Arrays, devices, threads: int, offline: str | None) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.devices import sync
 from harness.errors import UserError
 
 URL = "https://github.com/akamaster/pytorch_resnet_cifar10"
@@ -100,8 +101,7 @@ def bench_peer(peer, images, labels, bs: int, iters: int, warmup: int, device: t
     def count(*_):
         steps[0] += 1
         if steps[0] == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync(device)
             clock["t0"] = time.perf_counter()
 
     hook = optimizer.register_step_post_hook(count)
@@ -111,8 +111,7 @@ def bench_peer(peer, images, labels, bs: int, iters: int, warmup: int, device: t
     try:
         with _cuda_means(device), contextlib.redirect_stdout(io.StringIO()):
             trainer.train(loader, model, criterion, optimizer, 0)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
     finally:
         hook.remove()
         torch.backends.cudnn.benchmark = benchmark

@@ -19,6 +19,7 @@ import yaml
 
 from harness import tracking
 from harness.data import Arrays, to_device
+from harness.devices import device_name
 from harness.errors import UserError
 from harness.plots import learning_curve
 from harness.spec import RunSpec, flatten
@@ -149,16 +150,6 @@ def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = Fa
     log(f"{run.run_name}: FINISHED in {wall:.0f}s: test_error {final.get('test_error', float('nan')):.2f}% "
         f"val_error {final['val_error']:.2f}% ({data.description}, budget {run.budget:g})")
     return "finished"
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        n = torch.cuda.device_count()
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{torch.cuda.get_device_name(device)}" + (f" (GPU {index} of {n})" if n > 1 else "")
-    import platform
-
-    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
 
 
 def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Path, force: bool = False,

@@ -97,8 +97,8 @@ def gflops_on_data(run: RunSpec, arrays: Arrays) -> float:
 
 def main(a) -> int:
     from harness.data import load_arrays
-    from harness.parallel import check_jobs, execute_all, show_bars
-    from harness.train import pick_device
+    from harness.devices import check_jobs, pick_device
+    from harness.parallel import execute_all, show_bars
 
     check_jobs(a.jobs)
     missing = [f for f in a.folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not

@@ -12,7 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.parallel import worker_devices
+from harness.devices import worker_devices
 
 from .conftest import MINI, ROOT, TINY, env_with, write_spec
 
