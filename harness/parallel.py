@@ -88,42 +88,18 @@ def _execute(run: RunSpec, force: bool) -> str:
         w["busy"] = False
 
 
-class _Rate:
-    """Time left for the rest of a batch at the rate measured so far (work per second of wall time): it holds for
-    any --jobs and device, where an estimate made before the batch cannot know what N runs at once gain."""
-
-    def __init__(self, runs: list[RunSpec], cost: Callable[[RunSpec], float]):
-        self.cost = {id(r): cost(r) for r in runs}  # each weighed once: a cost builds the model to count FLOPs
-        self.left = sum(self.cost.values())
-        self.trained = 0.0
-        self.t0 = time.perf_counter()
-
-    def done(self, run: RunSpec, status: str) -> None:
-        self.left -= self.cost[id(run)]
-        if status != "skipped":  # a skipped run took no time and must not speed up the estimate
-            self.trained += self.cost[id(run)]
-
-    def line(self) -> str:
-        elapsed = time.perf_counter() - self.t0
-        if not self.trained or self.left <= 0:
-            return f"{elapsed:.0f}s elapsed"
-        left = self.left * elapsed / self.trained
-        left_text = f"{left:.0f}s" if left < 90 else f"{left / 60:.0f} min" if left < 5400 else f"{left / 3600:.1f} h"
-        return f"{elapsed:.0f}s elapsed, ~{left_text} left at the rate so far"
-
-
 def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int = 1, force: bool = False,
                 offline: str | None = None, progress: bool = True,
                 label: Callable[[RunSpec], str] = lambda r: r.run_name) -> dict[str, int]:
     """Run `runs`, `jobs` at a time; returns {status: count}. With jobs > 1 they go to spawned workers and bars are
     off (N bars would interleave): each worker logs one line per evaluation point instead. The time-left estimate
     weighs each run by its GFLOPs on these arrays."""
-    from harness.table import gflops_on_data
+    from harness.cost import Rate, gflops_on_data  # not at the top: a spawned worker imports this module
 
     counts: dict[str, int] = {}
     cost = partial(gflops_on_data, arrays=arrays)
     if jobs == 1 or not runs:
-        rate = _Rate(runs, cost)
+        rate = Rate(runs, cost)
         for i, r in enumerate(runs, 1):
             print(f"[{i}/{len(runs)}] {label(r)}  ({rate.line()})", file=sys.stderr, flush=True)
             status = execute_one(r, arrays, device, force, offline, progress)
@@ -138,7 +114,7 @@ def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs:
     runs = unique
     if not offline:
         tracking.create_store()
-    rate = _Rate(runs, cost)
+    rate = Rate(runs, cost)
     threads = thread_share(jobs)
     devices = worker_devices(device, jobs, torch.cuda.device_count() if device.type == "cuda" else 0)
     where = ", ".join(f"{n} on {d}" for d, n in sorted(Counter(devices).items())) if len(set(devices)) > 1 \

@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 
 from harness import tracking
+from harness.cost import gflops_on_data, seconds_per_gflop
 from harness.data import Arrays
 from harness.errors import SpecError
-from harness.models import build_model, train_flops_per_image
-from harness.spec import ModelSpec, RunSpec, expand_paths, load_spec, resolve_runs
+from harness.spec import RunSpec, expand_paths, load_spec, resolve_runs
 
 DEFAULT_FOLDERS = ("experiments/table6", "experiments/ablations", "experiments/ladder", "experiments/tuned")
 
@@ -41,34 +41,6 @@ def collect_runs(folders, overrides, budget, include_heavy=False) -> tuple[list[
     return runs, errors
 
 
-def seconds_per_gflop(device: torch.device) -> float:
-    """Time two ResNet-20 training steps at batch 128 after one warm-up step."""
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(depth=20)).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.randn(128, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (128,), device=device)
-    t0 = 0.0
-    for i in range(3):
-        if i == 1:
-            t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    loss.item()
-    return (time.perf_counter() - t0) / 2 / (128 * train_flops_per_image(model) / 1e9)
-
-
-def run_gflops(run: RunSpec, n_val: int, n_test: int) -> float:
-    s = run.spec
-    per_image = train_flops_per_image(build_model(s.model)) / 1e9
-    dtype_cost = 2.0 if s.dtype == "float64" else 1.0
-    train = per_image * s.batch_size * s.schedule.total_iters
-    evals = per_image / 3 * (n_val + n_test) * min(s.eval_points, s.schedule.total_iters)
-    return dtype_cost * (train + evals)
-
-
 def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunSpec]:
     """Print what will run and how long it should take; returns the runs still to do."""
     c = tracking.client()
@@ -86,13 +58,6 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
           "training rate; each finished run re-estimates the time left from the batch's own rate)",
           file=sys.stderr, flush=True)
     return todo
-
-
-def gflops_on_data(run: RunSpec, arrays: Arrays) -> float:
-    """A run's training and evaluation GFLOPs with these arrays' split sizes: the weight of a run in an ETA."""
-    n = len(arrays.x_train)
-    n_val = round(n * (run.spec.data.val_fraction or 0)) or (run.spec.data.val_size or 0)
-    return run_gflops(run, n_val, len(arrays.x_test))
 
 
 def main(a) -> int:

@@ -175,10 +175,10 @@ def test_time_left_comes_from_the_batchs_own_rate_weighted_by_cost():
     """Skipped runs took no time and do not count as trained; what is left is weighted by each run's cost."""
     from types import SimpleNamespace
 
-    from harness.parallel import _Rate
+    from harness.cost import Rate
 
     small, skipped, big = SimpleNamespace(c=1.0), SimpleNamespace(c=1.0), SimpleNamespace(c=3.0)
-    rate = _Rate([small, skipped, big], cost=lambda r: r.c)
+    rate = Rate([small, skipped, big], cost=lambda r: r.c)
     assert rate.line().endswith("s elapsed")  # nothing trained yet: no guess
     rate.t0 -= 100  # as if the batch had started 100 s ago
     rate.done(skipped, "skipped")
