@@ -1,14 +1,29 @@
-"""Figures in the look of the paper's Fig. 6: thin lines for training error, bold for test/validation."""
+"""Figures in the look of the paper's Fig. 6: thin lines for training error, bold for test/validation.
+
+Drawing only: each function takes the numbers, writes one PNG and closes its figure, so that a long batch or a
+report of many pages holds no figure open. Where the numbers come from (a run's history, a campaign's runs) is
+the caller's business.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+History = list[tuple[int, float]]  # (iteration, value)
 
-def learning_curve(history: dict[str, list[tuple[int, float]]], title: str):
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def learning_curve(history: dict[str, History], title: str, path: Path) -> None:
     """history: metric name -> [(iteration, value)]; draws train (thin), val and test (bold) error."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     styles = {"train_error": dict(lw=0.8, ls="--", label="train error"),
@@ -24,5 +39,4 @@ def learning_curve(history: dict[str, list[tuple[int, float]]], title: str):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    _save(fig, path)
