@@ -23,7 +23,7 @@ import yaml
 from harness import tracking
 from harness.errors import UserError
 from harness.models import build_model, count_params
-from harness.spec import ModelSpec
+from harness.spec import ModelSpec, load_specs
 
 GROUPS = ("table6", "ablations", "ladder", "tuned")
 PAPER_FILE = Path("experiments/paper.yaml")
@@ -335,19 +335,12 @@ def ladder(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
     return bars
 
 
-def descriptions_of_specs() -> dict:
-    from harness.errors import SpecError
-    from harness.spec import expand_paths, load_spec
-
-    out = {}
-    for g in GROUPS:
-        if Path("experiments", g).exists():
-            for p in expand_paths([f"experiments/{g}"]):
-                try:
-                    out[(g, p.stem)] = load_spec(p).description.replace("|", "/")
-                except SpecError:  # reported by `table` already; a report still comes out
-                    continue
-    return out
+def descriptions_of_specs() -> dict[tuple[str, str], str]:
+    """(group, spec name) -> the spec's description, for the "what changed" columns; an invalid spec is named by
+    `table` already and only loses its description here, so a report still comes out."""
+    return {(g, path.stem): spec.description.replace("|", "/")
+            for g in GROUPS if Path("experiments", g).exists()
+            for path, spec in load_specs([f"experiments/{g}"])[0]}
 
 
 def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: float, official: bool, out: Path):
@@ -465,11 +458,12 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
     return out
 
 
-def main(a) -> int:
+def report(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None) -> int:
+    """Write `out`/bench.md (if `out`/bench/ holds bench lines) and the pages of the campaign that `budget` and
+    `data_id` name (default: that of the latest finished Table 6 run)."""
     from harness.bench import write_bench_report
 
-    out = Path(getattr(a, "out", "reports"))
     if bench := write_bench_report(out):  # first: it needs no runs in the store
         print(f"report: wrote {bench} from {out}/bench/*.jsonl", file=sys.stderr)
-    write_reports(out, getattr(a, "report_budget", None), getattr(a, "data_id", None))
+    write_reports(out, budget, data_id)
     return 0

@@ -311,6 +311,18 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return out
 
 
+def load_specs(paths: list[str], overrides: list[str] = ()) -> tuple[list[tuple[Path, Spec]], list[str]]:
+    """Every spec under `paths` with its file, and one error line per invalid one (each once, in file order):
+    all are read before a caller acts, so a folder of specs is fixed in one pass rather than one error per call."""
+    specs, errors = [], []
+    for path in expand_paths(paths):
+        try:
+            specs.append((path, load_spec(path, overrides)))
+        except SpecError as e:
+            errors.append(str(e))
+    return specs, list(dict.fromkeys(errors))
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for k, v in d.items():

@@ -1,44 +1,31 @@
-"""`make reproduce-table`: every default spec, a plan with an ETA first, finished runs skipped, then reports.
+"""`make reproduce-table`: every default spec, a plan with an ETA first, finished runs skipped.
 
 The ETA comes from a short measured step on this device (seconds per training GFLOP) times each pending
-run's training and evaluation FLOPs, so it holds for any mix of depths and batch sizes.
+run's training and evaluation FLOPs, so it holds for any mix of depths and batch sizes. An invalid spec among the
+defaults is named and skipped rather than fatal: one typo must not hold back a day of training.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from harness import tracking
+from harness.batch import collect_runs, run_batch
 from harness.cost import gflops_on_data, seconds_per_gflop
 from harness.data import Arrays
 from harness.errors import SpecError
-from harness.spec import RunSpec, expand_paths, load_spec, resolve_runs
+from harness.spec import RunSpec
 
 DEFAULT_FOLDERS = ("experiments/table6", "experiments/ablations", "experiments/ladder", "experiments/tuned")
 
 
-def collect_runs(folders, overrides, budget, include_heavy=False) -> tuple[list[RunSpec], list[str]]:
-    """All runs of the valid specs, and one error line per invalid spec (those are skipped, not fatal)."""
-    runs: list[RunSpec] = []
-    errors: list[str] = []
-    paths = expand_paths([f for f in folders if Path(f).exists()])
-    if not paths:
-        raise SpecError(f"{' '.join(map(str, folders))}: no spec files found (expected folders of .yaml specs)")
-    for path in paths:
-        try:
-            spec = load_spec(path, overrides)
-        except SpecError as e:
-            errors.append(str(e))
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        if spec.heavy and not include_heavy:
-            continue
-        runs += resolve_runs(path, spec, budget)
-    return runs, errors
+class TableResult(NamedTuple):
+    code: int  # 0 all done, 1 a run diverged or failed, 2 an invalid spec was skipped
+    data_id: str  # the data the runs trained on: which campaign a report of this table is of
 
 
 def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunSpec]:
@@ -60,30 +47,21 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
     return todo
 
 
-def main(a) -> int:
-    from harness.data import load_arrays
-    from harness.devices import check_jobs, pick_device
-    from harness.parallel import execute_all, show_bars
-
-    check_jobs(a.jobs)
-    missing = [f for f in a.folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not
+def table(folders: list[str], data: str, *, overrides: list[str] = (), budget: float = 1.0, download: bool = False,
+          device: str | None = None, include_heavy: bool = False, no_progress: bool = False,
+          jobs: int = 1) -> TableResult:
+    """Train what is left of `folders` (default: DEFAULT_FOLDERS, those that exist)."""
+    missing = [f for f in folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not
     if missing:
         raise SpecError(f"{missing[0]}: spec folder not found (expected a folder of .yaml specs or a spec file)")
-    runs, bad_specs = collect_runs(a.folders or DEFAULT_FOLDERS, a.overrides, a.budget, a.include_heavy)
-    arrays = load_arrays(a.data, download=a.download)
-    device = pick_device(a.device)
-    todo = plan(runs, arrays, device)
-    t0 = time.perf_counter()
-    counts = execute_all(todo, arrays, device, a.jobs, progress=show_bars(a),
-                         label=lambda r: f"{r.group}/{r.run_name}")
-    print(f"table: {len(todo)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
-          f" in {time.perf_counter() - t0:.0f}s" + (f"; {len(bad_specs)} invalid spec(s) skipped, see the "
-                                                   "error lines above" if bad_specs else ""), file=sys.stderr)
-    if not a.no_report:  # the report of this table's runs, not of whatever finished last
-        from harness.report import main as report_main
-
-        a.report_budget, a.data_id = a.budget, arrays.data_id
-        report_main(a)
-    if bad_specs:
-        return 2
-    return 0 if counts.keys() <= {"finished", "skipped"} else 1
+    folders = list(folders or DEFAULT_FOLDERS)
+    found = collect_runs([f for f in folders if Path(f).exists()], overrides, budget, include_heavy)
+    if not found.files:
+        raise SpecError(f"{' '.join(folders)}: no spec files found (expected folders of .yaml specs)")
+    for e in found.errors:
+        print(f"error: {e}", file=sys.stderr)
+    bad = len(found.errors)
+    batch = run_batch(found.runs, data, jobs, download=download, device=device, no_progress=no_progress,
+                      label=lambda r: f"{r.group}/{r.run_name}", plan=plan, title="table",
+                      note=f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else "")
+    return TableResult(2 if bad else 0 if batch.all_done else 1, batch.data_id)
