@@ -10,8 +10,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from harness.campaign import load_paper, paper_figure
 from harness.cli import main
-from harness.report import load_paper, paper_cell, paper_figure
+from harness.pages import paper_cell
 
 from .conftest import ROOT, TINY, write_spec
 
