@@ -1,7 +1,8 @@
-"""How a bench result reads: reports/bench.md, rendered by `report` from every `bench --json` line kept under
-reports/bench/, and the duration format that `bench` prints too.
+"""How a bench result reads: the table one `bench` call prints, and reports/bench.md, rendered by `report` from
+every `bench --json` line kept under reports/bench/.
 
-The page lives beside `report`, not in `bench`: `bench` measures and `report` collects, and neither needs the other.
+Both renderings of a result live here so that they show the same figures in the same units; `bench` measures and
+`report` collects, and neither needs the other.
 """
 
 from __future__ import annotations
@@ -14,6 +15,41 @@ from harness.errors import UserError
 
 def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
+
+
+def print_result(r: dict, jobs: int, threads: int, eval_every: int) -> None:
+    """The terminal table of one bench call: `jobs` runs at once in its _xN rows, `threads` CPU threads each;
+    MLflow's overhead is set against `eval_every` iterations of the fastest step."""
+    peer = r["peer"]
+    print(f"{r['date']}  {r['device']}  {r['model']} ({r['params']:,} params)  batch {r['batch_size']}, "
+          f"{r['iters']} iterations, torch {r['torch']}")
+    print(f"{'variant':<28}{'images/s':>10}{'ms/iter':>10}{'64k run':>10}{'GFLOP/s':>10}{'x loader':>10}"
+          + (f"{'x peer':>10}" if peer else "") + f"{'peak MB':>10}{'warm-up s':>10}")
+    for vname, v in r["variants"].items():
+        ratio = "-" if v["speedup_vs_dataloader"] is None else f"{v['speedup_vs_dataloader']:.2f}"
+        print(f"{vname:<28}{v['images_per_s']:>10.1f}{v['ms_per_iter']:>10.2f}"
+              f"{duration(v['projected_64k_run_s']):>10}{v['achieved_gflop_s']:>10.1f}{ratio:>10}"
+              + (f"{v['speedup_vs_peer']:>10.2f}" if peer else "") + f"{v['peak_mem_mb']:>10.0f}{v['warmup_s']:>10.1f}")
+    if peer:
+        print(f"peer: its own trainer.train() and resnet.{r['model']}() from {peer}, {r['dataloader_workers']} "
+              "DataLoader workers")
+    if jobs > 1:
+        print(f"_x{jobs} rows: {jobs} runs at once, {threads} CPU thread(s) each; images/s, GFLOP/s, "
+              f"x loader and peak MB are their total, ms/iter and the 64k run each run's")
+    if r["device"].startswith("cpu"):
+        print("peak MB: this process's resident memory high-water mark during the row (Linux; DataLoader worker "
+              "processes not counted)")
+    print(f"fp32 matmul on this device: {r['matmul_gflop_s']} GFLOP/s; one training image = "
+          f"{r['train_gflop_per_image']} GFLOP")
+    print(f"our loader alone (gather + normalize + crop/flip): {r['loader_ms_per_batch']} ms per batch = "
+          f"{r['loader_pct_of_fastest_iter']}% of the fastest iteration; the baseline's transforms: "
+          f"{r['transforms_cpu_ms_per_batch']} ms of CPU per batch")
+    if r["mlflow_log_ms_per_eval_point"] is None:
+        print("MLflow: not installed here, overhead not measured")
+        return
+    print(f"MLflow: {r['mlflow_log_ms_per_eval_point']} ms per evaluation point = "
+          f"{r['mlflow_overhead_pct']}% of step time at the paper cadence (every {eval_every} iterations); "
+          f"{r['mlflow_overhead_pct_if_logged_every_step']}% if logged every step")
 
 
 _BENCH_COLUMNS = [("images/s", "images_per_s", "{:,.1f}"), ("ms/iter", "ms_per_iter", "{:.2f}"),

@@ -86,9 +86,10 @@ def cmd_report(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from harness.bench import main
+    from harness.bench import bench
 
-    return main(a)
+    return bench(a.model, iters=a.iters, warmup=a.warmup, batch_size=a.batch_size, data=a.data, device=a.device,
+                 workers=a.workers, fast=a.compile, variants=a.variants, jobs=a.jobs, peer=a.peer, as_json=a.json)
 
 
 def build_parser() -> argparse.ArgumentParser:
