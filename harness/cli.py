@@ -92,11 +92,7 @@ def cmd_bench(a) -> int:
                  workers=a.workers, fast=a.compile, variants=a.variants, jobs=a.jobs, peer=a.peer, as_json=a.json)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Reproduce He et al. 2015 Table 6 on CIFAR-10: "
-                                "declarative specs, tracked in MLflow, resumable, tuned with Optuna.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _run_parser(sub) -> None:
     r = sub.add_parser("run", help="train specs (skips FINISHED runs, resumes killed ones)")
     _common_run_args(r)
     r.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
@@ -112,14 +108,20 @@ def build_parser() -> argparse.ArgumentParser:
     _jobs_arg(r)
     r.set_defaults(func=cmd_run)
 
+
+def _import_parser(sub) -> None:
     im = sub.add_parser("import", help="log records of `run --offline` into the MLflow store (skips FINISHED)")
     im.add_argument("records", nargs="+", help="record.json files or folders holding them")
     im.set_defaults(func=cmd_import)
 
+
+def _validate_parser(sub) -> None:
     v = sub.add_parser("validate", help="check specs without running them")
     _common_run_args(v)
     v.set_defaults(func=cmd_validate)
 
+
+def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="training throughput: DataLoader loop vs ours, MLflow overhead")
     b.add_argument("--model", default="resnet20", help="resnet20, resnet32, ... (CIFAR ResNet of that depth)")
     b.add_argument("--iters", type=int, default=10, help="timed iterations per variant")
@@ -143,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object (kept as a line of reports/bench/*.jsonl, `report` renders it)")
     b.set_defaults(func=cmd_bench)
 
+
+def _table_parser(sub) -> None:
     t = sub.add_parser("table", help="run table6 + ablations + ladder (+ tuned), skipping finished runs, then report")
     t.add_argument("folders", nargs="*", help="spec folders (default: experiments/table6 ablations ladder tuned)")
     _set_and_budget_args(t)
@@ -156,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     _jobs_arg(t)
     t.set_defaults(func=cmd_table)
 
+
+def _report_parser(sub) -> None:
     rp = sub.add_parser("report", help="write reports/ (markdown, CSV, figures) from the MLflow store")
     rp.add_argument("--out", default="reports", help="where to write; OUT/bench/*.jsonl become OUT/bench.md")
     rp.add_argument("--budget", dest="report_budget", type=float, default=None,
@@ -167,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "folder; the file name alone will do where it names one data id in the store. With no "
                          "match the error lists the budgets and data ids the store has")
     rp.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Reproduce He et al. 2015 Table 6 on CIFAR-10: "
+                                "declarative specs, tracked in MLflow, resumable, tuned with Optuna.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_run_parser, _import_parser, _validate_parser, _bench_parser, _table_parser, _report_parser):
+        add(sub)
 
     tu = sub.add_parser("tune", help="Optuna study over the LR schedule on the validation split, with pruning")
     tu.add_argument("spec", help="the spec to tune; its tune: section declares the search space")
