@@ -312,8 +312,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
 
 
 def load_specs(paths: list[str], overrides: list[str] = ()) -> tuple[list[tuple[Path, Spec]], list[str]]:
-    """Every spec under `paths` with its file, and one error line per invalid one (each once, in file order):
-    all are read before a caller acts, so a folder of specs is fixed in one pass rather than one error per call."""
+    """Each spec under `paths` with its file, and one error line per bad one: a folder is fixed in one pass."""
     specs, errors = [], []
     for path in expand_paths(paths):
         try:
