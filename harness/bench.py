@@ -1,466 +1,151 @@
 """Training throughput, side by side in one process: the usual DataLoader + transforms loop vs ours.
 
-The baseline is what the seed log and most CIFAR repositories do: per-image PIL transforms in DataLoader
-workers, a host-to-device copy per batch and `loss.item()` every step. Ours keeps the data on the device,
-augments whole batches there and never syncs inside the step. Same model, batch size and iterations. With
+The baseline (harness/baseline.py) is what the seed log and most CIFAR repositories do; ours (harness/timing.py)
+keeps the data on the device and never syncs inside the step. Same model, batch size and iterations. With
 `--peer`, a real reproduction's own loop is timed too (harness/peer.py), to show the baseline is not a straw man.
-MLflow overhead is measured on a real SQLite store: the time of one batched `log_batch` at an
-evaluation point, against the training time between two evaluation points of a paper-length run.
+One result per call: a table on the terminal, or one JSON line to keep under reports/bench/ for `report`.
 """
 
 from __future__ import annotations
 
 import json
-import platform
-import resource
 import sys
-import tempfile
 import time
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from harness.data import DeviceData, load_arrays, train_batch
+from harness import peer as peer_mod
+from harness import timing
+from harness.baseline import bench_pil_batches
+from harness.bench_view import print_result
+from harness.data import DeviceData, load_arrays
+from harness.devices import check_jobs, device_name, pick_device, thread_share
 from harness.errors import UserError
 from harness.models import build_model, count_params, train_flops_per_image
-from harness.parallel import check_jobs, thread_share
-from harness.spec import ModelSpec, Spec
-from harness.train import make_step, pick_device
+from harness.spec import ModelSpec
 
 PAPER_ITERS = 64000
 PAPER_EVAL_POINTS = 32
 BASELINES = ("dataloader", "peer")  # rows that are not our step: no _xN copies, not "the fastest step"
 
 
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+@dataclass(frozen=True)
+class Setup:
+    """What every row of one call is timed on."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    data: DeviceData  # the images on the device, for our rows
+    depth: int
+    flops: float  # training FLOPs per image of the model
+    device: torch.device
+    batch_size: int
+    iters: int
+    warmup: int
+    workers: int  # DataLoader workers of the baseline and the peer
 
 
-def _reset_peak_mem(device) -> None:
-    """Each row's own peak: on CUDA the allocator's; on Linux the process's RSS high-water mark, which writing 5
-    to /proc/self/clear_refs lowers to the current RSS (without it every CPU row showed the largest so far)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:  # not Linux, or not allowed: the figure stays the process's peak so far
-        pass
-
-
-def _peak_mem_mb(device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    # This process's peak RSS: VmHWM, since ru_maxrss of a spawned job starts at its parent's peak (Linux keeps
-    # it across fork and exec).
-    status = Path("/proc/self/status")
-    if status.exists():
-        hwm = [ln.split()[1] for ln in status.read_text().splitlines() if ln.startswith("VmHWM:")]
-        if hwm:
-            return int(hwm[0]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _fresh_model(depth: int, device, seed: int = 0):
-    torch.manual_seed(seed)
-    model = build_model(ModelSpec(arch="resnet", depth=depth)).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4,
-                          **({"foreach": True} if device.type == "cpu" else {"fused": True}))
-    return model, opt
-
-
-def pil_dataset(images: np.ndarray, labels: np.ndarray, transform):
-    """What torchvision.datasets.CIFAR10.__getitem__ does (a PIL image through `transform`), over our arrays."""
-    from PIL import Image
-    from torch.utils.data import Dataset
-
-    class PilCifar(Dataset):
-        def __len__(self):
-            return len(images)
-
-        def __getitem__(self, i):
-            return transform(Image.fromarray(images[i])), int(labels[i])
-
-    return PilCifar()
-
-
-def _pil_loader(images: np.ndarray, labels: np.ndarray, bs: int, workers: int, pin: bool):
-    """torchvision's CIFAR10 pipeline: per-image PIL transforms in DataLoader workers."""
-    import torchvision.transforms as T
-    from torch.utils.data import DataLoader
-
-    tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
-                    T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))])
-    return DataLoader(pil_dataset(images, labels, tf), batch_size=bs, shuffle=True, drop_last=True,
-                      num_workers=workers, pin_memory=pin, persistent_workers=workers > 0)
-
-
-def bench_pil_batches(images: np.ndarray, labels: np.ndarray, bs: int, n: int = 10) -> float:
-    """CPU seconds per batch of the transforms alone (no workers): what the baseline's workers must find on the
-    host's cores, beside the training step, for every batch."""
-    it = iter(_pil_loader(images, labels, bs, 0, False))
-    next(it)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        next(it)
-    return (time.perf_counter() - t0) / n
-
-
-def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth, bs, iters, warmup, device, workers):
-    loader = _pil_loader(images, labels, bs, workers, device.type == "cuda")
-    model, opt = _fresh_model(depth, device)
-    model.train()
-
-    def batches():
-        while True:
-            yield from loader
-
-    it = batches()
-    start = t0 = time.perf_counter()
-    for i in range(warmup + iters):
-        if i == warmup:
-            _sync(device)
-            t0 = time.perf_counter()
-        x, y = next(it)
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        loss.item()  # the usual per-step logging
-    _sync(device)
-    return t0 - start, time.perf_counter() - t0
-
-
-def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, before_timing=None, **fast):
-    """Our training step (train.make_step) on device-resident data; `fast` holds Spec fields such as
-    compile="reduce-overhead", dtype="bfloat16", channels_last=True. `before_timing` lets concurrent jobs start
-    their timed iterations together."""
-    spec = Spec(model=ModelSpec(arch="resnet", depth=depth), batch_size=bs, **fast)
-    model, opt = _fresh_model(depth, device)
-    model = model.to(memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
-    model.train()
-    step = make_step(model, opt, spec, device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    loss_sum = torch.zeros((), device=device)
-    n = len(data.y_train)
-    perm, pos = torch.randperm(n, device=device, generator=gen), 0
-    start = t0 = time.perf_counter()
-    for i in range(warmup + iters):
-        if i == warmup:
-            _sync(device)
-            if before_timing is not None:
-                before_timing()
-            t0 = time.perf_counter()
-        if pos + bs > n:
-            perm, pos = torch.randperm(n, device=device, generator=gen), 0
-        x, y = train_batch(data, perm[pos:pos + bs], True, gen)
-        pos += bs
-        loss, _ = step(x, y, 0.1)
-        loss_sum += loss
-    _sync(device)
-    if not torch.isfinite(loss_sum):
-        raise RuntimeError(f"bench: the loss is not finite for {fast}")
-    return t0 - start, time.perf_counter() - t0
-
-
-def _bench_data(images: np.ndarray, labels: np.ndarray, device) -> DeviceData:
-    from harness.data import Arrays, to_device
-    from harness.spec import DataSpec
-
-    arrays = Arrays(images, labels, images[:1000], labels[:1000], "bench", "bench")
-    return to_device(arrays, DataSpec(val_size=100), device, torch.float32)
-
-
-def _one_job(images, labels, depth, bs, iters, warmup, device: str, threads: int, fields: dict, barrier):
-    torch.set_num_threads(threads)
-    device = torch.device(device)
-    data = _bench_data(images, labels, device)
-    warm_s, secs = bench_ours(data, depth, bs, iters, warmup, device, before_timing=barrier.wait, **fields)
-    return warm_s, secs, _peak_mem_mb(device)
-
-
-def bench_jobs(images, labels, depth, bs, iters, warmup, device, jobs: int, fields: dict):
-    """`jobs` copies of our step at once, each in a spawned process with its share of the CPU threads (what
-    `run --jobs` does), timed together from a barrier: (warm-up s, per-job seconds, summed peak MB)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
-        barrier = manager.Barrier(jobs)
-        futures = [pool.submit(_one_job, images, labels, depth, bs, iters, warmup, str(device), thread_share(jobs),
-                               fields, barrier) for _ in range(jobs)]
-        results = [f.result() for f in futures]
-    return max(r[0] for r in results), [r[1] for r in results], sum(r[2] for r in results)
-
-
-def bench_batches(data: DeviceData, bs: int, iters: int, device) -> float:
-    """Seconds per batch of our loader alone (gather, normalize, pad-crop-flip), to show whether the step or the
-    augmentation bounds a training iteration."""
-    gen = torch.Generator(device=device).manual_seed(0)
-    n = len(data.y_train)
-    idx = [torch.randint(0, n, (bs,), device=device, generator=gen) for _ in range(iters + 2)]
-    for i in idx[:2]:
-        train_batch(data, i, True, gen)
-    _sync(device)
-    t0 = time.perf_counter()
-    for i in idx[2:]:
-        train_batch(data, i, True, gen)
-    _sync(device)
-    return (time.perf_counter() - t0) / iters
-
-
-def bench_mlflow(n_calls: int = 20) -> float | None:
-    """Mean seconds of one evaluation point's batched log (8 metrics) on a real SQLite store."""
-    import os
-
-    from harness import tracking
-
-    try:
-        import mlflow  # noqa: F401
-    except ImportError:  # e.g. on a GPU machine that trains offline (run --offline) and has no MLflow
-        return None
-    with tempfile.TemporaryDirectory() as d:
-        old = os.environ.get("MLFLOW_TRACKING_URI")
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d}/mlflow.db"
-        try:
-            c = tracking.client()
-            exp = tracking.experiment_id(c, "bench")
-            run_id = c.create_run(exp, run_name="bench").info.run_id
-            metrics = {k: 1.0 for k in ("train_loss", "train_error", "val_loss", "val_error", "test_loss",
-                                         "test_error", "lr", "images_per_s")}
-            tracking.log_metrics(c, run_id, metrics, 0)
-            total = sum(tracking.log_metrics(c, run_id, metrics, s) for s in range(1, n_calls + 1))
-            c.set_terminated(run_id)
-        finally:
-            if old is None:
-                os.environ.pop("MLFLOW_TRACKING_URI", None)
-            else:
-                os.environ["MLFLOW_TRACKING_URI"] = old
-    return total / n_calls
-
-
-def matmul_gflops(device, n: int = 2048, reps: int = 10) -> float:
-    """Achieved fp32 GEMM rate: a practical ceiling to set the step's GFLOP/s against."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
-
-
-def device_label(device) -> str:
-    if device.type == "cuda":
-        return f"cuda:{torch.cuda.get_device_name(device)}"
-    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    model = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.processor())
-    return f"cpu:{platform.machine()} {model} {torch.get_num_threads()} threads"
-
-
-def fast_variants(device) -> list[tuple[str, dict]]:
-    """The fast paths worth timing on this device: CUDA graphs exist only on CUDA; on a CPU oneDNN's convolutions
-    prefer channels_last, while bf16 there is emulated unless the cores have AMX/AVX512-BF16."""
-    if device.type == "cuda":
-        return [("ours_compiled", {"compile": True}),
-                ("ours_graphed", {"compile": "reduce-overhead"}),
-                ("ours_graphed_bf16", {"compile": "reduce-overhead", "dtype": "bfloat16", "channels_last": True})]
-    return [("ours_channels_last", {"channels_last": True}),
-            ("ours_compiled", {"compile": True}),
-            ("ours_compiled_channels_last", {"compile": True, "channels_last": True})]
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
-
-
-def main(a) -> int:
-    name = a.model.lower()
-    if not name.startswith("resnet") or not name[6:].isdigit() or (int(name[6:]) - 2) % 6:
-        raise UserError(f"--model: expected resnetN with N = 6n+2 (resnet20, resnet32, ...), got {a.model}")
-    depth = int(name[6:])
-    check_jobs(a.jobs)
-    wanted = [w for w in (a.variants or "").split(",") if w]
-    device = pick_device(a.device)
-    ours_fields = {"ours": {}, **dict(fast_variants(device))}  # variant -> Spec fields for bench_ours
+def bench(model: str = "resnet20", *, iters: int = 10, warmup: int = 3, batch_size: int = 128, data: str | None = None,
+          device: str | None = None, workers: int = 2, fast: bool = False, variants: str | None = None,
+          jobs: int = 1, peer: str | None = None, as_json: bool = False) -> int:
+    """Time the variants asked for (default: dataloader and ours; `fast` adds the compiled ones), each also as
+    `jobs` runs at once, and print the result as a table or, with `as_json`, one JSON line."""
+    depth = _depth(model)
+    check_jobs(jobs)
+    wanted = [w for w in (variants or "").split(",") if w]
+    dev = pick_device(device)
+    ours_fields = {"ours": {}, **dict(timing.fast_variants(dev))}  # variant -> Spec fields for bench_ours
     known = ["dataloader", *ours_fields]
     if unknown := [w for w in wanted if w not in known]:
-        raise UserError(f"--variants: unknown {', '.join(unknown)} on {device.type}; expected some of "
+        raise UserError(f"--variants: unknown {', '.join(unknown)} on {dev.type}; expected some of "
                         f"{', '.join(known)}")
-    peer = None
-    if a.peer:
-        from harness import peer as peer_mod
-
-        peer = peer_mod.load(a.peer, depth)
-    if a.data:
-        arr = load_arrays(a.data)
-        images, labels = arr.x_train, arr.y_train
-    else:
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8)
-        labels = rng.integers(0, 10, 10000)
-    data = _bench_data(images, labels, device)
-
-    flops = train_flops_per_image(build_model(ModelSpec(depth=depth)))
-    chosen = [v for v in known if v in wanted] if wanted else known if a.compile else ["dataloader", "ours"]
-    if peer:
+    the_peer = peer_mod.load(peer, depth) if peer else None
+    images, labels = _images(data)
+    setup = Setup(images, labels, timing.bench_data(images, labels, dev), depth,
+                  train_flops_per_image(build_model(ModelSpec(depth=depth))), dev, batch_size, iters, warmup, workers)
+    chosen = [v for v in known if v in wanted] if wanted else known if fast else ["dataloader", "ours"]
+    if the_peer:
         chosen.insert(1 if "dataloader" in chosen else 0, "peer")
+    rows = [(v, 1) for v in chosen] + [(v, jobs) for v in chosen if v not in BASELINES and jobs > 1]
+    timed = dict(_row(setup, vname, n, ours_fields.get(vname, {}), the_peer) for vname, n in rows)
+    result = _result(setup, timed, model.lower(), the_peer[2] if the_peer else None)
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print_result(result, jobs, thread_share(jobs), PAPER_ITERS // PAPER_EVAL_POINTS)
+    return 0
 
-    rows = [(v, 1) for v in chosen] + [(v, a.jobs) for v in chosen if v not in BASELINES and a.jobs > 1]
-    variants = {}
-    for vname, jobs in rows:
-        _reset_peak_mem(device)
-        label = vname if jobs == 1 else f"{vname}_x{jobs}"
-        print(f"bench: {label} ({a.iters} timed iterations after {a.warmup} warm-up)...", file=sys.stderr,
-              flush=True)
-        if vname == "dataloader":
-            warm_s, secs = bench_dataloader(images, labels, depth, a.batch_size, a.iters, a.warmup, device, a.workers)
-        elif vname == "peer":
-            warm_s, secs = peer_mod.bench_peer(peer, images, labels, a.batch_size, a.iters, a.warmup, device,
-                                               a.workers)
-        elif jobs == 1:
-            warm_s, secs = bench_ours(data, depth, a.batch_size, a.iters, a.warmup, device, **ours_fields[vname])
-        else:
-            warm_s, job_secs, mem = bench_jobs(images, labels, depth, a.batch_size, a.iters, a.warmup, device, jobs,
-                                               ours_fields[vname])
-            secs = sum(job_secs) / jobs
-        ms = 1000 * secs / a.iters
-        ips = jobs * a.iters * a.batch_size / secs  # all jobs together
-        variants[label] = {"images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),  # per run
-                           "projected_64k_run_s": round(ms * PAPER_ITERS / 1000, 1),
-                           "achieved_gflop_s": round(ips * flops / 1e9, 1),
-                           "peak_mem_mb": round(_peak_mem_mb(device) if jobs == 1 else mem, 1),  # all jobs
-                           "warmup_s": round(warm_s, 1),  # includes compiling and capturing the graphs
-                           "jobs": jobs}
+
+def _depth(model: str) -> int:
+    name = model.lower()
+    if not name.startswith("resnet") or not name[6:].isdigit() or (int(name[6:]) - 2) % 6:
+        raise UserError(f"--model: expected resnetN with N = 6n+2 (resnet20, resnet32, ...), got {model}")
+    return int(name[6:])
+
+
+def _images(data: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The training images of an .npz, or 10,000 random ones: throughput does not depend on what they show."""
+    if data:
+        arr = load_arrays(data)
+        return arr.x_train, arr.y_train
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 10000)
+
+
+def _row(s: Setup, vname: str, jobs: int, fields: dict, peer) -> tuple[str, dict]:
+    """One row, named: variant `vname` timed alone (jobs == 1) or as `jobs` runs at once, with its own peak
+    memory."""
+    timing.reset_peak_mem(s.device)
+    label = vname if jobs == 1 else f"{vname}_x{jobs}"
+    print(f"bench: {label} ({s.iters} timed iterations after {s.warmup} warm-up)...", file=sys.stderr, flush=True)
+    common = (s.depth, s.batch_size, s.iters, s.warmup, s.device)
+    if vname == "dataloader":
+        warm_s, secs = timing.bench_dataloader(s.images, s.labels, *common, s.workers)
+    elif vname == "peer":
+        warm_s, secs = peer_mod.bench_peer(peer, s.images, s.labels, s.batch_size, s.iters, s.warmup, s.device,
+                                           s.workers)
+    elif jobs == 1:
+        warm_s, secs = timing.bench_ours(s.data, *common, **fields)
+    else:
+        warm_s, job_secs, mem = timing.bench_jobs(s.images, s.labels, *common, jobs, fields)
+        secs = sum(job_secs) / jobs
+    ms = 1000 * secs / s.iters
+    ips = jobs * s.iters * s.batch_size / secs  # all jobs together
+    return label, {"images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),  # per run
+                   "projected_64k_run_s": round(ms * PAPER_ITERS / 1000, 1),
+                   "achieved_gflop_s": round(ips * s.flops / 1e9, 1),
+                   "peak_mem_mb": round(timing.peak_mem_mb(s.device) if jobs == 1 else mem, 1),  # all jobs
+                   "warmup_s": round(warm_s, 1),  # includes compiling and capturing the graphs
+                   "jobs": jobs}
+
+
+def _result(s: Setup, variants: dict[str, dict], name: str, peer_where: str | None) -> dict:
+    """The rows with their speedups, and the figures beside them: the loader alone, the baseline's transforms,
+    MLflow's overhead at the paper's cadence, a GEMM ceiling."""
     base = variants.get("dataloader", {}).get("images_per_s")
     peer_ips = variants.get("peer", {}).get("images_per_s")
     for v in variants.values():
         v["speedup_vs_dataloader"] = None if base is None else round(v["images_per_s"] / base, 2)
         if peer_ips:
             v["speedup_vs_peer"] = round(v["images_per_s"] / peer_ips, 2)
-    log_s = bench_mlflow()
+    log_s = timing.bench_mlflow()
     ours = {k: v for k, v in variants.items() if k not in BASELINES and v["jobs"] == 1} or variants
     step_s = min(v["ms_per_iter"] for v in ours.values()) / 1000  # the fastest step
-    batch_s = bench_batches(data, a.batch_size, max(a.iters, 5), device)
+    batch_s = timing.bench_batches(s.data, s.batch_size, max(s.iters, 5), s.device)
     eval_every = PAPER_ITERS // PAPER_EVAL_POINTS
-    result = {
-        "device": device_label(device), "model": name, "params": count_params(build_model(ModelSpec(depth=depth))),
-        "batch_size": a.batch_size, "iters": a.iters, "dataloader_workers": a.workers,
-        "train_gflop_per_image": round(flops / 1e9, 3), "matmul_gflop_s": round(matmul_gflops(device), 1),
-        "variants": variants, "peer": peer[2] if peer else None, "peak_mem_per_row": True,
+    return {
+        "device": device_name(s.device), "model": name, "params": count_params(build_model(ModelSpec(depth=s.depth))),
+        "batch_size": s.batch_size, "iters": s.iters, "dataloader_workers": s.workers,
+        "train_gflop_per_image": round(s.flops / 1e9, 3),
+        "matmul_gflop_s": round(timing.matmul_gflops(s.device), 1),
+        "variants": variants, "peer": peer_where, "peak_mem_per_row": True,
         "loader_ms_per_batch": round(1000 * batch_s, 3),
-        "transforms_cpu_ms_per_batch": round(1000 * bench_pil_batches(images, labels, a.batch_size), 1),
+        "transforms_cpu_ms_per_batch": round(1000 * bench_pil_batches(s.images, s.labels, s.batch_size), 1),
         "loader_pct_of_fastest_iter": round(100 * batch_s / step_s, 2),
         "mlflow_log_ms_per_eval_point": None if log_s is None else round(1000 * log_s, 2),
         "mlflow_overhead_pct": None if log_s is None else round(100 * log_s / (eval_every * step_s), 4),
         "mlflow_overhead_pct_if_logged_every_step": None if log_s is None else round(100 * log_s / step_s, 2),
         "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
     }
-    if a.json:
-        print(json.dumps(result))
-        return 0
-    print(f"{result['date']}  {result['device']}  {name} ({result['params']:,} params)  batch {a.batch_size}, "
-          f"{a.iters} iterations, torch {torch.__version__}")
-    print(f"{'variant':<28}{'images/s':>10}{'ms/iter':>10}{'64k run':>10}{'GFLOP/s':>10}{'x loader':>10}"
-          + (f"{'x peer':>10}" if peer else "") + f"{'peak MB':>10}{'warm-up s':>10}")
-    for vname, v in variants.items():
-        ratio = "-" if v["speedup_vs_dataloader"] is None else f"{v['speedup_vs_dataloader']:.2f}"
-        print(f"{vname:<28}{v['images_per_s']:>10.1f}{v['ms_per_iter']:>10.2f}"
-              f"{_duration(v['projected_64k_run_s']):>10}{v['achieved_gflop_s']:>10.1f}{ratio:>10}"
-              + (f"{v['speedup_vs_peer']:>10.2f}" if peer else "") + f"{v['peak_mem_mb']:>10.0f}{v['warmup_s']:>10.1f}")
-    if peer:
-        print(f"peer: its own trainer.train() and resnet.{name}() from {peer[2]}, {a.workers} DataLoader workers")
-    if a.jobs > 1:
-        print(f"_x{a.jobs} rows: {a.jobs} runs at once, {thread_share(a.jobs)} CPU thread(s) each; images/s, GFLOP/s, "
-              f"x loader and peak MB are their total, ms/iter and the 64k run each run's")
-    if device.type == "cpu":
-        print("peak MB: this process's resident memory high-water mark during the row (Linux; DataLoader worker "
-              "processes not counted)")
-    print(f"fp32 matmul on this device: {result['matmul_gflop_s']} GFLOP/s; one training image = "
-          f"{result['train_gflop_per_image']} GFLOP")
-    print(f"our loader alone (gather + normalize + crop/flip): {result['loader_ms_per_batch']} ms per batch = "
-          f"{result['loader_pct_of_fastest_iter']}% of the fastest iteration; the baseline's transforms: "
-          f"{result['transforms_cpu_ms_per_batch']} ms of CPU per batch")
-    if log_s is None:
-        print("MLflow: not installed here, overhead not measured")
-        return 0
-    print(f"MLflow: {result['mlflow_log_ms_per_eval_point']} ms per evaluation point = "
-          f"{result['mlflow_overhead_pct']}% of step time at the paper cadence (every {eval_every} iterations); "
-          f"{result['mlflow_overhead_pct_if_logged_every_step']}% if logged every step")
-    return 0
-
-
-_BENCH_COLUMNS = [("images/s", "images_per_s", "{:,.1f}"), ("ms/iter", "ms_per_iter", "{:.2f}"),
-                  ("64k-iteration run", "projected_64k_run_s", None),
-                  ("× DataLoader", "speedup_vs_dataloader", "{:.2f}"), ("× peer", "speedup_vs_peer", "{:.2f}"),
-                  ("GFLOP/s", "achieved_gflop_s", "{:,.1f}"), ("peak MB", "peak_mem_mb", "{:,.0f}"),
-                  ("warm-up s", "warmup_s", "{:.1f}")]
-
-
-def _bench_section(r: dict) -> list[str]:
-    g = r.get
-    about = (f"Batch {g('batch_size', '?')}, {g('iters', '?')} timed iterations, {g('dataloader_workers', '?')} "
-             f"DataLoader workers; fp32 matmul {g('matmul_gflop_s', '?')} GFLOP/s; one training image "
-             f"{g('train_gflop_per_image', '?')} GFLOP." + (f" Peer: {r['peer']}." if g("peer") else ""))
-    if r["device"].startswith("cpu") and not g("peak_mem_per_row"):
-        about += (" Peak MB of the one-run rows here is the process's largest so far, not each row's own (bench "
-                  "did not reset it then).")
-    cols = [c for c in _BENCH_COLUMNS if any(c[1] in v for v in r["variants"].values())]
-    lines = [f"### {r['model']} on {r['device']}, {g('date', '?')}, torch {g('torch', '?')}", "", about, "",
-             "| variant | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name, v in r["variants"].items():
-        cells = []
-        for _, key, fmt in cols:
-            x = v.get(key)
-            cells.append("—" if x is None else _duration(x) if key == "projected_64k_run_s" else fmt.format(x))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    extra = []
-    if g("loader_ms_per_batch") is not None:
-        extra.append(f"our loader alone {r['loader_ms_per_batch']} ms per batch "
-                     f"({r['loader_pct_of_fastest_iter']} % of the fastest iteration)")
-    if g("transforms_cpu_ms_per_batch") is not None:
-        extra.append(f"the DataLoader row's transforms {r['transforms_cpu_ms_per_batch']} ms of CPU per batch")
-    if g("mlflow_log_ms_per_eval_point") is not None:
-        extra.append(f"MLflow {r['mlflow_log_ms_per_eval_point']} ms per evaluation point "
-                     f"({r['mlflow_overhead_pct']} % of step time at the paper's cadence)")
-    if extra:
-        text = "; ".join(extra)
-        lines += ["", text[0].upper() + text[1:] + "."]
-    return lines
-
-
-def write_bench_report(out: Path) -> Path | None:
-    """<out>/bench.md from every `bench --json` line kept in <out>/bench/*.jsonl, so that the benchmark tables a
-    reader sees are rendered from the measurements, not typed. Nothing is written if a line is not bench JSON."""
-    files = sorted((out / "bench").glob("*.jsonl"))
-    if not files:
-        return None
-    lines = ["# Training throughput: `python -m harness bench` runs", "",
-             f"Rendered by `python -m harness report` from {len(files)} file(s) of `bench --json` lines under "
-             f"`{out}/bench/`, one table per bench run. Rows `<variant>_xN` are N runs at once on one device: their "
-             "images/s, GFLOP/s, × columns and peak MB are the N runs' total, ms/iter and the 64k-iteration run each "
-             "run's own. The 64k-iteration run is the projected training time of a paper-length run at that rate."]
-    for f in files:
-        lines += ["", f"## `{f.name}`"]
-        for n, raw in enumerate(f.read_text().splitlines(), 1):
-            if not raw.strip():
-                continue
-            try:
-                r = json.loads(raw)
-                lines += ["", *_bench_section(r)]
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as e:
-                what = e.msg if isinstance(e, json.JSONDecodeError) else f"{type(e).__name__}: {e}"
-                raise UserError(f"{f}:{n}: not a `bench --json` line ({what}); expected one JSON object with "
-                                "model, device and variants") from e
-    target = out / "bench.md"
-    tmp = target.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(target)
-    return target

@@ -1,11 +1,16 @@
-"""`python -m harness --help` is the map: one subcommand per job."""
+"""`python -m harness --help` is the map: one subcommand per job.
+
+Parsing only: each handler turns its flags into the typed call of one command module (run, table, report, tune,
+bench), and `table` is followed by the `report` of its own runs. A UserError from any of them is one line and
+exit code 2.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-import time
+from pathlib import Path
 
 from harness.errors import UserError
 
@@ -37,69 +42,23 @@ def _jobs_arg(p: argparse.ArgumentParser) -> None:
                         "evaluation point instead")
 
 
-def _load_all(paths, overrides, budget):
-    """Every spec is read before anything runs, and every bad one is named (one `error:` line each), so a folder
-    of specs is fixed in one pass rather than one error per call."""
-    from harness.errors import SpecError
-    from harness.spec import expand_paths, load_spec, resolve_runs
-
-    runs, errors = [], []
-    for path in expand_paths(paths):
-        try:
-            runs += resolve_runs(path, load_spec(path, overrides), budget)
-        except SpecError as e:
-            errors.append(str(e))
-    if errors:
-        raise SpecError("\nerror: ".join(dict.fromkeys(errors)))  # a bad --budget is one line, not one per spec
-    if not runs:
-        raise UserError(f"{' '.join(paths)}: no spec files found (expected .yaml files)")
-    return runs
-
-
 def cmd_validate(a) -> int:
-    runs = _load_all(a.specs, a.overrides, a.budget)
-    for r in runs:
-        s = r.spec.schedule
-        print(f"ok  {r.source_file}  {r.run_name}  {r.spec.model.arch}-{r.spec.model.depth}  "
-              f"{s.total_iters} iters, milestones {s.milestones}, batch {r.spec.batch_size}")
-    return 0
+    from harness.run import validate
+
+    return validate(a.specs, a.overrides, a.budget)
 
 
 def cmd_run(a) -> int:
-    from harness.data import load_arrays
-    from harness.parallel import check_jobs, execute_all, show_bars
-    from harness.train import pick_device
+    from harness.run import run
 
-    runs = _load_all(a.specs, a.overrides, a.budget)  # every spec is checked before anything runs
-    check_jobs(a.jobs)
-    arrays = load_arrays(a.data, download=a.download)
-    device = pick_device(a.device)
-    t0 = time.perf_counter()
-    counts = execute_all(runs, arrays, device, a.jobs, force=a.force, offline=a.offline, progress=show_bars(a),
-                         label=lambda r: f"{r.run_name} ({r.source_file})")
-    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-    print(f"{len(runs)} runs: {summary} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
-    return 0 if counts.keys() <= {"finished", "skipped"} else 1
+    return run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
+               force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs)
 
 
 def cmd_import(a) -> int:
-    from pathlib import Path
+    from harness.run import import_records
 
-    from harness.runner import import_record
-
-    records = []
-    for p in map(Path, a.records):
-        if not p.exists():
-            raise UserError(f"{p}: no such file or folder (expected record.json files from `run --offline`)")
-        records += [p] if p.is_file() else sorted(p.rglob("record.json"))
-    if not records:
-        raise UserError(f"{' '.join(a.records)}: no record.json found (expected the folder given to run --offline)")
-    counts: dict[str, int] = {}
-    for rec in records:
-        status = import_record(rec)
-        counts[status] = counts.get(status, 0) + 1
-    print(f"{len(records)} records: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), file=sys.stderr)
-    return 0
+    return import_records(a.records)
 
 
 def cmd_tune(a) -> int:
@@ -112,28 +71,31 @@ def cmd_tune(a) -> int:
 
 
 def cmd_table(a) -> int:
-    from harness.table import main
+    from harness.table import table
 
-    return main(a)
+    code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
+                          device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs)
+    if not a.no_report:  # the report of this table's runs, not of whatever finished last
+        from harness.report import report
+
+        report(Path(a.out), a.budget, data_id)
+    return code
 
 
 def cmd_report(a) -> int:
-    from harness.report import main
+    from harness.report import report
 
-    return main(a)
+    return report(Path(a.out), a.report_budget, a.data_id)
 
 
 def cmd_bench(a) -> int:
-    from harness.bench import main
+    from harness.bench import bench
 
-    return main(a)
+    return bench(a.model, iters=a.iters, warmup=a.warmup, batch_size=a.batch_size, data=a.data, device=a.device,
+                 workers=a.workers, fast=a.compile, variants=a.variants, jobs=a.jobs, peer=a.peer, as_json=a.json)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Reproduce He et al. 2015 Table 6 on CIFAR-10: "
-                                "declarative specs, tracked in MLflow, resumable, tuned with Optuna.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _run_parser(sub) -> None:
     r = sub.add_parser("run", help="train specs (skips FINISHED runs, resumes killed ones)")
     _common_run_args(r)
     r.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
@@ -149,14 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     _jobs_arg(r)
     r.set_defaults(func=cmd_run)
 
+
+def _import_parser(sub) -> None:
     im = sub.add_parser("import", help="log records of `run --offline` into the MLflow store (skips FINISHED)")
     im.add_argument("records", nargs="+", help="record.json files or folders holding them")
     im.set_defaults(func=cmd_import)
 
+
+def _validate_parser(sub) -> None:
     v = sub.add_parser("validate", help="check specs without running them")
     _common_run_args(v)
     v.set_defaults(func=cmd_validate)
 
+
+def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="training throughput: DataLoader loop vs ours, MLflow overhead")
     b.add_argument("--model", default="resnet20", help="resnet20, resnet32, ... (CIFAR ResNet of that depth)")
     b.add_argument("--iters", type=int, default=10, help="timed iterations per variant")
@@ -180,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON object (kept as a line of reports/bench/*.jsonl, `report` renders it)")
     b.set_defaults(func=cmd_bench)
 
+
+def _table_parser(sub) -> None:
     t = sub.add_parser("table", help="run table6 + ablations + ladder (+ tuned), skipping finished runs, then report")
     t.add_argument("folders", nargs="*", help="spec folders (default: experiments/table6 ablations ladder tuned)")
     _set_and_budget_args(t)
@@ -191,8 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--out", default="reports", help="where the reports go")
     _jobs_arg(t)
-    t.set_defaults(func=cmd_table, report_budget=None, data_id=None)
+    t.set_defaults(func=cmd_table)
 
+
+def _report_parser(sub) -> None:
     rp = sub.add_parser("report", help="write reports/ (markdown, CSV, figures) from the MLflow store")
     rp.add_argument("--out", default="reports", help="where to write; OUT/bench/*.jsonl become OUT/bench.md")
     rp.add_argument("--budget", dest="report_budget", type=float, default=None,
@@ -204,6 +176,14 @@ def build_parser() -> argparse.ArgumentParser:
                          "folder; the file name alone will do where it names one data id in the store. With no "
                          "match the error lists the budgets and data ids the store has")
     rp.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Reproduce He et al. 2015 Table 6 on CIFAR-10: "
+                                "declarative specs, tracked in MLflow, resumable, tuned with Optuna.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_run_parser, _import_parser, _validate_parser, _bench_parser, _table_parser, _report_parser):
+        add(sub)
 
     tu = sub.add_parser("tune", help="Optuna study over the LR schedule on the validation split, with pruning")
     tu.add_argument("spec", help="the spec to tune; its tune: section declares the search space")

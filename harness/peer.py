@@ -1,13 +1,12 @@
 """A peer reproduction's own training loop, timed beside ours (`bench --peer DIR`).
 
-Our `dataloader` row stands for what most CIFAR repositories do; this row is one of them, run as its author wrote
-it, so the ratio is against a real peer and not against our idea of one. The peer is imported from the user's
-checkout of akamaster/pytorch_resnet_cifar10 (never copied here): its `resnet.resnetN()` wrapped in
+Our `dataloader` row (harness/baseline.py) stands for what most CIFAR repositories do; this row is one of them, run
+as its author wrote it, so the ratio is against a real peer and not against our idea of one. The peer is imported
+from the user's checkout of akamaster/pytorch_resnet_cifar10 (never copied here): its `resnet.resnetN()` wrapped in
 `DataParallel`, its SGD and loss, its `trainer.train()` loop (per-step `.cuda()` copies, two `.item()` syncs, top-1
 accuracy) and its transforms (flip, pad-4 crop, ImageNet mean/std) with its DataLoader settings. Two things differ,
 both forced: the images come from our arrays (its `datasets.CIFAR10(download=True)` needs the official archive and
-the internet), and on a CPU its `.cuda()` calls are pointed at the CPU for the length of the timing.
-"""
+the internet), and on a CPU its `.cuda()` calls are pointed at the CPU for the length of the timing."""
 
 from __future__ import annotations
 
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.baseline import pil_dataset
+from harness.devices import sync
 from harness.errors import UserError
 
 URL = "https://github.com/akamaster/pytorch_resnet_cifar10"
@@ -76,8 +77,6 @@ def _loader(images: np.ndarray, labels: np.ndarray, bs: int, batches: int, worke
     import torchvision.transforms as T
     from torch.utils.data import DataLoader, RandomSampler
 
-    from harness.bench import pil_dataset
-
     tf = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, 4), T.ToTensor(),
                     T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])
     data = pil_dataset(images, labels, tf)
@@ -100,8 +99,7 @@ def bench_peer(peer, images, labels, bs: int, iters: int, warmup: int, device: t
     def count(*_):
         steps[0] += 1
         if steps[0] == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
+            sync(device)
             clock["t0"] = time.perf_counter()
 
     hook = optimizer.register_step_post_hook(count)
@@ -111,8 +109,7 @@ def bench_peer(peer, images, labels, bs: int, iters: int, warmup: int, device: t
     try:
         with _cuda_means(device), contextlib.redirect_stdout(io.StringIO()):
             trainer.train(loader, model, criterion, optimizer, 0)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
     finally:
         hook.remove()
         torch.backends.cudnn.benchmark = benchmark

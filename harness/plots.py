@@ -1,14 +1,32 @@
-"""Figures in the look of the paper's Fig. 6: thin lines for training error, bold for test/validation."""
+"""Figures in the look of the paper's Fig. 6: thin lines for training error, bold for test/validation.
+
+Drawing only: each function takes the numbers, writes one PNG and closes its figure, so that a long batch or a
+report of many pages holds no figure open. Where the numbers come from (a run's history, a campaign's runs) is
+the caller's business.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+History = list[tuple[int, float]]  # (iteration, value)
+ARCH_COLORS = {"ResNet": "C0", "plain": "C3"}
 
-def learning_curve(history: dict[str, list[tuple[int, float]]], title: str):
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def learning_curve(history: dict[str, History], title: str, path: Path) -> None:
     """history: metric name -> [(iteration, value)]; draws train (thin), val and test (bold) error."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     styles = {"train_error": dict(lw=0.8, ls="--", label="train error"),
@@ -24,5 +42,53 @@ def learning_curve(history: dict[str, list[tuple[int, float]]], title: str):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    _save(fig, path)
+
+
+def error_vs_depth(measured: dict[str, tuple[Sequence, Sequence, Sequence]],
+                   paper: tuple[Sequence, Sequence, Sequence], ylabel: str, path: Path) -> None:
+    """measured: "ResNet" or "plain" -> (depths, mean errors, stds); paper: the same for the paper's ResNets."""
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for arch, (depths, means, stds) in measured.items():
+        ax.errorbar(depths, means, yerr=stds, marker="o", color=ARCH_COLORS[arch], capsize=3,
+                    label=f"{arch} (measured)")
+    depths, means, stds = paper
+    ax.errorbar(depths, means, yerr=stds, fmt="k*--", capsize=3,
+                label="ResNet (paper: full data, 64k it; 110: mean ± std of its runs)")
+    ax.set_xlabel("depth")
+    ax.set_ylabel(ylabel)
+    ax.set_title("Error vs depth", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def fig6_curves(panels: dict[str, list[tuple[str, History, History]]], ylabel: str, path: Path) -> None:
+    """The paper's Fig. 6: panels "plain" (left) and "resnet" (right), each a list of (label, train error
+    history, test error history), one colour per line; thin dashed for train, bold for test."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
+    for ax, arch in zip(axes, ("plain", "resnet"), strict=True):
+        for i, (label, train, test) in enumerate(panels.get(arch, [])):
+            for h, lw, ls, name in ((train, 0.8, "--", None), (test, 2.0, "-", label)):
+                ax.plot([s for s, _ in h], [v for _, v in h], lw=lw, ls=ls, color=f"C{i}", label=name)
+        ax.set_title(f"{'plain' if arch == 'plain' else 'ResNet'} (thin dashed: train, bold: test)", fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    axes[0].set_ylabel(ylabel)
+    _save(fig, path)
+
+
+def ladder_bars(names: list[str], means: list[float], stds: list[float], ylabel: str, path: Path) -> None:
+    """One bar per rung (mean ± std), each rung's Δ against the one before it written above its bar."""
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=100)
+    ax.bar(range(len(names)), means, yerr=stds, capsize=4, color="C0")
+    for i in range(1, len(names)):
+        if not (math.isnan(means[i]) or math.isnan(means[i - 1])):
+            ax.annotate(f"{means[i] - means[i - 1]:+.1f}", (i, means[i]), ha="center", va="bottom",
+                        xytext=(0, 4), textcoords="offset points", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_title("Why the gap: one factor per rung (Δ vs previous rung)", fontsize=9)
+    _save(fig, path)

@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from harness import tracking
-from harness.data import Arrays, to_device
+from harness.data import Arrays, DeviceData, to_device
+from harness.devices import device_name
 from harness.errors import UserError
 from harness.plots import learning_curve
 from harness.spec import RunSpec, flatten
@@ -49,14 +50,10 @@ def run_params(run: RunSpec) -> dict[str, str]:
 
 def log_curve(c, run_id: str, title: str) -> None:
     history = {k: tracking.metric_history(c, run_id, k) for k in ("train_error", "val_error", "test_error")}
-    fig = learning_curve(history, title)
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "learning_curve.png"
-        fig.savefig(path)
+        learning_curve(history, title, path)
         c.log_artifact(run_id, str(path))
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
 
 
 def run_tags(run: RunSpec, arrays: Arrays, data_description: str, device: torch.device) -> dict[str, str]:
@@ -69,37 +66,59 @@ def run_tags(run: RunSpec, arrays: Arrays, data_description: str, device: torch.
 def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = False,
             progress: bool = True) -> str:
     """Returns 'finished', 'skipped', 'diverged' or 'failed'."""
-    from mlflow.entities import Param
-
     c = tracking.client()
     exp_id = tracking.experiment_id(c, run.group)
     spec_hash = run.spec_hash(arrays.data_id)
     ckpt = tracking.store_root() / "checkpoints" / f"{spec_hash}.pt"
-    existing = tracking.find_run(c, exp_id, spec_hash)
-    if existing is not None and not force:
-        status = existing.info.status
-        if status == "FINISHED":
-            log(f"{run.run_name}: already FINISHED in MLflow (run {existing.info.run_id}); skipped "
-                f"(--force to run again)")
-            return "skipped"
-        if existing.data.tags.get("failure") == "diverged":
-            log(f"{run.run_name}: diverged before (run {existing.info.run_id}); skipped (--force to retry)")
-            return "diverged"
-        run_id = existing.info.run_id
-        data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))
-        c.update_run(run_id, status="RUNNING")
-        where = f"iteration checkpoint {ckpt.name}" if ckpt.exists() else "the start (no checkpoint yet)"
-        log(f"{run.run_name}: resuming MLflow run {run_id} ({status}) from {where}")
+    existing = None if force else tracking.find_run(c, exp_id, spec_hash)
+    if existing is not None and (settled := _settled(run, existing)):
+        return settled
+    data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))  # only for runs that train
+    if existing is not None:
+        run_id = _resume(c, run, existing, ckpt)
     else:
-        data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))  # only for runs that train
-        ckpt.unlink(missing_ok=True)
-        r = c.create_run(exp_id, run_name=run.run_name, tags=run_tags(run, arrays, data.description, device))
-        run_id = r.info.run_id
-        c.log_batch(run_id, params=[Param(k, v) for k, v in run_params(run).items()])
-        c.log_text(run_id, resolved_yaml(run), "spec.yaml")
-        log(f"{run.run_name}: MLflow run {run_id} in experiment '{run.group}' on {device_name(device)}, "
-            f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations)")
+        run_id = _create(c, exp_id, run, arrays, data, device, ckpt)
+    return _train_and_record(c, run, run_id, data, device, ckpt, progress)
 
+
+def _settled(run: RunSpec, existing) -> str | None:
+    """'skipped' for a FINISHED run and 'diverged' for one that diverged before: neither trains again without
+    --force (a diverged recipe diverges again); None for a run to resume."""
+    if existing.info.status == "FINISHED":
+        log(f"{run.run_name}: already FINISHED in MLflow (run {existing.info.run_id}); skipped "
+            f"(--force to run again)")
+        return "skipped"
+    if existing.data.tags.get("failure") == "diverged":
+        log(f"{run.run_name}: diverged before (run {existing.info.run_id}); skipped (--force to retry)")
+        return "diverged"
+    return None
+
+
+def _resume(c, run: RunSpec, existing, ckpt: Path) -> str:
+    run_id = existing.info.run_id
+    c.update_run(run_id, status="RUNNING")
+    where = f"iteration checkpoint {ckpt.name}" if ckpt.exists() else "the start (no checkpoint yet)"
+    log(f"{run.run_name}: resuming MLflow run {run_id} ({existing.info.status}) from {where}")
+    return run_id
+
+
+def _create(c, exp_id: str, run: RunSpec, arrays: Arrays, data: DeviceData, device: torch.device, ckpt: Path) -> str:
+    """A new MLflow run with the tags, params and resolved spec that find it again; a checkpoint left by an
+    earlier run of the same spec (--force) is not resumed from."""
+    from mlflow.entities import Param
+
+    ckpt.unlink(missing_ok=True)
+    r = c.create_run(exp_id, run_name=run.run_name, tags=run_tags(run, arrays, data.description, device))
+    run_id = r.info.run_id
+    c.log_batch(run_id, params=[Param(k, v) for k, v in run_params(run).items()])
+    c.log_text(run_id, resolved_yaml(run), "spec.yaml")
+    log(f"{run.run_name}: MLflow run {run_id} in experiment '{run.group}' on {device_name(device)}, "
+        f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations)")
+    return run_id
+
+
+def _train_and_record(c, run: RunSpec, run_id: str, data: DeviceData, device: torch.device, ckpt: Path,
+                      progress: bool) -> str:
     log_seconds = [0.0]
 
     def on_eval(step: int, metrics: dict[str, float]) -> bool:
@@ -111,38 +130,18 @@ def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = Fa
     t0 = time.perf_counter()
     try:
         final, model = train(run, data, device, checkpoint=ckpt, on_eval=on_eval, progress=progress)
-    except Diverged as e:
-        c.set_tag(run_id, "failure", "diverged")
-        c.set_tag(run_id, "failure_message", str(e))
-        c.set_terminated(run_id, "FAILED")
-        log(f"{run.run_name}: FAILED, {e}")
-        return "diverged"
     except KeyboardInterrupt:
         c.set_terminated(run_id, "KILLED")
         raise
-    except UserError as e:
-        c.set_tag(run_id, "failure", "bad_input")
-        c.set_tag(run_id, "failure_message", str(e))
-        c.set_terminated(run_id, "FAILED")
-        log(f"{run.run_name}: FAILED, {e}")
-        return "failed"
     except Exception as e:  # noqa: BLE001 - recorded on the run; the batch goes on
-        c.set_tag(run_id, "failure", "error")
-        c.set_tag(run_id, "failure_message", f"{type(e).__name__}: {e}"[:5000])
-        c.set_terminated(run_id, "FAILED")
-        log(f"{run.run_name}: FAILED with {type(e).__name__}: {e}")
-        return "failed"
+        return _record_failure(c, run, run_id, e)
     wall = time.perf_counter() - t0
     summary = {"final_iteration": final["iterations"], "train_seconds": final["train_seconds"],
                "mlflow_log_seconds": log_seconds[0]}
     if "stopped_early_at" in final:
         summary["stopped_early_at"] = final["stopped_early_at"]
     tracking.log_metrics(c, run_id, summary, final["iterations"])
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "model.pt").write_bytes(buf.getvalue())
-        c.log_artifact(run_id, str(Path(d) / "model.pt"))
+    _log_model(c, run_id, model)
     log_curve(c, run_id, f"{run.run_name} ({data.description}, budget {run.budget:g})")
     c.set_terminated(run_id, "FINISHED")
     ckpt.unlink(missing_ok=True)
@@ -151,14 +150,27 @@ def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = Fa
     return "finished"
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        n = torch.cuda.device_count()
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        return f"cuda:{torch.cuda.get_device_name(device)}" + (f" (GPU {index} of {n})" if n > 1 else "")
-    import platform
+def _record_failure(c, run: RunSpec, run_id: str, e: Exception) -> str:
+    """The run ends FAILED with a `failure` tag that says why: `diverged` (not retried without --force),
+    `bad_input` (a UserError, whose message is the whole story) or `error` (anything else, named by its type)."""
+    if isinstance(e, Diverged | UserError):
+        kind, message, said = "diverged" if isinstance(e, Diverged) else "bad_input", str(e), f"FAILED, {e}"
+    else:
+        kind, message = "error", f"{type(e).__name__}: {e}"
+        said = f"FAILED with {message}"
+    c.set_tag(run_id, "failure", kind)
+    c.set_tag(run_id, "failure_message", message[:5000])
+    c.set_terminated(run_id, "FAILED")
+    log(f"{run.run_name}: {said}")
+    return "diverged" if kind == "diverged" else "failed"
 
-    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+def _log_model(c, run_id: str, model: torch.nn.Module) -> None:
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "model.pt").write_bytes(buf.getvalue())
+        c.log_artifact(run_id, str(Path(d) / "model.pt"))
 
 
 def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Path, force: bool = False,

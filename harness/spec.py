@@ -328,6 +328,17 @@ def expand_paths(paths: list[str]) -> list[Path]:
     return out
 
 
+def load_specs(paths: list[str], overrides: list[str] = ()) -> tuple[list[tuple[Path, Spec]], list[str]]:
+    """Each spec under `paths` with its file, and one error line per bad one: a folder is fixed in one pass."""
+    specs, errors = [], []
+    for path in expand_paths(paths):
+        try:
+            specs.append((path, load_spec(path, overrides)))
+        except SpecError as e:
+            errors.append(str(e))
+    return specs, list(dict.fromkeys(errors))
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     out: dict[str, object] = {}
     for k, v in d.items():

@@ -1,72 +1,31 @@
-"""`make reproduce-table`: every default spec, a plan with an ETA first, finished runs skipped, then reports.
+"""`make reproduce-table`: every default spec, a plan with an ETA first, finished runs skipped.
 
 The ETA comes from a short measured step on this device (seconds per training GFLOP) times each pending
-run's training and evaluation FLOPs, so it holds for any mix of depths and batch sizes.
+run's training and evaluation FLOPs, so it holds for any mix of depths and batch sizes. An invalid spec among the
+defaults is named and skipped rather than fatal: one typo must not hold back a day of training.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
 from harness import tracking
+from harness.batch import collect_runs, run_batch
+from harness.cost import gflops_on_data, seconds_per_gflop
 from harness.data import Arrays
 from harness.errors import SpecError
-from harness.models import build_model, train_flops_per_image
-from harness.spec import ModelSpec, RunSpec, expand_paths, load_spec, resolve_runs
+from harness.spec import RunSpec
 
 DEFAULT_FOLDERS = ("experiments/table6", "experiments/ablations", "experiments/ladder", "experiments/tuned")
 
 
-def collect_runs(folders, overrides, budget, include_heavy=False) -> tuple[list[RunSpec], list[str]]:
-    """All runs of the valid specs, and one error line per invalid spec (those are skipped, not fatal)."""
-    runs: list[RunSpec] = []
-    errors: list[str] = []
-    paths = expand_paths([f for f in folders if Path(f).exists()])
-    if not paths:
-        raise SpecError(f"{' '.join(map(str, folders))}: no spec files found (expected folders of .yaml specs)")
-    for path in paths:
-        try:
-            spec = load_spec(path, overrides)
-        except SpecError as e:
-            errors.append(str(e))
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        if spec.heavy and not include_heavy:
-            continue
-        runs += resolve_runs(path, spec, budget)
-    return runs, errors
-
-
-def seconds_per_gflop(device: torch.device) -> float:
-    """Time two ResNet-20 training steps at batch 128 after one warm-up step."""
-    torch.manual_seed(0)
-    model = build_model(ModelSpec(depth=20)).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x = torch.randn(128, 3, 32, 32, device=device)
-    y = torch.randint(0, 10, (128,), device=device)
-    t0 = 0.0
-    for i in range(3):
-        if i == 1:
-            t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    loss.item()
-    return (time.perf_counter() - t0) / 2 / (128 * train_flops_per_image(model) / 1e9)
-
-
-def run_gflops(run: RunSpec, n_val: int, n_test: int) -> float:
-    s = run.spec
-    per_image = train_flops_per_image(build_model(s.model)) / 1e9
-    dtype_cost = 2.0 if s.dtype == "float64" else 1.0
-    train = per_image * s.batch_size * s.schedule.total_iters
-    evals = per_image / 3 * (n_val + n_test) * min(s.eval_points, s.schedule.total_iters)
-    return dtype_cost * (train + evals)
+class TableResult(NamedTuple):
+    code: int  # 0 all done, 1 a run diverged or failed, 2 an invalid spec was skipped
+    data_id: str  # the data the runs trained on: which campaign a report of this table is of
 
 
 def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunSpec]:
@@ -88,37 +47,21 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
     return todo
 
 
-def gflops_on_data(run: RunSpec, arrays: Arrays) -> float:
-    """A run's training and evaluation GFLOPs with these arrays' split sizes: the weight of a run in an ETA."""
-    n = len(arrays.x_train)
-    n_val = round(n * (run.spec.data.val_fraction or 0)) or (run.spec.data.val_size or 0)
-    return run_gflops(run, n_val, len(arrays.x_test))
-
-
-def main(a) -> int:
-    from harness.data import load_arrays
-    from harness.parallel import check_jobs, execute_all, show_bars
-    from harness.train import pick_device
-
-    check_jobs(a.jobs)
-    missing = [f for f in a.folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not
+def table(folders: list[str], data: str, *, overrides: list[str] = (), budget: float = 1.0, download: bool = False,
+          device: str | None = None, include_heavy: bool = False, no_progress: bool = False,
+          jobs: int = 1) -> TableResult:
+    """Train what is left of `folders` (default: DEFAULT_FOLDERS, those that exist)."""
+    missing = [f for f in folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not
     if missing:
         raise SpecError(f"{missing[0]}: spec folder not found (expected a folder of .yaml specs or a spec file)")
-    runs, bad_specs = collect_runs(a.folders or DEFAULT_FOLDERS, a.overrides, a.budget, a.include_heavy)
-    arrays = load_arrays(a.data, download=a.download)
-    device = pick_device(a.device)
-    todo = plan(runs, arrays, device)
-    t0 = time.perf_counter()
-    counts = execute_all(todo, arrays, device, a.jobs, progress=show_bars(a),
-                         label=lambda r: f"{r.group}/{r.run_name}")
-    print(f"table: {len(todo)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) +
-          f" in {time.perf_counter() - t0:.0f}s" + (f"; {len(bad_specs)} invalid spec(s) skipped, see the "
-                                                   "error lines above" if bad_specs else ""), file=sys.stderr)
-    if not a.no_report:  # the report of this table's runs, not of whatever finished last
-        from harness.report import main as report_main
-
-        a.report_budget, a.data_id = a.budget, arrays.data_id
-        report_main(a)
-    if bad_specs:
-        return 2
-    return 0 if counts.keys() <= {"finished", "skipped"} else 1
+    folders = list(folders or DEFAULT_FOLDERS)
+    found = collect_runs([f for f in folders if Path(f).exists()], overrides, budget, include_heavy)
+    if not found.files:
+        raise SpecError(f"{' '.join(folders)}: no spec files found (expected folders of .yaml specs)")
+    for e in found.errors:
+        print(f"error: {e}", file=sys.stderr)
+    bad = len(found.errors)
+    batch = run_batch(found.runs, data, jobs, download=download, device=device, no_progress=no_progress,
+                      label=lambda r: f"{r.group}/{r.run_name}", plan=plan, title="table",
+                      note=f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else "")
+    return TableResult(2 if bad else 0 if batch.all_done else 1, batch.data_id)

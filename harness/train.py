@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from harness.data import DeviceData, normalize, train_batch
-from harness.errors import DataError, UserError
+from harness.errors import DataError
 from harness.models import build_model
 from harness.schedule import WARMUP_CHECK_EVERY, Schedule, eval_every
 from harness.spec import RunSpec, Spec
@@ -33,24 +33,6 @@ from harness.spec import RunSpec, Spec
 
 class Diverged(RuntimeError):
     """The loss became NaN or inf: the run ends as FAILED with tag failure=diverged."""
-
-
-def pick_device(name: str | None = None) -> torch.device:
-    """--device, checked here so that a typo or a missing GPU is one line before any run starts, not a CUDA
-    traceback from inside the first one."""
-    if not name:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name}: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise UserError(f"--device {name}: this machine has no CUDA GPU that PyTorch can use (use --device cpu)")
-        if device.index is not None and device.index >= n:
-            raise UserError(f"--device {name}: expected cuda:0 to cuda:{n - 1} on this machine ({n} GPU(s))")
-    return device
 
 
 def param_dtype(spec: Spec) -> torch.dtype:

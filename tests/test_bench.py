@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from harness.bench import write_bench_report
+from harness.bench_view import write_bench_report
 from harness.cli import main
 from harness.errors import UserError
 from harness.peer import _cuda_means

@@ -10,8 +10,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from harness.campaign import load_paper, paper_figure
 from harness.cli import main
-from harness.report import load_paper, paper_cell, paper_figure
+from harness.pages import paper_cell
 
 from .conftest import ROOT, TINY, write_spec
 
@@ -36,7 +37,8 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     write_spec(exp / "table6", "plain8", TINY.replace("arch: resnet", "arch: plain"))
     write_spec(exp / "table6", "resnet1202", "heavy: true\n" + TINY)  # heavy: skipped by default
     write_spec(exp / "ablations", "a_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))
-    write_spec(exp / "ablations", "fc_relu", TINY.replace("depth: 8}", "depth: 8, fc_relu: true}"))
+    write_spec(exp / "ablations", "fc_relu", "description: ReLU after the fc layer\n"
+               + TINY.replace("depth: 8}", "depth: 8, fc_relu: true}"))
     write_spec(exp / "ablations", "bad_spec", TINY.replace("depth: 8", "depth: 9"))  # skipped, reported
     write_spec(exp / "ladder", "0_seed", TINY.replace("name: sgd", "name: adam").replace("lr: 0.1", "lr: 0.001"))
 
@@ -47,6 +49,8 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert code == 2  # an invalid spec (and a diverged run): not everything finished
     assert "bad_spec.yaml: model.depth: expected 6n+2" in err
     assert "plan: 6 runs in total, 0 already done, 6 to do; ETA" in err
+    assert re.search(r"table: 6 runs: 1 diverged, 5 finished in \d+s; 1 invalid spec\(s\) skipped, see the error "
+                     r"lines above", err), err[-3000:]
     assert re.search(r"\[2/6\] \S+  \(\d+s elapsed, ~\d+(s| min| h) left at the rate so far\)", err), err[-3000:]
     c = MlflowClient()
     statuses = {}
@@ -72,7 +76,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert pd.isna(res.delta_vs_paper)  # a subset at any budget is never compared with the paper
     assert res.best_over_training_if_selected_on_test <= res.measured_mean + 1e-9
     ab = (out / "ablations.md").read_text()
-    assert "| a_diverges |" in ab and "diverged" in ab and "| fc_relu |" in ab
+    assert "| a_diverges |" in ab and "diverged" in ab and "| fc_relu | ReLU after the fc layer |" in ab
     assert "noise unknown: n=1 in this row" in ab
     lad = (out / "ladder.md").read_text()
     assert "| 0_seed |" in lad and "| paper_resnet32 |" in lad

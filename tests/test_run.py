@@ -12,7 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.parallel import worker_devices
+from harness.devices import worker_devices
 
 from .conftest import MINI, ROOT, TINY, env_with, write_spec
 from .faults import killed_after
@@ -101,10 +101,40 @@ def test_divergence_is_recorded_and_the_batch_goes_on(store, mini, capsys):
     assert by_name["a_diverges-s0"].info.status == "FAILED"
     assert by_name["a_diverges-s0"].data.tags["failure"] == "diverged"
     assert by_name["b_fine-s0"].info.status == "FINISHED"
-    assert "diverged" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "a_diverges-s0: FAILED, " in err and "2 runs: 1 diverged, 1 finished in " in err, err
     # a diverged run is not retried silently
     assert main(["run", str(bad), "--data", str(mini), "--no-progress"]) == 1
     assert len(_runs()[1]) == 2
+
+
+def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, capsys, monkeypatch):
+    """Beside divergence: a spec the data cannot serve ends `bad_input` with its one-line message, any other
+    exception `error` named by its type; each run is FAILED and the batch goes on."""
+    folder = store.parent / "experiments" / "t"
+    too_big = write_spec(folder, "a_too_big", TINY.replace("batch_size: 32", "batch_size: 5000"))
+    good = write_spec(folder, "b_fine")
+    assert main(["run", str(too_big), str(good), "--data", str(mini), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "a_too_big-s0: FAILED, batch_size: expected at most the 3661 training images" in err, err
+    assert "2 runs: 1 failed, 1 finished in " in err, err
+    by_name = {r.info.run_name: r for r in _runs()[1]}
+    bad = by_name["a_too_big-s0"]
+    assert (bad.info.status, bad.data.tags["failure"]) == ("FAILED", "bad_input")
+    assert bad.data.tags["failure_message"].startswith("batch_size: expected at most the 3661 training images")
+    assert by_name["b_fine-s0"].info.status == "FINISHED"
+
+    from harness import runner
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(runner, "train", boom)
+    assert main(["run", str(good), "--data", str(mini), "--no-progress", "--force"]) == 1
+    assert "b_fine-s0: FAILED with RuntimeError: boom" in capsys.readouterr().err
+    newest = _runs()[1][-1]
+    assert (newest.info.status, newest.data.tags["failure"], newest.data.tags["failure_message"]) == \
+        ("FAILED", "error", "RuntimeError: boom")
 
 
 def test_resnet110_style_warmup_returns_to_base_lr(store, mini):
@@ -176,10 +206,10 @@ def test_time_left_comes_from_the_batchs_own_rate_weighted_by_cost():
     """Skipped runs took no time and do not count as trained; what is left is weighted by each run's cost."""
     from types import SimpleNamespace
 
-    from harness.parallel import _Rate
+    from harness.cost import Rate
 
     small, skipped, big = SimpleNamespace(c=1.0), SimpleNamespace(c=1.0), SimpleNamespace(c=3.0)
-    rate = _Rate([small, skipped, big], cost=lambda r: r.c)
+    rate = Rate([small, skipped, big], cost=lambda r: r.c)
     assert rate.line().endswith("s elapsed")  # nothing trained yet: no guess
     rate.t0 -= 100  # as if the batch had started 100 s ago
     rate.done(skipped, "skipped")

@@ -89,6 +89,18 @@ def test_table_with_a_folder_that_is_not_there_is_an_error(tmp_path, mini, capsy
     assert not out.exists()
 
 
+def test_table_with_a_bad_budget_is_one_line_before_anything_runs(store, mini, capsys):
+    """As for `run`: the budget every spec would share is one error, and nothing trains or is written."""
+    folder = store.parent / "experiments" / "t"
+    write_spec(folder, "a", TINY)
+    write_spec(folder, "b", TINY)
+    out = store.parent / "reports"
+    assert main(["table", str(folder), "--budget", "0", "--data", str(mini), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--budget: expected a positive fraction" in err, err
+    assert not store.exists() and not out.exists()
+
+
 def test_cli_exit_code_is_really_2():
     p = subprocess.run([sys.executable, "-m", "harness", "validate", str(ROOT / "experiments/table6/resnet32.yaml"),
                         "--set", "model.depth=33"], capture_output=True, text=True, cwd=ROOT)
