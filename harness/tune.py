@@ -100,7 +100,7 @@ class Objective:
     def child_run(self, trial, description: str) -> str:
         from mlflow.entities import Param
 
-        from harness.runner import device_name
+        from harness.devices import device_name
 
         o = self.o
         child = self.c.create_run(self.exp_id, run_name=f"{o.study}-t{trial.number}", tags={
@@ -163,7 +163,7 @@ def run_worker(o: TuneOptions, arrays, left: int, seed: int) -> None:
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
-    from harness.train import pick_device
+    from harness.devices import pick_device
 
     base = load_spec(o.spec, o.overrides)
     t = base.tune or TuneSpec()
@@ -183,8 +183,7 @@ def _worker_places(device_arg: str | None, workers: int) -> list[tuple[str, dict
     several, and on a CPU the threads split between the workers (K workers on all cores each would thrash)."""
     import torch
 
-    from harness.parallel import thread_share, worker_devices
-    from harness.train import pick_device
+    from harness.devices import pick_device, thread_share, worker_devices
 
     device = pick_device(device_arg)
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0

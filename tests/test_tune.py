@@ -175,7 +175,7 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     args = ["tune", str(spec), "--study", "w", "--storage", storage, "--budget", "1", "--data", str(mini),
             "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]
     assert main(args + ["--trials", "6"]) == 0
-    from harness.parallel import thread_share
+    from harness.devices import thread_share
     from harness.study import open_storage
 
     trials = optuna.load_study(study_name="w", storage=open_storage(storage)).get_trials(deepcopy=False)
