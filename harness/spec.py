@@ -1,9 +1,10 @@
-"""Declarative experiment specs: YAML in, validated and resolved runs out.
+"""Declarative experiment specs: YAML files in, validated and resolved runs out.
 
-A spec is the single source of truth for a run. Everything that changes a result lives here, so that
-its hash (with seed, budget and data) identifies the run in MLflow for skipping and resuming. Pydantic
-rejects unknown keys because a typo ("momentun") that silently falls back to a default is exactly the
-kind of error that produces a 70 % reproduction.
+A spec is the single source of truth for a run; its sections are the models of harness.schema (re-exported here,
+where callers have always found them). This module reads spec files (one line naming file, key and what was
+expected for anything it cannot use), applies --set overrides, and resolves a spec into its runs: one per seed,
+every iteration count scaled by --budget, refused where the budget is too small for the schedule to mean what
+the spec says.
 """
 
 from __future__ import annotations
@@ -14,162 +15,22 @@ import json
 import math
 import typing
 from pathlib import Path
-from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.errors import SpecError
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class ModelSpec(_Strict):
-    arch: Literal["resnet", "plain", "torchvision_resnet34"] = "resnet"
-    depth: int = 32
-    shortcut: Literal["A", "B"] = "A"
-    bn_on_shortcut: bool = True
-    fc_relu: bool = False
-
-    @field_validator("depth")
-    @classmethod
-    def _depth_is_6n_plus_2(cls, depth, info: ValidationInfo):
-        if info.data.get("arch") in ("resnet", "plain") and (depth < 8 or (depth - 2) % 6):
-            raise ValueError("expected 6n+2 with n >= 1 for the CIFAR ResNet (8, 20, 32, 44, 56, 110, ...)")
-        return depth
-
-
-class OptimizerSpec(_Strict):
-    name: Literal["sgd", "adam"] = "sgd"
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(1e-4, ge=0)
-    nesterov: bool = False
-    betas: tuple[float, float] = (0.9, 0.999)
-
-
-class WarmupSpec(_Strict):
-    """The paper's ResNet-110 trick: a small lr until training error drops below a threshold."""
-
-    lr: float = Field(0.01, gt=0)
-    until_train_error: float = Field(80.0, gt=0, le=100)
-    max_iters: int = Field(400, ge=1)
-
-
-class ScheduleSpec(_Strict):
-    name: Literal["multistep", "plateau", "cosine"] = "multistep"
-    total_iters: int = Field(64000, ge=1)
-    milestones: list[int] = [32000, 48000]
-    gamma: float = Field(0.1, gt=0, le=1)
-    # ReduceLROnPlateau on validation loss; patience in iterations, checked at evaluation points.
-    patience: int = Field(10000, ge=0)
-    mode: Literal["min", "max"] = "min"
-    early_stopping_patience: int | None = Field(None, ge=1)
-    warmup: WarmupSpec | None = None
-    # Linear ramp of the lr from ~0 over this many iterations (used by tuning; 0 = off).
-    warmup_iters: int = Field(0, ge=0)
-
-    @field_validator("milestones")
-    @classmethod
-    def _milestones_inside_run(cls, milestones, info: ValidationInfo):
-        total = info.data.get("total_iters")
-        if sorted(milestones) != milestones:
-            raise ValueError("expected increasing iteration numbers")
-        for m in milestones:
-            if total is not None and not 0 < m < total:
-                raise ValueError(f"expected every milestone inside (0, total_iters={total}), {m} is not")
-        return milestones
-
-    @model_validator(mode="after")
-    def _warmup_inside_run(self):
-        if self.warmup_iters >= self.total_iters:
-            raise ValueError(f"warmup_iters: expected fewer than total_iters={self.total_iters}")
-        return self
-
-
-class DataSpec(_Strict):
-    val_fraction: float | None = Field(None, gt=0, lt=1)
-    val_size: int | None = Field(None, ge=1)
-    split_seed: int = 0
-    mean: Literal["per_pixel", "per_channel", "none"] = "per_pixel"
-    augment: bool = True
-    # The seed log evaluated raw images while training on mean-subtracted ones.
-    test_time_mean: bool = True
-
-    @model_validator(mode="after")
-    def _one_split_rule(self):
-        if self.val_fraction is not None and self.val_size is not None:
-            raise ValueError("val_fraction/val_size: expected one of them, got both")
-        if self.val_fraction is None and self.val_size is None:
-            self.val_fraction = 0.1
-        return self
-
-
-TuneRange = tuple[float, float]
-
-
-class TuneSpec(_Strict):
-    """Search space for `harness tune`; ranges are validated here like the rest of the spec."""
-
-    lr: TuneRange | None = (0.01, 0.5)
-    milestone_fractions: list[TuneRange] | None = [(0.3, 0.7), (0.6, 0.95)]
-    gamma: TuneRange | None = (0.05, 0.5)
-    warmup_iters: tuple[int, int] | None = None
-    families: list[Literal["multistep", "cosine", "plateau"]] = ["multistep"]
-    pruner: Literal["median", "hyperband", "none"] = "median"
-
-    @field_validator("lr", "gamma")
-    @classmethod
-    def _positive_range(cls, v):
-        if v is not None and not 0 < v[0] < v[1]:
-            raise ValueError(f"expected [low, high] with 0 < low < high, got {list(v)}")
-        return v
-
-    @field_validator("milestone_fractions")
-    @classmethod
-    def _fraction_ranges(cls, v):
-        for r in v or []:
-            if not 0 < r[0] < r[1] < 1:
-                raise ValueError(f"expected ranges [low, high] with 0 < low < high < 1, got {list(r)}")
-        return v
-
-    @field_validator("warmup_iters")
-    @classmethod
-    def _int_range(cls, v):
-        if v is not None and not 0 <= v[0] < v[1]:
-            raise ValueError(f"expected [low, high] with 0 <= low < high, got {list(v)}")
-        return v
-
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-
-
-class Spec(_Strict):
-    name: str | None = None
-    description: str = ""
-    heavy: bool = False
-    model: ModelSpec = ModelSpec()
-    optimizer: OptimizerSpec = OptimizerSpec()
-    schedule: ScheduleSpec = ScheduleSpec()
-    data: DataSpec = DataSpec()
-    batch_size: int = Field(128, ge=1)
-    seeds: list[int] = Field([0], min_length=1)
-    dtype: Literal["float32", "bfloat16", "float64"] = "float32"
-    channels_last: bool = False
-    # false: eager; true: torch.compile's default mode; "reduce-overhead" adds CUDA-graph capture of the
-    # forward and backward (static shapes; on CPU it is the default mode); "max-autotune" also tunes kernels.
-    compile: bool | str = False
-    eval_points: int = Field(32, ge=1)
-    tune: TuneSpec | None = None
-
-    @field_validator("compile", mode="before")
-    @classmethod
-    def _compile_mode(cls, v):
-        if isinstance(v, bool) or v in COMPILE_MODES:
-            return v
-        raise ValueError(f"expected true, false or one of {', '.join(COMPILE_MODES)}, got {v!r}")
+from harness.schema import (  # noqa: F401 - the spec's sections, imported from here by the rest of the harness
+    COMPILE_MODES,
+    DataSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ScheduleSpec,
+    Spec,
+    TuneRange,
+    TuneSpec,
+    WarmupSpec,
+)
 
 
 class RunSpec(BaseModel):
@@ -217,6 +78,8 @@ def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = _pretty_loc(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
+    if not err["loc"] and err["type"] == "value_error":  # a check across sections names its keys itself
+        return msg
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown key (expected one of: {', '.join(_allowed_keys(err['loc'][:-1]))})"
     got = err.get("input")
@@ -260,19 +123,33 @@ def with_overrides(spec: Spec, overrides: dict[str, object]) -> Spec:
     return Spec.model_validate(raw)
 
 
-def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"{path}: spec file not found (expected a YAML file)")
+def _read_yaml(path: Path):
+    """The YAML of a spec file, or one line saying why there is none: not text, not YAML, or no keys at all (an
+    empty or all-comment file would otherwise be the default recipe, trained without a word)."""
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} is not UTF-8); "
+                        "expected a YAML spec") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise SpecError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None or raw == {}:
+        raise SpecError(f"{path}: empty spec (no keys, only blanks or comments); expected a mapping of spec keys "
+                        "(model, optimizer, schedule, data, ...)")
     if not isinstance(raw, dict):
         raise SpecError(f"{path}: <top level>: expected a mapping of spec keys, got {type(raw).__name__}")
-    raw = copy.deepcopy(raw)
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found (expected a YAML file)")
+    raw = copy.deepcopy(_read_yaml(path))
     for o in overrides:
         apply_override(raw, o, str(path))
     try:
@@ -284,17 +161,52 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     return spec
 
 
+def require_validation(spec: Spec, path: str | Path, what: str) -> None:
+    """For a command that reads the validation split whatever the spec says (`tune`): one line if there is none."""
+    if not spec.data.has_validation:
+        raise SpecError(f"{path}: data.val_fraction: {what} reads the validation split, and this spec has none "
+                        "(0: every training image trains); expected a validation split (e.g. 0.1, the paper's 45k/5k)")
+
+
 def scale_iters(n: int, budget: float) -> int:
     return max(1, math.floor(n * budget + 0.5))
 
 
-def resolve_runs(path: str | Path, spec: Spec, budget: float) -> list[RunSpec]:
-    """Expand seeds and apply the budget to every iteration count (total, milestones, patience, warm-up)."""
-    if not budget > 0:
-        raise SpecError(f"--budget: expected a positive fraction of the paper's iterations, got {budget}")
+def _check_scaled(path: Path, spec: Spec, budget: float, total: int, milestones: list[int]) -> None:
+    """A budget whose schedule is no longer the spec's is refused before anything runs: milestones that merge or
+    leave the run, or fewer iterations than evaluation points. The budget suggested is a sufficient one: every gap
+    between milestones (and the run's ends) at least one iteration, and an iteration per evaluation point."""
+    s = spec.schedule
+    problems = []
+    if len(milestones) != len(s.milestones):
+        scaled = [math.floor(m * budget + 0.5) for m in s.milestones]
+        problems.append(f"milestones {s.milestones} of {s.total_iters} iterations become {scaled} of {total} "
+                        "(expected distinct milestones inside the run)")
+    if total < spec.eval_points:
+        if budget == 1.0:
+            raise SpecError(f"{path}: eval_points: expected at most schedule.total_iters={total}, "
+                            f"got {spec.eval_points}")
+        problems.append(f"{s.total_iters} iterations become {total}, fewer than eval_points={spec.eval_points} "
+                        "(expected an iteration per evaluation point at least)")
+    if problems:
+        gaps = [b - a for a, b in zip([0, *s.milestones], [*s.milestones, s.total_iters], strict=True)]
+        need = max(spec.eval_points / s.total_iters, 1 / min(gaps))
+        raise SpecError(f"{path}: --budget {budget:g} is too small for this schedule: {'; '.join(problems)}; "
+                        f"expected --budget {need:.2g} or more")
+
+
+def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool = True) -> list[RunSpec]:
+    """Expand seeds and apply the budget to every iteration count (total, milestones, patience, warm-up).
+    `check_budget=False` merges milestones that a small budget makes coincide instead of refusing the budget."""
+    if not (budget > 0 and math.isfinite(budget)):
+        raise SpecError(f"--budget: expected a positive fraction of the paper's iterations (a finite number), "
+                        f"got {budget}")
+    path = Path(path)
     s = spec.schedule
     total = scale_iters(s.total_iters, budget)
     milestones = sorted({scale_iters(m, budget) for m in s.milestones if scale_iters(m, budget) < total})
+    if check_budget:
+        _check_scaled(path, spec, budget, total, milestones)
     sched = s.model_copy(update={
         "total_iters": total,
         "milestones": milestones,
@@ -306,7 +218,6 @@ def resolve_runs(path: str | Path, spec: Spec, budget: float) -> list[RunSpec]:
         if s.warmup else None,
     })
     scaled = spec.model_copy(update={"schedule": sched})
-    path = Path(path)
     return [RunSpec(spec=scaled, group=path.parent.name or "default", name=spec.name or path.stem, seed=seed,
                     budget=budget, source_file=str(path)) for seed in spec.seeds]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from harness import tracking
 from harness.errors import UserError
 from harness.schedule import eval_every
-from harness.spec import RunSpec, Spec, TuneSpec, load_spec, resolve_runs, with_overrides
+from harness.spec import RunSpec, Spec, TuneSpec, load_spec, require_validation, resolve_runs, with_overrides
 from harness.study import (
     export,
     finished,
@@ -124,7 +124,8 @@ class Objective:
         from harness.train import Diverged, train
 
         spec = with_overrides(self.base, suggest(trial, self.t, self.base))
-        run: RunSpec = resolve_runs(self.o.spec, spec, self.o.budget)[0]
+        # milestones sampled close together may merge at a small budget, as they always have for trials
+        run: RunSpec = resolve_runs(self.o.spec, spec, self.o.budget, check_budget=False)[0]
         data = self.data(spec)
         child = self.child_run(trial, data.description)
 
@@ -297,6 +298,7 @@ def main(o: TuneOptions) -> int:
     # Optuna's INFO lines ("Using an existing study ...") repeat ours and would make a one-line error two lines
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = load_spec(o.spec, o.overrides)  # validates spec and its tune: section before anything starts
+    require_validation(base, o.spec, "tune")  # trials are scored on the validation split: it must have one
     if base.tune is None:
         print(f"tune: {o.spec} has no tune: section; using the default search space", file=sys.stderr)
     if o.trials < 0:
