@@ -85,12 +85,32 @@ class CifarResNet(nn.Module):
         return F.relu(x) if self.fc_relu else x
 
 
+def torchvision_resnet34(spec: ModelSpec) -> nn.Module:
+    """torchvision's ResNet-34 (the seed log's network), with the spec's stem and shortcuts honoured.
+
+    Its ImageNet stem (7x7/2 conv, 3x3/2 max-pool) leaves 8x8 maps at the first block of a 32x32 image; the CIFAR
+    stem is a 3x3/1 conv of the same 64 filters and no pool, so the stages see 32/16/8/4 maps. torchvision's
+    shortcuts are option B with BN (1x1 projection where the shape changes): option A swaps each projection for
+    the parameter-free zero-pad shortcut, and bn_on_shortcut false drops the projection's BN."""
+    model = torchvision.models.resnet34(weights=None, num_classes=10)
+    if spec.stem == "cifar":
+        model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")  # torchvision's own init
+        model.maxpool = nn.Identity()
+    for stage in (model.layer2, model.layer3, model.layer4):
+        block = stage[0]
+        if spec.shortcut == "A":
+            block.downsample = ZeroPadShortcut(block.conv1.out_channels - block.conv1.in_channels)
+        elif not spec.bn_on_shortcut:
+            block.downsample = block.downsample[0]
+    if spec.fc_relu:
+        model.fc = nn.Sequential(model.fc, nn.ReLU())
+    return model
+
+
 def build_model(spec: ModelSpec) -> nn.Module:
     if spec.arch == "torchvision_resnet34":
-        model = torchvision.models.resnet34(weights=None, num_classes=10)
-        if spec.fc_relu:
-            model.fc = nn.Sequential(model.fc, nn.ReLU())
-        return model
+        return torchvision_resnet34(spec)
     return CifarResNet(spec.depth, residual=spec.arch == "resnet", shortcut=spec.shortcut,
                        bn_on_shortcut=spec.bn_on_shortcut, fc_relu=spec.fc_relu)
 

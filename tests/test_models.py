@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from harness.models import build_model, count_params
 from harness.spec import ModelSpec
@@ -45,3 +46,34 @@ def test_he_init_is_kaiming_normal():
     w = m.blocks[10].conv1.weight
     fan_in = w.shape[1] * 9
     assert abs(w.std().item() - (2 / fan_in) ** 0.5) < 0.01
+
+
+def _first_block_maps(model, x) -> tuple[int, int]:
+    seen = []
+    handle = model.layer1.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape[2:])))
+    model(x)
+    handle.remove()
+    return seen[0]
+
+
+def test_torchvision_resnet34_stem_imagenet_or_cifar():
+    """The seed log's stem (7x7/2 + max-pool) leaves 8x8 maps at the first block; the CIFAR stem keeps 32x32."""
+    x = torch.randn(2, 3, 32, 32)
+    imagenet = build_model(ModelSpec(arch="torchvision_resnet34"))
+    cifar = build_model(ModelSpec(arch="torchvision_resnet34", stem="cifar"))
+    assert _first_block_maps(imagenet, x) == (8, 8) and _first_block_maps(cifar, x) == (32, 32)
+    assert (cifar.conv1.kernel_size, cifar.conv1.stride) == ((3, 3), (1, 1)) and isinstance(cifar.maxpool, nn.Identity)
+    assert count_params(imagenet) - count_params(cifar) == 64 * 3 * (49 - 9)  # the stem conv alone differs
+    assert cifar(x).shape == (2, 10)
+
+
+def test_torchvision_resnet34_honours_its_shortcut_options():
+    """Option B with BN is torchvision's own; A and B without BN are built as asked, never silently ignored."""
+    b_bn = build_model(ModelSpec(arch="torchvision_resnet34"))
+    b = build_model(ModelSpec(arch="torchvision_resnet34", bn_on_shortcut=False))
+    a = build_model(ModelSpec(arch="torchvision_resnet34", shortcut="A"))
+    projections = 64 * 128 + 128 * 256 + 256 * 512  # 1x1, no bias, at the first block of stages 2-4
+    assert count_params(b_bn) - count_params(b) == 2 * (128 + 256 + 512)
+    assert count_params(b) - count_params(a) == projections
+    x = torch.randn(2, 3, 32, 32)
+    assert a(x).shape == b(x).shape == (2, 10)
