@@ -30,7 +30,7 @@ import torch
 
 from harness import tracking, workers
 from harness.cost import Rate, gflops_on_data
-from harness.data import Arrays, load_arrays
+from harness.data import Arrays, check_batch_fits, load_arrays
 from harness.devices import check_jobs, pick_device, thread_share, worker_devices
 from harness.errors import SpecError
 from harness.spec import RunSpec, load_specs, resolve_runs
@@ -77,6 +77,7 @@ def run_batch(runs: list[RunSpec], data: str, jobs: int, *, download: bool = Fal
     returns on one line, so there each evaluation point gets a line of its own instead (as under --no-progress)."""
     check_jobs(jobs)
     arrays = load_arrays(data, download=download)
+    check_batch_fits(runs, arrays)  # every run's batch against its split of this data, before any MLflow run
     dev = pick_device(device)
     todo = plan(runs, arrays, dev) if plan else runs
     t0 = time.perf_counter()

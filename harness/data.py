@@ -23,6 +23,16 @@ from harness.spec import DataSpec
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 DOWNLOAD_HINT = "torchvision downloads the official archive with --data DIR where there is internet"
 
+# SHA-256 of the official CIFAR-10 test set: the bytes of x_test (10000x32x32x3 uint8, NHWC, in the archive's
+# order) followed by those of y_test as uint8; computed once from ../shared/data/cifar10-full.npz.
+OFFICIAL_TEST_SHA256 = "8193b3fbce55bec361cd1b8fd4880cb1649832dc4d6de6da1e7a21847a4843aa"
+
+
+def test_set_sha256(x_test: np.ndarray, y_test: np.ndarray) -> str:
+    h = hashlib.sha256(np.ascontiguousarray(x_test, dtype=np.uint8).tobytes())
+    h.update(np.asarray(y_test).astype(np.uint8).tobytes())
+    return h.hexdigest()
+
 
 @dataclass
 class Arrays:
@@ -32,10 +42,13 @@ class Arrays:
     y_test: np.ndarray
     data_id: str  # identity of the bytes, part of every run's hash
     source: str  # what a human reads in reports: file name or "torchvision CIFAR10"
+    # The official test set, known by its bytes (OFFICIAL_TEST_SHA256) or torchvision's md5-checked archive:
+    # ten thousand other images of the right shape are not it.
+    official_test: bool = False
 
     @property
     def is_official_full(self) -> bool:
-        return len(self.x_train) == 50000 and len(self.x_test) == 10000 and self.data_id != "bench"
+        return self.official_test and len(self.x_train) == 50000
 
 
 @lru_cache(maxsize=8)
@@ -78,9 +91,10 @@ def _load_npz(path: Path, with_test: bool = True) -> Arrays:
     _check(path, "x_train", arr["x_train"], arr["y_train"])
     _check(path, "x_test", arr["x_test"], arr["y_test"])
     st = path.stat()
+    official = len(arr["y_test"]) > 0 and test_set_sha256(arr["x_test"], arr["y_test"]) == OFFICIAL_TEST_SHA256
     return Arrays(arr["x_train"], arr["y_train"].astype(np.int64), arr["x_test"], arr["y_test"].astype(np.int64),
                   data_id=f"{path.name}:{_sha256(str(path.resolve()), st.st_size, st.st_mtime)}",
-                  source=path.name)
+                  source=path.name, official_test=official)
 
 
 def _load_torchvision(root: Path, download: bool) -> Arrays:
@@ -95,7 +109,7 @@ def _load_torchvision(root: Path, download: bool) -> Arrays:
                         f"{DOWNLOAD_HINT}") from None
     return Arrays(train.data, np.asarray(train.targets, dtype=np.int64), test.data,
                   np.asarray(test.targets, dtype=np.int64), data_id="torchvision-cifar10",
-                  source="torchvision CIFAR10 (official archive)")
+                  source="torchvision CIFAR10 (official archive)", official_test=True)  # md5-checked by torchvision
 
 
 def load_arrays(path: str | Path, download: bool = False, with_test: bool = True) -> Arrays:
@@ -109,7 +123,7 @@ def load_arrays(path: str | Path, download: bool = False, with_test: bool = True
                         f"{DOWNLOAD_HINT}")
     arrays = _load_torchvision(path, download)
     if not with_test:
-        arrays.x_test, arrays.y_test = arrays.x_test[:0], arrays.y_test[:0]
+        arrays.x_test, arrays.y_test, arrays.official_test = arrays.x_test[:0], arrays.y_test[:0], False
     return arrays
 
 
@@ -133,13 +147,41 @@ class DeviceData:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
 
 
+def val_count(n: int, spec: DataSpec) -> int:
+    """Validation images of `n` training images; 0 only where the spec asks for none (a fraction that rounds to
+    no image would silently drop validation and is refused)."""
+    n_val = spec.val_size if spec.val_size is not None else round(n * spec.val_fraction)
+    if spec.has_validation and not 0 < n_val < n:
+        key = "data.val_size" if spec.val_size is not None else f"data.val_fraction {spec.val_fraction:g}"
+        raise DataError(f"{key}: expected between 1 and {n - 1} validation images of {n} training images, "
+                        f"got {n_val}")
+    return n_val
+
+
 def split_indices(n: int, spec: DataSpec) -> tuple[np.ndarray, np.ndarray]:
     """A split that depends on split_seed only, so every seed and every spec sees the same validation set."""
-    n_val = spec.val_size if spec.val_size is not None else round(n * spec.val_fraction)
-    if not 0 < n_val < n:
-        raise DataError(f"data.val_size: expected between 1 and {n - 1} for {n} training images, got {n_val}")
+    n_val = val_count(n, spec)
     perm = np.random.default_rng(spec.split_seed).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def check_batch_fits(runs, arrays: Arrays) -> None:
+    """Every run's split and batch size against these arrays, once both are known and before any run starts: a
+    batch larger than its training split (or a split the data cannot make) is one line per spec file, and no
+    MLflow run is made for it."""
+    errors: dict[str, None] = {}
+    n = len(arrays.x_train)
+    for run in runs:
+        try:
+            n_train = n - val_count(n, run.spec.data)
+        except DataError as e:
+            errors[f"{run.source_file}: {e} in {arrays.source}"] = None
+            continue
+        if run.spec.batch_size > n_train:
+            errors[f"{run.source_file}: batch_size: expected at most the {n_train} training images of this split "
+                   f"of {arrays.source}, got {run.spec.batch_size}"] = None
+    if errors:
+        raise DataError("\nerror: ".join(errors))
 
 
 def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch.dtype) -> DeviceData:
@@ -154,12 +196,13 @@ def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch
         return torch.from_numpy(np.asarray(y, dtype=np.int64)).to(device)
 
     x_train = images(arrays.x_train[tr])
+    acc = torch.float64 if dtype == torch.float64 else torch.float32  # a float64 run is float64 throughout
     if spec.mean == "per_pixel":
-        mean = x_train.float().mean(0) / 255.0
+        mean = x_train.to(acc).mean(0) / 255.0
     elif spec.mean == "per_channel":
-        mean = (x_train.float().mean((0, 2, 3)) / 255.0).view(3, 1, 1)
+        mean = (x_train.to(acc).mean((0, 2, 3)) / 255.0).view(3, 1, 1)
     else:
-        mean = torch.zeros(3, 1, 1, device=device)
+        mean = torch.zeros(3, 1, 1, device=device, dtype=dtype)
     eval_mean = mean if spec.test_time_mean else torch.zeros_like(mean)
     desc = (f"{arrays.source} train={len(tr)} val={len(va)} test={len(arrays.x_test)}"
             f"{' (official test set)' if arrays.is_official_full else ''}")
@@ -179,7 +222,7 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     b, c, h, w = x.shape
     dev = x.device
     shifts = torch.randint(0, 2 * pad + 1, (2, b), device=dev, generator=generator)
-    flips = torch.rand(b, device=dev, generator=generator) < 0.5
+    flips = torch.rand(b, device=dev, generator=generator, dtype=x.dtype) < 0.5  # float32 draws stay as they were
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = shifts[0].view(b, 1) + torch.arange(h, device=dev)  # (b, h)
     cols = shifts[1].view(b, 1) + torch.arange(w, device=dev)  # (b, w)

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,7 @@ from harness.data import augment, load_arrays, split_indices, to_device
 from harness.errors import DataError
 from harness.spec import DataSpec
 
-from .conftest import write_spec
+from .conftest import MINI, TINY, write_spec
 
 
 def test_mini_loads_real_cifar(mini):
@@ -74,3 +76,49 @@ def test_torchvision_folder_without_download_is_refused(tmp_path):
     (tmp_path / "cifar-10-batches-py").mkdir()
     with pytest.raises(DataError, match="official md5"):
         load_arrays(tmp_path)
+
+
+def test_a_spec_can_train_on_every_training_image(mini):
+    """data.val_fraction 0 (Table 6's runs): no validation image; a fraction that rounds to none is refused."""
+    a = load_arrays(mini)
+    d = to_device(a, DataSpec(val_fraction=0), torch.device("cpu"), torch.float32)
+    assert d.sizes == {"train": 4068, "val": 0, "test": 1017} and d.x_val.shape == (0, 3, 32, 32)
+    assert "train=4068 val=0" in d.description
+    assert len(split_indices(50000, DataSpec(val_size=0))[1]) == 0
+    with pytest.raises(DataError, match="data.val_fraction 0.0001: expected between 1 and 4067 validation images"):
+        split_indices(4068, DataSpec(val_fraction=0.0001))
+
+
+def test_a_batch_larger_than_the_training_split_is_refused_before_any_run(store, mini, capsys):
+    """Known once spec and data are: one line per spec, exit 2, and no MLflow run (it made FAILED ones)."""
+    folder = store.parent / "experiments" / "t"
+    big = write_spec(folder, "big", TINY.replace("batch_size: 32", "batch_size: 3662"))
+    write_spec(folder, "fits", TINY.replace("batch_size: 32", "batch_size: 3661"))  # 4068 - 407 images
+    for argv in (["run", str(folder)], ["table", str(folder), "--no-report"]):
+        assert main([*argv, "--data", str(mini), "--no-progress"]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert lines[-1] == (f"error: {big}: batch_size: expected at most the 3661 training images of this split of "
+                             "cifar10-mini.npz, got 3662"), lines
+        assert not store.exists()
+
+
+def test_the_official_test_set_is_known_by_its_bytes_not_its_size(tmp_path, mini):
+    """10,000 images of the right shape are not CIFAR-10's test set; its checksum says which are. Full training
+    data (50,000 images) with it is what a run calls 'CIFAR-10 test error'."""
+    assert not load_arrays(mini).official_test
+    full = MINI.parent / "cifar10-full.npz"
+    if not full.is_file():
+        pytest.skip(f"{full} is not on this machine")
+    with np.load(full) as z:
+        x_test, y_test = z["x_test"], z["y_test"]
+    x_train, y_train = np.zeros((10, 32, 32, 3), np.uint8), np.zeros(10, np.uint8)
+    np.savez(tmp_path / "copy.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test)
+    y_other = y_test.copy()
+    y_other[0] = (y_other[0] + 1) % 10  # one label changed
+    np.savez(tmp_path / "other.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_other)
+    copy, other = load_arrays(tmp_path / "copy.npz"), load_arrays(tmp_path / "other.npz")
+    assert copy.official_test and not other.official_test and len(other.x_test) == 10000
+    all_train = np.zeros((50000, 32, 32, 3), np.uint8)
+    assert dataclasses.replace(copy, x_train=all_train).is_official_full and not copy.is_official_full
+    assert not dataclasses.replace(other, x_train=all_train).is_official_full  # sizes alone counted as official
+    assert not load_arrays(tmp_path / "copy.npz", with_test=False).official_test  # tuning reads no test set
