@@ -32,8 +32,13 @@ def log(msg: str) -> None:
 
 def log_eval_point(run: RunSpec, step: int, metrics: dict[str, float]) -> None:
     """One line per evaluation point where there is no progress bar (--no-progress, --jobs, a GPU log)."""
-    log(f"{run.run_name} it {step}: train_loss {metrics['train_loss']:.3f} val_error {metrics['val_error']:.2f}% "
+    log(f"{run.run_name} it {step}: train_loss {metrics['train_loss']:.3f}{_val(metrics)} "
         f"{metrics['images_per_s']:.0f} img/s")
+
+
+def _val(metrics: dict) -> str:
+    """' val_error X%', or nothing for a run without a validation split (data.val_fraction 0)."""
+    return f" val_error {metrics['val_error']:.2f}%" if "val_error" in metrics else ""
 
 
 def resolved_yaml(run: RunSpec) -> str:
@@ -129,7 +134,8 @@ def _train_and_record(c, run: RunSpec, run_id: str, data: DeviceData, device: to
 
     t0 = time.perf_counter()
     try:
-        final, model = train(run, data, device, checkpoint=ckpt, on_eval=on_eval, progress=progress)
+        final, model = train(run, data, device, checkpoint=ckpt, on_eval=on_eval, progress=progress,
+                             on_restart=lambda line: c.set_tag(run_id, "checkpoint_restart", line))
     except KeyboardInterrupt:
         c.set_terminated(run_id, "KILLED")
         raise
@@ -140,13 +146,15 @@ def _train_and_record(c, run: RunSpec, run_id: str, data: DeviceData, device: to
                "mlflow_log_seconds": log_seconds[0]}
     if "stopped_early_at" in final:
         summary["stopped_early_at"] = final["stopped_early_at"]
+    if "warmup_ended_by" in final:  # "cap": the safety cap, not the training error, ended the ResNet-110 warm-up
+        c.set_tag(run_id, "warmup_ended_by", f"{final['warmup_ended_by']} at iteration {final['warmup_ended_at']}")
     tracking.log_metrics(c, run_id, summary, final["iterations"])
     _log_model(c, run_id, model)
     log_curve(c, run_id, f"{run.run_name} ({data.description}, budget {run.budget:g})")
     c.set_terminated(run_id, "FINISHED")
     ckpt.unlink(missing_ok=True)
-    log(f"{run.run_name}: FINISHED in {wall:.0f}s: test_error {final.get('test_error', float('nan')):.2f}% "
-        f"val_error {final['val_error']:.2f}% ({data.description}, budget {run.budget:g})")
+    log(f"{run.run_name}: FINISHED in {wall:.0f}s: test_error {final.get('test_error', float('nan')):.2f}%"
+        f"{_val(final)} ({data.description}, budget {run.budget:g})")
     return "finished"
 
 

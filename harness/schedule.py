@@ -37,7 +37,8 @@ class Schedule:
     step at evaluation points inside the ResNet-110 warm-up. Early stopping reads the same validation losses.
     """
 
-    STATE = ("warmup_done", "plateau_lr", "plateau_best", "plateau_bad", "best_val_loss", "best_val_iter")
+    STATE = ("warmup_done", "plateau_lr", "plateau_best", "plateau_bad", "best_val_loss", "best_val_iter",
+             "warmup_ended_by", "warmup_ended_at")
 
     def __init__(self, s: ScheduleSpec, base_lr: float, every: int):
         if s.name == "plateau" and s.gamma >= 1.0:
@@ -50,6 +51,8 @@ class Schedule:
         self.plateau_bad = 0
         self.best_val_loss = math.inf
         self.best_val_iter = 0
+        self.warmup_ended_by: str | None = None  # "train_error" or "cap" (warmup.max_iters), once it has ended
+        self.warmup_ended_at: int | None = None
 
     def warming(self, it: int) -> bool:
         """Whether iteration `it` (0-based) runs at the ResNet-110 warm-up lr."""
@@ -75,6 +78,15 @@ class Schedule:
         the warm-up ends."""
         if error < self.s.warmup.until_train_error:
             self.warmup_done = True
+
+    def warmup_ended(self, it: int) -> bool:
+        """After iteration `it` (1-based count) ran at the warm-up lr: whether the warm-up ends there, and by what,
+        the training error or the safety cap. The cap is a guard, not the paper's rule, so ending by it is
+        recorded for the run to report."""
+        if self.warming(it):
+            return False
+        self.warmup_ended_by, self.warmup_ended_at = ("train_error" if self.warmup_done else "cap"), it
+        return True
 
     def observe_eval(self, it: int, val_loss: float, warming: bool) -> bool:
         """The validation loss at evaluation point `it`; `warming` says whether the iteration before it ran at the
@@ -108,5 +120,5 @@ class Schedule:
         return {k: getattr(self, k) for k in self.STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        for k in self.STATE:
-            setattr(self, k, state[k])
+        for k in self.STATE:  # a checkpoint from before the warm-up's end was recorded has no warmup_ended_*
+            setattr(self, k, state[k] if k in state or not k.startswith("warmup_ended") else None)

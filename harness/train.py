@@ -7,23 +7,25 @@ few iterations to check the training error), so the step never waits on a sync.
 Decisions (plateau lr drops, early stopping, the warm-up's end) read training or validation numbers only;
 they live in harness.schedule, so this module is the loop and the small pieces it is made of. The test set
 is evaluated at evaluation points for the curves of the paper's Fig. 6, and the reported test error is the
-one at the last iteration.
+one at the last iteration. A spec without a validation split (Table 6's, on all 50k training images) has
+training and test numbers only, and no decision that reads validation (the spec refuses those). Checkpoints,
+and what happens when one is damaged, are harness.checkpoint.
 """
 
 from __future__ import annotations
 
 import math
-import os
+import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from harness.checkpoint import LoopState, load_checkpoint, prev_path, restore, save_checkpoint
 from harness.data import DeviceData, normalize, train_batch
 from harness.errors import DataError
 from harness.models import build_model
@@ -36,7 +38,8 @@ class Diverged(RuntimeError):
 
 
 def param_dtype(spec: Spec) -> torch.dtype:
-    """Weights and inputs: float64 for the seed-log ablation, else float32 (bf16 is autocast, not storage)."""
+    """Weights, inputs, mean and loss: float64 for the seed-log setup, else float32 (bf16 is autocast, not
+    storage: its logits go to float32 for the loss)."""
     return torch.float64 if spec.dtype == "float64" else torch.float32
 
 
@@ -75,12 +78,12 @@ def make_step(model: torch.nn.Module, opt: torch.optim.Optimizer, spec: Spec, de
     kernels is what bounds a batch-128 ResNet step on a GPU). The optimizer is the fused (CUDA) or foreach
     (CPU) SGD: a handful of kernels for all parameters. Nothing here reads a value back to the host.
     """
-    autocast = autocast_for(spec, device)
+    autocast, loss_dtype = autocast_for(spec, device), param_dtype(spec)
 
     def forward_loss(x, y):
         with autocast():
             logits = model(x)
-        return F.cross_entropy(logits.float(), y), (logits.argmax(1) != y).sum()
+        return F.cross_entropy(logits.to(loss_dtype), y), (logits.argmax(1) != y).sum()
 
     mode = compile_mode(spec)
     fwd = torch.compile(forward_loss, mode=mode) if mode else forward_loss
@@ -117,7 +120,7 @@ def evaluate(model, x_uint8, y, mean, dtype, autocast, batch_size: int = 1000) -
         xb = normalize(x_uint8[i:i + batch_size], mean, dtype)
         with autocast():
             logits = model(xb)
-        loss += F.cross_entropy(logits.float(), y[i:i + batch_size], reduction="sum").double()
+        loss += F.cross_entropy(logits.to(dtype), y[i:i + batch_size], reduction="sum").double()
         wrong += (logits.argmax(1) != y[i:i + batch_size]).sum()
     model.train(was_training)
     n = max(len(y), 1)
@@ -191,58 +194,15 @@ class Progress:
         self.bar.update(1)
 
     def show(self, m: dict[str, float]) -> None:
-        self.bar.set_postfix(loss=f"{m['train_loss']:.3f}", lr=f"{m['lr']:.3g}", val_err=f"{m['val_error']:.1f}",
+        err = {"val_err": f"{m['val_error']:.1f}"} if "val_error" in m else {"test_err": f"{m['test_error']:.1f}"}
+        self.bar.set_postfix(loss=f"{m['train_loss']:.3f}", lr=f"{m['lr']:.3g}", **err,
                              img_s=f"{m['images_per_s']:.0f}")
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stderr)
 
     def close(self) -> None:
         self.bar.close()
-
-
-@dataclass
-class LoopState:
-    """Where the loop is in the data: with the weights, the schedule and the RNGs, what a bit-exact resume needs."""
-
-    it: int = 0
-    perm: torch.Tensor | None = None
-    pos: int = 0
-    train_seconds: float = 0.0
-
-
-def save_checkpoint(path: Path, model, opt, sched: Schedule, gen: torch.Generator, st: LoopState) -> None:
-    """Weights, optimizer, schedule, both RNGs and the loop's place: all that the next iteration depends on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
-                "generator": gen.get_state(), "cpu_rng": torch.get_rng_state(), "loop": st.__dict__}, tmp)
-    os.replace(tmp, path)  # atomic: a kill leaves the old checkpoint or the new one, never half of one
-
-
-LEGACY_LOOP_KEYS = ("warmup_done", "plateau_lr", "best_val_loss", "best_val_iter")
-
-
-def _schedule_state(ck: dict) -> dict:
-    """The schedule's state; a checkpoint written before the Schedule object kept it in the loop's dict and in
-    torch's ReduceLROnPlateau, and a run killed then still resumes."""
-    if "schedule" in ck:
-        return ck["schedule"]
-    plateau = ck.get("plateau") or {}
-    state = {k: ck["loop"].pop(k) for k in LEGACY_LOOP_KEYS}
-    state.update(plateau_best=plateau.get("best", math.inf), plateau_bad=plateau.get("num_bad_epochs", 0))
-    return state
-
-
-def load_checkpoint(path: Path, model, opt, sched: Schedule, gen: torch.Generator) -> LoopState:
-    """Puts model, optimizer, schedule and RNGs back as save_checkpoint found them; returns the loop's place."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    sched.load_state_dict(_schedule_state(ck))
-    gen.set_state(ck["generator"])
-    torch.set_rng_state(ck["cpu_rng"])
-    st = LoopState(**ck["loop"])
-    if st.perm is not None:
-        st.perm = st.perm.to(gen.device)
-    return st
 
 
 def next_batch(st: LoopState, data: DeviceData, spec: Spec, gen: torch.Generator):
@@ -270,22 +230,49 @@ def fresh_model(run: RunSpec, device: torch.device) -> tuple[torch.nn.Module, to
 EvalHook = Callable[[int, dict[str, float]], bool]  # (iteration, metrics) -> stop now?
 
 
+def _start(run: RunSpec, device: torch.device, checkpoint: Path | None, every: int,
+           on_restart: Callable[[str], None] | None):
+    """Weights, optimizer, schedule and data RNG of a fresh run, put back where the checkpoint left them: X.pt, its
+    predecessor where it is damaged, or iteration 0 where neither loads (harness.checkpoint.restore says which)."""
+
+    def fresh():
+        model, opt = fresh_model(run, device)
+        gen = torch.Generator(device=device)
+        gen.manual_seed(run.seed)
+        return model, opt, Schedule(run.spec.schedule, run.spec.optimizer.lr, every), gen
+
+    model, opt, sched, gen = fresh()
+    st = restore(checkpoint, lambda p: load_checkpoint(p, model, opt, sched, gen), on_restart) if checkpoint \
+        else LoopState()
+    if st is None:  # a file that failed half-way through loading may have left part of its state behind
+        (model, opt, sched, gen), st = fresh(), LoopState()
+    return model, opt, sched, gen, st
+
+
+def warmup_line(run: RunSpec, sched: Schedule) -> str:
+    """How the ResNet-110 warm-up ended: by the paper's rule, or by the safety cap (which the paper does not have)."""
+    w, it = run.spec.schedule.warmup, sched.warmup_ended_at
+    if sched.warmup_ended_by == "cap":
+        return (f"{run.run_name}: warm-up (lr {w.lr:g}) ended by its cap warmup.max_iters={w.max_iters} at iteration "
+                f"{it}: the training error was not yet below {w.until_train_error:g}%")
+    return (f"{run.run_name}: warm-up (lr {w.lr:g}) ended at iteration {it}: training error below "
+            f"{w.until_train_error:g}%")
+
+
 def train(run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path | None = None,
-          on_eval: EvalHook | None = None, progress: bool = True,
-          evaluate_test: bool = True) -> tuple[dict[str, float], torch.nn.Module]:
-    """Train one run; resumes from `checkpoint` if it exists. Returns the last evaluation and the model."""
+          on_eval: EvalHook | None = None, progress: bool = True, evaluate_test: bool = True,
+          on_restart: Callable[[str], None] | None = None) -> tuple[dict[str, float], torch.nn.Module]:
+    """Train one run; resumes from `checkpoint` if it exists (`on_restart` hears of a damaged one: the line saying
+    where the run went on from instead). Returns the last evaluation and the model. Without a validation split,
+    evaluation points measure training and test numbers only; with `evaluate_test` false, no test numbers."""
     spec, s = run.spec, run.spec.schedule
     if spec.batch_size > len(data.y_train):
         raise DataError(f"batch_size: expected at most the {len(data.y_train)} training images of this split, "
                         f"got {spec.batch_size}")
-    model, opt = fresh_model(run, device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(run.seed)
     every = eval_every(s.total_iters, spec.eval_points)
-    sched, st = Schedule(s, spec.optimizer.lr, every), LoopState()
-    if checkpoint and checkpoint.exists():
-        st = load_checkpoint(checkpoint, model, opt, sched, gen)
-    splits = ("val", "test") if evaluate_test else ("val",)
+    model, opt, sched, gen, st = _start(run, device, checkpoint, every, on_restart)
+    has_val = int(len(data.y_val) > 0)
+    splits = ("val",) * has_val + ("test",) * evaluate_test
     step = make_step(model, opt, spec, device)
     last: dict[str, float] = {}
     model.train()
@@ -300,14 +287,17 @@ def train(run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path
         bar.tick()
         if warming and st.it % WARMUP_CHECK_EVERY == 0:
             sched.observe_train_error(meter.window_error(st.it))
+        if warming and sched.warmup_ended(st.it):
+            bar.write(warmup_line(run, sched))
         if st.it % every and st.it != s.total_iters:
             continue
         train_loss, elapsed = meter.read(st.it)
         st.train_seconds += elapsed
         last = {"train_loss": train_loss, "train_error": meter.train_error(),
-                **measure(model, data, spec, device, splits[:1]), "lr": lr, "images_per_s": meter.seen / elapsed}
-        last.update(measure(model, data, spec, device, splits[1:]))
-        stop = sched.observe_eval(st.it, last["val_loss"], warming)
+                **measure(model, data, spec, device, splits[:has_val]), "lr": lr,
+                "images_per_s": meter.seen / elapsed}
+        last.update(measure(model, data, spec, device, splits[has_val:]))
+        stop = has_val and sched.observe_eval(st.it, last["val_loss"], warming)
         bar.show(last)
         if on_eval is not None and on_eval(st.it, last):
             stop = True
@@ -320,6 +310,10 @@ def train(run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path
     bar.close()
     if not last:  # killed after the final checkpoint: the weights are final, measure them again
         last = measure(model, data, spec, device, splits)
+    if checkpoint:  # the run is done: its last checkpoint stays until the caller has recorded it, the one before not
+        prev_path(checkpoint).unlink(missing_ok=True)
+    if sched.warmup_ended_by:
+        last.update(warmup_ended_by=sched.warmup_ended_by, warmup_ended_at=sched.warmup_ended_at)
     last["iterations"] = st.it
     last["train_seconds"] = st.train_seconds
     return last, model

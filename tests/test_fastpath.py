@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
-from harness.data import load_arrays, to_device
+from harness.data import load_arrays, to_device, train_batch
 from harness.spec import Spec, resolve_runs
-from harness.train import param_dtype, train
+from harness.train import autocast_for, evaluate, fresh_model, make_step, param_dtype, train
 
 BASE = {"model": {"arch": "resnet", "depth": 8},
         "schedule": {"name": "multistep", "milestones": [4], "total_iters": 6},
@@ -43,3 +45,36 @@ def test_channels_last_matches_contiguous(mini):
     a, _, _ = _losses(mini)
     b, _, _ = _losses(mini, channels_last=True)
     assert b == pytest.approx(a, rel=1e-3)
+
+
+class FloatDtypes(TorchDispatchMode):
+    """Every operator that produces a floating-point tensor, by the dtypes it produced."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: dict[torch.dtype, set[str]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.is_floating_point():
+                self.ops.setdefault(t.dtype, set()).add(str(func))
+        return out
+
+
+def test_float64_is_float64_throughout_the_step(mini):
+    """The seed log's float64: the mean, the normalised and augmented batch, forward, loss, backward, optimizer
+    and evaluation make no float32 tensor (the loss was float32, and so were the mean and the flip draws)."""
+    spec = Spec.model_validate({**BASE, "dtype": "float64", "batch_size": 8})
+    run = resolve_runs("experiments/t/x.yaml", spec, 1.0)[0]
+    cpu = torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    model, opt = fresh_model(run, cpu)  # built in float32 by torch.nn, then cast: no part of a step
+    step = make_step(model, opt, spec, cpu)
+    with FloatDtypes() as seen:
+        data = to_device(load_arrays(mini), spec.data, cpu, param_dtype(spec))
+        for _ in range(2):
+            step(*train_batch(data, torch.arange(8), True, gen), 0.1)
+        evaluate(model, data.x_val[:16], data.y_val[:16], data.eval_mean, torch.float64, autocast_for(spec, cpu))
+    assert set(seen.ops) == {torch.float64}, {str(k): sorted(v)[:5] for k, v in seen.ops.items()}
+    assert {"aten._log_softmax.default", "aten.mean.dim"} <= seen.ops[torch.float64]
