@@ -136,14 +136,18 @@ def ready(model: torch.nn.Module) -> torch.nn.Module:
     return model.cpu().eval()
 
 
-def log_final_model(run_id: str, model: torch.nn.Module) -> float:
-    """The final weights as the run's MLflow PyTorch model, `runs:/<run_id>/model`; returns the seconds it took."""
+def log_final_model(c, run_id: str, model: torch.nn.Module) -> float:
+    """The final weights as the run's MLflow PyTorch model, `runs:/<run_id>/model`; returns the seconds it took.
+    The logged model is made in the run's experiment first: left to itself, log_model puts it in the process's
+    active experiment (Default), where `runs:/` does not look for it."""
     import mlflow.pytorch
 
     t0 = time.perf_counter()
     model = ready(model)
+    made = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=MODEL_NAME, source_run_id=run_id)
     with pickle_chosen():
-        mlflow.pytorch.log_model(model, name=MODEL_NAME, run_id=run_id, **_model_kwargs(model))
+        mlflow.pytorch.log_model(model, name=MODEL_NAME, run_id=run_id, model_id=made.model_id,
+                                 **_model_kwargs(model))
     return time.perf_counter() - t0
 
 
@@ -161,8 +165,8 @@ def save_final_model(path: Path, model: torch.nn.Module) -> None:
     os.replace(tmp, path)
 
 
-def import_final_model(run_id: str, path: Path) -> None:
+def import_final_model(c, run_id: str, path: Path) -> None:
     """Log an offline run's saved MLflow model on its imported run, as `execute` logs a model."""
     import mlflow.pytorch
 
-    log_final_model(run_id, mlflow.pytorch.load_model(str(path)))
+    log_final_model(c, run_id, mlflow.pytorch.load_model(str(path)))

@@ -146,7 +146,7 @@ def _train_and_record(c, run: RunSpec, run_id: str, data: DeviceData, device: to
                "mlflow_log_seconds": log_seconds[0]}
     if "stopped_early_at" in final:
         summary["stopped_early_at"] = final["stopped_early_at"]
-    summary["model_log_seconds"] = mlflow_inputs.log_final_model(run_id, model)
+    summary["model_log_seconds"] = mlflow_inputs.log_final_model(c, run_id, model)
     tracking.log_metrics(c, run_id, summary, final["iterations"])
     log_curve(c, run_id, f"{run.run_name} ({data.description}, budget {run.budget:g})")
     c.set_terminated(run_id, "FINISHED")
@@ -259,7 +259,7 @@ def import_record(record_path: Path) -> str:
     c.log_text(run_id, rec["spec_yaml"], "spec.yaml")
     mlflow_inputs.log_run_inputs(c, run_id, rec.get("dataset"))
     if (record_path.parent / mlflow_inputs.MODEL_NAME / "MLmodel").exists():
-        mlflow_inputs.import_final_model(run_id, record_path.parent / mlflow_inputs.MODEL_NAME)
+        mlflow_inputs.import_final_model(c, run_id, record_path.parent / mlflow_inputs.MODEL_NAME)
     if rec["status"] == "FINISHED":
         log_curve(c, run_id, f"{rec['run_name']} ({tags['data']}, budget {tags['budget']})")
     else:
