@@ -32,6 +32,17 @@ def known_experimental():
         yield
 
 
+@contextmanager
+def known_plot_warnings():
+    """Optuna 5's plots warn where a small study cannot fill them: PED-ANOVA importance (its default evaluator) with
+    a parameter regime of fewer than 2 trials, and matplotlib expanding equal y limits (a history of one value).
+    The plot is still drawn; these two, matched by message, are silenced around the plots only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Some regimes for parameter .* have less than \d+ trials", UserWarning)
+        warnings.filterwarnings("ignore", r"Attempting to set identical low and high ylims", UserWarning)
+        yield
+
+
 def storage_file(url: str) -> Path | None:
     """The file of a `journal:PATH` or `sqlite:///PATH` storage (opening it creates it), else None."""
     if url.startswith("journal:"):

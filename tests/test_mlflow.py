@@ -27,6 +27,8 @@ from harness.train import evaluate, param_dtype
 from .conftest import MINI, ROOT, TINY, env_with, write_spec
 
 DEAD = "http://127.0.0.1:1"  # nothing listens on port 1
+FAST = TINY.replace("milestones: [8, 10], total_iters: 12", "milestones: [4, 5], total_iters: 6").replace(
+    "eval_points: 4", "eval_points: 2")
 
 
 @pytest.mark.parametrize("command", ["run", "table", "tune", "report", "import"])
@@ -106,8 +108,8 @@ def _test_error_of_logged_model(run_id: str, spec_path) -> float:
 
 
 def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(store, mini, tmp_path, capsys):
-    spec = write_spec(tmp_path / "experiments" / "table6", "tiny", "description: depth 8, a test\n" + TINY)
-    other = write_spec(tmp_path / "experiments" / "ablations", "tiny_offline", TINY.replace("[0]", "[1]"))
+    spec = write_spec(tmp_path / "experiments" / "table6", "tiny", "description: depth 8, a test\n" + FAST)
+    other = write_spec(tmp_path / "experiments" / "ablations", "tiny_offline", FAST.replace("[0]", "[1]"))
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
     assert main(["run", str(other), "--data", str(mini), "--no-progress", "--offline", str(tmp_path / "rec")]) == 0
     assert main(["import", str(tmp_path / "rec")]) == 0
