@@ -118,13 +118,17 @@ def _check_server(uri: str, timeout: float) -> None:
 def _check_database(uri: str, scheme: str, timeout: float) -> None:
     import sqlalchemy
 
-    if scheme == "sqlite":
-        store_root(uri).mkdir(parents=True, exist_ok=True)
+    if scheme == "sqlite" and (db := sqlite_file(uri)) is not None and not db.exists():  # checking creates nothing
+        near = next(p for p in (db.parent, *db.parent.parents) if p.exists())
+        if not os.access(near, os.W_OK):
+            raise UserError(f"MLFLOW_TRACKING_URI={uri}: {near} is not writable (expected a folder the SQLite store "
+                            "can be created in)")
+        return
     args = {"connect_timeout": int(timeout)} if scheme in ("postgresql", "mysql") else {}
     engine = sqlalchemy.create_engine(uri, connect_args=args)
     try:
-        with engine.connect():
-            pass
+        with engine.connect() as conn:
+            sqlalchemy.inspect(conn).get_table_names()  # reads the schema: a file that is no database fails here
     finally:
         engine.dispose()
 
