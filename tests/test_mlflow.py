@@ -151,3 +151,30 @@ def test_tune_and_every_group_get_a_description(store):
              for g in ("table6", "ablations", "ladder", "tuning", "tuned")}
     assert len(set(notes.values())) == 5 and "validation split" in notes["tuning"]
     assert str(ROOT) not in notes["table6"]
+
+
+def test_tune_plots_of_a_small_study_are_drawn_without_warnings(store, tmp_path):
+    """A small study (two trials, one value) makes Optuna 5's PED-ANOVA and matplotlib warn; tune's plots are as
+    quiet under Optuna 5 as under 4 (where matplotlib's equal-ylim warning shows too)."""
+    import warnings
+
+    import optuna
+
+    from harness import tracking
+    from harness.tune import _plots
+
+    def objective(t):
+        if t.suggest_categorical("family", ["multistep", "cosine"]) == "multistep":
+            t.suggest_float("gamma", 0.05, 0.5, log=True)
+        t.suggest_float("lr", 1e-5, 0.3, log=True)
+        return 50.0
+
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(objective, n_trials=2)
+    c = tracking.client()
+    parent = c.create_run(tracking.experiment_id(c, "tuning")).info.run_id
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _plots(c, parent, study, tmp_path / "plots")
+    assert [str(w.message) for w in seen if issubclass(w.category, UserWarning)] == []
+    assert {"optimization_history.png", "parallel_coordinate.png"} <= {p.name for p in (tmp_path / "plots").iterdir()}
