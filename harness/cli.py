@@ -208,9 +208,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+STORE_COMMANDS = ("run", "table", "report", "tune", "import")  # those that read or write the MLflow store
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command in STORE_COMMANDS and not getattr(args, "offline", None):
+            from harness.tracking import check_store
+
+            check_store()  # before any data is loaded: an unreachable store is one line in seconds
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -6,9 +6,9 @@ A batch of runs must survive one bad run, so every failure is recorded on that r
 
 from __future__ import annotations
 
-import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from harness import tracking
+from harness import mlflow_inputs, tracking
 from harness.data import Arrays, DeviceData, to_device
 from harness.devices import device_name
 from harness.errors import UserError
@@ -65,7 +65,12 @@ def run_tags(run: RunSpec, arrays: Arrays, data_description: str, device: torch.
     return {"spec_name": run.name, "spec_hash": run.spec_hash(arrays.data_id), "budget": f"{run.budget:g}",
             "data": data_description, "data_id": arrays.data_id, "device": device_name(device),
             "git_commit": tracking.git_commit(), "spec_file": run.source_file, "torch": torch.__version__,
-            "official_test_set": str(arrays.is_official_full and run.budget == 1.0).lower()}
+            "official_test_set": str(arrays.is_official_full and run.budget == 1.0).lower(),
+            mlflow_inputs.NOTE: run.spec.description, **mlflow_inputs.source_tags()}
+
+
+def run_dataset(arrays: Arrays, data: DeviceData) -> dict[str, str]:
+    return mlflow_inputs.dataset(arrays.x_train, arrays.y_train, arrays.data_id, data.sizes)
 
 
 def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = False,
@@ -117,6 +122,7 @@ def _create(c, exp_id: str, run: RunSpec, arrays: Arrays, data: DeviceData, devi
     run_id = r.info.run_id
     c.log_batch(run_id, params=[Param(k, v) for k, v in run_params(run).items()])
     c.log_text(run_id, resolved_yaml(run), "spec.yaml")
+    mlflow_inputs.log_run_inputs(c, run_id, run_dataset(arrays, data))
     log(f"{run.run_name}: MLflow run {run_id} in experiment '{run.group}' on {device_name(device)}, "
         f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations)")
     return run_id
@@ -148,8 +154,8 @@ def _train_and_record(c, run: RunSpec, run_id: str, data: DeviceData, device: to
         summary["stopped_early_at"] = final["stopped_early_at"]
     if "warmup_ended_by" in final:  # "cap": the safety cap, not the training error, ended the ResNet-110 warm-up
         c.set_tag(run_id, "warmup_ended_by", f"{final['warmup_ended_by']} at iteration {final['warmup_ended_at']}")
+    summary["model_log_seconds"] = mlflow_inputs.log_final_model(c, run_id, model)
     tracking.log_metrics(c, run_id, summary, final["iterations"])
-    _log_model(c, run_id, model)
     log_curve(c, run_id, f"{run.run_name} ({data.description}, budget {run.budget:g})")
     c.set_terminated(run_id, "FINISHED")
     ckpt.unlink(missing_ok=True)
@@ -173,27 +179,21 @@ def _record_failure(c, run: RunSpec, run_id: str, e: Exception) -> str:
     return "diverged" if kind == "diverged" else "failed"
 
 
-def _log_model(c, run_id: str, model: torch.nn.Module) -> None:
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "model.pt").write_bytes(buf.getvalue())
-        c.log_artifact(run_id, str(Path(d) / "model.pt"))
-
-
 def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Path, force: bool = False,
                     progress: bool = True) -> str:
     """Train without MLflow (the GPU machine has none) into `out/<spec_hash>/`; `import` logs it later.
 
     The folder holds the checkpoint and the evaluation history while the run is going (a killed run
-    resumes from them), and record.json + model.pt once it is done, the same content `execute` logs.
+    resumes from them), and record.json + model/ (an MLflow PyTorch model) once it is done, the same content
+    `execute` logs.
     """
     spec_hash = run.spec_hash(arrays.data_id)
     folder = out / spec_hash
     record_path, history_path, ckpt = folder / "record.json", folder / "history.jsonl", folder / "checkpoint.pt"
     if force:  # start afresh, as `execute --force` does
-        for p in (record_path, history_path, ckpt, folder / "model.pt"):
+        for p in (record_path, history_path, ckpt):
             p.unlink(missing_ok=True)
+        shutil.rmtree(folder / mlflow_inputs.MODEL_NAME, ignore_errors=True)
     if record_path.exists():
         log(f"{run.run_name}: already recorded in {record_path}; skipped (--force to run again)")
         return "skipped"
@@ -223,14 +223,13 @@ def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Pat
             by_step[point["step"]] = point
     record = {"group": run.group, "run_name": run.run_name, "status": status,
               "tags": run_tags(run, arrays, data.description, device), "params": run_params(run),
-              "spec_yaml": resolved_yaml(run), "history": [by_step[k] for k in sorted(by_step)],
+              "spec_yaml": resolved_yaml(run), "dataset": run_dataset(arrays, data),
+              "history": [by_step[k] for k in sorted(by_step)],
               "summary": {"final_iteration": final.get("iterations", 0), "train_seconds": final.get("train_seconds", 0),
                           "wall_seconds_this_attempt": time.perf_counter() - t0},
               "final": final}
     if model is not None:
-        tmp = folder / "model.pt.tmp"
-        torch.save(model.state_dict(), tmp)
-        os.replace(tmp, folder / "model.pt")
+        mlflow_inputs.save_final_model(folder / mlflow_inputs.MODEL_NAME, model)
     tmp = folder / "record.json.tmp"
     tmp.write_text(json.dumps(record, indent=1))
     os.replace(tmp, record_path)  # the record appears whole or not at all
@@ -266,8 +265,9 @@ def import_record(record_path: Path) -> str:
     for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
         c.log_batch(run_id, metrics=metrics[i:i + 1000], params=params if i == 0 else [])
     c.log_text(run_id, rec["spec_yaml"], "spec.yaml")
-    if (record_path.parent / "model.pt").exists():
-        c.log_artifact(run_id, str(record_path.parent / "model.pt"))
+    mlflow_inputs.log_run_inputs(c, run_id, rec.get("dataset"))
+    if (record_path.parent / mlflow_inputs.MODEL_NAME / "MLmodel").exists():
+        mlflow_inputs.import_final_model(c, run_id, record_path.parent / mlflow_inputs.MODEL_NAME)
     if rec["status"] == "FINISHED":
         log_curve(c, run_id, f"{rec['run_name']} ({tags['data']}, budget {tags['budget']})")
     else:

@@ -32,6 +32,19 @@ def known_experimental():
         yield
 
 
+@contextmanager
+def known_plot_warnings():
+    """Optuna's plots warn where a small study cannot fill them: Optuna 5's PED-ANOVA importance (its default
+    evaluator) with a parameter regime of fewer than 2 trials or with too few trials to tell its quantiles apart,
+    and matplotlib expanding equal y limits (a history of one value). The plots are still drawn; these warnings,
+    matched by message, are silenced around the plots only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Some regimes for parameter .* have less than \d+ trials", UserWarning)
+        warnings.filterwarnings("ignore", r"Target and region quantiles select the same set of trials", UserWarning)
+        warnings.filterwarnings("ignore", r"Attempting to set identical low and high ylims", UserWarning)
+        yield
+
+
 def storage_file(url: str) -> Path | None:
     """The file of a `journal:PATH` or `sqlite:///PATH` storage (opening it creates it), else None."""
     if url.startswith("journal:"):

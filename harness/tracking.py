@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from harness.errors import UserError
+
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 
 
@@ -54,14 +56,81 @@ def create_store() -> None:
 
 
 def experiment_id(c, group: str) -> str:
+    """The group's experiment, made on first use with its description (`mlflow.note.content`), which an experiment
+    made before descriptions existed also gets."""
+    from harness.mlflow_inputs import NOTE, experiment_note
+
     exp = c.get_experiment_by_name(group)
     if exp is not None:
+        if NOTE not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, NOTE, experiment_note(group))
         return exp.experiment_id
     artifacts = (store_root() / "artifacts" / group).resolve()
     try:
-        return c.create_experiment(group, artifact_location=artifacts.as_uri())
+        return c.create_experiment(group, artifact_location=artifacts.as_uri(),
+                                   tags={NOTE: experiment_note(group)})
     except Exception:  # another worker created it first
         return c.get_experiment_by_name(group).experiment_id
+
+
+def check_store(uri: str | None = None, timeout: float = 5.0) -> None:
+    """Fail in seconds with one line when the store cannot be reached: MLflow's own HTTP retries take minutes
+    before a long traceback. A tracking server is asked one REST call; a database is connected to once."""
+    uri = uri or tracking_uri()
+    scheme = urlparse(uri).scheme.split("+")[0]
+    try:
+        if scheme in ("http", "https"):
+            _check_server(uri, timeout)
+        elif scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+            _check_database(uri, scheme, timeout)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever failed, the user gets its name and the URI in one line
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()
+        raise UserError(f"MLFLOW_TRACKING_URI={uri}: {type(e).__name__}: {reason[0] if reason else ''} (expected "
+                        "a reachable MLflow tracking server or database)") from None
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    path = "/api/2.0/mlflow/experiments/search?max_results=1"
+    req = urllib.request.Request(uri.rstrip("/") + path)
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        req.add_header("Authorization", f"Bearer {token}")
+    elif user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        basic = base64.b64encode(f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()).decode()
+        req.add_header("Authorization", f"Basic {basic}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:
+        raise UserError(f"MLFLOW_TRACKING_URI={uri}: the server answered HTTP {e.code} {e.reason} to GET "
+                        f"{path.split('?')[0]} (expected an MLflow tracking server)") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"MLFLOW_TRACKING_URI={uri}: no MLflow tracking server answers within {timeout:g}s "
+                        f"({reason})") from None
+
+
+def _check_database(uri: str, scheme: str, timeout: float) -> None:
+    import sqlalchemy
+
+    if scheme == "sqlite" and (db := sqlite_file(uri)) is not None and not db.exists():  # checking creates nothing
+        near = next(p for p in (db.parent, *db.parent.parents) if p.exists())
+        if not os.access(near, os.W_OK):
+            raise UserError(f"MLFLOW_TRACKING_URI={uri}: {near} is not writable (expected a folder the SQLite store "
+                            "can be created in)")
+        return
+    args = {"connect_timeout": int(timeout)} if scheme in ("postgresql", "mysql") else {}
+    engine = sqlalchemy.create_engine(uri, connect_args=args)
+    try:
+        with engine.connect() as conn:
+            sqlalchemy.inspect(conn).get_table_names()  # reads the schema: a file that is no database fails here
+    finally:
+        engine.dispose()
 
 
 def find_run(c, exp_id: str, spec_hash: str):

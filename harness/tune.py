@@ -24,6 +24,7 @@ from harness.study import (
     export,
     finished,
     known_experimental,
+    known_plot_warnings,
     load_study,
     make_pruner,
     open_storage,
@@ -255,12 +256,12 @@ def _plots(c, parent: str, study, out: Path) -> None:
                      ("param_importances", ovm.plot_param_importances),
                      ("parallel_coordinate", ovm.plot_parallel_coordinate)):
         try:
-            with known_experimental():
+            with known_experimental(), known_plot_warnings():
                 ax = fn(study)
-            fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
-            fig.set_size_inches(8, 5)
-            fig.tight_layout()
-            fig.savefig(out / f"{name}.png", dpi=100)
+                fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+                fig.set_size_inches(8, 5)
+                fig.tight_layout()
+                fig.savefig(out / f"{name}.png", dpi=100)
             plt.close(fig)
             c.log_artifact(parent, str(out / f"{name}.png"), "optuna")
         except (ValueError, RuntimeError) as e:  # e.g. importances need two finished trials

@@ -44,7 +44,7 @@ def test_run_is_tracked_and_rerun_skips(store, mini, capsys):
     assert r.data.params["model.depth"] == "8" and r.data.params["seed"] == "0"
     assert [m.step for m in c.get_metric_history(r.info.run_id, "val_error")] == [3, 6, 9, 12]
     arts = {a.path for a in c.list_artifacts(r.info.run_id)}
-    assert {"spec.yaml", "learning_curve.png", "model.pt"} <= arts
+    assert {"spec.yaml", "learning_curve.png"} <= arts and r.outputs.model_outputs  # the model: tests/test_mlflow.py
 
     capsys.readouterr()
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
@@ -164,7 +164,7 @@ def test_offline_run_then_import_is_a_finished_mlflow_run(store, mini, tmp_path,
     assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--offline", str(out)]) == 0
     assert not store.exists() or not _runs()[1]  # nothing in MLflow yet
     (record,) = out.glob("*/record.json")
-    assert {p.name for p in record.parent.iterdir()} == {"record.json", "model.pt"}  # checkpoint gone
+    assert {p.name for p in record.parent.iterdir()} == {"record.json", "model"}  # checkpoint gone
     assert main(["import", str(out)]) == 0
     c, runs = _runs()
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
@@ -172,7 +172,8 @@ def test_offline_run_then_import_is_a_finished_mlflow_run(store, mini, tmp_path,
     assert r.data.tags["spec_hash"] == record.parent.name and r.data.tags["imported_from"] == str(record)
     assert [m.step for m in c.get_metric_history(r.info.run_id, "val_error")] == [3, 6, 9, 12]
     assert 0 <= r.data.metrics["test_error"] <= 100 and r.data.params["model.depth"] == "8"
-    assert {a.path for a in c.list_artifacts(r.info.run_id)} >= {"spec.yaml", "model.pt", "learning_curve.png"}
+    assert {a.path for a in c.list_artifacts(r.info.run_id)} >= {"spec.yaml", "learning_curve.png"}
+    assert r.outputs.model_outputs and r.inputs.dataset_inputs
     capsys.readouterr()
     assert main(["import", str(out)]) == 0 and "not imported again" in capsys.readouterr().err
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0

@@ -1,0 +1,180 @@
+"""MLflow as its users see it: an unreachable store fails fast, and runs carry MLflow's own source tags, dataset
+input, logged model and descriptions, read back through a real `mlflow server`'s REST API."""
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+import mlflow.pytorch
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from harness.cli import main
+from harness.data import load_arrays, to_device
+from harness.errors import UserError
+from harness.spec import load_spec
+from harness.tracking import check_store
+from harness.train import evaluate, param_dtype
+
+from .conftest import MINI, ROOT, TINY, env_with, write_spec
+
+DEAD = "http://127.0.0.1:1"  # nothing listens on port 1
+FAST = TINY.replace("milestones: [8, 10], total_iters: 12", "milestones: [4, 5], total_iters: 6").replace(
+    "eval_points: 4", "eval_points: 2")
+
+
+@pytest.mark.parametrize("command", ["run", "table", "tune", "report", "import"])
+def test_an_unreachable_store_is_one_line_and_exit_2_in_seconds(command, tmp_path):
+    """MLflow's own HTTP retries take minutes; the check up front says which URI and what failed, before any data
+    is loaded (the --data named here does not exist, so a data error would mean the data came first)."""
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY + "tune: {lr: [0.01, 0.3]}\n")
+    missing = str(tmp_path / "missing.npz")
+    args = {"run": ["run", str(spec), "--data", missing], "table": ["table", str(spec.parent), "--data", missing],
+            "tune": ["tune", str(spec), "--trials", "1", "--data", missing, "--storage", "journal:j.log"],
+            "report": ["report"], "import": ["import", str(tmp_path / "records")]}[command]
+    t0 = time.monotonic()
+    p = subprocess.run([sys.executable, "-m", "harness", *args], cwd=tmp_path, capture_output=True, text=True,
+                       env=env_with(MLFLOW_TRACKING_URI=DEAD), timeout=120)
+    took = time.monotonic() - t0
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: MLFLOW_TRACKING_URI={DEAD}: "), p.stderr
+    assert "refused" in lines[0].lower() and took < 60, (took, lines)
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "j.log").exists()  # nothing half-written
+
+
+def test_an_unreachable_database_is_one_line():
+    with pytest.raises(UserError, match=r"MLFLOW_TRACKING_URI=postgresql\+psycopg2://u@127\.0\.0\.1:1/db: .*refused"):
+        check_store("postgresql+psycopg2://u@127.0.0.1:1/db")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(uri: str, cwd):
+    """`mlflow server` on 127.0.0.1 over the test's store, stopped by its process group (it forks workers)."""
+    port = _free_port()
+    p = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host",
+                          "127.0.0.1", "--port", str(port), "--workers", "1"], cwd=cwd, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env_with(MLFLOW_TRACKING_URI=uri))
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(240):
+            with contextlib.suppress(OSError):
+                urllib.request.urlopen(base + "/health", timeout=2).close()
+                break
+            assert p.poll() is None, "mlflow server exited"
+            time.sleep(0.5)
+        yield base
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _get(base: str, path: str, **query) -> dict:
+    with urllib.request.urlopen(f"{base}/api/2.0/mlflow/{path}?{urllib.parse.urlencode(query)}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _post(base: str, path: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def _test_error_of_logged_model(run_id: str, spec_path) -> float:
+    """The logged model, loaded as any MLflow user would, evaluated on the run's own test split."""
+    model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
+    spec = load_spec(spec_path)
+    data = to_device(load_arrays(MINI), spec.data, torch.device("cpu"), param_dtype(spec))
+    return evaluate(model, data.x_test, data.y_test, data.eval_mean, data.dtype, contextlib.nullcontext)[1]
+
+
+def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(store, mini, tmp_path, capsys):
+    spec = write_spec(tmp_path / "experiments" / "table6", "tiny", "description: depth 8, a test\n" + FAST)
+    other = write_spec(tmp_path / "experiments" / "ablations", "tiny_offline", FAST.replace("[0]", "[1]"))
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(other), "--data", str(mini), "--no-progress", "--offline", str(tmp_path / "rec")]) == 0
+    assert main(["import", str(tmp_path / "rec")]) == 0
+    c = MlflowClient()
+    runs = {g: c.search_runs([c.get_experiment_by_name(g).experiment_id])[0] for g in ("table6", "ablations")}
+    for g, path in (("table6", spec), ("ablations", other)):  # the model logged by `run` and by `import`
+        assert _test_error_of_logged_model(runs[g].info.run_id, path) == runs[g].data.metrics["test_error"]
+
+    with mlflow_server(os.environ["MLFLOW_TRACKING_URI"], tmp_path) as base:
+        run = _get(base, "runs/get", run_id=runs["table6"].info.run_id)["run"]
+        tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+        (ds,) = run["inputs"]["dataset_inputs"]
+        (out,) = run["outputs"]["model_outputs"]
+        model = _get(base, f"logged-models/{out['model_id']}")["model"]
+        found = _post(base, "runs/search", {"experiment_ids": [run["info"]["experiment_id"]],
+                                            "filter": "dataset.name = 'cifar10-mini.npz'"})
+        exp = _get(base, "experiments/get-by-name", experiment_name="table6")["experiment"]
+        imported = _get(base, "runs/get", run_id=runs["ablations"].info.run_id)["run"]
+    with capsys.disabled():
+        print("\nREST runs/get (dataset, source, model):", json.dumps(
+            {"dataset_input": ds, "source_tags": {k: v for k, v in tags.items() if k.startswith("mlflow.")},
+             "model_output": out, "logged_model": model["info"]}, indent=1))
+    assert tags["mlflow.source.type"] == "LOCAL" and len(tags["mlflow.source.git.commit"]) >= 7
+    assert tags["mlflow.note.content"] == "depth 8, a test"
+    assert ds["dataset"]["name"] == "cifar10-mini.npz" and ds["dataset"]["digest"] == tags["data_id"].split(":")[1]
+    profile = json.loads(ds["dataset"]["profile"])
+    assert (profile["train_size"], profile["val_size"], profile["test_size"]) == (3661, 407, 1017)
+    assert model["info"]["name"] == "model" and model["info"]["source_run_id"] == runs["table6"].info.run_id
+    assert [r["info"]["run_id"] for r in found["runs"]] == [runs["table6"].info.run_id]
+    assert "7.51" in {t["key"]: t["value"] for t in exp["tags"]}["mlflow.note.content"]  # the paper's ResNet-32
+    assert imported["inputs"]["dataset_inputs"] and imported["outputs"]["model_outputs"]
+
+
+def test_tune_and_every_group_get_a_description(store):
+    from harness import tracking
+
+    c = tracking.client()
+    notes = {g: c.get_experiment(tracking.experiment_id(c, g)).tags["mlflow.note.content"]
+             for g in ("table6", "ablations", "ladder", "tuning", "tuned")}
+    assert len(set(notes.values())) == 5 and "validation split" in notes["tuning"]
+    assert str(ROOT) not in notes["table6"]
+
+
+def test_tune_plots_of_a_small_study_are_drawn_without_warnings(store, tmp_path):
+    """A small study (two trials, one value) makes Optuna 5's PED-ANOVA and matplotlib warn; tune's plots are as
+    quiet under Optuna 5 as under 4 (where matplotlib's equal-ylim warning shows too)."""
+    import warnings
+
+    import optuna
+
+    from harness import tracking
+    from harness.tune import _plots
+
+    def objective(t):
+        if t.suggest_categorical("family", ["multistep", "cosine"]) == "multistep":
+            t.suggest_float("gamma", 0.05, 0.5, log=True)
+        t.suggest_float("lr", 1e-5, 0.3, log=True)
+        return 50.0
+
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    study.optimize(objective, n_trials=2)
+    c = tracking.client()
+    parent = c.create_run(tracking.experiment_id(c, "tuning")).info.run_id
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _plots(c, parent, study, tmp_path / "plots")
+    assert [str(w.message) for w in seen if issubclass(w.category, UserWarning)] == []
+    assert {"optimization_history.png", "parallel_coordinate.png"} <= {p.name for p in (tmp_path / "plots").iterdir()}
