@@ -1,7 +1,8 @@
 """`python -m harness --help` is the map: one subcommand per job.
 
 Parsing only: each handler turns its flags into the typed call of one command module (run, table, report, tune,
-bench), and `table` is followed by the `report` of its own runs. A UserError from any of them is one line and
+bench); `run`, `table` and `import` are followed by `results export` (records that outlive the store), and `table`
+by `report --all`. A UserError from any of them is one line and
 exit code 2.
 """
 
@@ -97,17 +98,17 @@ def cmd_table(a) -> int:
     code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
                           device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs)
     _export_results()
-    if not a.no_report:  # the report of this table's runs, not of whatever finished last
+    if not a.no_report:  # every campaign's pages, this table's among them, each in a folder of its own
         from harness.report import report
 
-        report(Path(a.out), a.budget, data_id)
+        report(Path(a.out), every=True)
     return code
 
 
 def cmd_report(a) -> int:
     from harness.report import report
 
-    return report(Path(a.out), a.report_budget, a.data_id)
+    return report(Path(a.out), a.report_budget, a.data_id, every=a.all)
 
 
 def cmd_bench(a) -> int:
@@ -209,6 +210,9 @@ def _report_parser(sub) -> None:
                          "e.g. cifar10-mini.npz:56ecc45f2a62d293, or torchvision-cifar10 for a cifar-10-batches-py "
                          "folder; the file name alone will do where it names one data id in the store. With no "
                          "match the error lists the budgets and data ids the store has")
+    rp.add_argument("--all", action="store_true",
+                    help="every campaign (budget, data) of the store, each into OUT/<data>-b<budget>/, and the index "
+                         "OUT/README.md (what `make report` and `table` write)")
     rp.set_defaults(func=cmd_report)
 
 

@@ -16,16 +16,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.campaign import fmt, noise_verdict, paper_figure, summarize
+from harness.campaign import fmt, noise_verdict, paper_figure, splits, summarize
 from harness.models import build_model, count_params
 from harness.spec import ModelSpec
 
 
 def header(title: str, df: pd.DataFrame, budget: float, official: bool, paper: dict) -> str:
     devices = ", ".join(sorted(set(df.device)))
-    data = sorted(set(df.data))[0] if len(df) else "?"
+    data = f"{data_name(df)} (train/val split: {splits(df)}; each row names its own)"
     what = ("CIFAR-10 test error (%): full training data, official test set, budget 1.0" if official else
-            f"error (%) on the held-out test split of `{data}` at budget {budget:g} "
+            f"error (%) on the held-out test split of `{data_name(df)}` at budget {budget:g} "
             f"({budget * 64000:.0f} of the paper's 64,000 iterations): NOT CIFAR-10 test error, "
             "not comparable with the paper's column except as a trend")
     return (f"# {title}\n\n"
@@ -57,7 +57,7 @@ def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
             key = f"{arch}{depth}"
             p, p_std, p_best = paper_figure(paper, key) if arch == "resnet" else (None, None, None)
             rows.append({
-                "model": f"{'ResNet' if arch == 'resnet' else 'plain'}-{depth}", "depth": depth,
+                "model": f"{'ResNet' if arch == 'resnet' else 'plain'}-{depth}", "depth": depth, "split": splits(runs),
                 "params_M": round(count_params(build_model(ModelSpec(arch=arch, depth=depth))) / 1e6, 2),
                 "paper_test_error": p, "paper_std": p_std, "paper_best_run": p_best,
                 "measured_mean": round(s["mean"], 2), "measured_std": round(s["std"], 2),
@@ -73,14 +73,14 @@ def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
              f"Table 6 (He et al. 2015) rerun at budget {budget:g} on {data_name(t6 if len(t6) else df)}: "
              "not CIFAR-10 test error")
     lines = [header(title, t6, budget, official, paper),
-             f"| model | params (M) | paper test error | {col}: mean ± std (n) | best seed (final error) | "
-             "Δ vs paper | best-over-training (selected on test) |", "|---|---|---|---|---|---|---|"]
+             f"| model | params (M) | train/val | paper test error | {col}: mean ± std (n) | best seed (final error) | "
+             "Δ vs paper | best-over-training (selected on test) |", "|---|---|---|---|---|---|---|---|"]
     for r in tab.itertuples():
         delta = f"{r.delta_vs_paper:+.2f}" if r.delta_vs_paper is not None and not pd.isna(r.delta_vs_paper) \
             else "not comparable"
-        lines.append(f"| {r.model} | {r.params_M} | {paper_cell(r.paper_test_error, r.paper_std, r.paper_best_run)} "
-                     f"| {r.measured} | {r.best_seed:.2f} | {delta} | "
-                     f"{r.best_over_training_if_selected_on_test:.2f} |")
+        paper_col = paper_cell(r.paper_test_error, r.paper_std, r.paper_best_run)
+        lines.append(f"| {r.model} | {r.params_M} | {r.split} | {paper_col} | {r.measured} | {r.best_seed:.2f} | "
+                     f"{delta} | {r.best_over_training_if_selected_on_test:.2f} |")
     lines += ["", "The last column is the mean over seeds of the *lowest* test error seen at any evaluation point. "
               "Reporting it is selecting on the test set, which many popular reproductions do; the gap to the "
               "final-iteration column is how much that inflates a claim. No decision in this harness reads it."]
@@ -105,7 +105,7 @@ def compare_rows(df_rows: pd.DataFrame, base: pd.DataFrame, order: list[str]) ->
     for name in order:
         runs = df_rows[df_rows.spec == name]
         s = summarize(runs)
-        out.append({"name": name, "s": s, "delta": s["mean"] - b["mean"],
+        out.append({"name": name, "s": s, "delta": s["mean"] - b["mean"], "split": splits(runs),
                     "noise": noise_verdict(s["values"], b["values"])})
     return out
 
@@ -116,14 +116,15 @@ def ablations(df: pd.DataFrame, paper: dict, budget: float, official: bool, out:
     rows = compare_rows(ab, base, sorted(set(ab.spec)))
     b = summarize(base)
     lines = [header("Ablations: one factor away from the paper's ResNet-32 recipe", ab, budget, official, paper),
-             f"Baseline: table6/resnet32, {fmt(b)}.\n",
-             "| ablation | what changed | error: mean ± std (n) | Δ vs baseline | noise | "
-             "best-over-training (selected on test) |", "|---|---|---|---|---|---|"]
+             f"Baseline: table6/resnet32 ({splits(base)}), {fmt(b)}.\n",
+             "| ablation | what changed | train/val | error: mean ± std (n) | Δ vs baseline | noise | "
+             "best-over-training (selected on test) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r["s"]
         delta = f"{r['delta']:+.2f}" if s["n"] else "—"
-        lines.append(f"| {r['name']} | {descriptions.get(('ablations', r['name']), '')} | {fmt(s)} | {delta} | "
-                     f"{r['noise'] if s['n'] else '—'} | {s['best_over_training']:.2f} |")
+        lines.append(f"| {r['name']} | {descriptions.get(('ablations', r['name']), '')} | {r['split']} | {fmt(s)} | "
+                     f"{delta} | "
+                     f"{r['noise'] if s['n'] else '—'} | {best_cell(s)} |")
     lines += ["", "Chance is 90 % error on 10 balanced classes: a row near 90 did not learn."]
     (out / "ablations.md").write_text("\n".join(lines) + "\n")
 
@@ -135,39 +136,64 @@ def tuned(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pat
         return False
     base = df[(df.group == "table6") & (df.spec == "resnet32")]
     lines = [header("Tuned LR schedule vs the paper's", tu, budget, official, paper),
-             f"Paper schedule: table6/resnet32, {fmt(summarize(base))}. Tuned specs were selected on the "
-             "validation split only; this table is the first time their test error is measured.\n",
-             "| tuned spec | how it was chosen | error: mean ± std (n) | Δ vs paper schedule | noise |",
-             "|---|---|---|---|---|"]
+             f"Paper schedule: table6/resnet32 ({splits(base)}), {fmt(summarize(base))}. Tuned specs were selected "
+             "on the validation split only; this table is the first time their test error is measured.\n",
+             "| tuned spec | how it was chosen | train/val | error: mean ± std (n) | Δ vs paper schedule | noise | "
+             "best-over-training (selected on test) |", "|---|---|---|---|---|---|---|"]
     for r in compare_rows(tu, base, sorted(set(tu.spec))):
         delta = f"{r['delta']:+.2f}" if r["s"]["n"] else "—"
-        lines.append(f"| {r['name']} | {descriptions.get(('tuned', r['name']), '')} | {fmt(r['s'])} | {delta} | "
-                     f"{r['noise']} |")
+        lines.append(f"| {r['name']} | {descriptions.get(('tuned', r['name']), '')} | {r['split']} | {fmt(r['s'])} "
+                     f"| {delta} | {r['noise']} | {best_cell(r['s'])} |")
     (out / "tuned.md").write_text("\n".join(lines) + "\n")
     return True
 
 
+def best_cell(s: dict) -> str:
+    return f"{s['best_over_training']:.2f}" if s["n"] else "—"
+
+
+def rung_number(name: str) -> int:
+    """Rungs are named `<n>_<what>`: ordered by n as a number (10 after 9, not after 1)."""
+    head = name.split("_", 1)[0]
+    return int(head) if head.isdigit() else 1_000_000
+
+
+RUNG_ORDER = ("Rung order: the changes that should not move the error come first (numerics, then the split), so "
+              "that each is checked as neutral before anything real is stacked on it; then the architecture from "
+              "the input side (stem, body, shortcuts), because the ImageNet stem shrinks a 32x32 image to 8x8 "
+              "before the first block, a loss no optimiser can undo; then the optimisation (optimiser, weight "
+              "decay), because the schedule's lr drops only mean something for SGD's lr 0.1; then the schedule; "
+              "last the batch size and the amount of training data, the smallest changes. Each Δ is what that "
+              "one change bought against the rung before it, with its seed noise. The rungs, as their specs "
+              "describe them:")
+
+
+def ladder_rungs(df: pd.DataFrame, descriptions: dict) -> list[tuple[str, pd.DataFrame, str]]:
+    """The ladder's rungs in order; the Table 6 ResNet-32 closes it unless a rung already is that recipe."""
+    lad = df[df.group == "ladder"]
+    names = sorted(set(lad.spec), key=lambda n: (rung_number(n), n))
+    rungs = [(n, lad[lad.spec == n], descriptions.get(("ladder", n), "")) for n in names]
+    base = df[(df.group == "table6") & (df.spec == "resnet32")]
+    if not set(base.spec_hash) & set(lad.spec_hash):
+        rungs.append(("paper_resnet32", base, "Last rung: the paper's ResNet-32 recipe (the table6/resnet32 runs)"))
+    return rungs
+
+
 def ladder(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path, descriptions: dict):
     lad = df[df.group == "ladder"]
-    names = sorted(set(lad.spec))
-    rungs = [(n, lad[lad.spec == n], descriptions.get(("ladder", n), "")) for n in names]
-    rungs.append(("paper_resnet32", df[(df.group == "table6") & (df.spec == "resnet32")],
-                  "Last rung: batch 256 -> 128 = the paper's ResNet-32 recipe (the table6/resnet32 runs)"))
+    rungs = ladder_rungs(df, descriptions)
     lines = [header("Why the gap: from the seed log's setup to the paper's recipe, one factor per rung", lad,
-                    budget, official, paper),
-             "Rung order: the model comes first because the ImageNet stem (7x7/2 conv + max-pool) shrinks a 32x32 "
-             "image to 8x8 before the first block, a loss no optimizer can undo; then the optimizer, because the "
-             "schedule's lr drops only mean something for SGD's lr 0.1; then the schedule (the seed's plateau "
-             "patience of 1,000 epochs never drops the lr within 64k iterations); batch size last, as the smallest "
-             "change. Each Δ is what that one change bought, measured against the rung before it.\n",
-             "| rung | change | error: mean ± std (n) | Δ vs previous rung | noise |", "|---|---|---|---|---|"]
+                    budget, official, paper), RUNG_ORDER, ""]
+    lines += [f"{i}. {name}: {desc or '(no description)'}" for i, (name, _, desc) in enumerate(rungs)]
+    lines += ["", "| rung | change | train/val | error: mean ± std (n) | Δ vs previous rung | noise | "
+              "best-over-training (selected on test) |", "|---|---|---|---|---|---|---|"]
     prev = None
     bars = []
     for name, runs, desc in rungs:
         s = summarize(runs)
         delta = f"{s['mean'] - prev['mean']:+.2f}" if prev and s["n"] and prev["n"] else "—"
         noise = noise_verdict(s["values"], prev["values"], ("this rung", "the previous rung")) if prev else "—"
-        lines.append(f"| {name} | {desc} | {fmt(s)} | {delta} | {noise} |")
+        lines.append(f"| {name} | {desc} | {splits(runs)} | {fmt(s)} | {delta} | {noise} | {best_cell(s)} |")
         bars.append((name, s))
         prev = s
     if bars and bars[0][1]["n"] and bars[-1][1]["n"]:
@@ -179,4 +205,3 @@ def ladder(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
                       "wins a short run. This measures short-run behaviour, not the gap at the paper's budget."]
     (out / "ladder.md").write_text("\n".join(lines) + "\n")
     return bars
-
