@@ -71,8 +71,8 @@ def split_of(data: str) -> str:
     sizes = dict(re.findall(r"(train|val)=(\d+)", data))
     if "train" not in sizes:
         return "?"
-    k = [f"{int(sizes[n]) / 1000:g}k" for n in ("train", "val") if int(sizes.get(n, 0))]
-    return "/".join(k)
+    counts = [int(sizes[n]) for n in ("train", "val") if int(sizes.get(n, 0))]
+    return "/".join(f"{c / 1000:g}k" if c % 100 == 0 else str(c) for c in counts)  # 45k/5k, 47.5k/2.5k, 3661/407
 
 
 def splits(runs: pd.DataFrame) -> str:

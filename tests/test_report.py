@@ -68,8 +68,8 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
               "ladder.png"):
         assert (out / f).stat().st_size > 0, f
     t6 = (out / "table6.md").read_text()
-    assert "NOT CIFAR-10 test error" in t6 and "Data: cifar10-mini.npz (train/val split: 3.7k/0.4k" in t6
-    assert "Budget: 1" in t6 and "| ResNet-8 | 0.08 | 3.7k/0.4k | " in t6
+    assert "NOT CIFAR-10 test error" in t6 and "Data: cifar10-mini.npz (train/val split: 3661/407;" in t6
+    assert "Budget: 1" in t6 and "| ResNet-8 | 0.08 | 3661/407 | " in t6
     assert "not comparable" in t6 and "Device: cpu" in t6
     csv = pd.read_csv(out / "table6.csv")
     res = csv[csv.model == "ResNet-8"].iloc[0]
