@@ -177,7 +177,9 @@ def ladder_rungs(df: pd.DataFrame, descriptions: dict) -> list[tuple[str, pd.Dat
     rungs = [(n, lad[lad.spec == n], descriptions.get(("ladder", n), "")) for n in names]
     base = df[(df.group == "table6") & (df.spec == "resnet32")]
     if not set(base.spec_hash) & set(lad.spec_hash):
-        rungs.append(("paper_resnet32", base, "Last rung: the paper's ResNet-32 recipe (the table6/resnet32 runs)"))
+        what = descriptions.get(("table6", "resnet32"), "")
+        rungs.append(("paper_resnet32", base, "Last rung: the paper's ResNet-32 recipe, the table6/resnet32 runs"
+                      + (f" ({what})" if what else "")))
     return rungs
 
 
