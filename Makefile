@@ -12,7 +12,7 @@ JOBS    ?= 1
 ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 
-.PHONY: install test lint run reproduce-table report tune ui bench clean
+.PHONY: install test lint run reproduce-table report results tune ui bench clean
 
 install: $(STAMP)
 
@@ -31,15 +31,26 @@ test: $(STAMP) lint
 run: $(STAMP)
 	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
 
+# With no DATA, torchvision downloads CIFAR-10 (md5-checked) into data/; offline, one line says what to do.
 reproduce-table: $(STAMP)
-	$(PY) -m harness table --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
+	$(PY) -m harness table --data $(DATA) --download --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
 
+# Every page of reports/ from results/ alone (no MLflow store, no GPU needed): the records go into a throw-away
+# store first, so the pages are those of the committed records, whatever the local store holds.
+REPORT_STORE := build/report-store
 report: $(STAMP)
-	$(PY) -m harness report $(ARGS)
+	rm -rf $(REPORT_STORE) && mkdir -p $(REPORT_STORE)
+	MLFLOW_TRACKING_URI=sqlite:///$(REPORT_STORE)/mlflow.db $(PY) -m harness results import results
+	MLFLOW_TRACKING_URI=sqlite:///$(REPORT_STORE)/mlflow.db $(PY) -m harness report --all $(ARGS)
+	rm -rf $(REPORT_STORE)
 
 tune: $(STAMP)
 	$(PY) -m harness tune $(TUNE_SPEC) --trials $(TRIALS) --data $(DATA) --budget $(TUNE_BUDGET) \
 	    --export $(TUNE_EXPORT) $(ARGS)
+
+# The local store's finished runs into results/ (run and table do this themselves after each batch).
+results: $(STAMP)
+	$(PY) -m harness results export
 
 bench: $(STAMP)
 	$(PY) -m harness bench $(ARGS)

@@ -9,6 +9,7 @@ over seeds, p < 0.05), and a mean names the runs it leaves out.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
                 "group": g, "run_id": r.info.run_id, "run_name": r.info.run_name, "spec": t.get("spec_name"),
                 "spec_hash": t.get("spec_hash"), "seed": int(p.get("seed", -1)), "budget": float(t.get("budget", 1)),
                 "data": t.get("data", ""), "data_id": t.get("data_id", ""), "device": t.get("device", ""),
+                "split": split_of(t.get("data", "")),
                 "status": r.info.status, "failure": t.get("failure", ""), "official": t.get("official_test_set"),
                 "arch": p.get("model.arch"), "depth": int(p.get("model.depth", 0)),
                 "description": "", "start_time": r.info.start_time or 0, "end_time": r.info.end_time or 0,
@@ -61,6 +63,20 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
                 "best_test_error_over_training": min((v for _, v in hist), default=math.nan),
             })
     return pd.DataFrame(rows)
+
+
+def split_of(data: str) -> str:
+    """The split, "45k/5k" (train/validation) or "50k" (no validation split), from a run's `data` tag: Table 6
+    trains on all 50k training images, the ablations and the ladder hold 5k out, and a row must say which."""
+    sizes = dict(re.findall(r"(train|val)=(\d+)", data))
+    if "train" not in sizes:
+        return "?"
+    counts = [int(sizes[n]) for n in ("train", "val") if int(sizes.get(n, 0))]
+    return "/".join(f"{c / 1000:g}k" if c % 100 == 0 else str(c) for c in counts)  # 45k/5k, 47.5k/2.5k, 3661/407
+
+
+def splits(runs: pd.DataFrame) -> str:
+    return ", ".join(sorted(set(runs.split))) if len(runs) else "—"
 
 
 def newest_per_spec(df: pd.DataFrame) -> pd.DataFrame:

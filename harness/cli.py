@@ -1,7 +1,8 @@
 """`python -m harness --help` is the map: one subcommand per job.
 
 Parsing only: each handler turns its flags into the typed call of one command module (run, table, report, tune,
-bench), and `table` is followed by the `report` of its own runs. A UserError from any of them is one line and
+bench); `run`, `table` and `import` are followed by `results export` (records that outlive the store), and `table`
+by `report --all`. A UserError from any of them is one line and
 exit code 2.
 """
 
@@ -51,14 +52,35 @@ def cmd_validate(a) -> int:
 def cmd_run(a) -> int:
     from harness.run import run
 
-    return run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
+    code = run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
                force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs)
+    if not a.offline:  # an offline run's record is its folder's record.json until `import`
+        _export_results()
+    return code
+
+
+def _export_results() -> None:
+    """After a batch: the store's finished runs into results/, where they outlive this machine's store."""
+    from harness.records import export_results
+
+    export_results()
 
 
 def cmd_import(a) -> int:
     from harness.run import import_records
 
-    return import_records(a.records)
+    code = import_records(a.records)
+    _export_results()
+    return code
+
+
+def cmd_results(a) -> int:
+    from harness.records import export_results, import_results
+
+    if a.action == "export":
+        export_results(Path(a.dir))
+        return 0
+    return import_results([Path(d) for d in a.paths or [a.dir]])
 
 
 def cmd_tune(a) -> int:
@@ -75,17 +97,18 @@ def cmd_table(a) -> int:
 
     code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
                           device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs)
-    if not a.no_report:  # the report of this table's runs, not of whatever finished last
+    _export_results()
+    if not a.no_report:  # every campaign's pages, this table's among them, each in a folder of its own
         from harness.report import report
 
-        report(Path(a.out), a.budget, data_id)
+        report(Path(a.out), every=True)
     return code
 
 
 def cmd_report(a) -> int:
     from harness.report import report
 
-    return report(Path(a.out), a.report_budget, a.data_id)
+    return report(Path(a.out), a.report_budget, a.data_id, every=a.all)
 
 
 def cmd_bench(a) -> int:
@@ -116,6 +139,18 @@ def _import_parser(sub) -> None:
     im = sub.add_parser("import", help="log records of `run --offline` into the MLflow store (skips FINISHED)")
     im.add_argument("records", nargs="+", help="record.json files or folders holding them")
     im.set_defaults(func=cmd_import)
+
+
+def _results_parser(sub) -> None:
+    rs = sub.add_parser("results", help="finished runs as JSON files in results/ (export), or back into MLflow "
+                        "(import, skips FINISHED): the record that outlives the store (docs/results.md)")
+    rs.add_argument("action", choices=("export", "import"),
+                    help="export: every FINISHED run of the store to DIR/<group>/<run>-<spec_hash>.json, unchanged "
+                         "files untouched; import: log the records under PATHS (default DIR) into the store")
+    rs.add_argument("paths", nargs="*", help="import: record files or folders (results/, `run --offline` folders)")
+    rs.add_argument("--dir", default=os.environ.get("HARNESS_RESULTS", "results"),
+                    help="the results folder (default: results, or $HARNESS_RESULTS)")
+    rs.set_defaults(func=cmd_results)
 
 
 def _validate_parser(sub) -> None:
@@ -175,6 +210,9 @@ def _report_parser(sub) -> None:
                          "e.g. cifar10-mini.npz:56ecc45f2a62d293, or torchvision-cifar10 for a cifar-10-batches-py "
                          "folder; the file name alone will do where it names one data id in the store. With no "
                          "match the error lists the budgets and data ids the store has")
+    rp.add_argument("--all", action="store_true",
+                    help="every campaign (budget, data) of the store, each into OUT/<data>-b<budget>/, and the index "
+                         "OUT/README.md (what `make report` and `table` write)")
     rp.set_defaults(func=cmd_report)
 
 
@@ -182,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="harness", description="Reproduce He et al. 2015 Table 6 on CIFAR-10: "
                                 "declarative specs, tracked in MLflow, resumable, tuned with Optuna.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_run_parser, _import_parser, _validate_parser, _bench_parser, _table_parser, _report_parser):
+    for add in (_run_parser, _import_parser, _results_parser, _validate_parser, _bench_parser, _table_parser,
+                _report_parser):
         add(sub)
 
     tu = sub.add_parser("tune", help="Optuna study over the LR schedule on the validation split, with pruning")

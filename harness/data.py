@@ -22,6 +22,7 @@ from harness.spec import DataSpec
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 DOWNLOAD_HINT = "torchvision downloads the official archive with --data DIR where there is internet"
+DOWNLOAD_TIMEOUT_S = 20
 
 # SHA-256 of the official CIFAR-10 test set: the bytes of x_test (10000x32x32x3 uint8, NHWC, in the archive's
 # order) followed by those of y_test as uint8; computed once from ../shared/data/cifar10-full.npz.
@@ -98,15 +99,28 @@ def _load_npz(path: Path, with_test: bool = True) -> Arrays:
 
 
 def _load_torchvision(root: Path, download: bool) -> Arrays:
+    import socket
+
     from torchvision.datasets import CIFAR10
 
+    intact, created = (root / "cifar-10-batches-py").is_dir(), not root.exists()
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a blocked network fails in seconds instead of hanging
     try:
         train = CIFAR10(str(root), train=True, download=download)
         test = CIFAR10(str(root), train=False, download=download)
-    except Exception as e:  # torchvision raises RuntimeError on md5 mismatch, URLError offline
+    except Exception as e:  # torchvision: RuntimeError on md5 mismatch; URLError, a timeout, DNS when offline
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if download and not intact and isinstance(e, OSError):
+            if created and not any(root.iterdir()):  # nothing half-made left behind
+                root.rmdir()
+            raise DataError(f"{root}: no CIFAR-10 here and the download failed (no internet? {why}): put "
+                            f"cifar-10-batches-py/ in {root}/ or pass DATA=path/to.npz (make), --data (harness)") \
+                from None
         raise DataError(f"{root}: no intact CIFAR-10 here (expected {root}/cifar-10-batches-py with the "
-                        f"official md5 sums, or an .npz file; {type(e).__name__}: {str(e).splitlines()[0]}); "
-                        f"{DOWNLOAD_HINT}") from None
+                        f"official md5 sums, or an .npz file; {why}); {DOWNLOAD_HINT}") from None
+    finally:
+        socket.setdefaulttimeout(old_timeout)
     return Arrays(train.data, np.asarray(train.targets, dtype=np.int64), test.data,
                   np.asarray(test.targets, dtype=np.int64), data_id="torchvision-cifar10",
                   source="torchvision CIFAR10 (official archive)", official_test=True)  # md5-checked by torchvision

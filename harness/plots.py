@@ -22,7 +22,7 @@ ARCH_COLORS = {"ResNet": "C0", "plain": "C3"}
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Software": None})  # no version stamp: the same numbers give the same bytes
     plt.close(fig)
 
 

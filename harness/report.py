@@ -9,25 +9,41 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
 from harness import plots, tracking
 from harness.bench_view import write_bench_report
-from harness.campaign import GROUPS, load_paper, load_runs, newest_per_spec, paper_figure, pick_campaign
+from harness.campaign import GROUPS, campaigns, load_paper, load_runs, newest_per_spec, paper_figure, pick_campaign
+from harness.index import write_index
 from harness.pages import ablations, ladder, table6, tuned
 from harness.spec import load_specs
 
 PAGES = {"table6": ["table6.md", "table6.csv", "error_vs_depth.png", "curves_table6.png"],
          "ablations": ["ablations.md"], "ladder": ["ladder.md", "ladder.png"], "tuned": ["tuned.md"]}  # group -> files
 
-def report(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None) -> int:
+def report(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None,
+           every: bool = False) -> int:
     """Write `out`/bench.md (if `out`/bench/ holds bench lines) and the pages of the campaign that `budget` and
-    `data_id` name (default: that of the latest finished Table 6 run)."""
+    `data_id` name (default: that of the latest finished Table 6 run); with `every`, each campaign of the store
+    into `out`/<data>-b<budget>/ and the index `out`/README.md."""
     if bench := write_bench_report(out):  # first: it needs no runs in the store
         print(f"report: wrote {bench} from {out}/bench/*.jsonl", file=sys.stderr)
-    write_reports(out, budget, data_id)
+    if not every:
+        write_reports(out, budget, data_id)
+        return 0
+    camps = campaigns(newest_per_spec(load_runs()))
+    if camps.empty:
+        pick_campaign(camps, None, None)  # the one-line error of an empty store
+    stems = Counter(f"{Path(c.data_id.split(':')[0]).stem}-b{c.budget:g}" for c in camps.itertuples())
+    for c in camps.itertuples():
+        slug = f"{Path(c.data_id.split(':')[0]).stem}-b{c.budget:g}"
+        if stems[slug] > 1:  # two files of one name: the hash tells them apart
+            slug += "-" + c.data_id.split(":")[-1][:8]
+        write_reports(out / slug, float(c.budget), str(c.data_id))
+    print(f"report: wrote {write_index(out)}", file=sys.stderr)
     return 0
 
 

@@ -60,13 +60,16 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert statuses == {"resnet32-s0": "FINISHED", "resnet32-s1": "FINISHED", "plain8-s0": "FINISHED",
                         "a_diverges-s0": "FAILED", "fc_relu-s0": "FINISHED", "0_seed-s0": "FINISHED"}
 
-    out = store.parent / "reports"
-    assert "| ours_graphed | 37,327.0 | 3.43 |" in (out / "bench.md").read_text()  # resnet20's row in that file
+    assert (store.parent / "results" / "table6").is_dir()  # `table` exported its finished runs
+    assert "cifar10-mini-b1/" in (store.parent / "reports" / "README.md").read_text()
+    out = store.parent / "reports" / "cifar10-mini-b1"  # `table` reports every campaign, each in its folder
+    assert "| ours_graphed | 37,327.0 | 3.43 |" in (out.parent / "bench.md").read_text()  # resnet20's row in that file
     for f in ("table6.md", "table6.csv", "ablations.md", "ladder.md", "error_vs_depth.png", "curves_table6.png",
               "ladder.png"):
         assert (out / f).stat().st_size > 0, f
     t6 = (out / "table6.md").read_text()
-    assert "NOT CIFAR-10 test error" in t6 and "Data: cifar10-mini.npz" in t6 and "Budget: 1" in t6
+    assert "NOT CIFAR-10 test error" in t6 and "Data: cifar10-mini.npz (train/val split: 3661/407;" in t6
+    assert "Budget: 1" in t6 and "| ResNet-8 | 0.08 | 3661/407 | " in t6
     assert "not comparable" in t6 and "Device: cpu" in t6
     csv = pd.read_csv(out / "table6.csv")
     res = csv[csv.model == "ResNet-8"].iloc[0]
@@ -155,7 +158,7 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     assert t6md.startswith("# Table 6 (He et al. 2015) rerun at budget 1 on cifar10-mini.npz: not CIFAR-10 test "
                            "error\n"), t6md[:200]
     assert "| best seed (final error) |" in t6md
-    assert "| ResNet-8 | 0.08 | 9.50 ± 0.25 (best 9.00) | " in t6md
+    assert re.search(r"\| ResNet-8 \| 0.08 \| [0-9.]+k/[0-9.]+k \| 9.50 ± 0.25 \(best 9.00\) \| ", t6md), t6md
     assert "(n=2; 1 failed: diverged; 1 unfinished) |" in t6md
     assert "ResNet-8: the paper's Table 6 figure 9.00 is the best of its runs" in t6md
     row = pd.read_csv(out / "table6.csv").iloc[0]
