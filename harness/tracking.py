@@ -57,9 +57,10 @@ def experiment_id(c, group: str) -> str:
     exp = c.get_experiment_by_name(group)
     if exp is not None:
         return exp.experiment_id
-    artifacts = (store_root() / "artifacts" / group).resolve()
+    local = urlparse(tracking_uri()).scheme in ("", "file", "sqlite")  # a server keeps its own artifact root
+    artifacts = (store_root() / "artifacts" / group).resolve().as_uri() if local else None
     try:
-        return c.create_experiment(group, artifact_location=artifacts.as_uri())
+        return c.create_experiment(group, artifact_location=artifacts)
     except Exception:  # another worker created it first
         return c.get_experiment_by_name(group).experiment_id
 
