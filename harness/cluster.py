@@ -92,7 +92,8 @@ def start(ray, cluster: Cluster, jobs: int, device: torch.device) -> tuple[int, 
     if cluster.address:
         ray.init(address=cluster.address, **common)
     else:
-        ray.init(num_cpus=threads * jobs, num_gpus=gpus, **common)
+        # on loopback: a batch on one machine opens no port to the network
+        ray.init(num_cpus=threads * jobs, num_gpus=gpus, _node_ip_address="127.0.0.1", **common)
     return threads, share, "cuda" if share else str(device)
 
 

@@ -9,9 +9,11 @@ lines say where each run went. Ray is imported here only inside the task, never 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from harness.data import Arrays
@@ -56,6 +58,8 @@ def run_unit(arrays: Arrays, runs: list[RunSpec], device: str, threads: int, for
     """The body of the Ray task. A Ctrl-C on the driver cancels it with a KeyboardInterrupt, which the runner
     turns into a KILLED run before the task ends."""
     torch.set_num_threads(threads)
+    # Ray hands arrays out read-only from its object store; a tensor made from them would share read-only memory
+    arrays = replace(arrays, **{k: np.array(getattr(arrays, k)) for k in ("x_train", "y_train", "x_test", "y_test")})
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)

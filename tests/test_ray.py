@@ -1,0 +1,236 @@
+"""Claims and Ray, for real: two drivers on one SQLite store, and a two-node Ray cluster on loopback with an mlflow
+server on PostgreSQL and a shared checkpoint folder, whose worker node is killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from harness.cli import main
+
+from .conftest import ROOT, TINY, env_with, free_port, write_spec
+
+FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", "train_error")
+PY = sys.executable
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _env(**extra) -> dict[str, str]:
+    return env_with(PYTHONPATH=ROOT, RAY_USAGE_STATS_ENABLED=0, OMP_NUM_THREADS=1, **extra)
+
+
+def _runs(c, group="t"):
+    exp = c.get_experiment_by_name(group)
+    return c.search_runs([exp.experiment_id]) if exp else []
+
+
+def _final(c, run):
+    return {k: c.get_run(run.info.run_id).data.metrics[k] for k in FINAL_KEYS}
+
+
+def _steps_once(c, run) -> bool:
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_error")]
+    return len(steps) == len(set(steps)) > 0
+
+
+def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path):
+    """Two `harness run` of the same spec and seeds at once: every run is claimed before it trains, so the driver
+    that comes second waits on the claim and then finds the run FINISHED."""
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]")
+                      .replace("total_iters: 12", "total_iters: 40"))
+    from harness import tracking
+
+    tracking.create_store()  # as `run --jobs` does; two fresh processes racing to create MLflow's tables is not this
+    cmd = [PY, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"]
+    drivers = [subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        errs = [p.communicate(timeout=150)[1] for p in drivers]
+    finally:
+        for p in drivers:
+            p.kill()
+    assert [p.returncode for p in drivers] == [0, 0], errs
+    both = "".join(errs)
+    assert both.count(": FINISHED in") == 2 and both.count("already FINISHED") == 2, both
+    c = MlflowClient()
+    runs = _runs(c)
+    assert sorted(r.info.run_name for r in runs) == ["tiny-s0", "tiny-s1"], both
+    assert all(r.info.status == "FINISHED" and _steps_once(c, r) for r in runs), both
+
+
+def test_a_claim_waits_for_a_live_holder_and_takes_over_a_dead_one(store, monkeypatch):
+    from harness import claims
+
+    monkeypatch.setenv("HARNESS_CLAIM_TIMEOUT", "1")
+    url = claims.claims_db()
+    assert claims._try_take(url, "h", "elsewhere:1:a") is None  # a holder on another host that will never beat
+    assert claims._try_take(url, "h", "here:2:b") == "elsewhere:1:a"
+    time.sleep(1.2)
+    assert claims._try_take(url, "h", "here:2:b") is None  # silent past the timeout: taken over
+    with claims.claimed("g", "run-g") as me:  # held, with a heartbeat
+        time.sleep(1.5)
+        assert claims._try_take(url, "g", "other:3:c") == me
+    assert claims._try_take(url, "g", "other:3:c") is None  # released
+
+
+def test_a_cluster_refuses_a_store_only_one_node_can_see(store, mini, tmp_path, capsys):
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny")
+    assert main(["run", str(spec), "--data", str(mini), "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a local store" in err[0] and "postgresql://" in err[0], err
+    assert not store.exists()  # nothing ran, nothing created
+
+
+def test_jobs_without_ray_installed_is_one_line(store, mini, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # the fault: Ray missing
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny")
+    assert main(["run", str(spec), "--data", str(mini), "--jobs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not installed" in err[0], err
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (Ray's workers start sessions of their own, so a group kill misses them)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
+def _kill_tree(p: subprocess.Popen) -> None:
+    for pid in _descendants(p.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait(timeout=30)
+
+
+def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"server exited with {proc.returncode}"
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(url)
+
+
+@pytest.fixture()
+def mlflow_server(postgres_db, tmp_path):
+    """`mlflow server` on PostgreSQL, on loopback, its artifacts in a folder every (loopback) node reaches."""
+    port = free_port()
+    log = (tmp_path / "mlflow-server.log").open("w")
+    p = subprocess.Popen([PY, "-m", "mlflow", "server", "--backend-store-uri", postgres_db, "--artifacts-destination",
+                          (tmp_path / "artifacts").as_uri(), "--host", "127.0.0.1", "--port", str(port),
+                          "--workers", "1"], env=_env(), stdout=log, stderr=log, start_new_session=True)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/health", p)
+        yield f"http://127.0.0.1:{port}", postgres_db
+    finally:
+        _kill_tree(p)
+
+
+def _ray_node(tmp_path: Path, name: str, head_port: int, head: bool) -> subprocess.Popen:
+    args = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
+            "--resources", json.dumps({name: 1}), "--object-store-memory", str(200 << 20)]
+    if head:
+        args += ["--head", "--port", str(head_port), "--include-dashboard", "false", "--disable-usage-stats",
+                 "--temp-dir", str(tmp_path / "ray"), "--ray-client-server-port", str(free_port())]
+    else:
+        args += ["--address", f"127.0.0.1:{head_port}"]
+    log = (tmp_path / f"ray-{name}.log").open("w")
+    return subprocess.Popen(args, env=_env(), stdout=log, stderr=log, start_new_session=True)
+
+
+@pytest.fixture()
+def ray_cluster(tmp_path):
+    """A head node (custom resource `head`) and a worker node (`worker`), one CPU each, on 127.0.0.1."""
+    port = free_port()
+    nodes = {"head": _ray_node(tmp_path, "head", port, head=True)}
+    try:
+        deadline = time.monotonic() + 60
+        while not list((tmp_path / "ray").glob("session_*/logs/gcs_server.out")) or time.monotonic() < 0:
+            assert time.monotonic() < deadline and nodes["head"].poll() is None, (tmp_path / "ray-head.log").read_text()
+            time.sleep(0.5)
+        nodes["worker"] = _ray_node(tmp_path, "worker", port, head=False)
+        yield f"127.0.0.1:{port}", nodes
+    finally:
+        for p in reversed(nodes.values()):
+            _kill_tree(p)
+
+
+def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_server, ray_cluster, mini, tmp_path,
+                                                                       monkeypatch):
+    """`table --address`: one run lands on each node (one CPU each); the worker node is killed once its run has
+    a checkpoint, Ray retries the task on the head, which takes over the run's claim (its holder is gone) and
+    resumes it from the shared checkpoint to the numbers of an uninterrupted run on one thread."""
+    uri, pg = mlflow_server
+    address, nodes = ray_cluster
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]")
+                      .replace("total_iters: 12", "total_iters: 300").replace("milestones: [8, 10]",
+                                                                              "milestones: [200, 250]"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/ref/mlflow.db")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ref = MlflowClient()
+    reference = {r.info.run_name: _final(ref, r) for r in _runs(ref)}
+
+    shared = tmp_path / "shared-checkpoints"
+    p = subprocess.Popen([PY, "-m", "harness", "table", str(spec.parent), "--data", str(mini), "--no-report",
+                          "--no-progress", "--address", address, "--checkpoint-dir", str(shared), "--claims-db", pg],
+                         env=_env(MLFLOW_TRACKING_URI=uri, HARNESS_CLAIM_TIMEOUT=30), cwd=tmp_path,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines: list[str] = []
+    try:
+        on_worker = None
+        while True:
+            lines.append(p.stderr.readline())
+            assert lines[-1], "".join(lines)
+            if ": on Ray node worker" in lines[-1]:
+                on_worker = lines[-1].split(": on Ray node")[0].split()[-1]
+            if on_worker and f"{on_worker} it 75:" in lines[-1]:  # its first checkpoint is written
+                break
+        _kill_tree(nodes["worker"])  # the node dies: raylet, its workers, all at once
+        reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
+        reader.start()
+        assert p.wait(timeout=150) == 0, "".join(lines)
+        reader.join(timeout=10)
+    finally:
+        _kill_tree(p)
+    err = "".join(lines)
+    assert ": on Ray node head" in err and on_worker, err
+    assert f"{on_worker}: resuming MLflow run" in err, err
+    c = MlflowClient(uri)
+    runs = {r.info.run_name: r for r in _runs(c)}
+    assert set(runs) == set(reference) == {"tiny-s0", "tiny-s1"}
+    for name, r in runs.items():
+        assert r.info.status == "FINISHED" and r.data.tags["device"].endswith("x1 threads"), name
+        assert _steps_once(c, r), name
+        assert _final(c, r) == reference[name], name  # bit-exact after the resume on the other node
+    assert not list(shared.glob("*.pt"))
