@@ -9,8 +9,11 @@ TUNE_BUDGET ?= 0.05
 TUNE_EXPORT ?= experiments/tuned/resnet32.yaml
 TRIALS  ?= 20
 JOBS    ?= 1
+RAY_ADDRESS ?=
+CLUSTER := $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: install test lint run reproduce-table report tune ui bench clean
 
@@ -29,10 +32,10 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q $(ARGS)
 
 run: $(STAMP)
-	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
+	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
 
 reproduce-table: $(STAMP)
-	$(PY) -m harness table --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
+	$(PY) -m harness table --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
 
 report: $(STAMP)
 	$(PY) -m harness report $(ARGS)
