@@ -24,7 +24,7 @@ from typing import NamedTuple
 import torch
 
 from harness import tracking, workers
-from harness.cluster import Cluster, import_ray, run_units
+from harness.cluster import Cluster, check_shared, import_ray, run_units
 from harness.cost import Rate, gflops_on_data
 from harness.data import Arrays, load_arrays
 from harness.devices import check_jobs, pick_device
@@ -96,7 +96,9 @@ def run_batch(runs: list[RunSpec], data: str, jobs: int, *, download: bool = Fal
     check_jobs(jobs)
     shared.apply()
     if jobs > 1 or shared.cluster.address:
-        import_ray()  # a missing Ray is one line before the data is loaded
+        import_ray()  # a missing Ray, or a store one node alone sees, is one line before anything is loaded
+    if shared.cluster.address:
+        check_shared(offline)
     arrays = load_arrays(data, download=download)
     dev = pick_device(device)
     todo = plan(runs, arrays, dev) if plan else runs

@@ -60,6 +60,8 @@ def claims_db(uri: str | None = None) -> str:
 def _table(url: str):
     import sqlalchemy as sa
 
+    if db := tracking.sqlite_file(url):
+        db.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {},
                               pool_pre_ping=True)
     meta = sa.MetaData()

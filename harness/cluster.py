@@ -81,6 +81,7 @@ def check_reached(ray, folder: Path) -> None:
 def start(ray, cluster: Cluster, jobs: int, device: torch.device) -> tuple[int, float, str]:
     """Start Ray embedded or join `cluster.address`; returns each unit's CPU threads, GPU share and device."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # a cancelled run is reported once, by _collect
     os.environ.setdefault("HARNESS_GIT_COMMIT", tracking.git_commit())
     env = {k: os.environ[k] for k in ENV if os.environ.get(k)}
     gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 0
@@ -113,8 +114,6 @@ def run_units(units: list[list[RunSpec]], arrays: Arrays, device: torch.device, 
     """Submit every unit, call `on_done(unit, statuses, node)` as each ends; Ctrl-C cancels what is queued,
     interrupts what is running (its runs are marked KILLED) and raises KeyboardInterrupt."""
     ray = import_ray()
-    if cluster.address:
-        check_shared(offline)
     threads, share, dev = start(ray, cluster, jobs, device)
     try:
         if cluster.address:

@@ -48,7 +48,7 @@ def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path):
     """Two `harness run` of the same spec and seeds at once: every run is claimed before it trains, so the driver
     that comes second waits on the claim and then finds the run FINISHED."""
     spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]")
-                      .replace("total_iters: 12", "total_iters: 40"))
+                      .replace("total_iters: 12", "total_iters: 16"))
     from harness import tracking
 
     tracking.create_store()  # as `run --jobs` does; two fresh processes racing to create MLflow's tables is not this
@@ -155,9 +155,12 @@ def mlflow_server(postgres_db, tmp_path):
 def _ray_node(tmp_path: Path, name: str, head_port: int, head: bool) -> subprocess.Popen:
     args = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
             "--resources", json.dumps({name: 1}), "--object-store-memory", str(200 << 20)]
+    for port in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"):
+        args += [port, str(free_port())]  # two nodes on one host: no default port may be shared
     if head:
         args += ["--head", "--port", str(head_port), "--include-dashboard", "false", "--disable-usage-stats",
-                 "--temp-dir", str(tmp_path / "ray"), "--ray-client-server-port", str(free_port())]
+                 "--temp-dir", str(tmp_path / "ray")]
     else:
         args += ["--address", f"127.0.0.1:{head_port}"]
     log = (tmp_path / f"ray-{name}.log").open("w")
