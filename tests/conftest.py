@@ -60,7 +60,14 @@ def free_port() -> int:
 
 
 @pytest.fixture()
-def postgres_db():
+def net_prefix() -> list[str]:
+    """What servers a test starts are run under: nothing here; a module whose servers live in a network
+    namespace of their own overrides it (tests/test_ray.py)."""
+    return []
+
+
+@pytest.fixture()
+def postgres_db(net_prefix):
     """A throw-away PostgreSQL server on loopback (Debian's packages; .ci/run installs them), one database
     `harness` in it; yields its SQLAlchemy URL and stops the server (pg_ctl, by its data folder) even on failure."""
     import glob
@@ -73,8 +80,8 @@ def postgres_db():
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does this)")
     bindir = Path(bins[-1]).parent
     data = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # pytest's tmp dirs are closed to other users
-    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # postgres refuses to run as root
-    if as_pg:
+    as_pg = net_prefix + (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else [])  # not as root
+    if os.geteuid() == 0:
         shutil.chown(data, "postgres")
     subprocess.run(as_pg + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
                    check=True, capture_output=True)
