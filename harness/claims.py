@@ -101,7 +101,7 @@ def _try_take(url: str, spec_hash: str, holder: str) -> str | None:
 def _gone(holder: str) -> bool:
     """A holder on this host whose process has exited: taken over at once rather than after the timeout."""
     host, pid, _ = holder.rsplit(":", 2)
-    if host != socket.gethostname():
+    if host.rsplit("/", 1)[-1] != socket.gethostname():
         return False
     try:
         os.kill(int(pid), 0)
@@ -129,7 +129,8 @@ def claimed(spec_hash: str, name: str, log=print):
     import sqlalchemy as sa
 
     url = claims_db()
-    holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    where = f"{os.environ['HARNESS_NODE']}/" if os.environ.get("HARNESS_NODE") else ""  # a Ray node's name
+    holder = f"{where}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     said = False
     while (other := _try_take(url, spec_hash, holder)) is not None:
         if not said and other != "(released)":

@@ -9,6 +9,7 @@ lines say where each run went. Ray is imported here only inside the task, never 
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -64,6 +65,7 @@ def run_unit(arrays: Arrays, runs: list[RunSpec], device: str, threads: int, for
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
     node = this_node()
+    os.environ["HARNESS_NODE"] = node  # claims name their holder's node
     for r in runs:
         print(f"{r.run_name}: on Ray node {node}", flush=True)
     return Done([execute_one(r, arrays, dev, force, offline, progress=False) for r in runs], node)

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -230,35 +229,46 @@ def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_serv
                                   "--no-report", "--no-progress", "--address", address, "--checkpoint-dir",
                                   str(shared), "--claims-db", pg],
                          env=_env(MLFLOW_TRACKING_URI=uri, HARNESS_CLAIM_TIMEOUT=30, RAY_AUTH_MODE="disabled"),
-                         cwd=tmp_path, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    lines: list[str] = []
+                         cwd=tmp_path, stderr=(tmp_path / "driver.log").open("w"), start_new_session=True)
     try:
-        on_worker = None
-        while True:
-            lines.append(p.stderr.readline())
-            assert lines[-1], "".join(lines)
-            if ": on Ray node worker" in lines[-1]:
-                on_worker = lines[-1].split(": on Ray node")[0].split()[-1]
-            if on_worker and f"{on_worker} it 50:" in lines[-1]:  # its first checkpoint is written
-                break
+        found = subprocess.run(netns + [PY, "-c", WORKER_CLAIM, pg], env=_env(), capture_output=True, text=True,
+                               timeout=240)
+        assert found.returncode == 0, (found.stderr[-2000:], p.poll())
+        spec_hash = found.stdout.strip()  # the run the worker node holds, by its claim
+        deadline = time.monotonic() + 240
+        while not (shared / f"{spec_hash}.pt").exists():  # its first checkpoint
+            assert p.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.2)
         _kill_tree(nodes["worker"])  # the node dies: raylet, its workers, all at once
-        reader = threading.Thread(target=lambda: lines.extend(p.stderr), daemon=True)
-        reader.start()
-        assert p.wait(timeout=240) == 0, "".join(lines)
-        reader.join(timeout=10)
+        p.wait(timeout=300)
+        err = (tmp_path / "driver.log").read_text()
+        assert p.returncode == 0, err[-5000:]
     finally:
         _kill_tree(p)
-    err = "".join(lines)
-    assert ": on Ray node head" in err and on_worker, err
-    assert f"{on_worker}: resuming MLflow run" in err, err
+    assert "finished on head" in err, err[-5000:]
     runs = json.loads(subprocess.run(netns + [PY, "-c", READ_RUNS, uri], env=_env(), capture_output=True, text=True,
                                      check=True).stdout)
-    assert set(runs) == set(reference) == {"tiny-s0", "tiny-s1"}
-    for name, r in runs.items():
+    assert set(runs) == set(reference) == {"tiny-s0", "tiny-s1"}, runs  # no run made twice
+    for name, r in runs.items():  # steps_once: resumed from its checkpoint, not from the start
         assert r["status"] == "FINISHED" and r["device"].endswith("x1 threads") and r["steps_once"], (name, r)
         assert r["final"] == reference[name], name  # bit-exact after the resume on the other node
     assert not list(shared.glob("*.pt"))
 
+
+WORKER_CLAIM = """
+import sys, time
+import sqlalchemy as sa
+engine = sa.create_engine(sys.argv[1])
+while True:
+    with engine.connect() as con:
+        rows = con.execute(sa.text("SELECT spec_hash, holder FROM harness_run_claims")).fetchall() \\
+            if sa.inspect(engine).has_table("harness_run_claims") else []
+    hit = [h for h, who in rows if who.startswith("worker/")]
+    if hit:
+        print(hit[0])
+        break
+    time.sleep(0.3)
+"""
 
 READ_RUNS = f"""
 import json, sys
@@ -267,6 +277,7 @@ c = MlflowClient(sys.argv[1])
 out = {{}}
 for r in c.search_runs([c.get_experiment_by_name("t").experiment_id]):
     steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_error")]
+    assert r.info.run_name not in out, "a run made twice"
     out[r.info.run_name] = dict(status=r.info.status, device=r.data.tags["device"],
                                 steps_once=len(steps) == len(set(steps)) > 0,
                                 final={{k: r.data.metrics[k] for k in {FINAL_KEYS!r}}})
