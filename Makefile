@@ -9,8 +9,11 @@ TUNE_BUDGET ?= 0.05
 TUNE_EXPORT ?= experiments/tuned/resnet32.yaml
 TRIALS  ?= 20
 JOBS    ?= 1
+RAY_ADDRESS ?=
+CLUSTER := $(if $(RAY_ADDRESS),--address $(RAY_ADDRESS))
 ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
+export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: install test lint run reproduce-table report results tune ui bench clean
 
@@ -29,11 +32,11 @@ test: $(STAMP) lint
 	$(PY) -m pytest -q $(ARGS)
 
 run: $(STAMP)
-	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
+	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
 
 # With no DATA, torchvision downloads CIFAR-10 (md5-checked) into data/; offline, one line says what to do.
 reproduce-table: $(STAMP)
-	$(PY) -m harness table --data $(DATA) --download --budget $(BUDGET) --jobs $(JOBS) $(ARGS)
+	$(PY) -m harness table --data $(DATA) --download --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
 
 # Every page of reports/ from results/ alone (no MLflow store, no GPU needed): the records go into a throw-away
 # store first, so the pages are those of the committed records, whatever the local store holds.

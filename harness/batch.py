@@ -1,37 +1,33 @@
 """A batch of runs, the layer `run` and `table` share: their specs read and checked, the data loaded once and the
-runs trained one at a time in this process or several at once on one device (or dealt over several GPUs), the
-lever for a whole table's throughput.
+runs trained one at a time in this process, or several at once on Ray (harness/cluster.py): on this machine with
+`--jobs N`, or over a cluster with `--address`, the lever for a whole table's throughput.
 
 A batch-128 CIFAR ResNet step leaves much of a device idle. On a 2-core CPU, two runs with one thread each
 trained 1.1-1.25x more images per second in total than one run with both threads (`bench --jobs 2` measures
-it on the machine at hand): small convolutions scale poorly across threads. Not measured on a GPU yet.
-Runs are independent (own MLflow run, own checkpoint keyed by spec_hash): they share nothing but the device.
-
-Workers (harness/workers.py) are spawned processes, never forked: a forked child of a process that has touched CUDA
-cannot use it. Each gets the CPU threads of the parent divided by the number of jobs. On a machine with several GPUs
-and `--device cuda` (or none), each worker owns one GPU for its life, the workers dealt round-robin over the GPUs,
-so `--jobs 8` on four GPUs trains two runs on each; `--device cuda:1` keeps every worker on that one GPU. A run
-killed with its worker resumes from its checkpoint on the next call, exactly as in one process.
+it on the machine at hand): small convolutions scale poorly across threads. Runs are independent (own MLflow run,
+own checkpoint keyed by spec_hash, own claim): they share nothing but the device. The unit of work handed to Ray
+is a list of runs (`units`), one run each today, so that runs trained together in one process drop in as one unit.
+A run killed with its worker or node resumes from its checkpoint, retried by Ray or on the next call.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from harness import tracking, workers
+from harness.cluster import Cluster, check_shared, import_ray, run_units
 from harness.cost import Rate, gflops_on_data
 from harness.data import Arrays, check_batch_fits, load_arrays
-from harness.devices import check_jobs, pick_device, thread_share, worker_devices
+from harness.devices import check_jobs, pick_device
 from harness.errors import SpecError
 from harness.spec import RunSpec, load_specs, resolve_runs
 
@@ -67,22 +63,49 @@ class Batch:
         return self.counts.keys() <= {"finished", "skipped"}
 
 
+LOCAL = Cluster()
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Where every process of a batch finds the same state: a cluster to run on (None: this machine), the
+    checkpoint folder and the claim database (None: beside the store, harness/claims.py)."""
+    cluster: Cluster = LOCAL
+    checkpoint_dir: str | None = None
+    claims_db: str | None = None
+
+    def apply(self) -> None:
+        """Into this process's environment, which the runner reads and Ray hands to every task."""
+        if self.checkpoint_dir:
+            os.environ["HARNESS_CHECKPOINT_DIR"] = str(Path(self.checkpoint_dir).resolve())
+        if self.claims_db:
+            os.environ["HARNESS_CLAIMS_DB"] = self.claims_db
+
+
+HERE = Shared()
+
+
 def run_batch(runs: list[RunSpec], data: str, jobs: int, *, download: bool = False, device: str | None = None,
               force: bool = False, offline: str | None = None, no_progress: bool = False,
               label: Label = lambda r: r.run_name, plan: Plan | None = None, title: str = "",
-              note: str = "") -> Batch:
+              note: str = "", shared: Shared = HERE) -> Batch:
     """Check, load, train, sum up: --jobs is checked, the data loaded and the device chosen once for all runs;
     `plan` may narrow the runs to those still to do; one line at the end counts the outcomes (`title` and `note`
     say whose and what else to know). Bars only on a terminal: in a log file or CI a bar is hundreds of carriage
     returns on one line, so there each evaluation point gets a line of its own instead (as under --no-progress)."""
     check_jobs(jobs)
+    shared.apply()
+    if jobs > 1 or shared.cluster.address:
+        import_ray()  # a missing Ray, or a store one node alone sees, is one line before anything is loaded
+    if shared.cluster.address:
+        check_shared(offline)
     arrays = load_arrays(data, download=download)
     check_batch_fits(runs, arrays)  # every run's batch against its split of this data, before any MLflow run
     dev = pick_device(device)
     todo = plan(runs, arrays, dev) if plan else runs
     t0 = time.perf_counter()
     counts = execute_all(todo, arrays, dev, jobs, force=force, offline=offline,
-                         progress=not no_progress and sys.stderr.isatty(), label=label)
+                         progress=not no_progress and sys.stderr.isatty(), label=label, cluster=shared.cluster)
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     print(f"{title + ': ' if title else ''}{len(todo)} runs: {summary} in {time.perf_counter() - t0:.0f}s{note}",
           file=sys.stderr)
@@ -91,22 +114,22 @@ def run_batch(runs: list[RunSpec], data: str, jobs: int, *, download: bool = Fal
 
 def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int = 1, force: bool = False,
                 offline: str | None = None, progress: bool = True,
-                label: Label = lambda r: r.run_name) -> dict[str, int]:
-    """Run `runs`, `jobs` at a time; returns {status: count}. With jobs > 1 they go to spawned workers and bars are
-    off (N bars would interleave): each worker logs one line per evaluation point instead. The time-left estimate
+                label: Label = lambda r: r.run_name, cluster: Cluster = LOCAL) -> dict[str, int]:
+    """Run `runs`, `jobs` at a time; returns {status: count}. With jobs > 1 or a cluster they go to Ray and bars
+    are off (N bars would interleave): each run logs one line per evaluation point instead. The time-left estimate
     weighs each run by its GFLOPs on these arrays."""
     cost = partial(gflops_on_data, arrays=arrays)
-    if jobs == 1 or not runs:
+    if (jobs == 1 and not cluster.address) or not runs:
         return _in_this_process(runs, arrays, device, force, offline, progress, label, Rate(runs, cost))
     counts: dict[str, int] = {}
     hashes = [r.spec_hash(arrays.data_id) for r in runs]
-    unique = [r for i, r in enumerate(runs) if hashes[i] not in hashes[:i]]  # one worker per run: the first one
+    unique = [r for i, r in enumerate(runs) if hashes[i] not in hashes[:i]]  # one task per run: the first one
     if len(unique) < len(runs):
         counts["skipped"] = len(runs) - len(unique)
         print(f"jobs: {len(runs) - len(unique)} duplicate run(s) of the same resolved spec skipped", file=sys.stderr)
     if not offline:
         tracking.create_store()
-    return _in_workers(unique, arrays, device, jobs, force, offline, label, Rate(unique, cost), counts)
+    return _on_ray(unique, arrays, device, jobs, cluster, force, offline, label, Rate(unique, cost), counts)
 
 
 def _in_this_process(runs: list[RunSpec], arrays: Arrays, device: torch.device, force: bool, offline: str | None,
@@ -120,46 +143,22 @@ def _in_this_process(runs: list[RunSpec], arrays: Arrays, device: torch.device, 
     return counts
 
 
-def _in_workers(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int, force: bool,
-                offline: str | None, label: Label, rate: Rate, counts: dict[str, int]) -> dict[str, int]:
-    threads = thread_share(jobs)
-    devices = worker_devices(device, jobs, torch.cuda.device_count() if device.type == "cuda" else 0)
-    where = ", ".join(f"{n} on {d}" for d, n in sorted(Counter(devices).items())) if len(set(devices)) > 1 \
-        else f"on {devices[0]}"
-    print(f"jobs: {jobs} runs at a time {where}" + (f", {threads} CPU thread(s) each" if device.type == "cpu"
-                                                    else ""), file=sys.stderr, flush=True)
-    ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
-    for d in devices:
-        queue.put(d)
-    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=workers.start,
-                               initargs=(arrays, queue, threads, offline))
-    try:
-        futures = {pool.submit(workers.execute, r, force): r for r in runs}
-        for done, fut in enumerate(as_completed(futures), 1):
-            r = futures[fut]
-            try:
-                status = fut.result()
-            except Exception as e:  # noqa: BLE001 - e.g. a worker killed by the OOM killer: the run resumes later
-                status = "failed"
-                print(f"{label(r)}: worker failed with {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+def units(runs: list[RunSpec]) -> list[list[RunSpec]]:
+    """The units of work of a batch: one run each."""
+    return [[r] for r in runs]
+
+
+def _on_ray(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int, cluster: Cluster, force: bool,
+            offline: str | None, label: Label, rate: Rate, counts: dict[str, int]) -> dict[str, int]:
+    done = [0]
+
+    def on_done(unit: list[RunSpec], statuses: list[str], node: str) -> None:
+        for r, status in zip(unit, statuses, strict=True):
+            done[0] += 1
             counts[status] = counts.get(status, 0) + 1
             rate.done(r, status)
-            print(f"[{done}/{len(runs)}] {label(r)}: {status} ({rate.line()})", file=sys.stderr, flush=True)
-    except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)  # no run starts after a Ctrl-C
-        stop_workers()
-        raise
-    pool.shutdown()
+            where = f" on {node}" if cluster.address or status == "failed" else ""
+            print(f"[{done[0]}/{len(runs)}] {label(r)}: {status}{where} ({rate.line()})", file=sys.stderr, flush=True)
+
+    run_units(units(runs), arrays, device, jobs, cluster, force, offline, on_done)
     return counts
-
-
-def stop_workers(grace_s: float = 15.0) -> None:
-    """After a Ctrl-C: the workers saw it too and are marking their runs KILLED; one that does not exit in time
-    (e.g. it was still starting when the signal came) is terminated, its run left RUNNING to resume."""
-    deadline = time.monotonic() + grace_s
-    for p in mp.active_children():
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.terminate()
-            p.join()

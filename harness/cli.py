@@ -38,9 +38,32 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
 
 def _jobs_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, metavar="N",
-                   help="train N runs at once, each in its own process (CPU threads split between them; with "
-                        "several GPUs and --device cuda, workers dealt over the GPUs); no progress bars, a line per "
+                   help="train N runs at once on this machine, as Ray tasks (Ray starts embedded, nothing to set "
+                        "up; CPU threads split between them, GPUs shared); no progress bars, a line per "
                         "evaluation point instead")
+    c = p.add_argument_group("cluster (docs/cluster.md)")
+    c.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None, metavar="HOST:PORT",
+                   help="join this Ray cluster (default: $RAY_ADDRESS) and spread the runs over its nodes; the "
+                        "store must be an mlflow server every node reaches")
+    c.add_argument("--checkpoint-dir", default=None, metavar="DIR",
+                   help="where runs keep checkpoints (default: beside the store); on a cluster a folder every "
+                        "node mounts at the same path")
+    c.add_argument("--claims-db", default=os.environ.get("HARNESS_CLAIMS_DB") or None, metavar="URL",
+                   help="SQL database where runs are claimed, one writer each (default: the store's own; for an "
+                        "http:// store, the server's --backend-store-uri, e.g. postgresql://user@host/mlflow)")
+    c.add_argument("--cpus-per-run", type=int, default=None, metavar="N",
+                   help="CPU threads each run trains on, Ray's num_cpus (default: this machine's split over "
+                        "--jobs; 1 on a cluster)")
+    c.add_argument("--gpus-per-run", type=float, default=None, metavar="F",
+                   help="Ray's num_gpus per run; a fraction packs several runs on one GPU (default: the GPUs "
+                        "split over --jobs, at most 1)")
+
+
+def _shared(a):
+    from harness.batch import Shared
+    from harness.cluster import Cluster
+
+    return Shared(Cluster(a.address, a.cpus_per_run, a.gpus_per_run), a.checkpoint_dir, a.claims_db)
 
 
 def cmd_validate(a) -> int:
@@ -53,7 +76,8 @@ def cmd_run(a) -> int:
     from harness.run import run
 
     code = run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
-               force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs)
+               force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs,
+               shared=_shared(a))
     if not a.offline:  # an offline run's record is its folder's record.json until `import`
         _export_results()
     return code
@@ -96,7 +120,8 @@ def cmd_table(a) -> int:
     from harness.table import table
 
     code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
-                          device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs)
+                          device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs,
+                          shared=_shared(a))
     _export_results()
     if not a.no_report:  # every campaign's pages, this table's among them, each in a folder of its own
         from harness.report import report

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from harness import mlflow_inputs, tracking
+from harness import claims, mlflow_inputs, tracking
 from harness.data import Arrays, DeviceData, to_device
 from harness.devices import device_name
 from harness.errors import UserError
@@ -75,11 +75,18 @@ def run_dataset(arrays: Arrays, data: DeviceData) -> dict[str, str]:
 
 def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = False,
             progress: bool = True) -> str:
-    """Returns 'finished', 'skipped', 'diverged' or 'failed'."""
+    """Returns 'finished', 'skipped', 'diverged' or 'failed'. The run is claimed first (harness/claims.py): one
+    writer per run and checkpoint, whatever else is running it."""
     c = tracking.client()
     exp_id = tracking.experiment_id(c, run.group)
     spec_hash = run.spec_hash(arrays.data_id)
-    ckpt = tracking.store_root() / "checkpoints" / f"{spec_hash}.pt"
+    with claims.claimed(spec_hash, run.run_name, log):
+        return _execute(c, exp_id, spec_hash, run, arrays, device, force, progress)
+
+
+def _execute(c, exp_id: str, spec_hash: str, run: RunSpec, arrays: Arrays, device: torch.device, force: bool,
+             progress: bool) -> str:
+    ckpt = claims.checkpoint_dir() / f"{spec_hash}.pt"
     existing = None if force else tracking.find_run(c, exp_id, spec_hash)
     if existing is not None and (settled := _settled(run, existing)):
         return settled

@@ -65,10 +65,10 @@ def experiment_id(c, group: str) -> str:
         if NOTE not in exp.tags:
             c.set_experiment_tag(exp.experiment_id, NOTE, experiment_note(group))
         return exp.experiment_id
-    artifacts = (store_root() / "artifacts" / group).resolve()
+    local = urlparse(tracking_uri()).scheme in ("", "file", "sqlite")  # a server keeps its own artifact root
+    artifacts = (store_root() / "artifacts" / group).resolve().as_uri() if local else None
     try:
-        return c.create_experiment(group, artifact_location=artifacts.as_uri(),
-                                   tags={NOTE: experiment_note(group)})
+        return c.create_experiment(group, artifact_location=artifacts, tags={NOTE: experiment_note(group)})
     except Exception:  # another worker created it first
         return c.get_experiment_by_name(group).experiment_id
 

@@ -48,3 +48,52 @@ def env_with(**extra) -> dict[str, str]:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in extra.items()})
     return env
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (the servers tests start listen on 127.0.0.1 only)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def net_prefix() -> list[str]:
+    """What servers a test starts are run under: nothing here; a module whose servers live in a network
+    namespace of their own overrides it (tests/test_ray.py)."""
+    return []
+
+
+@pytest.fixture()
+def postgres_db(net_prefix):
+    """A throw-away PostgreSQL server on loopback (Debian's packages; .ci/run installs them), one database
+    `harness` in it; yields its SQLAlchemy URL and stops the server (pg_ctl, by its data folder) even on failure."""
+    import glob
+    import shutil
+    import subprocess
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does this)")
+    bindir = Path(bins[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # pytest's tmp dirs are closed to other users
+    as_pg = net_prefix + (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else [])  # not as root
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres")
+    subprocess.run(as_pg + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    port = free_port()
+    subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
+                            f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True,
+                   capture_output=True)
+    try:
+        subprocess.run(as_pg + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                                "harness"], check=True, capture_output=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/harness"
+    finally:
+        subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)

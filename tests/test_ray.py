@@ -1,0 +1,285 @@
+"""Claims and Ray, for real: two drivers on one SQLite store, and a two-node Ray cluster on loopback with an mlflow
+server on PostgreSQL and a shared checkpoint folder, whose worker node is killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow import MlflowClient
+
+from harness.cli import main
+
+from .conftest import ROOT, TINY, env_with, free_port, write_spec
+
+FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", "train_error")
+PY = sys.executable
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def _env(**extra) -> dict[str, str]:
+    return env_with(PYTHONPATH=ROOT, RAY_USAGE_STATS_ENABLED=0, OMP_NUM_THREADS=1, **extra)
+
+
+def _runs(c, group="t"):
+    exp = c.get_experiment_by_name(group)
+    return c.search_runs([exp.experiment_id]) if exp else []
+
+
+def _final(c, run):
+    return {k: c.get_run(run.info.run_id).data.metrics[k] for k in FINAL_KEYS}
+
+
+def _steps_once(c, run) -> bool:
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "val_error")]
+    return len(steps) == len(set(steps)) > 0
+
+
+def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path):
+    """Two `harness run` of the same spec and seeds at once: every run is claimed before it trains, so the driver
+    that comes second waits on the claim and then finds the run FINISHED."""
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]")
+                      .replace("total_iters: 12", "total_iters: 16"))
+    from harness import tracking
+
+    tracking.create_store()  # as `run --jobs` does; two fresh processes racing to create MLflow's tables is not this
+    cmd = [PY, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"]
+    drivers = [subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        errs = [p.communicate(timeout=150)[1] for p in drivers]
+    finally:
+        for p in drivers:
+            p.kill()
+    assert [p.returncode for p in drivers] == [0, 0], errs
+    both = "".join(errs)
+    assert both.count(": FINISHED in") == 2 and both.count("already FINISHED") == 2, both
+    c = MlflowClient()
+    runs = _runs(c)
+    assert sorted(r.info.run_name for r in runs) == ["tiny-s0", "tiny-s1"], both
+    assert all(r.info.status == "FINISHED" and _steps_once(c, r) for r in runs), both
+
+
+def test_a_claim_waits_for_a_live_holder_and_takes_over_a_dead_one(store, monkeypatch):
+    from harness import claims
+
+    monkeypatch.setenv("HARNESS_CLAIM_TIMEOUT", "1")
+    url = claims.claims_db()
+    assert claims._try_take(url, "h", "elsewhere:1:a") is None  # a holder on another host that will never beat
+    assert claims._try_take(url, "h", "here:2:b") == "elsewhere:1:a"
+    time.sleep(1.2)
+    assert claims._try_take(url, "h", "here:2:b") is None  # silent past the timeout: taken over
+    with claims.claimed("g", "run-g") as me:  # held, with a heartbeat
+        time.sleep(1.5)
+        assert claims._try_take(url, "g", "other:3:c") == me
+    assert claims._try_take(url, "g", "other:3:c") is None  # released
+
+
+def test_a_cluster_refuses_a_store_only_one_node_can_see(store, mini, tmp_path, capsys):
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny")
+    assert main(["run", str(spec), "--data", str(mini), "--address", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is a local store" in err[0] and "postgresql://" in err[0], err
+    assert not store.exists()  # nothing ran, nothing created
+
+
+def test_jobs_without_ray_installed_is_one_line(store, mini, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # the fault: Ray missing
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny")
+    assert main(["run", str(spec), "--data", str(mini), "--jobs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not installed" in err[0], err
+
+
+def _descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (Ray's workers start sessions of their own, so a group kill misses them)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += parents.get(p, [])
+    return out
+
+
+def _kill_tree(p: subprocess.Popen) -> None:
+    for pid in _descendants(p.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    p.wait(timeout=30)
+
+
+@pytest.fixture()
+def netns():
+    """A network namespace holding only `lo`, kept open by a sleeping process (stopped by its pid): Ray's nodes
+    listen on every interface whatever --node-ip-address says, so the cluster lives where `lo` is all there is."""
+    try:
+        holder = subprocess.Popen(["unshare", "-n", "--", "sh", "-c", "ip link set lo up && exec sleep 900"])
+    except OSError as e:
+        pytest.skip(f"unshare: {e}")
+    time.sleep(0.5)
+    if holder.poll() is not None:
+        pytest.skip("no network namespace here (unshare -n needs root or user namespaces)")
+    try:
+        yield ["nsenter", "-t", str(holder.pid), "-n", "--"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.fixture()
+def net_prefix(netns) -> list[str]:
+    return netns
+
+
+def _wait_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in (path.read_text() if path.exists() else ""):
+        assert proc.poll() is None and time.monotonic() < deadline, path.read_text()[-3000:]
+        time.sleep(0.5)
+
+
+@pytest.fixture()
+def mlflow_server(postgres_db, netns, tmp_path):
+    """`mlflow server` on PostgreSQL, on loopback, its artifacts in a folder every (loopback) node reaches."""
+    port = free_port()
+    path = tmp_path / "mlflow-server.log"
+    p = subprocess.Popen(netns + [PY, "-m", "mlflow", "server", "--backend-store-uri", postgres_db,
+                                  "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host",
+                                  "127.0.0.1", "--port", str(port), "--workers", "1"],
+                         env=_env(), stdout=path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_log(path, "Application startup complete", p)
+        yield f"http://127.0.0.1:{port}", postgres_db
+    finally:
+        _kill_tree(p)
+
+
+def _ray_node(netns: list[str], tmp_path: Path, temp: str, name: str, head_port: int, head: bool):
+    args = netns + [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
+            "--resources", json.dumps({name: 1}), "--object-store-memory", str(200 << 20)]
+    for port in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
+                 "--runtime-env-agent-port", "--node-manager-port", "--object-manager-port"):
+        args += [port, str(free_port())]  # two nodes on one host: no default port may be shared
+    if head:
+        args += ["--head", "--port", str(head_port), "--include-dashboard", "false", "--disable-usage-stats",
+                 "--temp-dir", temp]
+    else:
+        args += ["--address", f"127.0.0.1:{head_port}"]
+    log = (tmp_path / f"ray-{name}.log").open("w")
+    # no token: nothing but this namespace's `lo` reaches the cluster
+    return subprocess.Popen(args, env=_env(RAY_AUTH_MODE="disabled"), stdout=log, stderr=log, start_new_session=True)
+
+
+@pytest.fixture()
+def ray_cluster(netns, tmp_path):
+    """A head node (custom resource `head`) and a worker node (`worker`), one CPU each, on 127.0.0.1."""
+    port = free_port()
+    temp = tempfile.mkdtemp(prefix="hr-")  # Ray's socket paths must stay under 108 bytes
+    nodes = {"head": _ray_node(netns, tmp_path, temp, "head", port, head=True)}
+    try:
+        _wait_log(tmp_path / "ray-head.log", "block forever", nodes["head"])  # a worker gives a head 30 s, no more
+        nodes["worker"] = _ray_node(netns, tmp_path, temp, "worker", port, head=False)
+        yield f"127.0.0.1:{port}", nodes
+    finally:
+        for p in reversed(nodes.values()):
+            _kill_tree(p)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_server, ray_cluster, net_prefix, mini,
+                                                                       tmp_path, monkeypatch):
+    """`table --address`: one run lands on each node (one CPU each); the worker node is killed once its run has
+    a checkpoint, Ray retries the task on the head, which takes over the run's claim (its holder is gone) and
+    resumes it from the shared checkpoint to the numbers of an uninterrupted run on one thread."""
+    uri, pg = mlflow_server
+    address, nodes = ray_cluster
+    netns = net_prefix
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]")
+                      .replace("total_iters: 12", "total_iters: 200").replace("milestones: [8, 10]",
+                                                                              "milestones: [150, 180]"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/ref/mlflow.db")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    ref = MlflowClient()
+    reference = {r.info.run_name: _final(ref, r) for r in _runs(ref)}
+
+    shared = tmp_path / "shared-checkpoints"
+    p = subprocess.Popen(netns + [PY, "-m", "harness", "table", str(spec.parent), "--data", str(mini),
+                                  "--no-report", "--no-progress", "--address", address, "--checkpoint-dir",
+                                  str(shared), "--claims-db", pg],
+                         env=_env(MLFLOW_TRACKING_URI=uri, HARNESS_CLAIM_TIMEOUT=30, RAY_AUTH_MODE="disabled"),
+                         cwd=tmp_path, stderr=(tmp_path / "driver.log").open("w"), start_new_session=True)
+    try:
+        found = subprocess.run(netns + [PY, "-c", WORKER_CLAIM, pg], env=_env(), capture_output=True, text=True,
+                               timeout=240)
+        assert found.returncode == 0, (found.stderr[-2000:], p.poll())
+        spec_hash = found.stdout.strip()  # the run the worker node holds, by its claim
+        deadline = time.monotonic() + 240
+        while not (shared / f"{spec_hash}.pt").exists():  # its first checkpoint
+            assert p.poll() is None and time.monotonic() < deadline, (tmp_path / "driver.log").read_text()[-3000:]
+            time.sleep(0.2)
+        _kill_tree(nodes["worker"])  # the node dies: raylet, its workers, all at once
+        p.wait(timeout=300)
+        err = (tmp_path / "driver.log").read_text()
+        assert p.returncode == 0, err[-5000:]
+    finally:
+        _kill_tree(p)
+    assert "finished on head" in err, err[-5000:]
+    runs = json.loads(subprocess.run(netns + [PY, "-c", READ_RUNS, uri], env=_env(), capture_output=True, text=True,
+                                     check=True).stdout)
+    assert set(runs) == set(reference) == {"tiny-s0", "tiny-s1"}, runs  # no run made twice
+    for name, r in runs.items():  # steps_once: resumed from its checkpoint, not from the start
+        assert r["status"] == "FINISHED" and r["device"].endswith("x1 threads") and r["steps_once"], (name, r)
+        assert r["final"] == reference[name], name  # bit-exact after the resume on the other node
+    assert not list(shared.glob("*.pt"))
+
+
+WORKER_CLAIM = """
+import sys, time
+import sqlalchemy as sa
+engine = sa.create_engine(sys.argv[1])
+while True:
+    with engine.connect() as con:
+        rows = con.execute(sa.text("SELECT spec_hash, holder FROM harness_run_claims")).fetchall() \\
+            if sa.inspect(engine).has_table("harness_run_claims") else []
+    hit = [h for h, who in rows if who.startswith("worker/")]
+    if hit:
+        print(hit[0])
+        break
+    time.sleep(0.3)
+"""
+
+READ_RUNS = f"""
+import json, sys
+from mlflow import MlflowClient
+c = MlflowClient(sys.argv[1])
+out = {{}}
+for r in c.search_runs([c.get_experiment_by_name("t").experiment_id]):
+    steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_error")]
+    assert r.info.run_name not in out, "a run made twice"
+    out[r.info.run_name] = dict(status=r.info.status, device=r.data.tags["device"],
+                                steps_once=len(steps) == len(set(steps)) > 0,
+                                final={{k: r.data.metrics[k] for k in {FINAL_KEYS!r}}})
+print(json.dumps(out))
+"""
