@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,20 +38,6 @@ GROUPS = {
     "tuned": "The best schedule of a tuning study exported as a spec and trained once like table6, the only time "
              "it meets the test set.",
 }
-
-
-def source_tags() -> dict[str, str]:
-    """MLflow's own source tags, so its Source column links the commit the run's code came from."""
-    from harness.tracking import git_commit
-
-    commit = git_commit()
-    try:
-        full = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        full = commit.removesuffix("-dirty")
-    return {"mlflow.source.type": "LOCAL", "mlflow.source.name": "python -m harness",
-            "mlflow.source.git.commit": os.environ.get("HARNESS_GIT_COMMIT", full).removesuffix("-dirty")}
 
 
 def experiment_note(group: str) -> str:

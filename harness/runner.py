@@ -66,7 +66,7 @@ def run_tags(run: RunSpec, arrays: Arrays, data_description: str, device: torch.
             "data": data_description, "data_id": arrays.data_id, "device": device_name(device),
             "git_commit": tracking.git_commit(), "spec_file": run.source_file, "torch": torch.__version__,
             "official_test_set": str(arrays.is_official_full and run.budget == 1.0).lower(),
-            mlflow_inputs.NOTE: run.spec.description, **mlflow_inputs.source_tags()}
+            mlflow_inputs.NOTE: run.spec.description, **tracking.source_tags()}
 
 
 def run_dataset(arrays: Arrays, data: DeviceData) -> dict[str, str]:

@@ -154,6 +154,18 @@ def git_commit() -> str:
         return "unknown"
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags, so its Source column links the commit the run's code came from."""
+    commit = git_commit()
+    try:
+        full = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        full = commit.removesuffix("-dirty")
+    return {"mlflow.source.type": "LOCAL", "mlflow.source.name": "python -m harness",
+            "mlflow.source.git.commit": os.environ.get("HARNESS_GIT_COMMIT", full).removesuffix("-dirty")}
+
+
 def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> float:
     """One round trip for all metrics of an evaluation point; returns the seconds it took."""
     from mlflow.entities import Metric
