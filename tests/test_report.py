@@ -158,7 +158,7 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     assert t6md.startswith("# Table 6 (He et al. 2015) rerun at budget 1 on cifar10-mini.npz: not CIFAR-10 test "
                            "error\n"), t6md[:200]
     assert "| best seed (final error) |" in t6md
-    assert re.search(r"\| ResNet-8 \| 0.08 \| [0-9.]+k/[0-9.]+k \| 9.50 ± 0.25 \(best 9.00\) \| ", t6md), t6md
+    assert re.search(r"\| ResNet-8 \| 0.08 \| 3661/407 \| 9.50 ± 0.25 \(best 9.00\) \| ", t6md), t6md
     assert "(n=2; 1 failed: diverged; 1 unfinished) |" in t6md
     assert "ResNet-8: the paper's Table 6 figure 9.00 is the best of its runs" in t6md
     row = pd.read_csv(out / "table6.csv").iloc[0]
