@@ -177,7 +177,8 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     assert main(["report", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert (f"report: left {out}/ladder.md, {out}/ladder.png as they were (no ladder runs for budget 0.5 on "
-            f"{mini_id}; ladder.md is from an earlier report: budget 1, data cifar10-mini.npz train=") in err, err
+            f"{mini_id}; ladder.md is from an earlier report: budget 1, data cifar10-mini.npz (train/val split: "
+            "3661/407") in err, err
     assert "ablations.md" not in err and "tuned.md" not in err  # never written here: nothing to say
     assert (out / "ladder.md").read_bytes() == ladder_before
     assert "- Budget: 0.5\n" in (out / "table6.md").read_text()
