@@ -137,7 +137,7 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     (exp / "paper.yaml").write_text(yaml.safe_dump(paper))
     write_spec(exp / "table6", "resnet32", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
     write_spec(exp / "table6", "resnet8_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))  # same row, fails
-    write_spec(exp / "ladder", "3_multistep", TINY)
+    write_spec(exp / "ladder", "3_multistep", TINY.replace("lr: 0.1", "lr: 0.05"))  # not table6's recipe: it closes
     assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 1
     assert main(["run", str(exp / "ladder"), "--data", str(mini), "--no-progress", "--force"]) == 0  # same seed again
     c = MlflowClient()
@@ -158,14 +158,14 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     assert t6md.startswith("# Table 6 (He et al. 2015) rerun at budget 1 on cifar10-mini.npz: not CIFAR-10 test "
                            "error\n"), t6md[:200]
     assert "| best seed (final error) |" in t6md
-    assert re.search(r"\| ResNet-8 \| 0.08 \| [0-9.]+k/[0-9.]+k \| 9.50 ± 0.25 \(best 9.00\) \| ", t6md), t6md
+    assert re.search(r"\| ResNet-8 \| 0.08 \| 3661/407 \| 9.50 ± 0.25 \(best 9.00\) \| ", t6md), t6md
     assert "(n=2; 1 failed: diverged; 1 unfinished) |" in t6md
     assert "ResNet-8: the paper's Table 6 figure 9.00 is the best of its runs" in t6md
     row = pd.read_csv(out / "table6.csv").iloc[0]
     assert (row.paper_test_error, row.paper_std, row.paper_best_run, row.n) == (9.5, 0.25, 9.0, 2)
     assert row.best_seed <= row.measured_mean
     lad = (out / "ladder.md").read_text()
-    assert re.search(r"\| 3_multistep \|  \| \d+\.\d\d \(n=1\) \|", lad), lad  # the forced rerun replaces its run
+    assert re.search(r"\| 3_multistep \|  \| 3661/407 \| \d+\.\d\d \(n=1\) \|", lad), lad  # a rerun replaces its run
     assert re.search(r"\| paper_resnet32 \| .* \| noise unknown: n=1 in the previous rung \|", lad), lad
     assert "the ladder runs backwards" not in lad  # that reading is of a short run, and this is budget 1
     ladder_before = (out / "ladder.md").read_bytes()
@@ -177,7 +177,8 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     assert main(["report", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert (f"report: left {out}/ladder.md, {out}/ladder.png as they were (no ladder runs for budget 0.5 on "
-            f"{mini_id}; ladder.md is from an earlier report: budget 1, data cifar10-mini.npz train=") in err, err
+            f"{mini_id}; ladder.md is from an earlier report: budget 1, data cifar10-mini.npz (train/val split: "
+            "3661/407") in err, err
     assert "ablations.md" not in err and "tuned.md" not in err  # never written here: nothing to say
     assert (out / "ladder.md").read_bytes() == ladder_before
     assert "- Budget: 0.5\n" in (out / "table6.md").read_text()
