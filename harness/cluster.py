@@ -38,6 +38,10 @@ class Cluster:
 
 
 def import_ray():
+    """Ray, with its settings made before the import that reads them."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # a cancelled run is reported once, by _collect
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every run's evaluation lines, not "[repeated 2x across cluster]"
     try:
         import ray
     except ImportError:
@@ -80,8 +84,6 @@ def check_reached(ray, folder: Path) -> None:
 
 def start(ray, cluster: Cluster, jobs: int, device: torch.device) -> tuple[int, float, str]:
     """Start Ray embedded or join `cluster.address`; returns each unit's CPU threads, GPU share and device."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # a cancelled run is reported once, by _collect
     os.environ.setdefault("HARNESS_GIT_COMMIT", tracking.git_commit())
     env = {k: os.environ[k] for k in ENV if os.environ.get(k)}
     gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 0
