@@ -28,7 +28,7 @@ from harness.cluster import Cluster, check_shared, import_ray, run_units
 from harness.cost import Rate, gflops_on_data
 from harness.data import Arrays, check_batch_fits, load_arrays
 from harness.devices import check_jobs, pick_device
-from harness.errors import SpecError
+from harness.errors import SpecError, UserError
 from harness.spec import RunSpec, load_specs, resolve_runs
 
 Label = Callable[[RunSpec], str]
@@ -88,7 +88,7 @@ HERE = Shared()
 def run_batch(runs: list[RunSpec], data: str, jobs: int, *, download: bool = False, device: str | None = None,
               force: bool = False, offline: str | None = None, no_progress: bool = False,
               label: Label = lambda r: r.run_name, plan: Plan | None = None, title: str = "",
-              note: str = "", shared: Shared = HERE) -> Batch:
+              note: str = "", shared: Shared = HERE, group: int | None = None) -> Batch:
     """Check, load, train, sum up: --jobs is checked, the data loaded and the device chosen once for all runs;
     `plan` may narrow the runs to those still to do; one line at the end counts the outcomes (`title` and `note`
     say whose and what else to know). Bars only on a terminal: in a log file or CI a bar is hundreds of carriage
@@ -102,10 +102,12 @@ def run_batch(runs: list[RunSpec], data: str, jobs: int, *, download: bool = Fal
     arrays = load_arrays(data, download=download)
     check_batch_fits(runs, arrays)  # every run's batch against its split of this data, before any MLflow run
     dev = pick_device(device)
+    size = check_group(group, jobs, offline, dev, cluster=bool(shared.cluster.address))
     todo = plan(runs, arrays, dev) if plan else runs
     t0 = time.perf_counter()
     counts = execute_all(todo, arrays, dev, jobs, force=force, offline=offline,
-                         progress=not no_progress and sys.stderr.isatty(), label=label, cluster=shared.cluster)
+                         progress=not no_progress and sys.stderr.isatty(), label=label, cluster=shared.cluster,
+                         group=size)
     summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
     print(f"{title + ': ' if title else ''}{len(todo)} runs: {summary} in {time.perf_counter() - t0:.0f}s{note}",
           file=sys.stderr)
@@ -114,11 +116,14 @@ def run_batch(runs: list[RunSpec], data: str, jobs: int, *, download: bool = Fal
 
 def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs: int = 1, force: bool = False,
                 offline: str | None = None, progress: bool = True,
-                label: Label = lambda r: r.run_name, cluster: Cluster = LOCAL) -> dict[str, int]:
+                label: Label = lambda r: r.run_name, cluster: Cluster = LOCAL, group: int = 1) -> dict[str, int]:
     """Run `runs`, `jobs` at a time; returns {status: count}. With jobs > 1 or a cluster they go to Ray and bars
-    are off (N bars would interleave): each run logs one line per evaluation point instead. The time-left estimate
-    weighs each run by its GFLOPs on these arrays."""
+    are off (N bars would interleave): each run logs one line per evaluation point instead. With group > 1 the
+    runs that can share a step train together in this process. The time-left estimate weighs each run by its
+    GFLOPs on these arrays."""
     cost = partial(gflops_on_data, arrays=arrays)
+    if group > 1 and runs:
+        return _in_groups(runs, arrays, device, group, force, label, Rate(runs, cost))
     if (jobs == 1 and not cluster.address) or not runs:
         return _in_this_process(runs, arrays, device, force, offline, progress, label, Rate(runs, cost))
     counts: dict[str, int] = {}
@@ -140,6 +145,35 @@ def _in_this_process(runs: list[RunSpec], arrays: Arrays, device: torch.device, 
         status = workers.execute_one(r, arrays, device, force, offline, progress)
         counts[status] = counts.get(status, 0) + 1
         rate.done(r, status)
+    return counts
+
+
+def check_group(group: int | None, jobs: int, offline: str | None, device: torch.device, cluster: bool = False) -> int:
+    """The group size: --group, else what measured fastest on this device type (harness.group.DEFAULT_GROUP)."""
+    from harness.group import default_group
+
+    if group is not None and group < 1:
+        raise UserError(f"--group: expected a group size of at least 1, got {group}")
+    size = default_group(device) if group is None else group
+    if size > 1 and (jobs > 1 or offline or cluster):
+        other = "--jobs" if jobs > 1 else "--offline" if offline else "--address"
+        raise UserError(f"--group {size}: expected --group 1 with {other} (groups train in this process, into MLflow)")
+    return size
+
+
+def _in_groups(runs: list[RunSpec], arrays: Arrays, device: torch.device, size: int, force: bool, label: Label,
+               rate: Rate) -> dict[str, int]:
+    """Runs that can share a step (harness.group.partition), up to `size` at once, in this process; each member
+    has its own MLflow run, as in one run (harness.group_runner)."""
+    from harness.group import partition
+    from harness.group_runner import execute_group
+
+    counts: dict[str, int] = {}
+    for g in partition(runs, size):
+        print(f"[group of {len(g)}] " + ", ".join(map(label, g)) + f"  ({rate.line()})", file=sys.stderr, flush=True)
+        for r, status in zip(g, execute_group(g, arrays, device, force, progress=False), strict=True):
+            counts[status] = counts.get(status, 0) + 1
+            rate.done(r, status)
     return counts
 
 

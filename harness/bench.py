@@ -23,6 +23,7 @@ from harness.bench_view import print_result
 from harness.data import DeviceData, load_arrays
 from harness.devices import check_jobs, device_name, pick_device, thread_share
 from harness.errors import UserError
+from harness.group_bench import bench_group
 from harness.models import build_model, count_params, train_flops_per_image
 from harness.spec import ModelSpec
 
@@ -49,11 +50,14 @@ class Setup:
 
 def bench(model: str = "resnet20", *, iters: int = 10, warmup: int = 3, batch_size: int = 128, data: str | None = None,
           device: str | None = None, workers: int = 2, fast: bool = False, variants: str | None = None,
-          jobs: int = 1, peer: str | None = None, as_json: bool = False) -> int:
+          jobs: int = 1, peer: str | None = None, as_json: bool = False, group: int = 1) -> int:
     """Time the variants asked for (default: dataloader and ours; `fast` adds the compiled ones), each also as
-    `jobs` runs at once, and print the result as a table or, with `as_json`, one JSON line."""
+    `jobs` runs at once, with `group` > 1 also rows ours_group1..K (K runs trained together, harness.group), and
+    print the result as a table or, with `as_json`, one JSON line."""
     depth = _depth(model)
     check_jobs(jobs)
+    if group < 1:
+        raise UserError(f"--group: expected a group size of at least 1, got {group}")
     wanted = [w for w in (variants or "").split(",") if w]
     dev = pick_device(device)
     ours_fields = {"ours": {}, **dict(timing.fast_variants(dev))}  # variant -> Spec fields for bench_ours
@@ -70,6 +74,7 @@ def bench(model: str = "resnet20", *, iters: int = 10, warmup: int = 3, batch_si
         chosen.insert(1 if "dataloader" in chosen else 0, "peer")
     rows = [(v, 1) for v in chosen] + [(v, jobs) for v in chosen if v not in BASELINES and jobs > 1]
     timed = dict(_row(setup, vname, n, ours_fields.get(vname, {}), the_peer) for vname, n in rows)
+    timed.update(_row(setup, f"ours_group{k}", 1, {}, None, k) for k in range(1, group + 1) if group > 1)
     result = _result(setup, timed, model.lower(), the_peer[2] if the_peer else None)
     if as_json:
         print(json.dumps(result))
@@ -94,9 +99,9 @@ def _images(data: str | None) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 10000)
 
 
-def _row(s: Setup, vname: str, jobs: int, fields: dict, peer) -> tuple[str, dict]:
-    """One row, named: variant `vname` timed alone (jobs == 1) or as `jobs` runs at once, with its own peak
-    memory."""
+def _row(s: Setup, vname: str, jobs: int, fields: dict, peer, runs: int = 1) -> tuple[str, dict]:
+    """One row, named: variant `vname` timed alone (jobs == 1), as `jobs` runs at once, or as `runs` runs trained
+    together in one step (ours_groupK), with its own peak memory."""
     timing.reset_peak_mem(s.device)
     label = vname if jobs == 1 else f"{vname}_x{jobs}"
     print(f"bench: {label} ({s.iters} timed iterations after {s.warmup} warm-up)...", file=sys.stderr, flush=True)
@@ -106,19 +111,21 @@ def _row(s: Setup, vname: str, jobs: int, fields: dict, peer) -> tuple[str, dict
     elif vname == "peer":
         warm_s, secs = peer_mod.bench_peer(peer, s.images, s.labels, s.batch_size, s.iters, s.warmup, s.device,
                                            s.workers)
+    elif vname.startswith("ours_group"):
+        warm_s, secs = bench_group(s.data, *common, runs)
     elif jobs == 1:
         warm_s, secs = timing.bench_ours(s.data, *common, **fields)
     else:
         warm_s, job_secs, mem = timing.bench_jobs(s.images, s.labels, *common, jobs, fields)
         secs = sum(job_secs) / jobs
     ms = 1000 * secs / s.iters
-    ips = jobs * s.iters * s.batch_size / secs  # all jobs together
+    ips = jobs * runs * s.iters * s.batch_size / secs  # all jobs (runs of a group) together
     return label, {"images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),  # per run
                    "projected_64k_run_s": round(ms * PAPER_ITERS / 1000, 1),
                    "achieved_gflop_s": round(ips * s.flops / 1e9, 1),
                    "peak_mem_mb": round(timing.peak_mem_mb(s.device) if jobs == 1 else mem, 1),  # all jobs
                    "warmup_s": round(warm_s, 1),  # includes compiling and capturing the graphs
-                   "jobs": jobs}
+                   "jobs": jobs, "runs": runs, "images_per_s_per_run": round(ips / (jobs * runs), 1)}
 
 
 def _result(s: Setup, variants: dict[str, dict], name: str, peer_where: str | None) -> dict:
@@ -126,12 +133,15 @@ def _result(s: Setup, variants: dict[str, dict], name: str, peer_where: str | No
     MLflow's overhead at the paper's cadence, a GEMM ceiling."""
     base = variants.get("dataloader", {}).get("images_per_s")
     peer_ips = variants.get("peer", {}).get("images_per_s")
+    ours_ips = variants.get("ours", {}).get("images_per_s")
     for v in variants.values():
         v["speedup_vs_dataloader"] = None if base is None else round(v["images_per_s"] / base, 2)
+        if "ours_group1" in variants:
+            v["speedup_vs_ours"] = None if ours_ips is None else round(v["images_per_s"] / ours_ips, 2)
         if peer_ips:
             v["speedup_vs_peer"] = round(v["images_per_s"] / peer_ips, 2)
     log_s = timing.bench_mlflow()
-    ours = {k: v for k, v in variants.items() if k not in BASELINES and v["jobs"] == 1} or variants
+    ours = {k: v for k, v in variants.items() if k not in BASELINES and v["jobs"] == v["runs"] == 1} or variants
     step_s = min(v["ms_per_iter"] for v in ours.values()) / 1000  # the fastest step
     batch_s = timing.bench_batches(s.data, s.batch_size, max(s.iters, 5), s.device)
     eval_every = PAPER_ITERS // PAPER_EVAL_POINTS

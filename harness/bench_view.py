@@ -33,6 +33,10 @@ def print_result(r: dict, jobs: int, threads: int, eval_every: int) -> None:
     if peer:
         print(f"peer: its own trainer.train() and resnet.{r['model']}() from {peer}, {r['dataloader_workers']} "
               "DataLoader workers")
+    for vname, v in r["variants"].items():
+        if v.get("runs", 1) > 1 or vname == "ours_group1":
+            print(f"{vname}: {v['runs']} run(s) trained together: {v['images_per_s']:.1f} images/s in all, "
+                  f"{v['images_per_s_per_run']:.1f} per run, x{v['speedup_vs_ours']} against one run of ours")
     if jobs > 1:
         print(f"_x{jobs} rows: {jobs} runs at once, {threads} CPU thread(s) each; images/s, GFLOP/s, "
               f"x loader and peak MB are their total, ms/iter and the 64k run each run's")

@@ -66,6 +66,14 @@ def _shared(a):
     return Shared(Cluster(a.address, a.cpus_per_run, a.gpus_per_run), a.checkpoint_dir, a.claims_db)
 
 
+def _group_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--group", type=int, default=None, metavar="K",
+                   help="train up to K runs that share a model, batch size and dtype together, one batched kernel "
+                        "per layer (seeds of a spec, specs differing in optimizer, schedule or data); each keeps its "
+                        "own MLflow run. 1 = one at a time; default: what measured fastest on this device type "
+                        "(1 on CPU)")
+
+
 def cmd_validate(a) -> int:
     from harness.run import validate
 
@@ -77,7 +85,7 @@ def cmd_run(a) -> int:
 
     code = run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
                force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs,
-               shared=_shared(a))
+               shared=_shared(a), group=a.group)
     if not a.offline:  # an offline run's record is its folder's record.json until `import`
         _export_results()
     return code
@@ -121,7 +129,7 @@ def cmd_table(a) -> int:
 
     code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
                           device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs,
-                          shared=_shared(a))
+                          shared=_shared(a), group=a.group)
     _export_results()
     if not a.no_report:  # every campaign's pages, this table's among them, each in a folder of its own
         from harness.report import report
@@ -140,7 +148,8 @@ def cmd_bench(a) -> int:
     from harness.bench import bench
 
     return bench(a.model, iters=a.iters, warmup=a.warmup, batch_size=a.batch_size, data=a.data, device=a.device,
-                 workers=a.workers, fast=a.compile, variants=a.variants, jobs=a.jobs, peer=a.peer, as_json=a.json)
+                 workers=a.workers, fast=a.compile, variants=a.variants, jobs=a.jobs, peer=a.peer, as_json=a.json,
+                 group=a.group)
 
 
 def _run_parser(sub) -> None:
@@ -157,6 +166,7 @@ def _run_parser(sub) -> None:
                    help="no MLflow: write each run to DIR/<spec_hash>/ (record.json, model.pt) for `import`; "
                         "for machines without MLflow, e.g. a lent GPU")
     _jobs_arg(r)
+    _group_arg(r)
     r.set_defaults(func=cmd_run)
 
 
@@ -201,6 +211,9 @@ def _bench_parser(sub) -> None:
     b.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="also time each of our variants as N runs at once (as run --jobs N does): total images/s, "
                         "ms/iter of each run")
+    b.add_argument("--group", type=int, default=1, metavar="K",
+                   help="also time K runs trained together (run --group K), as rows ours_group1 .. ours_groupK: total "
+                        "images/s, per run, x ours (one run alone) and x loader")
     b.add_argument("--peer", metavar="DIR", default=None,
                    help="a checkout of akamaster/pytorch_resnet_cifar10: also time its own training loop "
                         "(trainer.train, resnet.resnetN) on the same data and device, the row `peer`")
@@ -221,6 +234,7 @@ def _table_parser(sub) -> None:
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--out", default="reports", help="where the reports go")
     _jobs_arg(t)
+    _group_arg(t)
     t.set_defaults(func=cmd_table)
 
 

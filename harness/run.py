@@ -35,12 +35,12 @@ def validate(specs: list[str], overrides: list[str] = (), budget: float = 1.0) -
 
 def run(specs: list[str], data: str, *, overrides: list[str] = (), budget: float = 1.0, download: bool = False,
         device: str | None = None, force: bool = False, no_progress: bool = False, offline: str | None = None,
-        jobs: int = 1, shared: Shared = HERE) -> int:
+        jobs: int = 1, shared: Shared = HERE, group: int | None = None) -> int:
     """Exit code 0 when every run finished (now or before), 1 when one diverged or failed."""
     runs = _load_all(specs, overrides, budget)  # every spec is checked before anything runs
     batch = run_batch(runs, data, jobs, download=download, device=device, force=force, offline=offline,
                       no_progress=no_progress, label=lambda r: f"{r.run_name} ({r.source_file})",
-                      shared=shared)
+                      shared=shared, group=group)
     return 0 if batch.all_done else 1
 
 

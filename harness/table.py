@@ -49,7 +49,8 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
 
 def table(folders: list[str], data: str, *, overrides: list[str] = (), budget: float = 1.0, download: bool = False,
           device: str | None = None, include_heavy: bool = False, no_progress: bool = False,
-          jobs: int = 1, shared: Shared = HERE) -> TableResult:
+          jobs: int = 1, shared: Shared = HERE,
+          group: int | None = None) -> TableResult:
     """Train what is left of `folders` (default: DEFAULT_FOLDERS, those that exist)."""
     missing = [f for f in folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not
     if missing:
@@ -63,5 +64,6 @@ def table(folders: list[str], data: str, *, overrides: list[str] = (), budget: f
     bad = len(found.errors)
     batch = run_batch(found.runs, data, jobs, download=download, device=device, no_progress=no_progress,
                       label=lambda r: f"{r.group}/{r.run_name}", plan=plan, title="table",
-                      note=f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else "", shared=shared)
+                      note=f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else "", shared=shared,
+                      group=group)
     return TableResult(2 if bad else 0 if batch.all_done else 1, batch.data_id)

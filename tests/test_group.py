@@ -1,0 +1,142 @@
+"""Grouped training (harness.group): each member ends as it would alone, resumes after SIGKILL, diverges alone.
+
+Tolerance: in float64 a member's weights agree with its run alone to 1e-9 and its error counts exactly; the losses
+agree to 1e-5, since train.py takes the cross-entropy of float32 logits (the grouped convolution sums in another
+order, so the float64 logits differ in their last bits and their float32 casts may differ by one ulp).
+"""
+
+import signal
+import subprocess
+import sys
+
+import torch
+from mlflow import MlflowClient
+
+from harness import group
+from harness.cli import main
+from harness.data import load_arrays, to_device
+from harness.spec import RunSpec, Spec, load_spec, resolve_runs
+from harness.train import param_dtype, train
+
+from .conftest import MINI, TINY, env_with, write_spec
+from .faults import killed_after
+
+F64 = TINY.replace("seeds: [0]", "seeds: [0, 1, 2]") + "dtype: float64\n"
+LOSS_TOL = 1e-5
+CPU = torch.device("cpu")
+
+
+def _close(a: dict, b: dict) -> None:
+    """Metrics of one evaluation point: error counts equal, losses within LOSS_TOL."""
+    for k in ("train_loss", "train_error", "val_loss", "val_error", "test_loss", "test_error", "lr"):
+        tol = LOSS_TOL if k.endswith("loss") else 0
+        assert abs(a[k] - b[k]) <= tol, (k, a[k], b[k])
+
+
+def _runs(path, budget=1.0):
+    return resolve_runs(path, load_spec(path), budget)
+
+
+def _alone(run, arrays):
+    hist = {}
+    final, model = train(run, to_device(arrays, run.spec.data, CPU, param_dtype(run.spec)), CPU,
+                         on_eval=lambda it, m: hist.__setitem__(it, dict(m)) and False, progress=False)
+    return hist, final, model
+
+
+def _together(runs, arrays):
+    hist, ends = {r.seed: {} for r in runs}, {}
+
+    def hook(seed):
+        return lambda it, m: hist[seed].__setitem__(it, dict(m)) and False
+
+    members = [group.Member(r, to_device(arrays, r.spec.data, CPU, param_dtype(r.spec)), None, hook(r.seed))
+               for r in runs]
+    group.train_group(members, CPU, lambda m, out: ends.__setitem__(m.run.seed, (out, m.model)))
+    return hist, ends
+
+
+def test_a_group_of_three_seeds_trains_each_as_alone(tmp_path):
+    runs = _runs(write_spec(tmp_path, "tiny", F64))
+    arrays = load_arrays(MINI)
+    hist, ends = _together(runs, arrays)
+    for r in runs:
+        alone_hist, alone_final, alone_model = _alone(r, arrays)
+        assert sorted(hist[r.seed]) == sorted(alone_hist) == [3, 6, 9, 12]
+        for it in alone_hist:
+            _close(hist[r.seed][it], alone_hist[it])
+        final, model = ends[r.seed]
+        _close(final, alone_final)
+        assert final["iterations"] == alone_final["iterations"] == 12
+        for (name, a), b in zip(model.state_dict().items(), alone_model.state_dict().values(), strict=True):
+            assert torch.allclose(a.double(), b.double(), rtol=0, atol=1e-9), name
+    assert hist[0][12]["train_loss"] != hist[1][12]["train_loss"]  # the members are different runs
+
+
+def test_partition_groups_what_shares_a_step():
+    base = Spec()
+
+    def rs(seed, **fields):
+        return RunSpec(spec=base.model_copy(update=fields), group="g", name="n", seed=seed, budget=1.0,
+                       source_file="f")
+
+    other_opt = base.optimizer.model_copy(update={"lr": 0.5})
+    runs = [rs(0), rs(1), rs(0, batch_size=64), rs(2, optimizer=other_opt), rs(3)]
+    assert [[(r.seed, r.spec.batch_size) for r in g] for g in group.partition(runs, 3)] == \
+        [[(0, 128), (1, 128), (2, 128)], [(3, 128)], [(0, 64)]]
+    assert [len(g) for g in group.partition(runs, 1)] == [1] * 5
+
+
+def _finals(uri, exp="t"):
+    c = MlflowClient(uri)
+    runs = c.search_runs([c.get_experiment_by_name(exp).experiment_id])
+    return {r.info.run_name: r for r in runs}, c
+
+
+def test_killed_group_resumes_every_member_as_uninterrupted(tmp_path, monkeypatch):
+    spec = write_spec(tmp_path / "experiments" / "t", "tiny", F64)
+    ref, _ = _together(_runs(spec), load_arrays(MINI))  # the uninterrupted group, without MLflow
+    uri = f"sqlite:///{tmp_path}/killed/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    args = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(MINI), "--group", "3"]
+    # Killed before iteration 8's batch: the checkpoints are those of iteration 6.
+    p = subprocess.run(args, env=env_with(MLFLOW_TRACKING_URI=uri, **killed_after(7)), cwd=tmp_path,
+                       capture_output=True, text=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+    killed, _ = _finals(uri)
+    assert len(killed) == 3 and {r.info.status for r in killed.values()} == {"RUNNING"}
+    assert len(list((tmp_path / "killed" / "checkpoints").glob("*.pt"))) == 3
+    assert main(["run", str(spec), "--data", str(MINI), "--group", "3", "--no-progress"]) == 0
+    resumed, c = _finals(uri)
+    assert {n: r.info.run_id for n, r in resumed.items()} == {n: r.info.run_id for n, r in killed.items()}
+    for seed in (0, 1, 2):
+        r = resumed[f"tiny-s{seed}"]
+        assert r.info.status == "FINISHED"
+        history = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "train_loss")}
+        assert history == {it: ref[seed][it]["train_loss"] for it in (3, 6, 9, 12)}  # bit-exact on resume
+        assert r.data.metrics["test_error"] == ref[seed][12]["test_error"]
+    assert main(["run", str(spec), "--data", str(MINI), "--group", "3", "--no-progress"]) == 0  # all skipped
+    assert len(_finals(uri)[0]) == 3
+
+
+def test_a_member_that_diverges_fails_alone(store, mini):
+    folder = store.parent / "experiments" / "t"
+    bad = write_spec(folder, "a_diverges", F64.replace("lr: 0.1", "lr: 1.0e+30").replace("[0, 1, 2]", "[0]"))
+    good = write_spec(folder, "b_fine", F64.replace("[0, 1, 2]", "[0]"))
+    assert main(["run", str(bad), str(good), "--data", str(mini), "--group", "2", "--no-progress"]) == 1
+    runs, c = _finals(f"sqlite:///{store}/mlflow.db")
+    assert runs["a_diverges-s0"].info.status == "FAILED"
+    assert runs["a_diverges-s0"].data.tags["failure"] == "diverged"
+    fine = runs["b_fine-s0"]
+    assert fine.info.status == "FINISHED"
+    _, alone_final, _ = _alone(_runs(good)[0], load_arrays(mini))
+    _close(fine.data.metrics, alone_final)
+    assert [m.step for m in c.get_metric_history(runs["a_diverges-s0"].info.run_id, "train_loss")] == []
+
+
+def test_group_needs_one_job_and_mlflow(store, mini, capsys):
+    spec = write_spec(store.parent / "experiments" / "t", "tiny")
+    assert main(["run", str(spec), "--data", str(mini), "--group", "2", "--jobs", "2"]) == 2
+    assert "--group 2: expected --group 1 with --jobs" in capsys.readouterr().err
+    assert main(["run", str(spec), "--data", str(mini), "--group", "0"]) == 2
+    assert "--group: expected a group size of at least 1, got 0" in capsys.readouterr().err
