@@ -152,21 +152,30 @@ def cmd_bench(a) -> int:
                  group=a.group)
 
 
+def _data_and_device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+
+
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    """How a batch of runs is spread: --jobs and the cluster options, --group."""
+    _jobs_arg(p)
+    _group_arg(p)
+
+
 def _run_parser(sub) -> None:
     r = sub.add_parser("run", help="train specs (skips FINISHED runs, resumes killed ones)")
     _common_run_args(r)
-    r.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
-    r.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
-    r.add_argument("--device", default=None, help=DEVICE_HELP)
+    _data_and_device_args(r)
     r.add_argument("--force", action="store_true", help="start afresh even if a run of this spec exists")
     r.add_argument("--no-progress", action="store_true",
                    help="a line per evaluation point instead of a progress bar (the default where stderr is not a "
                         "terminal)")
     r.add_argument("--offline", metavar="DIR", default=None,
-                   help="no MLflow: write each run to DIR/<spec_hash>/ (record.json, model.pt) for `import`; "
+                   help="no MLflow: write each run to DIR/<spec_hash>/ (record.json, model/) for `import`; "
                         "for machines without MLflow, e.g. a lent GPU")
-    _jobs_arg(r)
-    _group_arg(r)
+    _batch_args(r)
     r.set_defaults(func=cmd_run)
 
 
@@ -226,15 +235,12 @@ def _table_parser(sub) -> None:
     t = sub.add_parser("table", help="run table6 + ablations + ladder (+ tuned), skipping finished runs, then report")
     t.add_argument("folders", nargs="*", help="spec folders (default: experiments/table6 ablations ladder tuned)")
     _set_and_budget_args(t)
-    t.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
-    t.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
-    t.add_argument("--device", default=None, help=DEVICE_HELP)
+    _data_and_device_args(t)
     t.add_argument("--include-heavy", action="store_true", help="also run specs marked heavy (ResNet-1202)")
     t.add_argument("--no-report", action="store_true", help="do not write the reports afterwards")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--out", default="reports", help="where the reports go")
-    _jobs_arg(t)
-    _group_arg(t)
+    _batch_args(t)
     t.set_defaults(func=cmd_table)
 
 
