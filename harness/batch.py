@@ -158,6 +158,9 @@ def check_group(group: int | None, jobs: int, offline: str | None, device: torch
     if size > 1 and (jobs > 1 or offline or cluster):
         other = "--jobs" if jobs > 1 else "--offline" if offline else "--address"
         raise UserError(f"--group {size}: expected --group 1 with {other} (groups train in this process, into MLflow)")
+    if size > 1:  # tests/test_group.py holds the equality and resume checks that do not pass yet (xfail, strict)
+        print(f"warning: --group {size} is experimental: a member's numbers are not yet shown equal to the same run "
+              "alone, nor its resume after a kill; use --group 1 for results you report", file=sys.stderr)
     return size
 
 
