@@ -205,10 +205,10 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
     assert "- Budget: 1\n" in (store.parent / "r1" / "table6.md").read_text()
 
     # Campaign D has ladder runs only (e.g. `table experiments/ladder`): a ladder page, Table 6 left as it was.
-    assert main(["run", str(exp / "ladder"), "--budget", "0.25", "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(exp / "ladder"), "--budget", "0.75", "--data", str(mini), "--no-progress"]) == 0
     table6_before = (out / "table6.md").read_bytes()
     capsys.readouterr()
-    assert main(["report", "--out", str(out), "--budget", "0.25", "--data-id", mini_id]) == 0  # as `table` asks
+    assert main(["report", "--out", str(out), "--budget", "0.75", "--data-id", mini_id]) == 0  # as `table` asks
     err = capsys.readouterr().err
-    assert f"report: left {out}/table6.md, {out}/table6.csv, " in err and "(no table6 runs for budget 0.25" in err, err
-    assert (out / "table6.md").read_bytes() == table6_before and "- Budget: 0.25\n" in (out / "ladder.md").read_text()
+    assert f"report: left {out}/table6.md, {out}/table6.csv, " in err and "(no table6 runs for budget 0.75" in err, err
+    assert (out / "table6.md").read_bytes() == table6_before and "- Budget: 0.75\n" in (out / "ladder.md").read_text()
