@@ -112,19 +112,28 @@ def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, caps
     """Beside divergence: a spec the data cannot serve ends `bad_input` with its one-line message, any other
     exception `error` named by its type; each run is FAILED and the batch goes on."""
     folder = store.parent / "experiments" / "t"
-    too_big = write_spec(folder, "a_too_big", TINY.replace("batch_size: 32", "batch_size: 5000"))
     good = write_spec(folder, "b_fine")
-    assert main(["run", str(too_big), str(good), "--data", str(mini), "--no-progress"]) == 1
+    from harness import runner
+    from harness.errors import UserError
+
+    real_train = runner.train
+
+    def refuses_a(run, *args, **kwargs):  # a run the data cannot serve, found only once it trains
+        if run.name == "a_bad":
+            raise UserError("data.val_size: expected at most 4067 for this data")
+        return real_train(run, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train", refuses_a)
+    bad_spec = write_spec(folder, "a_bad", TINY.replace("eval_points: 4", "eval_points: 3"))
+    assert main(["run", str(bad_spec), str(good), "--data", str(mini), "--no-progress"]) == 1
     err = capsys.readouterr().err
-    assert "a_too_big-s0: FAILED, batch_size: expected at most the 3661 training images" in err, err
+    assert "a_bad-s0: FAILED, data.val_size: expected at most 4067" in err, err
     assert "2 runs: 1 failed, 1 finished in " in err, err
     by_name = {r.info.run_name: r for r in _runs()[1]}
-    bad = by_name["a_too_big-s0"]
+    bad = by_name["a_bad-s0"]
     assert (bad.info.status, bad.data.tags["failure"]) == ("FAILED", "bad_input")
-    assert bad.data.tags["failure_message"].startswith("batch_size: expected at most the 3661 training images")
+    assert bad.data.tags["failure_message"].startswith("data.val_size: expected at most 4067")
     assert by_name["b_fine-s0"].info.status == "FINISHED"
-
-    from harness import runner
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
