@@ -1,16 +1,11 @@
 """Optuna tuning against real storages (SQLite, JournalStorage, PostgreSQL) and a real MLflow store."""
 
-import glob
-import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -135,42 +130,9 @@ def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, 
     assert len(killed) == 1 and killed[0].info.status == "FAILED"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture()
-def postgres(tmp_path):
-    """A real PostgreSQL server on loopback, from Debian's packages (.ci/run installs them)."""
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if not bins:
-        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does this)")
-    bindir = Path(bins[-1]).parent
-    data = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # pytest's tmp dirs are closed to other users
-    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # postgres refuses to run as root
-    if as_pg:
-        shutil.chown(data, "postgres")
-    subprocess.run(as_pg + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
-    port = _free_port()
-    subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
-                            f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True,
-                   capture_output=True)
-    try:
-        subprocess.run(as_pg + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                                "optuna"], check=True, capture_output=True)
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/optuna"
-    finally:
-        subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
-        shutil.rmtree(data, ignore_errors=True)
-
-
 @pytest.mark.parametrize("kind", ["postgres", "journal"])
 def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
-    storage = request.getfixturevalue("postgres") if kind == "postgres" else f"journal:{tmp_path}/journal.log"
+    storage = request.getfixturevalue("postgres_db") if kind == "postgres" else f"journal:{tmp_path}/journal.log"
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     args = ["tune", str(spec), "--study", "w", "--storage", storage, "--budget", "1", "--data", str(mini),
             "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]
