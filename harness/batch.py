@@ -123,7 +123,7 @@ def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, jobs:
     GFLOPs on these arrays."""
     cost = partial(gflops_on_data, arrays=arrays)
     if group > 1 and runs:
-        return _in_groups(runs, arrays, device, group, force, label, Rate(runs, cost))
+        return _in_groups(runs, arrays, device, group, force, offline, label, Rate(runs, cost))
     if (jobs == 1 and not cluster.address) or not runs:
         return _in_this_process(runs, arrays, device, force, offline, progress, label, Rate(runs, cost))
     counts: dict[str, int] = {}
@@ -155,26 +155,24 @@ def check_group(group: int | None, jobs: int, offline: str | None, device: torch
     if group is not None and group < 1:
         raise UserError(f"--group: expected a group size of at least 1, got {group}")
     size = default_group(device) if group is None else group
-    if size > 1 and (jobs > 1 or offline or cluster):
-        other = "--jobs" if jobs > 1 else "--offline" if offline else "--address"
-        raise UserError(f"--group {size}: expected --group 1 with {other} (groups train in this process, into MLflow)")
-    if size > 1:  # tests/test_group.py holds the equality and resume checks that do not pass yet (xfail, strict)
-        print(f"warning: --group {size} is experimental: a member's numbers are not yet shown equal to the same run "
-              "alone, nor its resume after a kill; use --group 1 for results you report", file=sys.stderr)
+    if size > 1 and (jobs > 1 or cluster):
+        other = "--jobs" if jobs > 1 else "--address"
+        raise UserError(f"--group {size}: expected --group 1 with {other} (a group trains in this one process)")
     return size
 
 
-def _in_groups(runs: list[RunSpec], arrays: Arrays, device: torch.device, size: int, force: bool, label: Label,
-               rate: Rate) -> dict[str, int]:
+def _in_groups(runs: list[RunSpec], arrays: Arrays, device: torch.device, size: int, force: bool,
+               offline: str | None, label: Label, rate: Rate) -> dict[str, int]:
     """Runs that can share a step (harness.group.partition), up to `size` at once, in this process; each member
-    has its own MLflow run, as in one run (harness.group_runner)."""
+    has its own MLflow run (or --offline folder), as a run alone (harness.group_runner)."""
     from harness.group import partition
     from harness.group_runner import execute_group
 
     counts: dict[str, int] = {}
     for g in partition(runs, size):
         print(f"[group of {len(g)}] " + ", ".join(map(label, g)) + f"  ({rate.line()})", file=sys.stderr, flush=True)
-        for r, status in zip(g, execute_group(g, arrays, device, force, progress=False), strict=True):
+        statuses = execute_group(g, arrays, device, force, Path(offline) if offline else None)
+        for r, status in zip(g, statuses, strict=True):
             counts[status] = counts.get(status, 0) + 1
             rate.done(r, status)
     return counts

@@ -259,61 +259,90 @@ def warmup_line(run: RunSpec, sched: Schedule) -> str:
             f"{w.until_train_error:g}%")
 
 
+class Trainee:
+    """One run in training: its weights, optimizer, schedule, data RNG, place in the data, meter and bar, and what
+    happens around a step (the batch and lr before it; the meter, warm-up checks, evaluation points, decisions and
+    checkpoints after it). `train` steps one; harness.group steps several at once through these same methods, so a
+    run in a group takes the decisions, evaluations and checkpoints it takes alone."""
+
+    def __init__(self, run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path | None = None,
+                 on_eval: EvalHook | None = None, progress: bool = True, evaluate_test: bool = True,
+                 on_restart: Callable[[str], None] | None = None):
+        spec = run.spec
+        if spec.batch_size > len(data.y_train):
+            raise DataError(f"batch_size: expected at most the {len(data.y_train)} training images of this split, "
+                            f"got {spec.batch_size}")
+        self.run, self.data, self.device, self.checkpoint, self.on_eval = run, data, device, checkpoint, on_eval
+        self.every = eval_every(spec.schedule.total_iters, spec.eval_points)
+        self.model, self.opt, self.sched, self.gen, self.st = _start(run, device, checkpoint, self.every, on_restart)
+        self.has_val = int(len(data.y_val) > 0)
+        self.splits = ("val",) * self.has_val + ("test",) * evaluate_test
+        self.meter = Meter(device, spec.batch_size)
+        self.bar = Progress(run.run_name, spec.schedule.total_iters, self.st.it, progress)
+        self.last: dict[str, float] = {}
+        self.ended = self.st.it >= spec.schedule.total_iters  # killed after its final checkpoint: weights are final
+        self.model.train()
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
+        """(images, labels, lr, warming) of the next iteration."""
+        x, y = next_batch(self.st, self.data, self.run.spec, self.gen)
+        return x, y, self.sched.lr_at(self.st.it), self.sched.warming(self.st.it)
+
+    def after_step(self, loss: torch.Tensor, wrong: torch.Tensor, lr: float, warming: bool) -> bool:
+        """Counts the step; at an evaluation point measures, decides, reports and checkpoints. Returns whether the
+        run has ended (its last iteration, or stopped early); raises Diverged where the loss is not finite."""
+        st, sched, meter = self.st, self.sched, self.meter
+        meter.add(loss, wrong, warming)
+        st.it += 1
+        self.bar.tick()
+        if warming and st.it % WARMUP_CHECK_EVERY == 0:
+            sched.observe_train_error(meter.window_error(st.it))
+        if warming and sched.warmup_ended(st.it):
+            self.bar.write(warmup_line(self.run, sched))
+        total = self.run.spec.schedule.total_iters
+        if st.it % self.every and st.it != total:
+            return False
+        train_loss, elapsed = meter.read(st.it)
+        st.train_seconds += elapsed
+        last = {"train_loss": train_loss, "train_error": meter.train_error(),
+                **measure(self.model, self.data, self.run.spec, self.device, self.splits), "lr": lr,
+                "images_per_s": meter.seen / elapsed}
+        stop = self.has_val and sched.observe_eval(st.it, last["val_loss"], warming)
+        self.bar.show(last)
+        if self.on_eval is not None and self.on_eval(st.it, last):
+            stop = True
+        if self.checkpoint:
+            save_checkpoint(self.checkpoint, self.model, self.opt, sched, self.gen, st)
+        meter.reset()
+        if stop:
+            last["stopped_early_at"] = st.it
+        self.last, self.ended = last, bool(stop) or st.it >= total
+        return self.ended
+
+    def result(self) -> dict[str, float]:
+        """The last evaluation with the run's totals; the checkpoint before the last one is gone (the last one stays
+        until the caller has recorded the run)."""
+        self.bar.close()
+        last = dict(self.last) or measure(self.model, self.data, self.run.spec, self.device, self.splits)
+        if self.checkpoint:
+            prev_path(self.checkpoint).unlink(missing_ok=True)
+        if self.sched.warmup_ended_by:
+            last.update(warmup_ended_by=self.sched.warmup_ended_by, warmup_ended_at=self.sched.warmup_ended_at)
+        last["iterations"] = self.st.it
+        last["train_seconds"] = self.st.train_seconds
+        return last
+
+
 def train(run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path | None = None,
           on_eval: EvalHook | None = None, progress: bool = True, evaluate_test: bool = True,
           on_restart: Callable[[str], None] | None = None) -> tuple[dict[str, float], torch.nn.Module]:
     """Train one run; resumes from `checkpoint` if it exists (`on_restart` hears of a damaged one: the line saying
     where the run went on from instead). Returns the last evaluation and the model. Without a validation split,
     evaluation points measure training and test numbers only; with `evaluate_test` false, no test numbers."""
-    spec, s = run.spec, run.spec.schedule
-    if spec.batch_size > len(data.y_train):
-        raise DataError(f"batch_size: expected at most the {len(data.y_train)} training images of this split, "
-                        f"got {spec.batch_size}")
-    every = eval_every(s.total_iters, spec.eval_points)
-    model, opt, sched, gen, st = _start(run, device, checkpoint, every, on_restart)
-    has_val = int(len(data.y_val) > 0)
-    splits = ("val",) * has_val + ("test",) * evaluate_test
-    step = make_step(model, opt, spec, device)
-    last: dict[str, float] = {}
-    model.train()
-    bar = Progress(run.run_name, s.total_iters, st.it, progress)
-    meter = Meter(device, spec.batch_size)
-    while st.it < s.total_iters:
-        x, y = next_batch(st, data, spec, gen)
-        warming, lr = sched.warming(st.it), sched.lr_at(st.it)
+    t = Trainee(run, data, device, checkpoint, on_eval, progress, evaluate_test, on_restart)
+    step = make_step(t.model, t.opt, run.spec, device)
+    while not t.ended:
+        x, y, lr, warming = t.batch()
         loss, wrong = step(x, y, lr)
-        meter.add(loss, wrong, warming)
-        st.it += 1
-        bar.tick()
-        if warming and st.it % WARMUP_CHECK_EVERY == 0:
-            sched.observe_train_error(meter.window_error(st.it))
-        if warming and sched.warmup_ended(st.it):
-            bar.write(warmup_line(run, sched))
-        if st.it % every and st.it != s.total_iters:
-            continue
-        train_loss, elapsed = meter.read(st.it)
-        st.train_seconds += elapsed
-        last = {"train_loss": train_loss, "train_error": meter.train_error(),
-                **measure(model, data, spec, device, splits[:has_val]), "lr": lr,
-                "images_per_s": meter.seen / elapsed}
-        last.update(measure(model, data, spec, device, splits[has_val:]))
-        stop = has_val and sched.observe_eval(st.it, last["val_loss"], warming)
-        bar.show(last)
-        if on_eval is not None and on_eval(st.it, last):
-            stop = True
-        if checkpoint:
-            save_checkpoint(checkpoint, model, opt, sched, gen, st)
-        meter.reset()
-        if stop:
-            last["stopped_early_at"] = st.it
-            break
-    bar.close()
-    if not last:  # killed after the final checkpoint: the weights are final, measure them again
-        last = measure(model, data, spec, device, splits)
-    if checkpoint:  # the run is done: its last checkpoint stays until the caller has recorded it, the one before not
-        prev_path(checkpoint).unlink(missing_ok=True)
-    if sched.warmup_ended_by:
-        last.update(warmup_ended_by=sched.warmup_ended_by, warmup_ended_at=sched.warmup_ended_at)
-    last["iterations"] = st.it
-    last["train_seconds"] = st.train_seconds
-    return last, model
+        t.after_step(loss, wrong, lr, warming)
+    return t.result(), t.model
