@@ -52,7 +52,8 @@ def bench(model: str = "resnet20", *, iters: int = 10, warmup: int = 3, batch_si
           device: str | None = None, workers: int = 2, fast: bool = False, variants: str | None = None,
           jobs: int = 1, peer: str | None = None, as_json: bool = False, group: int = 1) -> int:
     """Time the variants asked for (default: dataloader and ours; `fast` adds the compiled ones), each also as
-    `jobs` runs at once, with `group` > 1 also rows ours_group1..K (K runs trained together, harness.group), and
+    `jobs` runs at once, with `group` > 1 also rows ours_group1..K (K runs trained together, harness.group; with
+    ours_graphed chosen, on CUDA, also ours_graphed_group1..K: the group's step under CUDA graphs), and
     print the result as a table or, with `as_json`, one JSON line."""
     depth = _depth(model)
     check_jobs(jobs)
@@ -74,7 +75,9 @@ def bench(model: str = "resnet20", *, iters: int = 10, warmup: int = 3, batch_si
         chosen.insert(1 if "dataloader" in chosen else 0, "peer")
     rows = [(v, 1) for v in chosen] + [(v, jobs) for v in chosen if v not in BASELINES and jobs > 1]
     timed = dict(_row(setup, vname, n, ours_fields.get(vname, {}), the_peer) for vname, n in rows)
-    timed.update(_row(setup, f"ours_group{k}", 1, {}, None, k) for k in range(1, group + 1) if group > 1)
+    grouped = [("ours", {})] + [(v, ours_fields[v]) for v in ("ours_graphed",) if v in chosen]
+    timed.update(_row(setup, f"{v}_group{k}", 1, fields, None, k) for v, fields in grouped
+                 for k in range(1, group + 1) if group > 1)
     result = _result(setup, timed, model.lower(), the_peer[2] if the_peer else None)
     if as_json:
         print(json.dumps(result))
@@ -111,8 +114,8 @@ def _row(s: Setup, vname: str, jobs: int, fields: dict, peer, runs: int = 1) -> 
     elif vname == "peer":
         warm_s, secs = peer_mod.bench_peer(peer, s.images, s.labels, s.batch_size, s.iters, s.warmup, s.device,
                                            s.workers)
-    elif vname.startswith("ours_group"):
-        warm_s, secs = bench_group(s.data, *common, runs)
+    elif "_group" in vname:
+        warm_s, secs = bench_group(s.data, *common, runs, **fields)
     elif jobs == 1:
         warm_s, secs = timing.bench_ours(s.data, *common, **fields)
     else:
@@ -138,6 +141,9 @@ def _result(s: Setup, variants: dict[str, dict], name: str, peer_where: str | No
         v["speedup_vs_dataloader"] = None if base is None else round(v["images_per_s"] / base, 2)
         if "ours_group1" in variants:
             v["speedup_vs_ours"] = None if ours_ips is None else round(v["images_per_s"] / ours_ips, 2)
+    for vname, v in variants.items():  # a group against one run of its own variant alone, in this process
+        alone = variants.get(vname.split("_group")[0], {}).get("images_per_s") if "_group" in vname else None
+        v["speedup_vs_alone"] = None if alone is None else round(v["images_per_s"] / alone, 2)
         if peer_ips:
             v["speedup_vs_peer"] = round(v["images_per_s"] / peer_ips, 2)
     log_s = timing.bench_mlflow()

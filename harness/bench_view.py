@@ -34,9 +34,10 @@ def print_result(r: dict, jobs: int, threads: int, eval_every: int) -> None:
         print(f"peer: its own trainer.train() and resnet.{r['model']}() from {peer}, {r['dataloader_workers']} "
               "DataLoader workers")
     for vname, v in r["variants"].items():
-        if v.get("runs", 1) > 1 or vname == "ours_group1":
+        if "_group" in vname:
+            alone, ratio = vname.split("_group")[0], v.get("speedup_vs_alone", v.get("speedup_vs_ours"))
             print(f"{vname}: {v['runs']} run(s) trained together: {v['images_per_s']:.1f} images/s in all, "
-                  f"{v['images_per_s_per_run']:.1f} per run, x{v['speedup_vs_ours']} against one run of ours")
+                  f"{v['images_per_s_per_run']:.1f} per run, x{ratio} against one run of {alone} alone")
     if jobs > 1:
         print(f"_x{jobs} rows: {jobs} runs at once, {threads} CPU thread(s) each; images/s, GFLOP/s, "
               f"x loader and peak MB are their total, ms/iter and the 64k run each run's")
@@ -60,7 +61,15 @@ _BENCH_COLUMNS = [("images/s", "images_per_s", "{:,.1f}"), ("ms/iter", "ms_per_i
                   ("64k-iteration run", "projected_64k_run_s", None),
                   ("× DataLoader", "speedup_vs_dataloader", "{:.2f}"), ("× peer", "speedup_vs_peer", "{:.2f}"),
                   ("GFLOP/s", "achieved_gflop_s", "{:,.1f}"), ("peak MB", "peak_mem_mb", "{:,.0f}"),
-                  ("warm-up s", "warmup_s", "{:.1f}")]
+                  ("warm-up s", "warmup_s", "{:.1f}"), ("runs together", "runs", "{}"),
+                  ("images/s per run", "images_per_s_per_run", "{:,.1f}"), ("× alone", "speedup_vs_alone", "{:.2f}")]
+_GROUP_ONLY = {"runs", "images_per_s_per_run", "speedup_vs_alone"}  # shown where a bench --group K row is
+
+
+def _shown(key: str, variants: dict) -> bool:
+    if key in _GROUP_ONLY and not any("_group" in name for name in variants):
+        return False
+    return any(v.get(key) is not None for v in variants.values())
 
 
 def _bench_section(r: dict) -> list[str]:
@@ -71,7 +80,7 @@ def _bench_section(r: dict) -> list[str]:
     if r["device"].startswith("cpu") and not g("peak_mem_per_row"):
         about += (" Peak MB of the one-run rows here is the process's largest so far, not each row's own (bench "
                   "did not reset it then).")
-    cols = [c for c in _BENCH_COLUMNS if any(c[1] in v for v in r["variants"].values())]
+    cols = [c for c in _BENCH_COLUMNS if _shown(c[1], r["variants"])]
     lines = [f"### {r['model']} on {r['device']}, {g('date', '?')}, torch {g('torch', '?')}", "", about, "",
              "| variant | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, v in r["variants"].items():

@@ -14,17 +14,17 @@ from harness import group
 from harness.data import DeviceData
 from harness.devices import sync
 from harness.spec import ModelSpec, RunSpec, Spec
-from harness.train import next_batch
+from harness.train import Trainee, next_batch
 
 
 def bench_group(data: DeviceData, depth: int, bs: int, iters: int, warmup: int, device: torch.device,
-                runs: int) -> tuple[float, float]:
-    """(warm-up s, timed s) of warmup + iters steps of `runs` members trained together at lr 0.1."""
-    spec = Spec(model=ModelSpec(arch="resnet", depth=depth), batch_size=bs)
-    members = [group.Member(RunSpec(spec=spec, group="bench", name="bench", seed=k, budget=1.0, source_file="-"),
-                            data, None, None) for k in range(runs)]
+                runs: int, **fast) -> tuple[float, float]:
+    """(warm-up s, timed s) of warmup + iters steps of `runs` members trained together at lr 0.1; `fast` holds Spec
+    fields, as for timing.bench_ours (compile="reduce-overhead": the group's step under CUDA graphs)."""
+    spec = Spec(model=ModelSpec(arch="resnet", depth=depth), batch_size=bs, **fast)
+    members = [Trainee(RunSpec(spec=spec, group="bench", name="bench", seed=k, budget=1.0, source_file="-"),
+                       data, device, progress=False) for k in range(runs)]
     for m in members:
-        m.start(device)
         for g in m.opt.param_groups:
             g["lr"] = 0.1
     step = group.make_group_step(members, device)
