@@ -5,6 +5,7 @@ agree to 1e-5, since train.py takes the cross-entropy of float32 logits (the gro
 order, so the float64 logits differ in their last bits and their float32 casts may differ by one ulp).
 """
 
+import json
 import math
 import signal
 import subprocess
@@ -145,9 +146,25 @@ def test_a_member_that_diverges_fails_alone(store, mini):
     assert all(math.isclose(logged[k], alone[k], rel_tol=1e-9) for k in alone), (logged, alone)
 
 
-def test_group_needs_one_job_and_mlflow(store, mini, capsys):
+def test_group_needs_one_job(store, mini, capsys):
     spec = write_spec(store.parent / "experiments" / "t", "tiny")
     assert main(["run", str(spec), "--data", str(mini), "--group", "2", "--jobs", "2"]) == 2
     assert "--group 2: expected --group 1 with --jobs" in capsys.readouterr().err
     assert main(["run", str(spec), "--data", str(mini), "--group", "0"]) == 2
     assert "--group: expected a group size of at least 1, got 0" in capsys.readouterr().err
+
+
+def test_offline_group_writes_each_members_record(store, mini):
+    """`run --offline --group K` (the lent GPU machine has no MLflow): each member its own record.json, as alone."""
+    spec = write_spec(store.parent / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
+    out = store.parent / "records"
+    args = ["run", str(spec), "--data", str(mini), "--group", "2", "--offline", str(out), "--no-progress"]
+    assert main(args) == 0
+    records = {r["run_name"]: r for r in (json.loads(p.read_text()) for p in out.glob("*/record.json"))}
+    assert sorted(records) == ["tiny-s0", "tiny-s1"]
+    for r in records.values():
+        assert r["status"] == "FINISHED" and [h["step"] for h in r["history"]] == [3, 6, 9, 12]
+        assert r["final"]["iterations"] == 12
+    assert records["tiny-s0"]["history"][-1]["train_loss"] != records["tiny-s1"]["history"][-1]["train_loss"]
+    assert not list(out.glob("*/*.pt"))  # no checkpoint left behind
+    assert main(args) == 0  # all recorded: skipped
