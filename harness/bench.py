@@ -50,15 +50,14 @@ class Setup:
 
 def bench(model: str = "resnet20", *, iters: int = 10, warmup: int = 3, batch_size: int = 128, data: str | None = None,
           device: str | None = None, workers: int = 2, fast: bool = False, variants: str | None = None,
-          jobs: int = 1, peer: str | None = None, as_json: bool = False, group: int = 1) -> int:
+          jobs: int = 1, peer: str | None = None, as_json: bool = False, group: str = "1") -> int:
     """Time the variants asked for (default: dataloader and ours; `fast` adds the compiled ones), each also as
     `jobs` runs at once, with `group` > 1 also rows ours_group1..K (K runs trained together, harness.group; with
     ours_graphed chosen, on CUDA, also ours_graphed_group1..K: the group's step under CUDA graphs), and
     print the result as a table or, with `as_json`, one JSON line."""
     depth = _depth(model)
     check_jobs(jobs)
-    if group < 1:
-        raise UserError(f"--group: expected a group size of at least 1, got {group}")
+    sizes = group_sizes(group)
     wanted = [w for w in (variants or "").split(",") if w]
     dev = pick_device(device)
     ours_fields = {"ours": {}, **dict(timing.fast_variants(dev))}  # variant -> Spec fields for bench_ours
@@ -76,14 +75,25 @@ def bench(model: str = "resnet20", *, iters: int = 10, warmup: int = 3, batch_si
     rows = [(v, 1) for v in chosen] + [(v, jobs) for v in chosen if v not in BASELINES and jobs > 1]
     timed = dict(_row(setup, vname, n, ours_fields.get(vname, {}), the_peer) for vname, n in rows)
     grouped = [("ours", {})] + [(v, ours_fields[v]) for v in ("ours_graphed",) if v in chosen]
-    timed.update(_row(setup, f"{v}_group{k}", 1, fields, None, k) for v, fields in grouped
-                 for k in range(1, group + 1) if group > 1)
+    timed.update(_row(setup, f"{v}_group{k}", 1, fields, None, k) for v, fields in grouped for k in sizes)
     result = _result(setup, timed, model.lower(), the_peer[2] if the_peer else None)
     if as_json:
         print(json.dumps(result))
     else:
         print_result(result, jobs, thread_share(jobs), PAPER_ITERS // PAPER_EVAL_POINTS)
     return 0
+
+
+def group_sizes(text: str | int) -> list[int]:
+    """--group K: the group rows 1..K (none for K = 1); --group 2,8,16: exactly those sizes (a GPU, where each
+    compiled row costs a compile, measures a few sizes far apart)."""
+    parts = str(text).split(",")
+    if not all(p.strip().isdigit() and int(p) >= 1 for p in parts):
+        raise UserError(f"--group: expected a group size K of at least 1, or sizes such as 1,4,8, got {text}")
+    sizes = [int(p) for p in parts]
+    if len(sizes) == 1:
+        return list(range(1, sizes[0] + 1)) if sizes[0] > 1 else []
+    return sorted(set(sizes))
 
 
 def _depth(model: str) -> int:

@@ -220,9 +220,10 @@ def _bench_parser(sub) -> None:
     b.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="also time each of our variants as N runs at once (as run --jobs N does): total images/s, "
                         "ms/iter of each run")
-    b.add_argument("--group", type=int, default=1, metavar="K",
-                   help="also time K runs trained together (run --group K), as rows ours_group1 .. ours_groupK: total "
-                        "images/s, per run, x ours (one run alone) and x loader")
+    b.add_argument("--group", default="1", metavar="K",
+                   help="also time K runs trained together (run --group K), as rows ours_group1 .. ours_groupK (and "
+                        "ours_graphed_groupK with ours_graphed): total images/s, per run, x alone and x loader; a "
+                        "list such as 2,8,16 times those sizes only")
     b.add_argument("--peer", metavar="DIR", default=None,
                    help="a checkout of akamaster/pytorch_resnet_cifar10: also time its own training loop "
                         "(trainer.train, resnet.resnetN) on the same data and device, the row `peer`")

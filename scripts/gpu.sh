@@ -9,6 +9,7 @@
 #                                             (VARIANTS=dataloader,ours_graphed: a subset, e.g. one compiled
 #                                             variant per call for ResNet-110, whose compile is minutes;
 #                                             JOBS=4: also each variant as 4 runs at once on the one GPU;
+#                                             GROUP=1,4,8,16: also those many runs trained together in one step;
 #                                             PEER=.peer/akamaster: also the peer's own loop, row `peer`)
 #   scripts/gpu.sh run SPEC [harness run args] train offline into /tmp/records, copied to $OUT/records
 # Records come home with `python -m harness import <files>/records`.
@@ -43,7 +44,7 @@ case "$cmd" in
     for m in "$@"; do
       timeout "${BENCH_TIMEOUT:-280}" python3 -m harness bench --model "$m" --compile --iters "${ITERS:-200}" \
         --warmup "${WARMUP:-20}" --workers "${WORKERS:-8}" ${VARIANTS:+--variants "$VARIANTS"} \
-        ${JOBS:+--jobs "$JOBS"} ${PEER:+--peer "$PEER"} --json \
+        ${JOBS:+--jobs "$JOBS"} ${GROUP:+--group "$GROUP"} ${PEER:+--peer "$PEER"} --json \
         >> "$OUT/bench.jsonl" 2>> "$OUT/bench.log" \
         || echo "bench $m: exit $?" | tee -a "$OUT/bench.log"
       tail -n 1 "$OUT/bench.jsonl"

@@ -11,6 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT.parent / "shared" / "data" / "cifar10-mini.npz"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def checkout_results_untouched():
+    """No test writes into the checkout's committed run records (results/ is relative to the working directory:
+    a test that runs `run` in-process works in its tmp_path)."""
+    before = sorted((ROOT / "results").rglob("*.json"))
+    yield
+    added = sorted(set((ROOT / "results").rglob("*.json")) - set(before))
+    assert not added, f"tests wrote run records into the checkout: {[str(a) for a in added]}"
+
+
 @pytest.fixture(scope="session")
 def mini() -> Path:
     assert MINI.is_file(), f"{MINI} is missing: tests need ../shared/data/cifar10-mini.npz beside the checkout"

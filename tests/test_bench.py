@@ -82,6 +82,7 @@ def test_bench_rejects_bad_input_in_one_line(capsys, tmp_path):
              (["--model", "resnet8", "--device", "cpu", "--variants", "ours,ours_graphed"],
               "--variants: unknown ours_graphed on cpu"),
              (["--jobs", "0"], "--jobs: expected a whole number of runs at a time, at least 1, got 0"),
+             (["--group", "2,x"], "--group: expected a group size K of at least 1, or sizes such as 1,4,8, got 2,x"),
              (["--peer", str(ROOT / "harness")], "trainer.py not found; expected a checkout of"),
              (["--model", "resnet20", "--peer", str(broken)],
               "trainer.py does not import (ModuleNotFoundError: No module named 'no_such_module')")]
@@ -112,3 +113,17 @@ def test_a_peers_cuda_calls_point_at_the_cpu_only_while_it_is_timed():
     with _cuda_means(torch.device("cpu")):
         assert x.cuda().device.type == "cpu"
     assert torch.Tensor.cuda is original
+
+
+def test_bench_group_rows_time_k_runs_together(mini, tmp_path):
+    """`bench --group 1,3`: rows for exactly those group sizes, each against one run of ours alone."""
+    p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--iters", "2", "--warmup", "1",
+                        "--batch-size", "16", "--data", str(mini), "--variants", "ours", "--group", "1,3", "--json"],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)["variants"]
+    assert list(r) == ["ours", "ours_group1", "ours_group3"]
+    three = r["ours_group3"]
+    assert three["runs"] == 3 and three["images_per_s"] == pytest.approx(3 * 16 * 1000 / three["ms_per_iter"], rel=0.01)
+    assert three["images_per_s_per_run"] == pytest.approx(three["images_per_s"] / 3, rel=0.01)
+    assert three["speedup_vs_alone"] == pytest.approx(three["images_per_s"] / r["ours"]["images_per_s"], abs=0.01)
