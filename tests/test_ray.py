@@ -215,6 +215,7 @@ def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_serv
                       .replace("total_iters: 12", "total_iters: 200").replace("milestones: [8, 10]",
                                                                               "milestones: [150, 180]"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/ref/mlflow.db")
+    monkeypatch.chdir(tmp_path)  # `run` exports its records under ./results: here, not into the checkout
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
