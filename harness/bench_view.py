@@ -72,7 +72,20 @@ def _shown(key: str, variants: dict) -> bool:
     return any(v.get(key) is not None for v in variants.values())
 
 
+def _with_alone_ratio(variants: dict) -> dict:
+    """Each group row's × alone, from its base variant's images/s in the same bench run where the record predates
+    the recorded field."""
+    out = {}
+    for name, v in variants.items():
+        base = variants.get(name.split("_group")[0]) if "_group" in name else None
+        if base and v.get("speedup_vs_alone") is None:
+            v = {**v, "speedup_vs_alone": round(v["images_per_s"] / base["images_per_s"], 2)}
+        out[name] = v
+    return out
+
+
 def _bench_section(r: dict) -> list[str]:
+    r = {**r, "variants": _with_alone_ratio(r["variants"])}
     g = r.get
     about = (f"Batch {g('batch_size', '?')}, {g('iters', '?')} timed iterations, {g('dataloader_workers', '?')} "
              f"DataLoader workers; fp32 matmul {g('matmul_gflop_s', '?')} GFLOP/s; one training image "

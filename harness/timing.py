@@ -30,7 +30,7 @@ from harness.spec import DataSpec, ModelSpec, Spec
 from harness.train import make_optimizer, make_step
 
 
-def fresh_model(spec: Spec, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+def seed0_model(spec: Spec, device: torch.device) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """Seed 0, the spec's model on `device` and its optimizer as training makes it (fused or foreach)."""
     torch.manual_seed(0)
     model = build_model(spec.model).to(device)
@@ -67,7 +67,7 @@ def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth: int, bs: int
     """(warm-up s, timed s) of the baseline loop over warmup + iters batches: the baseline pipeline, a
     host-to-device copy per batch and `loss.item()` every step."""
     loader = pil_loader(images, labels, bs, workers, device.type == "cuda")
-    model, opt = fresh_model(Spec(model=ModelSpec(arch="resnet", depth=depth)), device)
+    model, opt = seed0_model(Spec(model=ModelSpec(arch="resnet", depth=depth)), device)
     model.train()
 
     def batches():
@@ -96,7 +96,7 @@ def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, before_timing
     compile="reduce-overhead", dtype="bfloat16", channels_last=True. `before_timing` lets concurrent jobs start
     their timed iterations together."""
     spec = Spec(model=ModelSpec(arch="resnet", depth=depth), batch_size=bs, **fast)
-    model, opt = fresh_model(spec, device)
+    model, opt = seed0_model(spec, device)
     model = model.to(memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
     model.train()
     step = make_step(model, opt, spec, device)

@@ -127,3 +127,13 @@ def test_bench_group_rows_time_k_runs_together(mini, tmp_path):
     assert three["runs"] == 3 and three["images_per_s"] == pytest.approx(3 * 16 * 1000 / three["ms_per_iter"], rel=0.01)
     assert three["images_per_s_per_run"] == pytest.approx(three["images_per_s"] / 3, rel=0.01)
     assert three["speedup_vs_alone"] == pytest.approx(three["images_per_s"] / r["ours"]["images_per_s"], abs=0.01)
+    kept = tmp_path / "reports" / "bench" / "cpu.jsonl"
+    kept.parent.mkdir(parents=True)
+    older = json.loads(p.stdout)
+    del older["variants"]["ours_group3"]["speedup_vs_alone"]  # a record from before bench recorded the ratio
+    kept.write_text(p.stdout + json.dumps(older) + "\n")
+    page = write_bench_report(tmp_path / "reports").read_text()
+    assert page.count("| runs together | images/s per run | × alone |") == 2, page
+    row = f"| ours_group3 | {three['images_per_s']:,.1f} |"
+    assert page.count(row) == 2 and page.count(f"| 3 | {three['images_per_s_per_run']:,.1f} | "
+                                               f"{three['images_per_s'] / r['ours']['images_per_s']:.2f} |") == 2, page

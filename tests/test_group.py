@@ -24,8 +24,6 @@ from harness.train import Diverged, Trainee, param_dtype, train
 from .conftest import MINI, TINY, env_with, write_spec
 from .faults import killed_after
 
-NOT_YET = pytest.mark.xfail(strict=True, reason="known failing: the grouped step does not yet reproduce each "
-                            "run alone (issue 18 stays open); --group > 1 warns so")
 F64 = TINY.replace("seeds: [0]", "seeds: [0, 1, 2]") + "dtype: float64\n"
 LOSS_TOL = 1e-10
 CPU = torch.device("cpu")
