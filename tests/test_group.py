@@ -14,6 +14,7 @@ import sys
 import pytest
 import torch
 from mlflow import MlflowClient
+from torch.func import functional_call, vmap
 
 from harness import group
 from harness.cli import main
@@ -95,6 +96,20 @@ def test_partition_groups_what_shares_a_step():
     assert [[(r.seed, r.spec.batch_size) for r in g] for g in group.partition(runs, 3)] == \
         [[(0, 128), (1, 128), (2, 128)], [(3, 128)], [(0, 64)]]
     assert [len(g) for g in group.partition(runs, 1)] == [1] * 5
+    bf16 = [rs(seed, dtype="bfloat16") for seed in (0, 1, 2)]
+    assert [[r.seed for r in g] for g in group.partition(bf16 + runs[:2], 3)] == [[0], [1], [2], [0, 1]]
+
+
+def test_autocast_does_not_act_inside_vmap_so_bf16_runs_train_alone():
+    """Why group.groupable keeps bf16 runs alone (pytorch/pytorch#192617): the same convolution comes out bf16 under
+    autocast alone and float32 under vmap. When torch changes that, this fails and bf16 may be grouped."""
+    conv = torch.nn.Conv2d(3, 4, 3)
+    stacked = {n: torch.stack([p, p]) for n, p in conv.named_parameters()}
+    x = torch.randn(2, 1, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        alone = conv(x[0])
+        together = vmap(lambda p, x: functional_call(conv, p, (x,)))(stacked, x)
+    assert (alone.dtype, together.dtype) == (torch.bfloat16, torch.float32)
 
 
 def _finals(uri, exp="t"):
