@@ -11,7 +11,7 @@
 #                                             JOBS=4: also each variant as 4 runs at once on the one GPU;
 #                                             GROUP=1,4,8,16: also those many runs trained together in one step;
 #                                             PEER=.peer/akamaster: also the peer's own loop, row `peer`)
-#   scripts/gpu.sh run SPEC [harness run args] train offline into /tmp/records, copied to $OUT/records
+#   scripts/gpu.sh run SPEC... [harness run args] train offline into /tmp/records, copied to $OUT/records
 # Records come home with `python -m harness import <files>/records`.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
@@ -51,11 +51,13 @@ case "$cmd" in
     done
     ;;
   run)
-    spec=$1; shift
-    timeout "${RUN_TIMEOUT:-560}" python3 -m harness run "$spec" --offline /tmp/records --no-progress "$@" 2>&1 \
+    records=${RECORDS:-/tmp/records}  # not under $OUT (empty at each call): the next call resumes what this one cut off
+    timeout "${RUN_TIMEOUT:-560}" python3 -m harness run --offline "$records" --no-progress "$@" 2>&1 \
       | tee -a "$OUT/run.log" | grep -v "^\s*$" | tail -n 40
-    cp -r /tmp/records "$OUT/" 2>/dev/null
+    rc=${PIPESTATUS[0]}  # the run's own exit status (124: the call's time limit cut it off), after the copy below
+    mkdir -p "$OUT/records" && cp -r "$records"/. "$OUT/records/" 2>/dev/null
     find "$OUT" -type f | head -20
+    exit "$rc"
     ;;
   *) echo "gpu.sh: unknown command $cmd (setup, data, bench, run)" >&2; exit 2 ;;
 esac

@@ -22,7 +22,7 @@ from harness.data import load_arrays, to_device
 from harness.spec import RunSpec, Spec, load_spec, resolve_runs
 from harness.train import Diverged, Trainee, param_dtype, train
 
-from .conftest import MINI, TINY, env_with, write_spec
+from .conftest import MINI, ROOT, TINY, env_with, write_spec
 from .faults import killed_after
 
 F64 = TINY.replace("seeds: [0]", "seeds: [0, 1, 2]") + "dtype: float64\n"
@@ -188,3 +188,26 @@ def test_offline_group_writes_each_members_record(store, mini):
     assert records["tiny-s0"]["history"][-1]["train_loss"] != records["tiny-s1"]["history"][-1]["train_loss"]
     assert not list(out.glob("*/*.pt"))  # no checkpoint left behind
     assert main(args) == 0  # all recorded: skipped
+
+
+def test_the_gpu_scripts_run_trains_several_specs_grouped_into_records(mini, tmp_path):
+    """docs/gpu.md's campaign command: `scripts/gpu.sh run SPEC... --group K`, each member's record in $OUT/records."""
+    folder = tmp_path / "experiments" / "t"
+    specs = [write_spec(folder, "a", TINY), write_spec(folder, "b", TINY.replace("lr: 0.1", "lr: 0.05"))]
+    env = env_with(OUT=tmp_path / "out", RECORDS=tmp_path / "records",
+                   PATH=f"{tmp_path / 'bin'}:{env_with()['PATH']}")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "bin").mkdir()
+    python3 = tmp_path / "bin" / "python3"  # the device's python3, here this interpreter
+    python3.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python3.chmod(0o755)
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu.sh"), "run", *map(str, specs), "--data", str(mini),
+                        "--group", "2"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "group: 2 run(s) trained together" in log, log
+    records = sorted((tmp_path / "out" / "records").glob("*/record.json"))
+    assert [json.loads(r.read_text())["status"] for r in records] == ["FINISHED"] * 2, log
+    bad = subprocess.run(["bash", str(ROOT / "scripts" / "gpu.sh"), "run", str(specs[0]), "--data",
+                          str(tmp_path / "missing.npz")], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2, bad.stdout + bad.stderr  # the run's exit status, not the copy's
