@@ -60,8 +60,8 @@ def _jobs_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _shared(a):
-    from harness.batch import Shared
-    from harness.cluster import Cluster
+    from harness.batch.cluster import Cluster
+    from harness.batch.dispatch import Shared
 
     return Shared(Cluster(a.address, a.cpus_per_run, a.gpus_per_run), a.checkpoint_dir, a.claims_db)
 
@@ -75,13 +75,13 @@ def _group_arg(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_validate(a) -> int:
-    from harness.run import validate
+    from harness.batch.run import validate
 
     return validate(a.specs, a.overrides, a.budget)
 
 
 def cmd_run(a) -> int:
-    from harness.run import run
+    from harness.batch.run import run
 
     code = run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
                force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs,
@@ -93,13 +93,13 @@ def cmd_run(a) -> int:
 
 def _export_results() -> None:
     """After a batch: the store's finished runs into results/, where they outlive this machine's store."""
-    from harness.records import export_results
+    from harness.tracking.records import export_results
 
     export_results()
 
 
 def cmd_import(a) -> int:
-    from harness.run import import_records
+    from harness.batch.run import import_records
 
     code = import_records(a.records)
     _export_results()
@@ -107,7 +107,7 @@ def cmd_import(a) -> int:
 
 
 def cmd_results(a) -> int:
-    from harness.records import export_results, import_results
+    from harness.tracking.records import export_results, import_results
 
     if a.action == "export":
         export_results(Path(a.dir))
@@ -116,7 +116,7 @@ def cmd_results(a) -> int:
 
 
 def cmd_tune(a) -> int:
-    from harness.tune import TuneOptions, main
+    from harness.tune.command import TuneOptions, main
 
     return main(TuneOptions(spec=a.spec, study=a.study, storage=a.storage, trials=a.trials, budget=a.budget,
                             data=a.data, workers=a.workers, heartbeat=a.heartbeat, seed=a.seed, plots=a.plots,
@@ -125,27 +125,33 @@ def cmd_tune(a) -> int:
 
 
 def cmd_table(a) -> int:
-    from harness.table import table
+    from harness.batch.table import table
 
     code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
                           device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs,
                           shared=_shared(a), group=a.group)
     _export_results()
     if not a.no_report:  # every campaign's pages, this table's among them, each in a folder of its own
-        from harness.report import report
-
-        report(Path(a.out), every=True)
+        _report(Path(a.out), None, None, every=True)
     return code
 
 
-def cmd_report(a) -> int:
-    from harness.report import report
+def _report(out: Path, budget: float | None, data_id: str | None, every: bool) -> int:
+    """`out`/bench.md from the bench lines kept in `out`/bench/ (it needs no runs in the store), then the pages."""
+    from harness.bench.render import write_bench_report
+    from harness.report.command import report
 
-    return report(Path(a.out), a.report_budget, a.data_id, every=a.all)
+    if bench := write_bench_report(out):
+        print(f"report: wrote {bench} from {out}/bench/*.jsonl", file=sys.stderr)
+    return report(out, budget, data_id, every=every)
+
+
+def cmd_report(a) -> int:
+    return _report(Path(a.out), a.report_budget, a.data_id, every=a.all)
 
 
 def cmd_bench(a) -> int:
-    from harness.bench import bench
+    from harness.bench.command import bench
 
     return bench(a.model, iters=a.iters, warmup=a.warmup, batch_size=a.batch_size, data=a.data, device=a.device,
                  workers=a.workers, fast=a.compile, variants=a.variants, jobs=a.jobs, peer=a.peer, as_json=a.json,
@@ -300,7 +306,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command in STORE_COMMANDS and not getattr(args, "offline", None):
-            from harness.tracking import check_store
+            from harness.tracking.store import check_store
 
             check_store()  # before any data is loaded: an unreachable store is one line in seconds
         return args.func(args)

@@ -5,10 +5,10 @@ import sys
 import pytest
 import torch
 
-from harness.bench_view import write_bench_report
+from harness.bench.peer import _cuda_means
+from harness.bench.render import write_bench_report
 from harness.cli import main
 from harness.errors import UserError
-from harness.peer import _cuda_means
 
 from .conftest import ROOT
 

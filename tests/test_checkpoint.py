@@ -3,7 +3,7 @@
 import pytest
 from mlflow import MlflowClient
 
-import harness.train
+import harness.core.train
 from harness.cli import main
 
 from .conftest import TINY, write_spec
@@ -20,7 +20,7 @@ def _only_run(uri=None):
 
 def _killed_after_10(spec, mini, monkeypatch):
     """The run stopped as Ctrl-C stops it (marked KILLED) before iteration 11: X.pt of iteration 8, X.prev.pt of 4."""
-    next_batch = harness.train.next_batch
+    next_batch = harness.core.train.next_batch
 
     def interrupted(st, *args, **kwargs):
         if st.it == 10:
@@ -28,7 +28,7 @@ def _killed_after_10(spec, mini, monkeypatch):
         return next_batch(st, *args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(harness.train, "next_batch", interrupted)
+        m.setattr(harness.core.train, "next_batch", interrupted)
         assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 130
 
 
@@ -38,9 +38,9 @@ def reference(mini):
     import torch
     import yaml
 
-    from harness.data import load_arrays, to_device
-    from harness.spec import Spec, resolve_runs
-    from harness.train import param_dtype, train
+    from harness.core.data import load_arrays, to_device
+    from harness.core.spec import Spec, resolve_runs
+    from harness.core.train import param_dtype, train
 
     spec = Spec.model_validate(yaml.safe_load(TEXT))
     run = resolve_runs("experiments/t/tiny.yaml", spec, 1.0)[0]

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from harness.cli import main
-from harness.data import augment, load_arrays, split_indices, to_device
+from harness.core.data import augment, load_arrays, split_indices, to_device
+from harness.core.spec import DataSpec
 from harness.errors import DataError
-from harness.spec import DataSpec
 
 from .conftest import MINI, TINY, write_spec
 

@@ -5,9 +5,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from harness.data import load_arrays, to_device, train_batch
-from harness.spec import Spec, resolve_runs
-from harness.train import autocast_for, evaluate, fresh_model, make_step, param_dtype, train
+from harness.core.data import load_arrays, to_device, train_batch
+from harness.core.spec import Spec, resolve_runs
+from harness.core.train import autocast_for, evaluate, fresh_model, make_step, param_dtype, train
 
 BASE = {"model": {"arch": "resnet", "depth": 8},
         "schedule": {"name": "multistep", "milestones": [4], "total_iters": 6},

@@ -1,4 +1,4 @@
-"""Grouped training (harness.group): each member ends as it would alone, resumes after SIGKILL, diverges alone.
+"""Grouped training (harness.core.grouped): each member ends as it would alone, resumes after SIGKILL, diverges alone.
 
 Tolerance, in float64 (where a tight check is possible): a member's losses agree with its run alone to 1e-10, its
 weights to 1e-9, and its error counts and lr exactly. Not bit-identical: the grouped convolution adds its terms in
@@ -16,11 +16,11 @@ import torch
 from mlflow import MlflowClient
 from torch.func import functional_call, vmap
 
-from harness import group
 from harness.cli import main
-from harness.data import load_arrays, to_device
-from harness.spec import RunSpec, Spec, load_spec, resolve_runs
-from harness.train import Diverged, Trainee, param_dtype, train
+from harness.core import grouped as group
+from harness.core.data import load_arrays, to_device
+from harness.core.spec import RunSpec, Spec, load_spec, resolve_runs
+from harness.core.train import Diverged, Trainee, param_dtype, train
 
 from .conftest import MINI, ROOT, TINY, env_with, write_spec
 from .faults import killed_after

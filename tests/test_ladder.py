@@ -2,8 +2,8 @@
 
 import math
 
-from harness.models import build_model, count_params
-from harness.spec import expand_paths, flatten, load_spec
+from harness.core.models import build_model, count_params
+from harness.core.spec import expand_paths, flatten, load_spec
 
 from .conftest import ROOT
 

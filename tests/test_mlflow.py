@@ -18,11 +18,11 @@ import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.data import load_arrays, to_device
+from harness.core.data import load_arrays, to_device
+from harness.core.spec import load_spec
+from harness.core.train import evaluate, param_dtype
 from harness.errors import UserError
-from harness.spec import load_spec
-from harness.tracking import check_store
-from harness.train import evaluate, param_dtype
+from harness.tracking.store import check_store
 
 from .conftest import MINI, ROOT, TINY, env_with, write_spec
 
@@ -144,7 +144,7 @@ def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(st
 
 
 def test_tune_and_every_group_get_a_description(store):
-    from harness import tracking
+    from harness.tracking import store as tracking
 
     c = tracking.client()
     notes = {g: c.get_experiment(tracking.experiment_id(c, g)).tags["mlflow.note.content"]
@@ -160,8 +160,8 @@ def test_tune_plots_of_a_small_study_are_drawn_without_warnings(store, tmp_path)
 
     import optuna
 
-    from harness import tracking
-    from harness.tune import _plots
+    from harness.tracking import store as tracking
+    from harness.tune.command import _plots
 
     def objective(t):
         if t.suggest_categorical("family", ["multistep", "cosine"]) == "multistep":

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from harness.models import build_model, count_params
-from harness.spec import ModelSpec
+from harness.core.models import build_model, count_params
+from harness.core.spec import ModelSpec
 
 # He et al. 2015, Table 6: parameters of the option-A CIFAR ResNets.
 PAPER_PARAMS_M = {20: 0.27, 32: 0.46, 44: 0.66, 56: 0.85, 110: 1.7}

@@ -49,7 +49,7 @@ def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path):
     that comes second waits on the claim and then finds the run FINISHED."""
     spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]")
                       .replace("total_iters: 12", "total_iters: 16"))
-    from harness import tracking
+    from harness.tracking import store as tracking
 
     tracking.create_store()  # as `run --jobs` does; two fresh processes racing to create MLflow's tables is not this
     cmd = [PY, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"]
@@ -69,7 +69,7 @@ def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path):
 
 
 def test_a_claim_waits_for_a_live_holder_and_takes_over_a_dead_one(store, monkeypatch):
-    from harness import claims
+    from harness.tracking import claims
 
     monkeypatch.setenv("HARNESS_CLAIM_TIMEOUT", "1")
     url = claims.claims_db()

@@ -138,7 +138,7 @@ def test_readme_figures_are_the_reports():
 
 
 def test_split_is_named_from_the_data_tag():
-    from harness.campaign import split_of
+    from harness.report.campaign import split_of
 
     assert split_of("cifar10-full.npz train=50000 val=0 test=10000 (official test set)") == "50k"
     assert split_of("cifar10-full.npz train=45000 val=5000 test=10000") == "45k/5k"

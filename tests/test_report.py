@@ -10,9 +10,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from harness.campaign import load_paper, paper_figure
 from harness.cli import main
-from harness.pages import paper_cell
+from harness.report.campaign import load_paper, paper_figure
+from harness.report.pages import paper_cell
 
 from .conftest import ROOT, TINY, write_spec
 
@@ -102,7 +102,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
 
 
 def test_report_on_a_store_without_runs_is_one_line(store, capsys):
-    from harness import tracking
+    from harness.tracking import store as tracking
 
     tracking.client().search_experiments()  # the store exists, with no experiment of ours in it
     for args in ([], ["--budget", "0.5"], ["--budget", "0.5", "--data-id", "x"]):

@@ -12,7 +12,7 @@ import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.devices import worker_devices
+from harness.core.devices import worker_devices
 
 from .conftest import MINI, ROOT, TINY, env_with, write_spec
 from .faults import killed_after
@@ -113,7 +113,7 @@ def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, caps
     exception `error` named by its type; each run is FAILED and the batch goes on."""
     folder = store.parent / "experiments" / "t"
     good = write_spec(folder, "b_fine")
-    from harness import runner
+    from harness.batch import one as runner
     from harness.errors import UserError
 
     real_train = runner.train
@@ -216,7 +216,7 @@ def test_time_left_comes_from_the_batchs_own_rate_weighted_by_cost():
     """Skipped runs took no time and do not count as trained; what is left is weighted by each run's cost."""
     from types import SimpleNamespace
 
-    from harness.cost import Rate
+    from harness.batch.cost import Rate
 
     small, skipped, big = SimpleNamespace(c=1.0), SimpleNamespace(c=1.0), SimpleNamespace(c=3.0)
     rate = Rate([small, skipped, big], cost=lambda r: r.c)

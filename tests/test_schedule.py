@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from harness.schedule import Schedule, eval_every
-from harness.spec import ScheduleSpec, WarmupSpec
+from harness.core.schedule import Schedule, eval_every
+from harness.core.spec import ScheduleSpec, WarmupSpec
 
 
 def _lrs(sched: Schedule, iters) -> list[float]:
@@ -120,7 +120,7 @@ def test_plateau_factor_must_be_below_one():
 
 
 def _plateau_run(tmp_path):
-    from harness.spec import Spec, resolve_runs
+    from harness.core.spec import Spec, resolve_runs
 
     spec = Spec.model_validate({
         "model": {"arch": "resnet", "depth": 8}, "batch_size": 32, "data": {"val_size": 200}, "eval_points": 6,
@@ -135,8 +135,8 @@ def test_plateau_run_resumes_to_the_same_numbers(mini, tmp_path, legacy):
     """Killed after an evaluation point (plateau state, ramp and data order in the checkpoint), resumed; also from
     a checkpoint in the layout written before the Schedule object (its state in the loop's dict and in torch's
     ReduceLROnPlateau), which a run killed then still resumes from."""
-    from harness.data import load_arrays, to_device
-    from harness.train import param_dtype, train
+    from harness.core.data import load_arrays, to_device
+    from harness.core.train import param_dtype, train
 
     run = _plateau_run(tmp_path)
     data = to_device(load_arrays(mini), run.spec.data, torch.device("cpu"), param_dtype(run.spec))

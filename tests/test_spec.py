@@ -4,8 +4,8 @@ import sys
 import pytest
 
 from harness.cli import main
+from harness.core.spec import expand_paths, load_spec, resolve_runs, with_overrides
 from harness.errors import SpecError
-from harness.spec import expand_paths, load_spec, resolve_runs, with_overrides
 
 from .conftest import ROOT, TINY, write_spec
 

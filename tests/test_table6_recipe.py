@@ -4,9 +4,9 @@ import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.data import load_arrays, to_device
-from harness.spec import Spec, resolve_runs
-from harness.train import param_dtype, train
+from harness.core.data import load_arrays, to_device
+from harness.core.spec import Spec, resolve_runs
+from harness.core.train import param_dtype, train
 
 from .conftest import TINY, write_spec
 

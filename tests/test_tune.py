@@ -13,7 +13,7 @@ import pytest
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.spec import load_spec
+from harness.core.spec import load_spec
 
 from .conftest import env_with, write_spec
 from .faults import killed_after
@@ -78,7 +78,7 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path)
 def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini, tmp_path, monkeypatch):
     """train() evaluates every schedule.eval_every iterations; the tuner builds its pruner from the same number,
     so a median pruner's warm-up and hyperband's resources are whole evaluation points."""
-    import harness.tune
+    import harness.tune.command
 
     built = []
 
@@ -86,7 +86,7 @@ def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mi
         built.append((total_iters, eval_every))
         return optuna.pruners.NopPruner()
 
-    monkeypatch.setattr(harness.tune, "make_pruner", make_pruner)
+    monkeypatch.setattr(harness.tune.command, "make_pruner", make_pruner)
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE.replace("total_iters: 24", "total_iters: 26"))
     assert main(["tune", str(spec), "--trials", "1", "--study", "e", "--storage", f"sqlite:///{tmp_path}/optuna.db",
                  "--budget", "1", "--data", str(mini), "--plots", str(tmp_path / "plots")]) == 0
@@ -137,8 +137,8 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     args = ["tune", str(spec), "--study", "w", "--storage", storage, "--budget", "1", "--data", str(mini),
             "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]
     assert main(args + ["--trials", "6"]) == 0
-    from harness.devices import thread_share
-    from harness.study import open_storage
+    from harness.core.devices import thread_share
+    from harness.tune.study import open_storage
 
     trials = optuna.load_study(study_name="w", storage=open_storage(storage)).get_trials(deepcopy=False)
     numbers = [t.number for t in trials]

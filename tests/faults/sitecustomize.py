@@ -2,7 +2,7 @@
 
 Python imports `sitecustomize` at start-up from the first folder of sys.path that holds one; a test puts this
 folder first on PYTHONPATH (tests.faults.killed_after) with HARNESS_FAULT_KILL_AT=N. The training loop knows
-nothing of it: when `harness.train` is imported, `next_batch` (the one call the loop makes at the start of
+nothing of it: when `harness.core.train` is imported, `next_batch` (the one call the loop makes at the start of
 every iteration) is wrapped so that the process SIGKILLs itself before drawing the batch of iteration N + 1,
 that is after iteration N and, where N is an evaluation point, after its checkpoint. Spawned `--jobs` workers
 and tune workers inherit the environment and import this too. A `next_batch` that is renamed or gone makes the
@@ -33,10 +33,10 @@ def _install() -> None:
     import sys
 
     class WrapOnImport(importlib.abc.MetaPathFinder):
-        """Finds harness.train as usual and wraps it once it has run, so that nothing is imported early."""
+        """Finds harness.core.train as usual and wraps it once it has run, so that nothing is imported early."""
 
         def find_spec(self, name, path, target=None):
-            if name != "harness.train":
+            if name != "harness.core.train":
                 return None
             sys.meta_path.remove(self)
             spec = importlib.util.find_spec(name)

@@ -1,0 +1,150 @@
+"""Several runs at once, on Ray: this machine (`--jobs N`, Ray started embedded) or a cluster (`--address`).
+
+Ray places each unit of work (a list of runs, harness/workers.py) where its declared resources are free: `num_cpus`
+(the CPU threads the run trains on) and `num_gpus` (a fraction packs several runs on one GPU). Ray also retries a
+unit whose worker or node died (`max_retries`, HARNESS_RAY_MAX_RETRIES, default 3) and cancels what is queued on
+Ctrl-C; the run then resumes from its checkpoint, claimed anew (harness/claims.py). On a cluster every node must
+reach the same store, claim database and checkpoint folder; each is checked before anything runs, so that a run
+never trains into a place only one node can see.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from harness.batch import task as workers
+from harness.core.data import Arrays
+from harness.core.devices import thread_share
+from harness.core.spec import RunSpec
+from harness.errors import UserError
+from harness.tracking import claims
+from harness.tracking import store as tracking
+
+ENV = ("MLFLOW_TRACKING_URI", "HARNESS_CHECKPOINT_DIR", "HARNESS_CLAIMS_DB", "HARNESS_CLAIM_TIMEOUT",
+       "HARNESS_GIT_COMMIT")
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Where a batch runs: `address` None is this machine alone."""
+    address: str | None = None
+    cpus_per_run: int | None = None  # default: this machine's threads split over --jobs
+    gpus_per_run: float | None = None  # default: the GPUs split over --jobs, at most one each
+
+
+def import_ray():
+    """Ray, with its settings made before the import that reads them."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")  # a cancelled run is reported once, by _collect
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # every run's evaluation lines, not "[repeated 2x across cluster]"
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--jobs above 1 and --address run on Ray, which is not installed here "
+                        "(pip install 'ray>=2.60', or --jobs 1)") from None
+    return ray
+
+
+def check_shared(offline: str | None) -> None:
+    """On a cluster: refuse a store or claim database that only this node can open, before Ray starts."""
+    local = "only this node can open it; on a cluster use an `mlflow server --backend-store-uri postgresql://...` " \
+            "that every node reaches (MLFLOW_TRACKING_URI=http://HOST:PORT) and --claims-db postgresql://..."
+    uri = tracking.tracking_uri()
+    if not offline and (tracking.sqlite_file(uri) or "://" not in uri or uri.startswith("file:")):
+        raise UserError(f"--address: MLFLOW_TRACKING_URI {uri} is a local store: {local}")
+    if not offline and claims.claims_db(uri).startswith("sqlite:"):
+        raise UserError(f"--address: --claims-db {claims.claims_db(uri)} is a local SQLite file: {local}")
+
+
+def check_reached(ray, folder: Path) -> None:
+    """Every node sees a file this driver writes into `folder` (the checkpoint folder), or one line says which
+    does not: a run retried on another node must find its checkpoint there."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / f".reach-{uuid.uuid4().hex}"
+    probe.write_text("")
+    try:
+        sees = ray.remote(num_cpus=0)(workers.sees)
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        seen = ray.get([sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                        .remote(str(probe)) for n in nodes])
+    finally:
+        probe.unlink(missing_ok=True)
+    blind = [workers.node_name(n) for n, ok in zip(nodes, seen, strict=True) if not ok]
+    if blind:
+        raise UserError(f"--checkpoint-dir {folder}: not reached from Ray node(s) {', '.join(blind)}; expected a "
+                        "folder every node mounts at the same path (e.g. NFS)")
+
+
+def start(ray, cluster: Cluster, jobs: int, device: torch.device) -> tuple[int, float, str]:
+    """Start Ray embedded or join `cluster.address`; returns each unit's CPU threads, GPU share and device."""
+    os.environ.setdefault("HARNESS_GIT_COMMIT", tracking.git_commit())
+    env = {k: os.environ[k] for k in ENV if os.environ.get(k)}
+    gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 0
+    threads = cluster.cpus_per_run or (1 if cluster.address else thread_share(jobs))
+    share = cluster.gpus_per_run if cluster.gpus_per_run is not None else \
+        (1 / math.ceil(jobs / gpus) if gpus else 0.0)
+    common = dict(include_dashboard=False, logging_level="WARNING", log_to_driver=True,
+                  runtime_env={"env_vars": env})
+    if cluster.address:
+        ray.init(address=cluster.address, **common)
+    else:
+        # on loopback: a batch on one machine opens no port to the network
+        ray.init(num_cpus=threads * jobs, num_gpus=gpus, _node_ip_address="127.0.0.1", **common)
+    return threads, share, "cuda" if share else str(device)
+
+
+def describe(ray, cluster: Cluster, jobs: int, threads: int, share: float, device: str) -> str:
+    """The line that says where the batch runs; on one machine the same as before Ray."""
+    if not cluster.address:
+        where = f"on {device}" + (f", {share:g} GPU each" if share else "")
+        return f"jobs: {jobs} runs at a time {where}" + (f", {threads} CPU thread(s) each" if device == "cpu" else "")
+    nodes = [workers.node_name(n) for n in ray.nodes() if n["Alive"]]
+    total = ray.cluster_resources()
+    return (f"ray: cluster at {cluster.address}, {len(nodes)} node(s) ({', '.join(nodes)}), {total.get('CPU', 0):g} "
+            f"CPUs, {total.get('GPU', 0):g} GPUs; each run takes {threads} CPU(s) and {share:g} GPU(s)")
+
+
+def run_units(units: list[list[RunSpec]], arrays: Arrays, device: torch.device, jobs: int, cluster: Cluster,
+              force: bool, offline: str | None, on_done) -> None:
+    """Submit every unit, call `on_done(unit, statuses, node)` as each ends; Ctrl-C cancels what is queued,
+    interrupts what is running (its runs are marked KILLED) and raises KeyboardInterrupt."""
+    ray = import_ray()
+    threads, share, dev = start(ray, cluster, jobs, device)
+    try:
+        if cluster.address:
+            check_reached(ray, Path(offline) if offline else claims.checkpoint_dir())
+        print(describe(ray, cluster, jobs, threads, share, dev), file=sys.stderr, flush=True)
+        retries = int(os.environ.get("HARNESS_RAY_MAX_RETRIES", "3"))
+        task = ray.remote(workers.run_unit).options(num_cpus=threads, num_gpus=share, max_retries=retries)
+        data = ray.put(arrays)
+        refs = {task.remote(data, unit, dev, threads, force, offline): unit for unit in units}
+        _collect(ray, refs, on_done)
+    finally:
+        ray.shutdown()
+
+
+def _collect(ray, refs: dict, on_done) -> None:
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            try:
+                done = ray.get(ready[0])
+                on_done(refs[ready[0]], done.statuses, done.node)
+            except ray.exceptions.RayError as e:  # e.g. retries spent on dead nodes: the runs resume later
+                cause = str(e).strip().splitlines()[0][:300]
+                on_done(refs[ready[0]], ["failed"] * len(refs[ready[0]]), f"nowhere ({type(e).__name__}: {cause})")
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref)  # queued: never start; running: a KeyboardInterrupt marks the run KILLED
+        ray.wait(pending, num_returns=len(pending), timeout=30)
+        raise

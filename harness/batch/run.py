@@ -1,0 +1,61 @@
+"""`run`, `validate` and `import`: the specs a user names, checked, trained, or brought home from `run --offline`.
+
+Every spec named is read before anything runs, and a bad one stops the call: a user who names specs means all of
+them (where `table` goes on without a bad spec among the defaults).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from harness.batch.dispatch import HERE, Shared, collect_runs, run_batch
+from harness.core.spec import RunSpec
+from harness.errors import SpecError, UserError
+from harness.tracking.records import import_record
+
+
+def _load_all(paths: list[str], overrides: list[str], budget: float) -> list[RunSpec]:
+    """Every bad spec is named (one `error:` line each), so a folder of specs is fixed in one pass."""
+    runs, errors, _ = collect_runs(paths, overrides, budget)
+    if errors:
+        raise SpecError("\nerror: ".join(errors))
+    if not runs:
+        raise UserError(f"{' '.join(paths)}: no spec files found (expected .yaml files)")
+    return runs
+
+
+def validate(specs: list[str], overrides: list[str] = (), budget: float = 1.0) -> int:
+    for r in _load_all(specs, overrides, budget):
+        s = r.spec.schedule
+        print(f"ok  {r.source_file}  {r.run_name}  {r.spec.model.arch}-{r.spec.model.depth}  "
+              f"{s.total_iters} iters, milestones {s.milestones}, batch {r.spec.batch_size}")
+    return 0
+
+
+def run(specs: list[str], data: str, *, overrides: list[str] = (), budget: float = 1.0, download: bool = False,
+        device: str | None = None, force: bool = False, no_progress: bool = False, offline: str | None = None,
+        jobs: int = 1, shared: Shared = HERE, group: int | None = None) -> int:
+    """Exit code 0 when every run finished (now or before), 1 when one diverged or failed."""
+    runs = _load_all(specs, overrides, budget)  # every spec is checked before anything runs
+    batch = run_batch(runs, data, jobs, download=download, device=device, force=force, offline=offline,
+                      no_progress=no_progress, label=lambda r: f"{r.run_name} ({r.source_file})",
+                      shared=shared, group=group)
+    return 0 if batch.all_done else 1
+
+
+def import_records(paths: list[str]) -> int:
+    """Log the records of `run --offline` (record.json files, or folders holding them) into the MLflow store."""
+    records = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise UserError(f"{p}: no such file or folder (expected record.json files from `run --offline`)")
+        records += [p] if p.is_file() else sorted(p.rglob("record.json"))
+    if not records:
+        raise UserError(f"{' '.join(paths)}: no record.json found (expected the folder given to run --offline)")
+    counts: dict[str, int] = {}
+    for rec in records:
+        status = import_record(rec)
+        counts[status] = counts.get(status, 0) + 1
+    print(f"{len(records)} records: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), file=sys.stderr)
+    return 0

@@ -1,0 +1,69 @@
+"""`make reproduce-table`: every default spec, a plan with an ETA first, finished runs skipped.
+
+The ETA comes from a short measured step on this device (seconds per training GFLOP) times each pending
+run's training and evaluation FLOPs, so it holds for any mix of depths and batch sizes. An invalid spec among the
+defaults is named and skipped rather than fatal: one typo must not hold back a day of training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from harness.batch.cost import gflops_on_data, seconds_per_gflop
+from harness.batch.dispatch import HERE, Shared, collect_runs, run_batch
+from harness.core.data import Arrays
+from harness.core.spec import RunSpec
+from harness.errors import SpecError
+from harness.tracking import store as tracking
+
+DEFAULT_FOLDERS = ("experiments/table6", "experiments/ablations", "experiments/ladder", "experiments/tuned")
+
+
+class TableResult(NamedTuple):
+    code: int  # 0 all done, 1 a run diverged or failed, 2 an invalid spec was skipped
+    data_id: str  # the data the runs trained on: which campaign a report of this table is of
+
+
+def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunSpec]:
+    """Print what will run and how long it should take; returns the runs still to do."""
+    c = tracking.client()
+    todo, done = [], 0
+    for r in runs:
+        found = tracking.find_run(c, tracking.experiment_id(c, r.group), r.spec_hash(arrays.data_id))
+        if found is not None and (found.info.status == "FINISHED" or found.data.tags.get("failure") == "diverged"):
+            done += 1
+        else:
+            todo.append(r)
+    spg = seconds_per_gflop(device) if todo else 0.0
+    eta = sum(gflops_on_data(r, arrays) for r in todo) * spg
+    print(f"plan: {len(runs)} runs in total, {done} already done, {len(todo)} to do; "
+          f"ETA {eta / 60:.0f} min on {device} one run at a time (measured {1 / spg if spg else 0:.1f} GFLOP/s "
+          "training rate; each finished run re-estimates the time left from the batch's own rate)",
+          file=sys.stderr, flush=True)
+    return todo
+
+
+def table(folders: list[str], data: str, *, overrides: list[str] = (), budget: float = 1.0, download: bool = False,
+          device: str | None = None, include_heavy: bool = False, no_progress: bool = False,
+          jobs: int = 1, shared: Shared = HERE,
+          group: int | None = None) -> TableResult:
+    """Train what is left of `folders` (default: DEFAULT_FOLDERS, those that exist)."""
+    missing = [f for f in folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not
+    if missing:
+        raise SpecError(f"{missing[0]}: spec folder not found (expected a folder of .yaml specs or a spec file)")
+    folders = list(folders or DEFAULT_FOLDERS)
+    found = collect_runs([f for f in folders if Path(f).exists()], overrides, budget, include_heavy)
+    if not found.files:
+        raise SpecError(f"{' '.join(folders)}: no spec files found (expected folders of .yaml specs)")
+    for e in found.errors:
+        print(f"error: {e}", file=sys.stderr)
+    bad = len(found.errors)
+    batch = run_batch(found.runs, data, jobs, download=download, device=device, no_progress=no_progress,
+                      label=lambda r: f"{r.group}/{r.run_name}", plan=plan, title="table",
+                      note=f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else "", shared=shared,
+                      group=group)
+    return TableResult(2 if bad else 0 if batch.all_done else 1, batch.data_id)

@@ -1,0 +1,76 @@
+"""The task side of a batch: what one unit of work (a list of runs) does, in this process or as a Ray task.
+
+A unit is a list of runs so that runs trained together in one process drop in as one unit; today each holds one
+run. In a Ray task the unit trains on the CPU threads and the GPU share Ray granted it (Ray sets
+CUDA_VISIBLE_DEVICES, so "cuda" is the task's own GPU), and reports the node it ran on, so the driver's progress
+lines say where each run went. Ray is imported here only inside the task, never at import: `run --jobs 1` and
+`run --offline` work where Ray is not installed.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from harness.core.data import Arrays
+from harness.core.spec import RunSpec
+
+_NOT_NAMES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def execute_one(run: RunSpec, arrays: Arrays, device: torch.device, force: bool, offline: str | None,
+                progress: bool) -> str:
+    """Into MLflow, or without it into `offline`/<spec_hash>/ (`run --offline`)."""
+    from harness.batch.one import execute as into_mlflow
+    from harness.batch.one import execute_offline
+
+    if offline:
+        return execute_offline(run, arrays, device, Path(offline), force=force, progress=progress)
+    return into_mlflow(run, arrays, device, force=force, progress=progress)
+
+
+class Done(NamedTuple):
+    statuses: list[str]  # one per run of the unit, in its order
+    node: str  # where it ran: the node's custom resources, else its address
+
+
+def node_name(node: dict) -> str:
+    """A node's name in progress lines: its custom resources (`ray start --resources`), which say what the
+    cluster's owner named it, else its IP address."""
+    custom = sorted(k for k in node.get("Resources", {}) if k not in _NOT_NAMES and not k.startswith(
+        ("node:", "accelerator_type:")))
+    return "+".join(custom) or node.get("NodeManagerAddress", "?")
+
+
+def this_node() -> str:
+    import ray
+
+    me = ray.get_runtime_context().get_node_id()
+    return next((node_name(n) for n in ray.nodes() if n["NodeID"] == me), me[:8])
+
+
+def run_unit(arrays: Arrays, runs: list[RunSpec], device: str, threads: int, force: bool,
+             offline: str | None) -> Done:
+    """The body of the Ray task. A Ctrl-C on the driver cancels it with a KeyboardInterrupt, which the runner
+    turns into a KILLED run before the task ends."""
+    torch.set_num_threads(threads)
+    # Ray hands arrays out read-only from its object store; a tensor made from them would share read-only memory
+    arrays = replace(arrays, **{k: np.array(getattr(arrays, k)) for k in ("x_train", "y_train", "x_test", "y_test")})
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
+    node = this_node()
+    os.environ["HARNESS_NODE"] = node  # claims name their holder's node
+    for r in runs:
+        print(f"{r.run_name}: on Ray node {node}", flush=True)
+    return Done([execute_one(r, arrays, dev, force, offline, progress=False) for r in runs], node)
+
+
+def sees(path: str) -> bool:
+    """Whether this node sees `path` (a file the driver wrote into the shared checkpoint folder)."""
+    return Path(path).is_file()

@@ -1,0 +1,124 @@
+"""The learning rate of every iteration, and the decisions that move it, as one object.
+
+The training loop asks `lr_at(iteration)` before each step and feeds back the numbers the schedule decides on:
+the training error of each WARMUP_CHECK_EVERY-iteration window during the paper's ResNet-110 warm-up, and the
+validation loss at each evaluation point (plateau drops, early stopping). The object holds host numbers only, so
+it never makes the loop wait on the device, and its state_dict is all a checkpoint needs to resume it to the bit.
+"""
+
+from __future__ import annotations
+
+import math
+
+from harness.core.spec import ScheduleSpec
+
+# Iterations per training-error window of the ResNet-110 warm-up: the host reads the device once per window.
+WARMUP_CHECK_EVERY = 20
+
+# ReduceLROnPlateau's defaults (torch.optim.lr_scheduler), which the plateau family has always used: an
+# improvement is relative by more than 1e-4, and a drop smaller than 1e-8 is not made.
+PLATEAU_THRESHOLD = 1e-4
+PLATEAU_EPS = 1e-8
+
+
+def eval_every(total_iters: int, eval_points: int) -> int:
+    """Iterations between evaluation points; the training loop and the tuner's pruner both count in it, so a
+    pruner's warm-up and resources line up with the points at which a trial reports."""
+    return max(1, -(-total_iters // eval_points))
+
+
+class Schedule:
+    """multistep, cosine or plateau, behind the paper's ResNet-110 warm-up and a linear `warmup_iters` ramp.
+
+    The ResNet-110 warm-up (lr `warmup.lr` until a window's training error drops below `warmup.until_train_error`,
+    at most `warmup.max_iters` iterations) replaces the family's lr while it lasts. The linear ramp multiplies
+    every family's lr over the first `warmup_iters` iterations, by iteration number, so it is one ramp for all.
+    Plateau is ReduceLROnPlateau on validation loss with its patience counted in evaluation points; it does not
+    step at evaluation points inside the ResNet-110 warm-up. Early stopping reads the same validation losses.
+    """
+
+    STATE = ("warmup_done", "plateau_lr", "plateau_best", "plateau_bad", "best_val_loss", "best_val_iter",
+             "warmup_ended_by", "warmup_ended_at")
+
+    def __init__(self, s: ScheduleSpec, base_lr: float, every: int):
+        if s.name == "plateau" and s.gamma >= 1.0:
+            raise ValueError(f"schedule.gamma: a plateau schedule needs a factor below 1, got {s.gamma}")
+        self.s, self.base_lr = s, base_lr
+        self.patience_evals = math.ceil(s.patience / every)
+        self.warmup_done = False
+        self.plateau_lr = base_lr
+        self.plateau_best = math.inf if s.mode == "min" else -math.inf
+        self.plateau_bad = 0
+        self.best_val_loss = math.inf
+        self.best_val_iter = 0
+        self.warmup_ended_by: str | None = None  # "train_error" or "cap" (warmup.max_iters), once it has ended
+        self.warmup_ended_at: int | None = None
+
+    def warming(self, it: int) -> bool:
+        """Whether iteration `it` (0-based) runs at the ResNet-110 warm-up lr."""
+        w = self.s.warmup
+        return w is not None and not self.warmup_done and it < w.max_iters
+
+    def lr_at(self, it: int) -> float:
+        """The lr of iteration `it`; a function of the iteration and this object's state only, so resume cannot
+        drift."""
+        s = self.s
+        if self.warming(it):
+            return s.warmup.lr
+        if s.name == "plateau":
+            lr = self.plateau_lr
+        elif s.name == "cosine":
+            lr = self.base_lr * 0.5 * (1 + math.cos(math.pi * it / s.total_iters))
+        else:
+            lr = self.base_lr * s.gamma ** sum(it >= m for m in s.milestones)
+        return lr * min(1.0, (it + 1) / s.warmup_iters) if s.warmup_iters else lr
+
+    def observe_train_error(self, error: float) -> None:
+        """The training error (%) of the last WARMUP_CHECK_EVERY iterations of the warm-up: below the threshold,
+        the warm-up ends."""
+        if error < self.s.warmup.until_train_error:
+            self.warmup_done = True
+
+    def warmup_ended(self, it: int) -> bool:
+        """After iteration `it` (1-based count) ran at the warm-up lr: whether the warm-up ends there, and by what,
+        the training error or the safety cap. The cap is a guard, not the paper's rule, so ending by it is
+        recorded for the run to report."""
+        if self.warming(it):
+            return False
+        self.warmup_ended_by, self.warmup_ended_at = ("train_error" if self.warmup_done else "cap"), it
+        return True
+
+    def observe_eval(self, it: int, val_loss: float, warming: bool) -> bool:
+        """The validation loss at evaluation point `it`; `warming` says whether the iteration before it ran at the
+        warm-up lr. Returns whether early stopping ends the run here."""
+        if self.s.name == "plateau" and not warming:
+            self._plateau_step(val_loss)
+        if val_loss < self.best_val_loss:
+            self.best_val_loss, self.best_val_iter = val_loss, it
+            return False
+        patience = self.s.early_stopping_patience
+        return bool(patience) and it - self.best_val_iter >= patience
+
+    def _plateau_step(self, val_loss: float) -> None:
+        """ReduceLROnPlateau.step with threshold_mode "rel", no cooldown and min_lr 0, on the plateau lr alone."""
+        current = float(val_loss)
+        if self.s.mode == "min":
+            better = current < self.plateau_best * (1.0 - PLATEAU_THRESHOLD)
+        else:
+            better = current > self.plateau_best * (PLATEAU_THRESHOLD + 1.0)
+        if better:
+            self.plateau_best, self.plateau_bad = current, 0
+        else:
+            self.plateau_bad += 1
+        if self.plateau_bad > self.patience_evals:
+            new_lr = max(self.plateau_lr * self.s.gamma, 0.0)
+            if self.plateau_lr - new_lr > PLATEAU_EPS:
+                self.plateau_lr = new_lr
+            self.plateau_bad = 0
+
+    def state_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.STATE}
+
+    def load_state_dict(self, state: dict) -> None:
+        for k in self.STATE:  # a checkpoint from before the warm-up's end was recorded has no warmup_ended_*
+            setattr(self, k, state[k] if k in state or not k.startswith("warmup_ended") else None)

@@ -1,0 +1,223 @@
+"""What a spec may say: the pydantic models of a spec's sections, each field checked where it is declared.
+
+Everything that changes a result lives here, so that a spec's hash (with seed, budget and data) identifies the
+run in MLflow for skipping and resuming. Pydantic rejects unknown keys because a typo ("momentun") that silently
+falls back to a default is exactly the kind of error that produces a 70 % reproduction. Fields whose sensible
+default depends on another field (a torchvision ResNet-34 is 34 layers deep with option-B shortcuts and an
+ImageNet stem) are resolved here, so the resolved spec, its hash and the MLflow params name what was built.
+harness.core.spec reads spec files into these models and resolves them into runs.
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+TORCHVISION = "torchvision_resnet34"
+
+
+class ModelSpec(_Strict):
+    """`depth`, `shortcut` and `stem` left out take the architecture's own: 32, A and cifar for the paper's CIFAR
+    nets; 34, B and imagenet for torchvision's ResNet-34 (whose depth its stage layout fixes)."""
+
+    arch: Literal["resnet", "plain", "torchvision_resnet34"] = "resnet"
+    depth: int | None = None
+    shortcut: Literal["A", "B"] | None = None
+    bn_on_shortcut: bool = True
+    fc_relu: bool = False
+    # imagenet: 7x7/2 conv + 3x3/2 max-pool (8x8 maps at the first block); cifar: 3x3/1 conv, no pool (32x32 maps).
+    stem: Literal["imagenet", "cifar"] | None = None
+
+    @field_validator("depth")
+    @classmethod
+    def _depth_of_the_arch(cls, depth, info: ValidationInfo):
+        if info.data.get("arch") == TORCHVISION:
+            if depth not in (None, 34):
+                raise ValueError("expected 34 (or no depth) for torchvision_resnet34: its stages of 3, 4, 6 and 3 "
+                                 "basic blocks fix it")
+            return 34
+        if depth is None:
+            return 32
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError("expected 6n+2 with n >= 1 for the CIFAR ResNet (8, 20, 32, 44, 56, 110, ...)")
+        return depth
+
+    @field_validator("shortcut")
+    @classmethod
+    def _shortcut_of_the_arch(cls, shortcut, info: ValidationInfo):
+        return shortcut or ("B" if info.data.get("arch") == TORCHVISION else "A")
+
+    @field_validator("stem")
+    @classmethod
+    def _stem_of_the_arch(cls, stem, info: ValidationInfo):
+        if info.data.get("arch") == TORCHVISION:
+            return stem or "imagenet"
+        if stem == "imagenet":
+            raise ValueError("expected cifar (or no stem) for the CIFAR nets: an ImageNet stem is an option of "
+                             "torchvision_resnet34 only")
+        return "cifar"
+
+
+class OptimizerSpec(_Strict):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    nesterov: bool = False
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+class WarmupSpec(_Strict):
+    """The paper's ResNet-110 trick: a small lr until training error drops below a threshold, at most `max_iters`
+    iterations (a safety cap, reported when it is what ends the warm-up)."""
+
+    lr: float = Field(0.01, gt=0)
+    until_train_error: float = Field(80.0, gt=0, le=100)
+    max_iters: int = Field(400, ge=1)
+
+
+class ScheduleSpec(_Strict):
+    name: Literal["multistep", "plateau", "cosine"] = "multistep"
+    total_iters: int = Field(64000, ge=1)
+    milestones: list[int] = [32000, 48000]
+    gamma: float = Field(0.1, gt=0, le=1)
+    # ReduceLROnPlateau on validation loss; patience in iterations, checked at evaluation points.
+    patience: int = Field(10000, ge=0)
+    mode: Literal["min", "max"] = "min"
+    early_stopping_patience: int | None = Field(None, ge=1)
+    warmup: WarmupSpec | None = None
+    # Linear ramp of the lr from ~0 over this many iterations (used by tuning; 0 = off).
+    warmup_iters: int = Field(0, ge=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_inside_run(cls, milestones, info: ValidationInfo):
+        total = info.data.get("total_iters")
+        if any(b <= a for a, b in pairwise(milestones)):
+            raise ValueError("expected increasing iteration numbers")
+        for m in milestones:
+            if total is not None and not 0 < m < total:
+                raise ValueError(f"expected every milestone inside (0, total_iters={total}), {m} is not")
+        return milestones
+
+    @model_validator(mode="after")
+    def _warmup_inside_run(self):
+        if self.warmup_iters >= self.total_iters:
+            raise ValueError(f"warmup_iters: expected fewer than total_iters={self.total_iters}")
+        return self
+
+
+class DataSpec(_Strict):
+    """The train/val split of the training images: `val_fraction` or `val_size`; 0 trains on every training image
+    (the paper's Table 6 runs) and leaves nothing to validate on."""
+
+    val_fraction: float | None = Field(None, ge=0, lt=1)
+    val_size: int | None = Field(None, ge=0)
+    split_seed: int = 0
+    mean: Literal["per_pixel", "per_channel", "none"] = "per_pixel"
+    augment: bool = True
+    # The seed log evaluated raw images while training on mean-subtracted ones.
+    test_time_mean: bool = True
+
+    @model_validator(mode="after")
+    def _one_split_rule(self):
+        if self.val_fraction is not None and self.val_size is not None:
+            raise ValueError("val_fraction/val_size: expected one of them, got both")
+        if self.val_fraction is None and self.val_size is None:
+            self.val_fraction = 0.1
+        return self
+
+    @property
+    def has_validation(self) -> bool:
+        return bool(self.val_fraction or self.val_size)
+
+
+TuneRange = tuple[float, float]
+
+
+class TuneSpec(_Strict):
+    """Search space for `harness tune`; ranges are validated here like the rest of the spec."""
+
+    lr: TuneRange | None = (0.01, 0.5)
+    milestone_fractions: list[TuneRange] | None = [(0.3, 0.7), (0.6, 0.95)]
+    gamma: TuneRange | None = (0.05, 0.5)
+    warmup_iters: tuple[int, int] | None = None
+    families: list[Literal["multistep", "cosine", "plateau"]] = ["multistep"]
+    pruner: Literal["median", "hyperband", "none"] = "median"
+
+    @field_validator("lr", "gamma")
+    @classmethod
+    def _positive_range(cls, v):
+        if v is not None and not 0 < v[0] < v[1]:
+            raise ValueError(f"expected [low, high] with 0 < low < high, got {list(v)}")
+        return v
+
+    @field_validator("milestone_fractions")
+    @classmethod
+    def _fraction_ranges(cls, v):
+        for r in v or []:
+            if not 0 < r[0] < r[1] < 1:
+                raise ValueError(f"expected ranges [low, high] with 0 < low < high < 1, got {list(r)}")
+        return v
+
+    @field_validator("warmup_iters")
+    @classmethod
+    def _int_range(cls, v):
+        if v is not None and not 0 <= v[0] < v[1]:
+            raise ValueError(f"expected [low, high] with 0 <= low < high, got {list(v)}")
+        return v
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+NO_VALIDATION = "data.val_fraction 0 leaves no validation split"
+
+
+class Spec(_Strict):
+    name: str | None = None
+    description: str = ""
+    heavy: bool = False
+    model: ModelSpec = ModelSpec()
+    optimizer: OptimizerSpec = OptimizerSpec()
+    schedule: ScheduleSpec = ScheduleSpec()
+    data: DataSpec = DataSpec()
+    batch_size: int = Field(128, ge=1)
+    seeds: list[int] = Field([0], min_length=1)
+    dtype: Literal["float32", "bfloat16", "float64"] = "float32"
+    channels_last: bool = False
+    # false: eager; true: torch.compile's default mode; "reduce-overhead" adds CUDA-graph capture of the
+    # forward and backward (static shapes; on CPU it is the default mode); "max-autotune" also tunes kernels.
+    compile: bool | str = False
+    eval_points: int = Field(32, ge=1)
+    tune: TuneSpec | None = None
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_mode(cls, v):
+        if isinstance(v, bool) or v in COMPILE_MODES:
+            return v
+        raise ValueError(f"expected true, false or one of {', '.join(COMPILE_MODES)}, got {v!r}")
+
+    @model_validator(mode="after")
+    def _validation_split_for_what_reads_it(self):
+        """Plateau drops, early stopping and tuning read the validation loss: without a validation split they are
+        refused here, rather than met by a run that cannot make its decisions."""
+        if self.data.has_validation:
+            return self
+        if self.schedule.name == "plateau":
+            raise ValueError(f"schedule.name: plateau steps on the validation loss, and {NO_VALIDATION}; expected "
+                             "data.val_fraction > 0, or a schedule that reads no validation loss (multistep, cosine)")
+        if self.schedule.early_stopping_patience:
+            raise ValueError(f"schedule.early_stopping_patience: early stopping reads the validation loss, and "
+                             f"{NO_VALIDATION}; expected data.val_fraction > 0, or no early stopping")
+        if self.tune is not None:
+            raise ValueError(f"tune: tuning scores trials on the validation split, and {NO_VALIDATION}; expected "
+                             "data.val_fraction > 0 (the test split never selects)")
+        return self

@@ -1,0 +1,261 @@
+"""Declarative experiment specs: YAML files in, validated and resolved runs out.
+
+A spec is the single source of truth for a run; its sections are the models of harness.core.schema (re-exported here,
+where callers have always found them). This module reads spec files (one line naming file, key and what was
+expected for anything it cannot use), applies --set overrides, and resolves a spec into its runs: one per seed,
+every iteration count scaled by --budget, refused where the budget is too small for the schedule to mean what
+the spec says.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import typing
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from harness.core.schema import (  # noqa: F401 - the spec's sections, imported from here by the rest of the harness
+    COMPILE_MODES,
+    DataSpec,
+    ModelSpec,
+    OptimizerSpec,
+    ScheduleSpec,
+    Spec,
+    TuneRange,
+    TuneSpec,
+    WarmupSpec,
+)
+from harness.errors import SpecError
+
+
+class RunSpec(BaseModel):
+    """One concrete run: a spec with its seed, budget and data fixed, iterations already scaled."""
+
+    model_config = ConfigDict(frozen=True)
+    spec: Spec
+    group: str
+    name: str
+    seed: int
+    budget: float
+    source_file: str
+
+    @property
+    def run_name(self) -> str:
+        suffix = "" if self.budget == 1.0 else f"-b{self.budget:g}"
+        return f"{self.name}-s{self.seed}{suffix}"
+
+    def spec_hash(self, data_id: str) -> str:
+        body = {"spec": self.spec.model_dump(mode="json", exclude={"seeds", "description", "heavy", "name"}),
+                "seed": self.seed, "budget": self.budget, "data": data_id}
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _pretty_loc(loc) -> str:
+    return ".".join(str(p) for p in loc) or "<top level>"
+
+
+def _allowed_keys(parent_loc) -> list[str]:
+    """The keys a section accepts, found by walking the pydantic models along the error's location."""
+    model: type[BaseModel] = Spec
+    for part in parent_loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            break
+        sub = next((a for a in typing.get_args(field.annotation) or (field.annotation,)
+                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if sub is None:
+            break
+        model = sub
+    return sorted(model.model_fields)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = _pretty_loc(err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if not err["loc"] and err["type"] == "value_error":  # a check across sections names its keys itself
+        return msg
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (expected one of: {', '.join(_allowed_keys(err['loc'][:-1]))})"
+    got = err.get("input")
+    if isinstance(got, (dict, list)) or got is None:
+        return f"{loc}: {msg}"
+    return f"{loc}: {msg}, got {got!r}"
+
+
+def _section(raw: dict, keys: list[str], path: str, where: str) -> dict:
+    """The section of `raw` that holds the last of `keys` (made where missing): the one walker of dotted keys,
+    for --set on a spec's YAML and for the overrides a tuning trial samples, so both reach a field the same way."""
+    node = raw
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise SpecError(f"{where}: --set {path}: '{k}' is not a section")
+    return node
+
+
+def apply_override(raw: dict, assignment: str, file: str) -> None:
+    """`model.depth=56` -> raw["model"]["depth"] = 56, with the value parsed as YAML."""
+    if "=" not in assignment:
+        raise SpecError(f"{file}: --set {assignment}: expected KEY.PATH=VALUE")
+    path, value = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    node = _section(raw, keys, path, file)
+    try:
+        node[keys[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise SpecError(f"{file}: --set {path}: expected a YAML value (e.g. 56, 0.1, [0, 1], true), got {value!r}: "
+                        f"{getattr(e, 'problem', e)}") from None
+
+
+def with_overrides(spec: Spec, overrides: dict[str, object]) -> Spec:
+    """A copy of `spec` with dotted-key overrides (e.g. {"schedule.gamma": 0.2}, what a tuning trial samples),
+    validated again as a whole."""
+    raw = spec.model_dump(mode="json")
+    for path, value in overrides.items():
+        keys = path.split(".")
+        _section(raw, keys, path, spec.name or "spec")[keys[-1]] = value
+    return Spec.model_validate(raw)
+
+
+def _read_yaml(path: Path):
+    """The YAML of a spec file, or one line saying why there is none: not text, not YAML, or no keys at all (an
+    empty or all-comment file would otherwise be the default recipe, trained without a word)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} is not UTF-8); "
+                        "expected a YAML spec") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SpecError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if raw is None or raw == {}:
+        raise SpecError(f"{path}: empty spec (no keys, only blanks or comments); expected a mapping of spec keys "
+                        "(model, optimizer, schedule, data, ...)")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: <top level>: expected a mapping of spec keys, got {type(raw).__name__}")
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found (expected a YAML file)")
+    raw = copy.deepcopy(_read_yaml(path))
+    for o in overrides:
+        apply_override(raw, o, str(path))
+    try:
+        spec = Spec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(f"{path}: {_first_error(e)}") from None
+    if spec.name is None:
+        spec = spec.model_copy(update={"name": path.stem})
+    return spec
+
+
+def require_validation(spec: Spec, path: str | Path, what: str) -> None:
+    """For a command that reads the validation split whatever the spec says (`tune`): one line if there is none."""
+    if not spec.data.has_validation:
+        raise SpecError(f"{path}: data.val_fraction: {what} reads the validation split, and this spec has none "
+                        "(0: every training image trains); expected a validation split (e.g. 0.1, the paper's 45k/5k)")
+
+
+def scale_iters(n: int, budget: float) -> int:
+    return max(1, math.floor(n * budget + 0.5))
+
+
+def _check_scaled(path: Path, spec: Spec, budget: float, total: int, milestones: list[int]) -> None:
+    """A budget whose schedule is no longer the spec's is refused before anything runs: milestones that merge or
+    leave the run, or fewer iterations than evaluation points. The budget suggested is a sufficient one: every gap
+    between milestones (and the run's ends) at least one iteration, and an iteration per evaluation point."""
+    s = spec.schedule
+    problems = []
+    if len(milestones) != len(s.milestones):
+        scaled = [math.floor(m * budget + 0.5) for m in s.milestones]
+        problems.append(f"milestones {s.milestones} of {s.total_iters} iterations become {scaled} of {total} "
+                        "(expected distinct milestones inside the run)")
+    if total < spec.eval_points:
+        if budget == 1.0:
+            raise SpecError(f"{path}: eval_points: expected at most schedule.total_iters={total}, "
+                            f"got {spec.eval_points}")
+        problems.append(f"{s.total_iters} iterations become {total}, fewer than eval_points={spec.eval_points} "
+                        "(expected an iteration per evaluation point at least)")
+    if problems:
+        gaps = [b - a for a, b in zip([0, *s.milestones], [*s.milestones, s.total_iters], strict=True)]
+        need = max(spec.eval_points / s.total_iters, 1 / min(gaps))
+        raise SpecError(f"{path}: --budget {budget:g} is too small for this schedule: {'; '.join(problems)}; "
+                        f"expected --budget {need:.2g} or more")
+
+
+def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool = True) -> list[RunSpec]:
+    """Expand seeds and apply the budget to every iteration count (total, milestones, patience, warm-up).
+    `check_budget=False` merges milestones that a small budget makes coincide instead of refusing the budget."""
+    if not (budget > 0 and math.isfinite(budget)):
+        raise SpecError(f"--budget: expected a positive fraction of the paper's iterations (a finite number), "
+                        f"got {budget}")
+    path = Path(path)
+    s = spec.schedule
+    total = scale_iters(s.total_iters, budget)
+    milestones = sorted({scale_iters(m, budget) for m in s.milestones if scale_iters(m, budget) < total})
+    if check_budget:
+        _check_scaled(path, spec, budget, total, milestones)
+    sched = s.model_copy(update={
+        "total_iters": total,
+        "milestones": milestones,
+        "patience": scale_iters(s.patience, budget) if s.patience else 0,
+        "early_stopping_patience": scale_iters(s.early_stopping_patience, budget)
+        if s.early_stopping_patience else None,
+        "warmup_iters": min(scale_iters(s.warmup_iters, budget), total - 1) if s.warmup_iters else 0,
+        "warmup": s.warmup.model_copy(update={"max_iters": scale_iters(s.warmup.max_iters, budget)})
+        if s.warmup else None,
+    })
+    scaled = spec.model_copy(update={"schedule": sched})
+    return [RunSpec(spec=scaled, group=path.parent.name or "default", name=spec.name or path.stem, seed=seed,
+                    budget=budget, source_file=str(path)) for seed in spec.seeds]
+
+
+SKIPPED_FOLDERS = {"mlruns", "__pycache__"}  # and hidden ones (.venv, .git): their YAML is no spec
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Spec arguments may be files or folders (all *.yaml inside, sorted, `paper.yaml` excluded). A folder walk
+    skips the tracking store (each run's resolved spec.yaml artifact) and hidden folders, so that
+    `validate .` in a checkout reads the specs and nothing else."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*.yaml") if q.name != "paper.yaml" and not any(
+                part in SKIPPED_FOLDERS or part.startswith(".") for part in q.relative_to(p).parts[:-1]))
+        else:
+            out.append(p)
+    return out
+
+
+def load_specs(paths: list[str], overrides: list[str] = ()) -> tuple[list[tuple[Path, Spec]], list[str]]:
+    """Each spec under `paths` with its file, and one error line per bad one: a folder is fixed in one pass."""
+    specs, errors = [], []
+    for path in expand_paths(paths):
+        try:
+            specs.append((path, load_spec(path, overrides)))
+        except SpecError as e:
+            errors.append(str(e))
+    return specs, list(dict.fromkeys(errors))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -1,0 +1,187 @@
+"""The runs a report is of, and what their numbers say: the MLflow store read into one table, the campaign (budget
+and data) picked, and the statistics every page shares.
+
+A campaign is one budget on one data id: numbers of different budgets or data are never pooled, and a rerun's
+earlier run never counts twice. A difference is called real only when it is outside seed noise (Welch's t-test
+over seeds, p < 0.05), and a mean names the runs it leaves out.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from harness.errors import UserError
+from harness.tracking import store as tracking
+
+GROUPS = ("table6", "ablations", "ladder", "tuned")
+
+PAPER_FILE = Path("experiments/paper.yaml")
+
+
+
+def load_paper(path: Path = PAPER_FILE) -> dict:
+    """The paper's figures: the working directory's copy if there is one (a user may extend it), else the one in
+    this checkout, so `report` works from any directory."""
+    for p in (path, Path(__file__).resolve().parents[1] / PAPER_FILE):
+        if p.is_file():
+            return yaml.safe_load(p.read_text())
+    raise UserError(f"{path}: not found (expected the paper's Table 6 figures, as in the repository's {PAPER_FILE})")
+
+
+def load_runs(groups=GROUPS) -> pd.DataFrame:
+    """One row per MLflow run of the given experiments, with the metrics and tags the reports need."""
+    uri = tracking.tracking_uri()
+    db = tracking.sqlite_file(uri)
+    if db is not None and not db.is_file():  # reading must not create an empty store
+        raise UserError(f"{db}: no MLflow store there (MLFLOW_TRACKING_URI={uri}); train runs first (`make "
+                        "reproduce-table`, `harness run`) or point MLFLOW_TRACKING_URI at the store to report on")
+    c = tracking.client()
+    rows = []
+    for g in groups:
+        exp = c.get_experiment_by_name(g)
+        if exp is None:
+            continue
+        for r in c.search_runs([exp.experiment_id], max_results=5000):
+            m, t, p = r.data.metrics, r.data.tags, r.data.params
+            hist = tracking.metric_history(c, r.info.run_id, "test_error") if "test_error" in m else []
+            rows.append({
+                "group": g, "run_id": r.info.run_id, "run_name": r.info.run_name, "spec": t.get("spec_name"),
+                "spec_hash": t.get("spec_hash"), "seed": int(p.get("seed", -1)), "budget": float(t.get("budget", 1)),
+                "data": t.get("data", ""), "data_id": t.get("data_id", ""), "device": t.get("device", ""),
+                "split": split_of(t.get("data", "")),
+                "status": r.info.status, "failure": t.get("failure", ""), "official": t.get("official_test_set"),
+                "arch": p.get("model.arch"), "depth": int(p.get("model.depth", 0)),
+                "description": "", "start_time": r.info.start_time or 0, "end_time": r.info.end_time or 0,
+                "test_error": m.get("test_error", math.nan), "val_error": m.get("val_error", math.nan),
+                "train_error": m.get("train_error", math.nan),
+                "best_test_error_over_training": min((v for _, v in hist), default=math.nan),
+            })
+    return pd.DataFrame(rows)
+
+
+def split_of(data: str) -> str:
+    """The split, "45k/5k" (train/validation) or "50k" (no validation split), from a run's `data` tag: Table 6
+    trains on all 50k training images, the ablations and the ladder hold 5k out, and a row must say which."""
+    sizes = dict(re.findall(r"(train|val)=(\d+)", data))
+    if "train" not in sizes:
+        return "?"
+    counts = [int(sizes[n]) for n in ("train", "val") if int(sizes.get(n, 0))]
+    return "/".join(f"{c / 1000:g}k" if c % 100 == 0 else str(c) for c in counts)  # 45k/5k, 47.5k/2.5k, 3661/407
+
+
+def splits(runs: pd.DataFrame) -> str:
+    return ", ".join(sorted(set(runs.split))) if len(runs) else "—"
+
+
+def newest_per_spec(df: pd.DataFrame) -> pd.DataFrame:
+    """One run per experiment and spec_hash (resolved spec + seed + budget + data): the newest, the one `run`
+    finds. A rerun with --force leaves the earlier run in the store, and counting both would count one seed twice
+    in n and the std. (Two experiments may hold the same resolved spec: a ladder rung can be a table6 run.)"""
+    if df.empty:
+        return df
+    df = df.sort_values("start_time")
+    return df[~(df.spec_hash.notna() & df.duplicated(["group", "spec_hash"], keep="last"))]
+
+
+def campaigns(df: pd.DataFrame) -> pd.DataFrame:
+    """The (budget, data_id) pairs that have finished runs, newest first, with how many: what --budget and
+    --data-id can name, listed when they name nothing."""
+    fin = df[df.status == "FINISHED"] if not df.empty else df
+    if fin.empty:
+        return pd.DataFrame(columns=["budget", "data_id", "runs", "last"])
+    return (fin.groupby(["budget", "data_id"]).agg(runs=("run_id", "size"), last=("end_time", "max"))
+            .reset_index().sort_values("last", ascending=False))
+
+
+def describe_campaigns(camps: pd.DataFrame) -> str:
+    return ", ".join(f"budget {c.budget:g} on {c.data_id} ({c.runs} finished run{'s' if c.runs != 1 else ''})"
+                     for c in camps.itertuples())
+
+
+def pick_campaign(df: pd.DataFrame, budget: float | None, data_id: str | None) -> tuple[float, str]:
+    """Default: the budget and data of the most recently finished Table 6 run. A data id may be given as its
+    file name alone (`cifar10-mini.npz`) when that names one data id among the campaigns at hand."""
+    uri = tracking.tracking_uri()
+    camps = campaigns(df)
+    if camps.empty:
+        raise UserError(f"{uri}: no finished runs in its experiments {', '.join(GROUPS)}; train runs first "
+                        "(`make reproduce-table`, `harness run`) or point MLFLOW_TRACKING_URI at another store")
+    sel = camps[camps.budget == budget] if budget is not None else camps
+    if data_id is not None:
+        if data_id not in set(sel.data_id) and ":" not in data_id:  # a file name: the id's part before ':'
+            ids = sorted({i for i in sel.data_id if i.split(":")[0] == data_id})
+            if len(ids) > 1:
+                raise UserError(f"--data-id {data_id}: names {len(ids)} data ids ({', '.join(ids)}); expected "
+                                "one of them in full (file name:first 16 hex digits of its SHA-256)")
+            data_id = ids[0] if ids else data_id
+        sel = sel[sel.data_id == data_id]
+    if sel.empty:
+        asked = " ".join(([f"--budget {budget:g}"] if budget is not None else [])
+                         + ([f"--data-id {data_id}"] if data_id is not None else []))
+        raise UserError(f"{uri}: no finished runs for {asked}; the store has: {describe_campaigns(camps)} "
+                        "(expected one of these with --budget and --data-id)")
+    if budget is not None and data_id is not None:
+        return budget, data_id
+    fin = df[(df.status == "FINISHED") & df.budget.isin(sel.budget) & df.data_id.isin(sel.data_id)]
+    pref = fin[fin.group == "table6"] if (fin.group == "table6").any() else fin
+    last = pref.sort_values("end_time").iloc[-1]
+    return float(last.budget), str(last.data_id)
+
+
+def summarize(runs: pd.DataFrame) -> dict:
+    ok = runs[runs.status == "FINISHED"]
+    e = ok.test_error.to_numpy(dtype=float)
+    return {"n": len(e), "mean": float(e.mean()) if len(e) else math.nan,
+            "std": float(e.std(ddof=1)) if len(e) > 1 else math.nan,
+            "best": float(e.min()) if len(e) else math.nan,
+            "best_over_training": float(ok.best_test_error_over_training.mean()) if len(e) else math.nan,
+            "values": e, "failed": int((runs.status == "FAILED").sum()),
+            "unfinished": int((~runs.status.isin(["FINISHED", "FAILED"])).sum()),
+            "failures": ",".join(sorted(set(runs.failure) - {""}))}
+
+
+def fmt(s: dict) -> str:
+    """Mean ± std (n) of the finished runs, naming the failed and unfinished ones: a mean over the seeds that
+    survived, with the others left unsaid, flatters a recipe that diverges now and then."""
+    lost = []
+    if s["failed"]:
+        lost.append(f"{s['failed']} failed" + (f": {s['failures']}" if s["failures"] else ""))
+    if s["unfinished"]:
+        lost.append(f"{s['unfinished']} unfinished")
+    if not s["n"]:
+        return "no finished run" + (f" ({'; '.join(lost)})" if lost else "")
+    spread = f" ± {s['std']:.2f}" if s["n"] > 1 else ""
+    return f"{s['mean']:.2f}{spread} (n={s['n']}{''.join('; ' + x for x in lost)})"
+
+
+def noise_verdict(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("this row", "the baseline")) -> str:
+    """Welch's t-test over seeds; with fewer than two seeds on either side, noise cannot be judged. The verdict
+    names the side that lacks seeds: a bare "n<2" in a row whose own n is 2 reads as a mistake."""
+    short = [f"n={len(x)} in {name}" for name, x in zip(names, (a, b), strict=True) if len(x) < 2]
+    if short:
+        return f"noise unknown: {', '.join(short)}"
+    from scipy.stats import ttest_ind
+
+    if np.std(a) == 0 and np.std(b) == 0:
+        return "outside noise" if a.mean() != b.mean() else "identical"
+    p = ttest_ind(a, b, equal_var=False).pvalue
+    return f"{'outside' if p < 0.05 else 'within'} seed noise (p={p:.2f})"
+
+
+def paper_figure(paper: dict, key: str) -> tuple[float | None, float | None, float | None]:
+    """(mean, std, best run) of the paper's figure for `key`, to set beside a mean over our seeds. Where the paper
+    gives its best run and the mean ± std of its runs (ResNet-110: 6.43, the best of 5, and 6.61 ± 0.16; the key
+    `<key>_mean_std` in paper.yaml), our mean is compared with its mean: a mean set against a best run makes a
+    reproduction look worse than it is. Elsewhere the paper gives one figure: std and best are None."""
+    figure = paper["test_error"].get(key)
+    if f"{key}_mean_std" in paper:
+        mean, std = paper[f"{key}_mean_std"]
+        return float(mean), float(std), figure
+    return figure, None, None
+

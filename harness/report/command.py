@@ -1,0 +1,141 @@
+"""`report`: reports/ from MLflow alone, the pages of one campaign (campaign.py picks it, pages.py writes its
+markdown, plots.py its figures) and bench.md from the kept `bench --json` lines.
+
+A page of a group the campaign has no runs of is left as it was (it may be a committed result of a long campaign),
+but never unsaid: the command names what it left and which runs that page is of.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from harness.core.spec import load_specs
+from harness.report.campaign import (
+    GROUPS,
+    campaigns,
+    load_paper,
+    load_runs,
+    newest_per_spec,
+    paper_figure,
+    pick_campaign,
+)
+from harness.report.index import write_index
+from harness.report.pages import ablations, ladder, table6, tuned
+from harness.tracking import figures as plots
+from harness.tracking import store as tracking
+
+PAGES = {"table6": ["table6.md", "table6.csv", "error_vs_depth.png", "curves_table6.png"],
+         "ablations": ["ablations.md"], "ladder": ["ladder.md", "ladder.png"], "tuned": ["tuned.md"]}  # group -> files
+
+def report(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None,
+           every: bool = False) -> int:
+    """Write the pages of the campaign that `budget` and
+    `data_id` name (default: that of the latest finished Table 6 run); with `every`, each campaign of the store
+    into `out`/<data>-b<budget>/ and the index `out`/README.md."""
+    if not every:
+        write_reports(out, budget, data_id)
+        return 0
+    camps = campaigns(newest_per_spec(load_runs()))
+    if camps.empty:
+        pick_campaign(camps, None, None)  # the one-line error of an empty store
+    stems = Counter(f"{Path(c.data_id.split(':')[0]).stem}-b{c.budget:g}" for c in camps.itertuples())
+    for c in camps.itertuples():
+        slug = f"{Path(c.data_id.split(':')[0]).stem}-b{c.budget:g}"
+        if stems[slug] > 1:  # two files of one name: the hash tells them apart
+            slug += "-" + c.data_id.split(":")[-1][:8]
+        write_reports(out / slug, float(c.budget), str(c.data_id))
+    print(f"report: wrote {write_index(out)}", file=sys.stderr)
+    return 0
+
+
+def descriptions_of_specs() -> dict[tuple[str, str], str]:
+    """(group, spec name) -> the spec's description, for the "what changed" columns; an invalid spec is named by
+    `table` already and only loses its description here, so a report still comes out."""
+    return {(g, path.stem): spec.description.replace("|", "/")
+            for g in GROUPS if Path("experiments", g).exists()
+            for path, spec in load_specs([f"experiments/{g}"])[0]}
+
+
+def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: float, official: bool, out: Path):
+    """Error vs depth and the Fig. 6 curves of the Table 6 runs (where the campaign has any), the ladder's bars."""
+    data = sorted(set(df.data))[0] if len(df) else ""
+    label = "CIFAR-10 test error (%)" if official else f"error (%), {data.split(' ')[0]}, budget {budget:g}"
+    if len(tab):  # a campaign without Table 6 runs (e.g. the ladder alone) gets no Table 6 figures
+        measured = {arch: (sub.depth, sub.measured_mean, sub.measured_std.fillna(0))
+                    for arch in ("ResNet", "plain") if len(sub := tab[tab.model.str.startswith(arch)])}
+        depths = sorted(int(k[6:]) for k in paper["test_error"] if int(k[6:]) <= 110)
+        figs = [paper_figure(paper, f"resnet{d}") for d in depths]  # means where the paper gives them, as ours are
+        plots.error_vs_depth(measured, (depths, [m for m, _, _ in figs], [s or 0 for _, s, _ in figs]), label,
+                             out / "error_vs_depth.png")
+        plots.fig6_curves(fig6_histories(df), label, out / "curves_table6.png")
+    if bars:
+        plots.ladder_bars([n for n, _ in bars], [s["mean"] for _, s in bars],
+                          [0 if math.isnan(s["std"]) else s["std"] for _, s in bars], label, out / "ladder.png")
+
+
+def fig6_histories(df: pd.DataFrame) -> dict[str, list[tuple[str, list, list]]]:
+    """For each architecture of the finished Table 6 runs, one line per depth: the run of its lowest seed, named
+    in the legend, with its train and test error histories."""
+    c = tracking.client()
+    t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
+    panels = {}
+    for arch in ("plain", "resnet"):
+        panels[arch] = []
+        for depth in sorted(set(t6[t6.arch == arch].depth)):
+            run = t6[(t6.arch == arch) & (t6.depth == depth)].sort_values("seed").iloc[0]
+            train, test = (tracking.metric_history(c, run.run_id, k) for k in ("train_error", "test_error"))
+            panels[arch].append((f"{arch}-{depth} (seed {run.seed})", train, test))
+    return panels
+
+
+def made_from(md: Path) -> str:
+    """The budget, data and date in the header of a page written earlier: which runs that page is of."""
+    fields = {}
+    for line in md.read_text().splitlines()[:12]:
+        key, _, value = line.removeprefix("- ").partition(": ")
+        if line.startswith("- ") and key in ("Budget", "Data", "Date"):
+            fields[key] = value.split(" (generated")[0]
+    return f"budget {fields.get('Budget', '?')}, data {fields.get('Data', '?')}, written {fields.get('Date', '?')}"
+
+
+def write_reports(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None) -> Path:
+    df = newest_per_spec(load_runs())
+    budget, data_id = pick_campaign(df, budget, data_id)
+    df = df[(df.budget == budget) & (df.data_id == data_id)]
+    official = budget == 1.0 and (df.official == "true").any()
+    paper = load_paper()
+    out.mkdir(parents=True, exist_ok=True)
+    desc = descriptions_of_specs()
+    tab, bars, written = pd.DataFrame(), [], []
+    if (df.group == "table6").any():
+        tab = table6(df, paper, budget, official, out)
+        written += PAGES["table6"]
+    if (df.group == "ablations").any():  # a campaign without such runs (e.g. a GPU session's) gets no empty page
+        ablations(df, paper, budget, official, out, desc)
+        written += PAGES["ablations"]
+    if (df.group == "ladder").any():
+        bars = ladder(df, paper, budget, official, out, desc)
+        written += PAGES["ladder"]
+    if tuned(df, paper, budget, official, out, desc):
+        written += PAGES["tuned"]
+    figures(df, tab, bars, paper, budget, official, out)
+    print(f"report: wrote {out}/{', '.join(written)} ({len(df)} runs, budget {budget:g}, {data_id})",
+          file=sys.stderr)
+    say_what_was_left(out, written, budget, data_id)
+    return out
+
+
+def say_what_was_left(out: Path, written: list[str], budget: float, data_id: str) -> None:
+    """The folder now holds pages of two sets of runs: each page this campaign had no runs for is named, with the
+    campaign it is of."""
+    for group, files in PAGES.items():
+        left = [out / f for f in files if f not in written and (out / f).exists()]
+        if left:
+            print(f"report: left {', '.join(map(str, left))} as {'they were' if len(left) > 1 else 'it was'} "
+                  f"(no {group} runs for budget {budget:g} on {data_id}; {left[0].name} is from an earlier report: "
+                  f"{made_from(left[0])})", file=sys.stderr)

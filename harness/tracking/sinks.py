@@ -1,0 +1,266 @@
+"""Where one run's numbers go while it trains and when it ends: an MLflow run, or a folder for `run --offline`.
+
+A run alone (harness.batch.one) and a run in a group (harness.batch.grouped) go through the same steps, so both record
+the same things: `settled` (a run already done is not trained again), `open` (a new run, or the one a kill left,
+resumed from its checkpoint), `on_eval` and `on_restart` while it trains, then `finished`, `failed` or `killed`.
+A batch must survive one bad run, so a failure is recorded on its run (MLflow: status FAILED and a `failure` tag)
+and handed back as a status, not an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from harness.core.data import Arrays, DeviceData
+from harness.core.devices import device_name
+from harness.core.spec import RunSpec, flatten
+from harness.core.train import Diverged
+from harness.errors import UserError
+from harness.tracking import claims
+from harness.tracking import inputs as mlflow_inputs
+from harness.tracking import store as tracking
+from harness.tracking.figures import learning_curve
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def log_eval_point(run: RunSpec, step: int, metrics: dict[str, float]) -> None:
+    """One line per evaluation point where there is no progress bar (--no-progress, --jobs, a group, a GPU log)."""
+    log(f"{run.run_name} it {step}: train_loss {metrics['train_loss']:.3f}{_val(metrics)} "
+        f"{metrics['images_per_s']:.0f} img/s")
+
+
+def _val(metrics: dict) -> str:
+    """' val_error X%', or nothing for a run without a validation split (data.val_fraction 0)."""
+    return f" val_error {metrics['val_error']:.2f}%" if "val_error" in metrics else ""
+
+
+def resolved_yaml(run: RunSpec) -> str:
+    body = run.spec.model_dump(mode="json", exclude={"seeds"})
+    body.update(seed=run.seed, budget=run.budget, group=run.group, source_file=run.source_file)
+    return yaml.safe_dump(body, sort_keys=False)
+
+
+def run_params(run: RunSpec) -> dict[str, str]:
+    flat = flatten(run.spec.model_dump(mode="json", exclude={"seeds", "description", "tune"}))
+    flat.update(seed=run.seed, budget=run.budget)
+    return {k: str(v) for k, v in flat.items()}
+
+
+def log_curve(c, run_id: str, title: str) -> None:
+    history = {k: tracking.metric_history(c, run_id, k) for k in ("train_error", "val_error", "test_error")}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "learning_curve.png"
+        learning_curve(history, title, path)
+        c.log_artifact(run_id, str(path))
+
+
+def run_tags(run: RunSpec, arrays: Arrays, data_description: str, device: torch.device) -> dict[str, str]:
+    return {"spec_name": run.name, "spec_hash": run.spec_hash(arrays.data_id), "budget": f"{run.budget:g}",
+            "data": data_description, "data_id": arrays.data_id, "device": device_name(device),
+            "git_commit": tracking.git_commit(), "spec_file": run.source_file, "torch": torch.__version__,
+            "official_test_set": str(arrays.is_official_full and run.budget == 1.0).lower(),
+            mlflow_inputs.NOTE: run.spec.description, **tracking.source_tags()}
+
+
+def run_dataset(arrays: Arrays, data: DeviceData) -> dict[str, str]:
+    return mlflow_inputs.dataset(arrays.x_train, arrays.y_train, arrays.data_id, data.sizes)
+
+
+def _ending(run: RunSpec, status: str, wall: float, final: dict, data: DeviceData, where: str = "") -> str:
+    return (f"{run.run_name}: {status} in {wall:.0f}s{where}: test_error {final.get('test_error', float('nan')):.2f}%"
+            f"{_val(final)} ({data.description}, budget {run.budget:g})")
+
+
+class ToMlflow:
+    """The run's own MLflow run, found again by its spec hash; its checkpoint is in claims.checkpoint_dir()."""
+
+    def __init__(self, run: RunSpec, arrays: Arrays, device: torch.device, force: bool, progress: bool,
+                 where: str = ""):
+        self.c = tracking.client()
+        self.run, self.arrays, self.device, self.force, self.progress, self.where = \
+            run, arrays, device, force, progress, where
+        self.exp_id = tracking.experiment_id(self.c, run.group)
+        self.spec_hash = run.spec_hash(arrays.data_id)
+        self.checkpoint = claims.checkpoint_dir() / f"{self.spec_hash}.pt"
+        self.existing = None
+        self.run_id = ""
+        self.log_seconds = 0.0
+
+    def settled(self) -> str | None:
+        """'skipped' for a FINISHED run and 'diverged' for one that diverged before: neither trains again without
+        --force (a diverged recipe diverges again); None for a run to train or resume."""
+        self.existing = None if self.force else tracking.find_run(self.c, self.exp_id, self.spec_hash)
+        if self.existing is None:
+            return None
+        run, info = self.run, self.existing.info
+        if info.status == "FINISHED":
+            log(f"{run.run_name}: already FINISHED in MLflow (run {info.run_id}); skipped (--force to run again)")
+            return "skipped"
+        if self.existing.data.tags.get("failure") == "diverged":
+            log(f"{run.run_name}: diverged before (run {info.run_id}); skipped (--force to retry)")
+            return "diverged"
+        return None
+
+    def open(self, data: DeviceData) -> None:
+        """Resumes the run a kill left, or creates one with the tags, params and resolved spec that find it again (a
+        checkpoint left by an earlier run of the same spec, under --force, is not resumed from)."""
+        from mlflow.entities import Param
+
+        run, c, self.data = self.run, self.c, data
+        if self.existing is not None:
+            self.run_id = self.existing.info.run_id
+            c.update_run(self.run_id, status="RUNNING")
+            at = f"iteration checkpoint {self.checkpoint.name}" if self.checkpoint.exists() else \
+                "the start (no checkpoint yet)"
+            log(f"{run.run_name}: resuming MLflow run {self.run_id} ({self.existing.info.status}) from {at}")
+            return
+        self.checkpoint.unlink(missing_ok=True)
+        r = c.create_run(self.exp_id, run_name=run.run_name,
+                         tags=run_tags(run, self.arrays, data.description, self.device))
+        self.run_id = r.info.run_id
+        c.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(run).items()])
+        c.log_text(self.run_id, resolved_yaml(run), "spec.yaml")
+        mlflow_inputs.log_run_inputs(c, self.run_id, run_dataset(self.arrays, data))
+        log(f"{run.run_name}: MLflow run {self.run_id} in experiment '{run.group}' on {device_name(self.device)}, "
+            f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations)")
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> bool:
+        self.log_seconds += tracking.log_metrics(self.c, self.run_id, metrics, step)
+        if not self.progress:
+            log_eval_point(self.run, step, metrics)
+        return False
+
+    def on_restart(self, line: str) -> None:
+        self.c.set_tag(self.run_id, "checkpoint_restart", line)
+
+    def finished(self, final: dict[str, float], model: torch.nn.Module, wall: float) -> str:
+        """The summary metrics, the logged model, the learning curve, FINISHED; then the checkpoint goes."""
+        c, run_id, data = self.c, self.run_id, self.data
+        summary = {"final_iteration": final["iterations"], "train_seconds": final["train_seconds"],
+                   "mlflow_log_seconds": self.log_seconds}
+        if "stopped_early_at" in final:
+            summary["stopped_early_at"] = final["stopped_early_at"]
+        if "warmup_ended_by" in final:  # "cap": the safety cap, not the training error, ended the ResNet-110 warm-up
+            c.set_tag(run_id, "warmup_ended_by", f"{final['warmup_ended_by']} at iteration {final['warmup_ended_at']}")
+        summary["model_log_seconds"] = mlflow_inputs.log_final_model(c, run_id, model)
+        tracking.log_metrics(c, run_id, summary, final["iterations"])
+        log_curve(c, run_id, f"{self.run.run_name} ({data.description}, budget {self.run.budget:g})")
+        c.set_terminated(run_id, "FINISHED")
+        self.checkpoint.unlink(missing_ok=True)
+        log(_ending(self.run, "FINISHED", wall, final, data, self.where))
+        return "finished"
+
+    def failed(self, e: Exception) -> str:
+        """FAILED with a `failure` tag that says why: `diverged` (not retried without --force), `bad_input` (a
+        UserError, whose message is the whole story) or `error` (anything else, named by its type)."""
+        if isinstance(e, Diverged | UserError):
+            kind, message, said = "diverged" if isinstance(e, Diverged) else "bad_input", str(e), f"FAILED, {e}"
+        else:
+            kind, message = "error", f"{type(e).__name__}: {e}"
+            said = f"FAILED with {message}"
+        self.c.set_tag(self.run_id, "failure", kind)
+        self.c.set_tag(self.run_id, "failure_message", message[:5000])
+        self.c.set_terminated(self.run_id, "FAILED")
+        log(f"{self.run.run_name}: {said}")
+        return "diverged" if kind == "diverged" else "failed"
+
+    def killed(self) -> None:
+        """Ctrl-C: KILLED, the checkpoint kept; the next run of the spec resumes it."""
+        self.c.set_terminated(self.run_id, "KILLED")
+
+
+class ToFolder:
+    """`out/<spec_hash>/` without MLflow (the GPU machine has none); `import` logs it later. While the run goes the
+    folder holds the checkpoint and the evaluation history (a killed run resumes from them); once it ends,
+    record.json (+ model/, an MLflow PyTorch model): the same content ToMlflow logs."""
+
+    def __init__(self, run: RunSpec, arrays: Arrays, device: torch.device, out: Path, force: bool, progress: bool,
+                 where: str = ""):
+        self.run, self.arrays, self.device, self.force, self.progress, self.where = \
+            run, arrays, device, force, progress, where
+        self.folder = out / run.spec_hash(arrays.data_id)
+        self.record, self.history = self.folder / "record.json", self.folder / "history.jsonl"
+        self.checkpoint = self.folder / "checkpoint.pt"
+        self.t0 = time.perf_counter()
+
+    def settled(self) -> str | None:
+        if self.force:  # start afresh, as ToMlflow does under --force
+            for p in (self.record, self.history, self.checkpoint):
+                p.unlink(missing_ok=True)
+            shutil.rmtree(self.folder / mlflow_inputs.MODEL_NAME, ignore_errors=True)
+        if self.record.exists():
+            log(f"{self.run.run_name}: already recorded in {self.record}; skipped (--force to run again)")
+            return "skipped"
+        return None
+
+    def open(self, data: DeviceData) -> None:
+        self.data = data
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self.checkpoint.exists():
+            self.history.unlink(missing_ok=True)
+        run = self.run
+        log(f"{run.run_name}: offline run into {self.folder} on {device_name(self.device)}, {data.description}, "
+            f"budget {run.budget:g} ({run.spec.schedule.total_iters} iterations)"
+            + (", resuming" if self.checkpoint.exists() else ""))
+        self.t0 = time.perf_counter()
+
+    def on_eval(self, step: int, metrics: dict[str, float]) -> bool:
+        with self.history.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics}) + "\n")
+        if not self.progress:
+            log_eval_point(self.run, step, metrics)
+        return False
+
+    def on_restart(self, line: str) -> None:
+        """Said on stderr by harness.core.checkpoint already; the folder keeps no tags until the record is written."""
+
+    def finished(self, final: dict[str, float], model: torch.nn.Module, wall: float) -> str:
+        self._write("FINISHED", final, model, wall)
+        return "finished"
+
+    def failed(self, e: Exception) -> str:
+        """A diverged run is recorded FAILED (as in MLflow, not retried); any other failure leaves no record and
+        keeps the checkpoint, so that the next call resumes it."""
+        if isinstance(e, Diverged):
+            final = {"failure": "diverged", "failure_message": str(e)}
+            self._write("FAILED", final, None, time.perf_counter() - self.t0)
+            return "diverged"
+        log(f"{self.run.run_name}: FAILED with {type(e).__name__}: {e} (no record written; a rerun resumes it)")
+        return "failed"
+
+    def killed(self) -> None:
+        """Ctrl-C: the checkpoint and the history stay; the next call resumes from them."""
+
+    def _write(self, status: str, final: dict, model, wall: float) -> None:
+        run, data = self.run, self.data
+        by_step = {}
+        if self.history.exists():  # a resumed run may repeat the evaluation it was killed after: keep the last
+            for point in map(json.loads, self.history.read_text().splitlines()):
+                by_step[point["step"]] = point
+        record = {"group": run.group, "run_name": run.run_name, "status": status,
+                  "tags": run_tags(run, self.arrays, data.description, self.device), "params": run_params(run),
+                  "spec_yaml": resolved_yaml(run), "dataset": run_dataset(self.arrays, data),
+                  "history": [by_step[k] for k in sorted(by_step)],
+                  "summary": {"final_iteration": final.get("iterations", 0),
+                              "train_seconds": final.get("train_seconds", 0), "wall_seconds_this_attempt": wall},
+                  "final": final}
+        if model is not None:
+            mlflow_inputs.save_final_model(self.folder / mlflow_inputs.MODEL_NAME, model)
+        tmp = self.folder / "record.json.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, self.record)  # the record appears whole or not at all
+        self.checkpoint.unlink(missing_ok=True)
+        self.history.unlink(missing_ok=True)
+        log(_ending(run, status, wall, final, data, self.where) + f" -> {self.record}")

@@ -1,0 +1,180 @@
+"""MLflow as the one record of every run: where the store is, how a run is found again, batched logging.
+
+A run is identified by the `spec_hash` tag (resolved spec + seed + budget + data), so rerunning a spec
+finds its run: FINISHED means skip, anything else means resume from the checkpoint. MLflow 3 refuses the
+plain file store, so the default is SQLite with artifacts in a folder beside it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from harness.errors import UserError
+
+DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+def sqlite_file(uri: str | None = None) -> Path | None:
+    """The SQLite file of a `sqlite:///PATH` store, else None."""
+    uri = uri or tracking_uri()
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def store_root(uri: str | None = None) -> Path:
+    """Folder for artifacts and checkpoints: beside the SQLite file, else ./mlruns."""
+    uri = uri or tracking_uri()
+    if db := sqlite_file(uri):
+        return db.parent
+    if urlparse(uri).scheme in ("", "file"):
+        return Path(urlparse(uri).path or "mlruns")
+    return Path("mlruns")
+
+
+def client():
+    """An MlflowClient on the project's store; creates the SQLite folder on first use."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    store_root(uri).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    return MlflowClient(uri)
+
+
+def create_store() -> None:
+    """Create the store's tables before several processes open it: workers that open a fresh SQLite store at
+    the same moment race to create them, and the loser's run fails with "table ... already exists"."""
+    client().search_experiments(max_results=1)
+
+
+def experiment_id(c, group: str) -> str:
+    """The group's experiment, made on first use with its description (`mlflow.note.content`), which an experiment
+    made before descriptions existed also gets."""
+    from harness.tracking.inputs import NOTE, experiment_note
+
+    exp = c.get_experiment_by_name(group)
+    if exp is not None:
+        if NOTE not in exp.tags:
+            c.set_experiment_tag(exp.experiment_id, NOTE, experiment_note(group))
+        return exp.experiment_id
+    local = urlparse(tracking_uri()).scheme in ("", "file", "sqlite")  # a server keeps its own artifact root
+    artifacts = (store_root() / "artifacts" / group).resolve().as_uri() if local else None
+    try:
+        return c.create_experiment(group, artifact_location=artifacts, tags={NOTE: experiment_note(group)})
+    except Exception:  # another worker created it first
+        return c.get_experiment_by_name(group).experiment_id
+
+
+def check_store(uri: str | None = None, timeout: float = 5.0) -> None:
+    """Fail in seconds with one line when the store cannot be reached: MLflow's own HTTP retries take minutes
+    before a long traceback. A tracking server is asked one REST call; a database is connected to once."""
+    uri = uri or tracking_uri()
+    scheme = urlparse(uri).scheme.split("+")[0]
+    try:
+        if scheme in ("http", "https"):
+            _check_server(uri, timeout)
+        elif scheme in ("sqlite", "postgresql", "mysql", "mssql"):
+            _check_database(uri, scheme, timeout)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever failed, the user gets its name and the URI in one line
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()
+        raise UserError(f"MLFLOW_TRACKING_URI={uri}: {type(e).__name__}: {reason[0] if reason else ''} (expected "
+                        "a reachable MLflow tracking server or database)") from None
+
+
+def _check_server(uri: str, timeout: float) -> None:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    path = "/api/2.0/mlflow/experiments/search?max_results=1"
+    req = urllib.request.Request(uri.rstrip("/") + path)
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        req.add_header("Authorization", f"Bearer {token}")
+    elif user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        basic = base64.b64encode(f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()).decode()
+        req.add_header("Authorization", f"Basic {basic}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:
+        raise UserError(f"MLFLOW_TRACKING_URI={uri}: the server answered HTTP {e.code} {e.reason} to GET "
+                        f"{path.split('?')[0]} (expected an MLflow tracking server)") from None
+    except (urllib.error.URLError, OSError) as e:
+        reason = getattr(e, "reason", e)
+        raise UserError(f"MLFLOW_TRACKING_URI={uri}: no MLflow tracking server answers within {timeout:g}s "
+                        f"({reason})") from None
+
+
+def _check_database(uri: str, scheme: str, timeout: float) -> None:
+    import sqlalchemy
+
+    if scheme == "sqlite" and (db := sqlite_file(uri)) is not None and not db.exists():  # checking creates nothing
+        near = next(p for p in (db.parent, *db.parent.parents) if p.exists())
+        if not os.access(near, os.W_OK):
+            raise UserError(f"MLFLOW_TRACKING_URI={uri}: {near} is not writable (expected a folder the SQLite store "
+                            "can be created in)")
+        return
+    args = {"connect_timeout": int(timeout)} if scheme in ("postgresql", "mysql") else {}
+    engine = sqlalchemy.create_engine(uri, connect_args=args)
+    try:
+        with engine.connect() as conn:
+            sqlalchemy.inspect(conn).get_table_names()  # reads the schema: a file that is no database fails here
+    finally:
+        engine.dispose()
+
+
+def find_run(c, exp_id: str, spec_hash: str):
+    """The newest run of this exact resolved spec, or None."""
+    runs = c.search_runs([exp_id], filter_string=f"tags.spec_hash = '{spec_hash}'",
+                         order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0] if runs else None
+
+
+def git_commit() -> str:
+    """HEAD (with -dirty); HARNESS_GIT_COMMIT names it where the tree has no .git (the GPU machine's copy)."""
+    if os.environ.get("HARNESS_GIT_COMMIT"):
+        return os.environ["HARNESS_GIT_COMMIT"]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags, so its Source column links the commit the run's code came from."""
+    commit = git_commit()
+    try:
+        full = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        full = commit.removesuffix("-dirty")
+    return {"mlflow.source.type": "LOCAL", "mlflow.source.name": "python -m harness",
+            "mlflow.source.git.commit": os.environ.get("HARNESS_GIT_COMMIT", full).removesuffix("-dirty")}
+
+
+def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> float:
+    """One round trip for all metrics of an evaluation point; returns the seconds it took."""
+    from mlflow.entities import Metric
+
+    t0 = time.perf_counter()
+    ts = int(time.time() * 1000)
+    c.log_batch(run_id, metrics=[Metric(k, float(v), ts, step) for k, v in metrics.items()])
+    return time.perf_counter() - t0
+
+
+def metric_history(c, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in c.get_metric_history(run_id, key))

@@ -1,0 +1,318 @@
+"""`harness tune`: Optuna over the learning-rate schedule, scored on the validation split only.
+
+The test split is not even read from disk here: the objective is the final validation error, pruning
+reads intermediate validation errors, and a tuned schedule meets the test set once, as an ordinary spec
+in `make reproduce-table`. Trials are MLflow child runs of one parent run per study. Storages, the study,
+the search space and --export are harness.tune.study; this module is the command, its worker processes and the
+trials' MLflow records.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.core.schedule import eval_every
+from harness.core.spec import RunSpec, Spec, TuneSpec, load_spec, require_validation, resolve_runs, with_overrides
+from harness.errors import UserError
+from harness.tracking import store as tracking
+from harness.tune.study import (
+    export,
+    finished,
+    known_experimental,
+    known_plot_warnings,
+    load_study,
+    make_pruner,
+    open_storage,
+    open_study,
+    sampler_seed,
+    suggest,
+)
+
+EXPERIMENT = "tuning"
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """The command's options, read once from its command line (cli.cmd_tune) and never changed afterwards: each
+    function takes the ones it needs, and what the parent works out for its workers (the sampler seed) travels
+    as a value of its own."""
+
+    spec: str
+    study: str | None  # None: the spec's file name
+    storage: str
+    trials: int  # finished (complete or pruned) trials to reach
+    budget: float
+    data: str
+    workers: int
+    heartbeat: int
+    seed: int
+    plots: str
+    overrides: tuple[str, ...] = ()
+    device: str | None = None
+    export: str | None = None
+    finish: bool = True  # False in the workers: their parent finishes the study once they are done
+    worker_index: int = 0
+    sampler_seed: int | None = None  # the parent's, handed to its workers
+
+    def __post_init__(self):
+        object.__setattr__(self, "overrides", tuple(self.overrides))
+        object.__setattr__(self, "study", self.study or Path(self.spec).stem)
+
+
+def _parent_run(c, exp_id: str, study: str, spec_path: str, budget: float) -> str:
+    """The study's MLflow run, found by its tags or made by the first process that asks, so that every worker's
+    trials hang under one parent."""
+    runs = c.search_runs([exp_id], filter_string=f"tags.study_name = '{study}' and tags.role = 'study'",
+                         max_results=1)
+    if runs:
+        return runs[0].info.run_id
+    r = c.create_run(exp_id, run_name=f"study-{study}",
+                     tags={"study_name": study, "role": "study", "spec_file": spec_path, "budget": f"{budget:g}"})
+    return r.info.run_id
+
+
+class Objective:
+    """One worker's trials: each samples a schedule, trains it on the validation split as an MLflow child run of
+    the study's parent run, reports its validation errors to the pruner and returns the last one. Device data is
+    made once per data section and dtype, not once per trial."""
+
+    def __init__(self, o: TuneOptions, base: Spec, arrays, device, seed: int):
+        self.o, self.base, self.arrays, self.device, self.seed = o, base, arrays, device, seed
+        self.t = base.tune or TuneSpec()
+        self.cache: dict = {}
+        self.c = tracking.client()
+        self.exp_id = tracking.experiment_id(self.c, EXPERIMENT)
+        self.parent = _parent_run(self.c, self.exp_id, o.study, o.spec, o.budget)
+
+    def data(self, spec: Spec):
+        from harness.core.data import to_device
+        from harness.core.train import param_dtype
+
+        key = (spec.data.model_dump_json(), spec.dtype)
+        if key not in self.cache:
+            self.cache[key] = to_device(self.arrays, spec.data, self.device, param_dtype(spec))
+        return self.cache[key]
+
+    def child_run(self, trial, description: str) -> str:
+        from mlflow.entities import Param
+
+        from harness.core.devices import device_name
+
+        o = self.o
+        child = self.c.create_run(self.exp_id, run_name=f"{o.study}-t{trial.number}", tags={
+            "mlflow.parentRunId": self.parent, "study_name": o.study, "trial_number": str(trial.number),
+            "role": "trial", "budget": f"{o.budget:g}", "data": description, "device": device_name(self.device),
+            "sampler_seed": str(self.seed), "git_commit": tracking.git_commit()}).info.run_id
+        self.c.log_batch(child, params=[Param(k, str(v)) for k, v in trial.params.items()])
+        trial.set_user_attr("mlflow_run_id", child)
+        trial.set_user_attr("budget", o.budget)  # what --export labels the tuned spec with
+        return child
+
+    def end(self, child: str, state: str, status: str, failure: str | None = None) -> None:
+        self.c.set_tag(child, "state", state)
+        if failure:
+            self.c.set_tag(child, "failure", failure)
+        self.c.set_terminated(child, status)
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        from harness.core.train import Diverged, train
+
+        spec = with_overrides(self.base, suggest(trial, self.t, self.base))
+        # milestones sampled close together may merge at a small budget, as they always have for trials
+        run: RunSpec = resolve_runs(self.o.spec, spec, self.o.budget, check_budget=False)[0]
+        data = self.data(spec)
+        child = self.child_run(trial, data.description)
+
+        def on_eval(step: int, m: dict) -> bool:
+            tracking.log_metrics(self.c, child, m, step)
+            trial.report(m["val_error"], step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at iteration {step} (val_error {m['val_error']:.2f})")
+            return False
+
+        try:
+            final, _ = train(run, data, self.device, checkpoint=None, on_eval=on_eval, progress=False,
+                             evaluate_test=False)
+        except optuna.TrialPruned:
+            self.end(child, "pruned", "KILLED")
+            raise
+        except Diverged as e:
+            self.end(child, "failed", "FAILED", failure="diverged")
+            raise RuntimeError(str(e)) from None  # caught by optimize(): the trial is FAIL, the study goes on
+        except BaseException:
+            self.end(child, "failed", "FAILED")
+            raise
+        self.end(child, "complete", "FINISHED")
+        print(f"trial {trial.number}: val_error {final['val_error']:.2f} {trial.params}", file=sys.stderr,
+              flush=True)
+        return final["val_error"]
+
+
+def run_worker(o: TuneOptions, arrays, left: int, seed: int) -> None:
+    """Run at most `left` trials (what the study lacked of --trials when the parent looked), and stop early
+    once the study holds --trials finished ones: other workers on the same study finish trials too.
+
+    The sampler's seed is `seed` + o.worker_index (see study.sampler_seed): workers of one call draw different
+    points, and so do the calls that resume a study."""
+    import optuna
+    from optuna.study import MaxTrialsCallback
+    from optuna.trial import TrialState
+
+    from harness.core.devices import pick_device
+
+    base = load_spec(o.spec, o.overrides)
+    t = base.tune or TuneSpec()
+    device = pick_device(o.device)
+    storage = open_storage(o.storage, o.heartbeat)
+    total = resolve_runs(o.spec, base, o.budget)[0].spec.schedule.total_iters
+    seed += o.worker_index
+    study = optuna.create_study(study_name=o.study, storage=storage, direction="minimize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
+                                pruner=make_pruner(t, total, eval_every(total, base.eval_points)))
+    study.optimize(Objective(o, base, arrays, device, seed), n_trials=left, catch=(RuntimeError,),
+                   callbacks=[MaxTrialsCallback(o.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+
+
+def _worker_places(device_arg: str | None, workers: int) -> list[tuple[str, dict[str, str]]]:
+    """Each worker's device and environment, as `run --jobs` places its workers: dealt over the GPUs when there are
+    several, and on a CPU the threads split between the workers (K workers on all cores each would thrash)."""
+    import torch
+
+    from harness.core.devices import pick_device, thread_share, worker_devices
+
+    device = pick_device(device_arg)
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    env = dict(os.environ)
+    if device.type == "cpu":
+        env["OMP_NUM_THREADS"] = str(thread_share(workers))
+    return [(d, env) for d in worker_devices(device, workers, gpus)]
+
+
+def run_workers(o: TuneOptions, left: int, seed: int) -> None:
+    """min(--workers, left) processes `tune ... --workers 1 --no-finish` on the one study, each with its own
+    --worker-index and device; the parent makes the MLflow parent run first, so that they do not race for it."""
+    c = tracking.client()
+    _parent_run(c, tracking.experiment_id(c, EXPERIMENT), o.study, o.spec, o.budget)
+    cmd = [sys.executable, "-m", "harness", "tune", o.spec, "--trials", str(o.trials), "--study", o.study,
+           "--storage", o.storage, "--budget", str(o.budget), "--data", o.data, "--workers", "1",
+           "--heartbeat", str(o.heartbeat), "--seed", str(o.seed), "--sampler-seed", str(seed), "--no-finish"]
+    for s in o.overrides:
+        cmd += ["--set", s]
+    procs = [subprocess.Popen(cmd + ["--worker-index", str(i), "--device", device], env=env)
+             for i, (device, env) in enumerate(_worker_places(o.device, min(o.workers, left)))]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        print(f"tune: worker exit codes {codes}", file=sys.stderr)
+
+
+def run_trials(o: TuneOptions, base: Spec) -> None:
+    """Bring the study to --trials finished trials, here or in worker processes. --trials is a total to reach, not
+    a number to add: a rerun of a finished study runs nothing, and each worker runs at most what is left (the
+    workers' MaxTrialsCallback stops them there together)."""
+    from harness.core.data import load_arrays
+
+    resolve_runs(o.spec, base, o.budget)  # --budget and --data are checked before a study is created
+    arrays = load_arrays(o.data, with_test=False)  # the test split is never read for tuning
+    study = open_study(o.study, o.storage, o.heartbeat, {
+        "budget": o.budget, "data_id": arrays.data_id, "data": str(o.data), "spec": str(o.spec),
+        "overrides": list(o.overrides)})
+    left = o.trials - finished(study)
+    seed = sampler_seed(study, o.seed, o.sampler_seed)
+    if left <= 0:
+        print(f"tune: study '{o.study}' already has {o.trials - left} finished trials (--trials {o.trials}); "
+              "nothing to run", file=sys.stderr)
+    elif o.workers > 1:
+        run_workers(o, left, seed)
+    else:
+        run_worker(o, arrays, left, seed)
+
+
+def _fail_dead_trials(c, exp_id: str, study_name: str, trials) -> None:
+    """A worker killed mid-trial leaves its child run RUNNING; Optuna has failed the trial by now."""
+    from optuna.trial import TrialState
+
+    state_of = {str(t.number): t.state for t in trials}
+    for r in c.search_runs([exp_id], f"tags.study_name = '{study_name}' and tags.role = 'trial'", max_results=5000):
+        if r.info.status == "RUNNING" and state_of.get(r.data.tags.get("trial_number")) == TrialState.FAIL:
+            c.set_tag(r.info.run_id, "state", "failed")
+            c.set_tag(r.info.run_id, "failure", "worker died (stale heartbeat)")
+            c.set_terminated(r.info.run_id, "FAILED")
+
+
+def _plots(c, parent: str, study, out: Path) -> None:
+    """Optuna's plots as PNGs in `out`, logged on the parent run; one that cannot be drawn yet is said and skipped."""
+    out.mkdir(parents=True, exist_ok=True)
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    for name, fn in (("optimization_history", ovm.plot_optimization_history),
+                     ("param_importances", ovm.plot_param_importances),
+                     ("parallel_coordinate", ovm.plot_parallel_coordinate)):
+        try:
+            with known_experimental(), known_plot_warnings():
+                ax = fn(study)
+                fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+                fig.set_size_inches(8, 5)
+                fig.tight_layout()
+                fig.savefig(out / f"{name}.png", dpi=100)
+            plt.close(fig)
+            c.log_artifact(parent, str(out / f"{name}.png"), "optuna")
+        except (ValueError, RuntimeError) as e:  # e.g. importances need two finished trials
+            print(f"tune: no {name} plot ({e})", file=sys.stderr)
+
+
+def finish(study, spec_path: str, budget: float, plots: str) -> dict:
+    """Tag the best trial, save and log Optuna's plots, return the summary."""
+    from optuna.trial import TrialState
+
+    name = study.study_name
+    trials = study.get_trials(deepcopy=False)
+    count = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    c = tracking.client()
+    exp_id = tracking.experiment_id(c, EXPERIMENT)
+    parent = _parent_run(c, exp_id, name, spec_path, study.user_attrs.get("budget", budget))
+    summary = {"study": name, "trials": len(trials), **{k: v for k, v in count.items() if v}}
+    _fail_dead_trials(c, exp_id, name, trials)
+    if any(t.state == TrialState.COMPLETE for t in trials):
+        best = study.best_trial
+        summary.update(best_trial=best.number, best_val_error=round(best.value, 2), best_params=best.params)
+        for r in c.search_runs([exp_id], f"tags.study_name = '{name}' and tags.role = 'trial'", max_results=5000):
+            c.set_tag(r.info.run_id, "best", str(r.data.tags.get("trial_number") == str(best.number)).lower())
+        tracking.log_metrics(c, parent, {"best_val_error": best.value, "n_trials": len(trials),
+                                         "n_pruned": count.get("pruned", 0)}, 0)
+        c.set_tag(parent, "best_trial", str(best.number))
+        _plots(c, parent, study, Path(plots) / name)
+    c.set_terminated(parent, "FINISHED")  # a later `tune` of the same study reopens nothing: it logs to it again
+    return summary
+
+
+def main(o: TuneOptions) -> int:
+    import optuna
+
+    # Optuna's INFO lines ("Using an existing study ...") repeat ours and would make a one-line error two lines
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = load_spec(o.spec, o.overrides)  # validates spec and its tune: section before anything starts
+    require_validation(base, o.spec, "tune")  # trials are scored on the validation split: it must have one
+    if base.tune is None:
+        print(f"tune: {o.spec} has no tune: section; using the default search space", file=sys.stderr)
+    if o.trials < 0:
+        raise UserError(f"--trials {o.trials}: expected the number of finished trials to reach (0 or more)")
+    t0 = time.perf_counter()
+    if o.trials:
+        run_trials(o, base)
+    if not o.finish:
+        return 0
+    study = load_study(o.storage, o.heartbeat, o.study)
+    summary = finish(study, o.spec, o.budget, o.plots)
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    print("tune: " + ", ".join(f"{k}={v}" for k, v in summary.items()), file=sys.stderr)
+    if o.export:
+        export(study, base, o.spec, Path(o.export))
+    return 0

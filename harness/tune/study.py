@@ -1,0 +1,192 @@
+"""The Optuna side of `harness tune`: storages, the study and what it records, the search space, the pruner, and
+the best trial written back as a spec.
+
+Storage is an Optuna RDB URL (SQLite by default; PostgreSQL for many machines) with heartbeats, so a worker
+killed mid-trial leaves a trial that the next worker marks FAIL (fail_stale_trials) instead of a trial stuck
+in RUNNING, or `journal:PATH` (JournalStorage on a file) for many local processes.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+
+from harness.core.spec import Spec, TuneSpec, with_overrides
+from harness.errors import UserError
+from harness.tracking import store as tracking
+
+
+@contextmanager
+def known_experimental():
+    """Optuna warns (ExperimentalWarning) on every use of an API it marks experimental. We use two knowingly:
+    RDBStorage's heartbeat_interval (how a killed worker's trial gets failed) and the matplotlib plots; their
+    warnings are silenced around those calls only, so an experimental API we did not choose still warns."""
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        yield
+
+
+@contextmanager
+def known_plot_warnings():
+    """Optuna's plots warn where a small study cannot fill them: Optuna 5's PED-ANOVA importance (its default
+    evaluator) with a parameter regime of fewer than 2 trials or with too few trials to tell its quantiles apart,
+    and matplotlib expanding equal y limits (a history of one value). The plots are still drawn; these warnings,
+    matched by message, are silenced around the plots only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"Some regimes for parameter .* have less than \d+ trials", UserWarning)
+        warnings.filterwarnings("ignore", r"Target and region quantiles select the same set of trials", UserWarning)
+        warnings.filterwarnings("ignore", r"Attempting to set identical low and high ylims", UserWarning)
+        yield
+
+
+def storage_file(url: str) -> Path | None:
+    """The file of a `journal:PATH` or `sqlite:///PATH` storage (opening it creates it), else None."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:"))
+    return tracking.sqlite_file(url)
+
+
+def open_storage(url: str, heartbeat: int = 30):
+    import optuna
+
+    path = storage_file(url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    if url.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    with known_experimental():
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+
+
+def load_study(url: str, heartbeat: int, name: str):
+    """The existing study named by --study, for finish and --export. A typo there must not end in Optuna's
+    `KeyError: 'Record does not exist.'` traceback: say which studies the storage holds instead, and create
+    nothing (opening a SQLite or journal file that is not there would create an empty one)."""
+    import optuna
+
+    path = storage_file(url)
+    names = []
+    if path is None or path.exists():
+        storage = open_storage(url, heartbeat)
+        names = sorted(optuna.get_all_study_names(storage))
+    if name not in names:
+        held = f"it holds {', '.join(names)}" if names else "it holds no studies"
+        raise UserError(f"--study '{name}': no such study in --storage {url} ({held}); check the name, "
+                        "or run with --trials N to create it")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
+    """Create the study and record on it what its trials run at (`ran_at`: budget, data_id, data, spec,
+    overrides), or check that a resumed one matches: validation errors at different budgets or on different data
+    do not compare, and a study mixing them would crown the longest-trained trial rather than the best schedule.
+    A study from before these were recorded takes them from the call that resumes it."""
+    import optuna
+
+    study = optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="minimize",
+                                load_if_exists=True)
+    if "budget" not in study.user_attrs:
+        for key, value in ran_at.items():
+            study.set_user_attr(key, value)
+    ran = study.user_attrs  # read back: of two processes creating the study at once, the first to record wins
+    budget, data_id = ran_at["budget"], ran_at["data_id"]
+    if ran["budget"] != budget:
+        raise UserError(f"--budget {budget:g}: study '{name}' was run at budget {ran['budget']:g}, and trials at "
+                        f"two budgets do not compare; resume it with --budget {ran['budget']:g}, or name a new "
+                        "study with --study")
+    if ran["data_id"] != data_id:
+        raise UserError(f"--data {ran_at['data']}: study '{name}' was run on {ran['data']} (data id "
+                        f"{ran['data_id']}), not on this data (data id {data_id}); resume it with that data, or "
+                        "name a new study with --study")
+    return study
+
+
+def finished(study) -> int:
+    """Trials that count towards --trials: complete or pruned (a failed trial is not counted; another is run)."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def sampler_seed(study, seed: int, given: int | None) -> int:
+    """--seed + the number of trials already in the study: the seed of worker 0 of this call (worker i adds i).
+    TPE draws its first trials at random from its seed alone, so a study resumed with the bare --seed drew
+    trial 0's point again; the trial count moves each resume to new points, and the same commands run again on
+    a fresh study still draw the same ones. The parent reads the count once and hands the seed to its
+    workers (--sampler-seed, `given`), so it does not depend on which worker started first."""
+    return given if given is not None else seed + len(study.get_trials(deepcopy=False))
+
+
+def make_pruner(t: TuneSpec, total_iters: int, eval_every: int):
+    """Pruning in the trial's own evaluation points (harness.core.schedule.eval_every), the steps it reports at."""
+    import optuna
+
+    if t.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=total_iters, reduction_factor=3)
+    if t.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=eval_every)
+    return optuna.pruners.NopPruner()
+
+
+def suggest(trial, t: TuneSpec, base: Spec) -> dict:
+    """Sample a schedule; returns spec overrides with milestones in paper iterations (scaled by budget later)."""
+    p: dict = {}
+    family = trial.suggest_categorical("family", t.families) if len(t.families) > 1 else t.families[0]
+    p["schedule.name"] = family
+    if t.lr:
+        p["optimizer.lr"] = trial.suggest_float("lr", *t.lr, log=True)
+    total = base.schedule.total_iters
+    if family == "multistep" and t.milestone_fractions:
+        fr = [trial.suggest_float(f"milestone_{i}", *r) for i, r in enumerate(t.milestone_fractions)]
+        p["schedule.milestones"] = sorted({max(1, min(total - 1, round(f * total))) for f in fr})
+    elif family != "multistep":
+        p["schedule.milestones"] = []
+    if t.gamma and family != "cosine":
+        p["schedule.gamma"] = trial.suggest_float("gamma", *t.gamma, log=True)
+    if t.warmup_iters:
+        p["schedule.warmup_iters"] = trial.suggest_int("warmup_iters", *t.warmup_iters)
+    return p
+
+
+class _Replay:
+    """A finished trial's choices, answered through the same suggest() that sampled them."""
+
+    def __init__(self, params: dict):
+        self.params = params
+
+    def suggest_categorical(self, name, choices):
+        return self.params[name]
+
+    def suggest_float(self, name, *r, **k):
+        return self.params[name]
+
+    def suggest_int(self, name, *r, **k):
+        return self.params[name]
+
+
+def export(study, base: Spec, spec_path: str, path: Path) -> None:
+    """Write the best trial as an ordinary spec (no tune: section), labelled with the budget its trial ran at."""
+    try:
+        best = study.best_trial
+    except ValueError:
+        raise UserError(f"--export {path}: study '{study.study_name}' has no finished trial yet") from None
+    t = base.tune or TuneSpec()
+    spec = with_overrides(base, suggest(_Replay(best.params), t, base))
+    body = spec.model_dump(mode="json", exclude={"tune", "name"}, exclude_none=True)
+    budget = best.user_attrs.get("budget", study.user_attrs.get("budget"))  # the trial's own, not this call's
+    at = f"at budget {budget:g}" if budget is not None else "at an unrecorded budget"
+    body["description"] = (f"Tuned by Optuna study '{study.study_name}' (trial {best.number}, validation error "
+                           f"{best.value:.2f}% {at}) from {spec_path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(body, sort_keys=False))
+    tmp.replace(path)
+    print(f"tune: wrote {path}", file=sys.stderr)

@@ -1,0 +1,73 @@
+"""The import rule that the folders draw: cli -> commands (batch, tune, bench, report) -> tracking -> core.
+
+Commands sit side by side and never import one another; a lower layer never imports a higher one. The rule is read
+from the source (every `import harness...` / `from harness... import`), so it holds for imports inside functions too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "harness"
+LAYER = {"errors": 0, "core": 1, "tracking": 2, "batch": 3, "tune": 3, "bench": 3, "report": 3, "cli": 4,
+         "__main__": 4, "__init__": 0}
+COMMANDS = {"batch", "tune", "bench", "report"}
+
+
+def place(module: str) -> str:
+    """'harness.core.train' -> 'core'; 'harness.cli' -> 'cli'."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def harness_imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every harness module that `path` imports, `from harness.x import y` read as harness.x.y
+    where y is a module of the package."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("harness")]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harness"):
+            found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+    return found
+
+
+def violations(root: Path) -> list[str]:
+    bad = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root.parent).with_suffix("")
+        here = place(".".join(rel.parts))
+        for line, target in harness_imports(path):
+            there = place(target)
+            if there not in LAYER:
+                there = target.split(".")[1]
+            up = LAYER.get(there, 0) > LAYER[here]
+            sideways = here in COMMANDS and there in COMMANDS and here != there
+            if up or sideways:
+                bad.append(f"{path.relative_to(root.parent)}:{line}: {here} imports {target} ({there})")
+    return bad
+
+
+def test_every_module_sits_in_a_known_layer():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    files = {p.stem for p in PACKAGE.glob("*.py")}
+    assert folders | files <= set(LAYER), f"new place(s) without a layer: {(folders | files) - set(LAYER)}"
+
+
+def test_no_layer_imports_a_higher_one_or_a_sibling_command():
+    assert violations(PACKAGE) == []
+
+
+@pytest.mark.parametrize(("where", "source"), [
+    ("core/leak.py", "from harness.tracking import store\n"),
+    ("tracking/leak.py", "def f():\n    from harness.batch.dispatch import run_batch\n"),
+    ("report/leak.py", "import harness.bench.render\n"),
+])
+def test_the_rule_catches_an_import_running_back_up(tmp_path, where, source):
+    root = tmp_path / "harness"
+    (root / where).parent.mkdir(parents=True)
+    (root / where).write_text(source)
+    assert len(violations(root)) == 1
