@@ -11,7 +11,8 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.report.campaign import load_paper, paper_figure
+from harness.core.groups import load_paper
+from harness.report.campaign import paper_figure
 from harness.report.pages import paper_cell
 
 from .conftest import ROOT, TINY, write_spec

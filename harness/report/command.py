@@ -14,11 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.core.groups import REPORTED, load_paper
 from harness.core.spec import load_specs
 from harness.report.campaign import (
-    GROUPS,
     campaigns,
-    load_paper,
     load_runs,
     newest_per_spec,
     paper_figure,
@@ -29,8 +28,7 @@ from harness.report.pages import ablations, ladder, table6, tuned
 from harness.tracking import figures as plots
 from harness.tracking import store as tracking
 
-PAGES = {"table6": ["table6.md", "table6.csv", "error_vs_depth.png", "curves_table6.png"],
-         "ablations": ["ablations.md"], "ladder": ["ladder.md", "ladder.png"], "tuned": ["tuned.md"]}  # group -> files
+PAGES = {g.name: list(g.pages) for g in REPORTED}
 
 def report(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None,
            every: bool = False) -> int:
@@ -56,9 +54,9 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
 def descriptions_of_specs() -> dict[tuple[str, str], str]:
     """(group, spec name) -> the spec's description, for the "what changed" columns; an invalid spec is named by
     `table` already and only loses its description here, so a report still comes out."""
-    return {(g, path.stem): spec.description.replace("|", "/")
-            for g in GROUPS if Path("experiments", g).exists()
-            for path, spec in load_specs([f"experiments/{g}"])[0]}
+    return {(g.name, path.stem): spec.description.replace("|", "/")
+            for g in REPORTED if g.folder.exists()
+            for path, spec in load_specs([str(g.folder)])[0]}
 
 
 def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: float, official: bool, out: Path):
