@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness.core.groups import REPORTED, load_paper
+from harness.core.models import ARCHS
 from harness.core.spec import load_specs
 from harness.report.campaign import (
     campaigns,
@@ -65,7 +66,7 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
     label = "CIFAR-10 test error (%)" if official else f"error (%), {data.split(' ')[0]}, budget {budget:g}"
     if len(tab):  # a campaign without Table 6 runs (e.g. the ladder alone) gets no Table 6 figures
         measured = {arch: (sub.depth, sub.measured_mean, sub.measured_std.fillna(0))
-                    for arch in ("ResNet", "plain") if len(sub := tab[tab.model.str.startswith(arch)])}
+                    for arch in ARCHS if len(sub := tab[tab.arch == arch])}
         depths = sorted(int(k[6:]) for k in paper["test_error"] if int(k[6:]) <= 110)
         figs = [paper_figure(paper, f"resnet{d}") for d in depths]  # means where the paper gives them, as ours are
         plots.error_vs_depth(measured, (depths, [m for m, _, _ in figs], [s or 0 for _, s, _ in figs]), label,
@@ -82,12 +83,12 @@ def fig6_histories(df: pd.DataFrame) -> dict[str, list[tuple[str, list, list]]]:
     c = tracking.client()
     t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
     panels = {}
-    for arch in ("plain", "resnet"):
-        panels[arch] = []
-        for depth in sorted(set(t6[t6.arch == arch].depth)):
-            run = t6[(t6.arch == arch) & (t6.depth == depth)].sort_values("seed").iloc[0]
+    for arch in sorted((a for a in ARCHS.values() if a.fig6_panel is not None), key=lambda a: a.fig6_panel):
+        panels[arch.name] = []
+        for depth in sorted(set(t6[t6.arch == arch.name].depth)):
+            run = t6[(t6.arch == arch.name) & (t6.depth == depth)].sort_values("seed").iloc[0]
             train, test = (tracking.metric_history(c, run.run_id, k) for k in ("train_error", "test_error"))
-            panels[arch].append((f"{arch}-{depth} (seed {run.seed})", train, test))
+            panels[arch.name].append((f"{arch.name}-{depth} (seed {run.seed})", train, test))
     return panels
 
 
