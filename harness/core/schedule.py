@@ -147,7 +147,7 @@ class Schedule:
         return {k: getattr(self, k) for k in self.STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        for k in self.STATE:  # a checkpoint from before the warm-up's end was recorded has no warmup_ended_*
+        for k in self.STATE:  # a checkpoint may lack warmup_ended_*: they read None then
             setattr(self, k, state[k] if k in state or not k.startswith("warmup_ended") else None)
 
 

@@ -89,7 +89,7 @@ def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
     """Create the study and record on it what its trials run at (`ran_at`: budget, data_id, data, spec,
     overrides), or check that a resumed one matches: validation errors at different budgets or on different data
     do not compare, and a study mixing them would crown the longest-trained trial rather than the best schedule.
-    A study from before these were recorded takes them from the call that resumes it."""
+    A study that lacks them takes them from the call that resumes it."""
     import optuna
 
     study = optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="minimize",
