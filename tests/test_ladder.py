@@ -5,7 +5,7 @@ import math
 from harness.core.models import build_model, count_params
 from harness.core.spec import expand_paths, flatten, load_spec
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 LADDER = ROOT / "experiments" / "ladder"
 
