@@ -68,6 +68,7 @@ def f64_group(tmp_path_factory, mini, write_spec):
     return (spec, *_together(_runs(spec), load_arrays(mini)))
 
 
+@pytest.mark.slow
 def test_a_group_of_three_seeds_trains_each_as_alone(f64_group, mini):
     spec, hist, ends = f64_group
     runs, arrays = _runs(spec), load_arrays(mini)
@@ -118,6 +119,7 @@ def _finals(uri, exp="t"):
     return {r.info.run_name: r for r in runs}, c
 
 
+@pytest.mark.slow
 def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path, monkeypatch, mini, env_with):
     spec, ref, _ = f64_group  # the uninterrupted group
     monkeypatch.chdir(tmp_path)
@@ -145,6 +147,7 @@ def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path,
     assert len(_finals(uri)[0]) == 3
 
 
+@pytest.mark.slow
 def test_a_member_that_diverges_fails_alone(store, mini, write_spec):
     folder = store.parent / "experiments" / "t"
     bad = write_spec(folder, "a_diverges", F64.replace("lr: 0.1", "lr: 1.0e+30").replace("[0, 1, 2]", "[0]"))

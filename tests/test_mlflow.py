@@ -99,6 +99,7 @@ def _test_error_of_logged_model(run_id: str, spec_path, mini) -> float:
     return evaluate(model, data.x_test, data.y_test, data.eval_mean, data.dtype, contextlib.nullcontext)[1]
 
 
+@pytest.mark.slow
 def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(store, mini, tmp_path, capsys, write_spec,
                                                                               env_with, free_port):
     spec = write_spec(tmp_path / "experiments" / "table6", "tiny", "description: depth 8, a test\n" + FAST)

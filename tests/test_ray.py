@@ -46,6 +46,7 @@ def _steps_once(c, run) -> bool:
     return len(steps) == len(set(steps)) > 0
 
 
+@pytest.mark.slow
 def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path, write_spec, ray_env):
     """Two `harness run` of the same spec and seeds at once: every run is claimed before it trains, so the driver
     that comes second waits on the claim and then finds the run FINISHED."""
@@ -206,6 +207,7 @@ def ray_cluster(netns, tmp_path, free_port, ray_env):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_server, ray_cluster, net_prefix, mini,
                                                                        tmp_path, monkeypatch, write_spec, ray_env):
     """`table --address`: one run lands on each node (one CPU each); the worker node is killed once its run has

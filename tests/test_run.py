@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -239,6 +240,7 @@ def test_jobs_deal_workers_over_the_gpus_unless_one_is_named():
     assert worker_devices(torch.device("cpu"), 2, gpus=0) == ["cpu", "cpu"]
 
 
+@pytest.mark.slow
 def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers(store, mini, tmp_path, capsys,
                                                                                  monkeypatch, env_with, write_spec):
     """`--jobs 2`: two Ray tasks on an embedded Ray with one CPU thread each, nothing set up. Killed mid-run
@@ -302,6 +304,7 @@ def _running(db) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path, mini, env_with, write_spec):
     """Ctrl-C reaches the whole process group: each worker marks its run KILLED (resumable), no queued run starts,
     and the command ends with one line and exit 130 instead of waiting for the batch."""

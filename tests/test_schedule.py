@@ -167,6 +167,7 @@ def _plateau_run(tmp_path):
     return resolve_runs(tmp_path / "experiments" / "t" / "p.yaml", spec, 1.0)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("legacy", [False, True], ids=["checkpoint", "checkpoint_from_before_schedule"])
 def test_plateau_run_resumes_to_the_same_numbers(mini, tmp_path, legacy):
     """Killed after an evaluation point (plateau state, ramp and data order in the checkpoint), resumed; also from

@@ -112,6 +112,7 @@ def test_poisoned_test_split_changes_no_trial(store, mini, tmp_path, write_spec)
     assert values[0] == values[1] and all(v is not None for _, v in values[0])
 
 
+@pytest.mark.slow
 def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, tmp_path, env_with, write_spec):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     storage = f"sqlite:///{tmp_path}/optuna.db"
@@ -129,6 +130,7 @@ def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, 
     assert len(killed) == 1 and killed[0].info.status == "FAILED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["postgres", "journal"])
 def test_three_workers_share_one_study(kind, store, mini, tmp_path, request, write_spec):
     storage = request.getfixturevalue("postgres_db") if kind == "postgres" else f"journal:{tmp_path}/journal.log"
