@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -239,3 +240,17 @@ def test_budget_rule_holds_for_the_shipped_specs_at_the_tables_small_budget():
     with pytest.raises(SpecError, match="resnet32.yaml: --budget 0.0004 is too small"):
         resolve_runs(ROOT / "experiments/table6/resnet32.yaml", load_spec(ROOT / "experiments/table6/resnet32.yaml"),
                      0.0004)
+
+
+def test_the_committed_records_keep_their_spec_hash():
+    """A store from before finds its finished runs: the shipped spec, seed, budget and data still hash to the name
+    of the committed record, and the ladder's last rung still is the table6/resnet32 run."""
+    record = ROOT / "results/table6/resnet20-s0-b0.0005-9103120fb7e2d533.json"
+    tags = json.loads(record.read_text())["tags"]
+    path = ROOT / "experiments/table6/resnet20.yaml"
+    (run,) = [r for r in resolve_runs(path, load_spec(path, ["eval_points=4"]), 0.0005) if r.seed == 0]  # as run
+    assert run.spec_hash(tags["data_id"]) == tags["spec_hash"] == "9103120fb7e2d533"
+    rung, t6 = (ROOT / "experiments" / p for p in ("ladder/10_all_50k.yaml", "table6/resnet32.yaml"))
+    for seed in (0, 1):
+        hashes = {resolve_runs(p, load_spec(p, [f"seeds=[{seed}]"]), 1.0)[0].spec_hash("d") for p in (rung, t6)}
+        assert len(hashes) == 1, seed
