@@ -74,7 +74,7 @@ class Schedule:
     def __init__(self, s: ScheduleSpec, base_lr: float, every: int):
         self.family = FAMILIES[s.name]
         if self.family.on_validation and s.gamma >= 1.0:
-            raise ValueError(f"schedule.gamma: a plateau schedule needs a factor below 1, got {s.gamma}")
+            raise ValueError(f"schedule.gamma: a {s.name} schedule needs a factor below 1, got {s.gamma}")
         self.s, self.base_lr = s, base_lr
         self.patience_evals = math.ceil(s.patience / every)
         self.warmup_done = False
