@@ -75,3 +75,59 @@ def test_a_truncated_checkpoint_is_named_and_the_run_finishes_on_the_next_call(d
         assert tag.startswith(f"{ckpt.name}: restarted from iteration 0, no checkpoint loads") and str(prev) in tag
     assert {k: r.data.metrics[k] for k in FINAL_KEYS} == reference  # the same run, bit for bit on a CPU
     assert not list(ckpt.parent.glob("*.pt"))  # a finished run keeps no checkpoint, current or previous
+
+
+class _RunsCode:
+    """What a crafted checkpoint holds: an object whose unpickling calls exec, which here writes a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_restarts(store, mini, monkeypatch, capsys):
+    """Both checkpoints replaced by files whose unpickling runs code (a shared --checkpoint-dir anyone can write):
+    neither is unpickled, each is one line, and the run restarts from iteration 0 and finishes."""
+    import torch
+
+    spec = write_spec(store.parent / "experiments" / "t", "tiny", TEXT)
+    _killed_after_10(spec, mini, monkeypatch)
+    c, killed = _only_run()
+    ckpt = store / "checkpoints" / f"{killed.data.tags['spec_hash']}.pt"
+    marker = store.parent / "code-ran"
+    for path in (ckpt, ckpt.with_name(f"{ckpt.stem}.prev.pt")):
+        torch.save({"model": _RunsCode(marker), "loop": {"it": 8}}, path)
+    capsys.readouterr()
+
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert not marker.exists()  # nothing in the file ran
+    refused = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{ckpt.parent}/")]
+    assert len(refused) == 2 and all("refused: it holds objects beyond tensors" in line and "exec" in line
+                                     for line in refused), refused
+    c, r = _only_run()
+    assert r.info.status == "FINISHED"
+    assert r.data.tags["checkpoint_restart"].startswith(f"{ckpt.name}: restarted from iteration 0")
+
+
+def test_a_checkpoint_holds_only_what_weights_only_loads(tmp_path):
+    """Every part of the state is a tensor, a container or a number: the file reads back with weights_only=True."""
+    import torch
+
+    from harness.core.checkpoint import LoopState, load_checkpoint, save_checkpoint
+    from harness.core.schedule import Schedule
+    from harness.core.spec import ScheduleSpec
+
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    sched, gen = Schedule(ScheduleSpec(name="plateau", total_iters=10, milestones=[5]), 0.1, 2), torch.Generator()
+    path = tmp_path / "x.pt"
+    save_checkpoint(path, model, opt, sched, gen, LoopState(it=3, perm=torch.arange(4), pos=2))
+    torch.load(path, weights_only=True)
+    st = load_checkpoint(path, model, opt, sched, gen)
+    assert (st.it, st.pos, st.perm.tolist()) == (3, 2, [0, 1, 2, 3])
