@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from harness.core.names import inside, name_problem
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
@@ -54,7 +55,23 @@ def record_of(c, run) -> dict:
 
 
 def record_path(root: Path, record: dict) -> Path:
-    return root / record["group"] / f"{record['run_name']}-{record['tags']['spec_hash']}.json"
+    """results/<group>/<run_name>-<spec_hash>.json; a field that would climb out of `root` (a name of the store
+    or of a record, never checked by MLflow) is one line instead of a file written elsewhere."""
+    for field, value in path_fields(record):
+        if name_problem(value):
+            raise UserError(f"{root}: run {record.get('run_name')!r}: {field}: it names the record's file; "
+                            f"{name_problem(value)}")
+    path = root / record["group"] / f"{record['run_name']}-{record['tags']['spec_hash']}.json"
+    if not inside(root, path):
+        raise UserError(f"{path}: outside {root}/ (a link in the way?); expected a record file under it")
+    return path
+
+
+def path_fields(record: dict) -> list[tuple[str, object]]:
+    """The fields of a record that its file name is made of."""
+    tags = record.get("tags") if isinstance(record.get("tags"), dict) else {}
+    return [("group", record.get("group")), ("run_name", record.get("run_name")), ("tags.spec_hash",
+                                                                                    tags.get("spec_hash"))]
 
 
 def dumps(record: dict) -> str:
@@ -118,6 +135,9 @@ def check_record(path: Path) -> None:
             raise UserError(f"{path}: {key}: expected a {kind.__name__}, found {type(rec.get(key)).__name__}")
     if not rec["tags"].get("spec_hash"):
         raise UserError(f"{path}: tags.spec_hash: expected the run's spec hash (16 hex digits)")
+    for field, value in path_fields(rec):
+        if name_problem(value):
+            raise UserError(f"{path}: {field}: it becomes a path when the store is exported; {name_problem(value)}")
 
 
 def record_files(paths: list[Path]) -> list[Path]:
