@@ -131,3 +131,41 @@ def test_a_checkpoint_holds_only_what_weights_only_loads(tmp_path):
     torch.load(path, weights_only=True)
     st = load_checkpoint(path, model, opt, sched, gen)
     assert (st.it, st.pos, st.perm.tolist()) == (3, 2, [0, 1, 2, 3])
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(store, mini):
+    """SIGTERM (a scheduler's stop) to a real `harness run` once it has a checkpoint: exit 143, the run KILLED with
+    its checkpoint kept; the same command resumes that MLflow run to FINISHED, every metric step logged once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT, env_with
+
+    text = TEXT.replace("total_iters: 16", "total_iters: 400").replace("[8, 10]", "[300, 350]") \
+        .replace("eval_points: 4", "eval_points: 8")
+    spec = write_spec(store.parent / "experiments" / "t", "tiny", text)
+    cmd = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"]
+    env = env_with(PYTHONPATH=ROOT, OMP_NUM_THREADS=1)
+    p = subprocess.Popen(cmd, env=env, cwd=store.parent, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list((store / "checkpoints").glob("*.pt")):
+        assert p.poll() is None and time.monotonic() < deadline, p.stderr.read()
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGTERM)
+    err = p.communicate(timeout=120)[1]
+    assert p.returncode == 143, err
+    assert "terminated (SIGTERM): the same command resumes killed runs" in err and "Traceback" not in err, err
+    c, killed = _only_run()
+    assert killed.info.status == "KILLED" and list((store / "checkpoints").glob("*.pt"))
+
+    done = subprocess.run(cmd, env=env, cwd=store.parent, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "resuming MLflow run" in done.stderr, done.stderr
+    c, r = _only_run()
+    assert r.info.run_id == killed.info.run_id and r.info.status == "FINISHED"
+    for key in ("val_error", "test_error", "train_loss", "lr"):
+        steps = [m.step for m in c.get_metric_history(r.info.run_id, key)]
+        assert steps == sorted(set(steps)) == list(range(50, 401, 50)), (key, steps)
