@@ -36,7 +36,7 @@ run: $(STAMP)
 
 # With no DATA, torchvision downloads CIFAR-10 (md5-checked) into data/; offline, one line says what to do.
 reproduce-table: $(STAMP)
-	$(PY) -m harness table --data $(DATA) --download --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
+	$(PY) -m harness table --publish --data $(DATA) --download --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
 
 # Every page of reports/ from results/ alone (no MLflow store, no GPU needed): the records go into a throw-away
 # store first, so the pages are those of the committed records, whatever the local store holds.

@@ -1,8 +1,9 @@
 """`python -m harness --help` is the map: one subcommand per job.
 
 Parsing only: each handler turns its flags into the typed call of one command module (run, table, report, tune,
-bench); `run`, `table` and `import` are followed by `results export` (records that outlive the store), and `table`
-by `report --all`. A UserError from any of them is one line and
+bench). Nothing a user runs writes into the checkout's committed results/ and reports/ unless asked: `run`, `table`
+and `import` with `--publish` are followed by `results export` (records that outlive the store), and `table
+--publish` by `report --all` (what `make reproduce-table` does). A UserError from any of them is one line and
 exit code 2.
 """
 
@@ -86,13 +87,14 @@ def cmd_run(a) -> int:
     code = run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
                force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs,
                shared=_shared(a), group=a.group)
-    if not a.offline:  # an offline run's record is its folder's record.json until `import`
+    if a.publish and not a.offline:  # an offline run's record is its folder's record.json until `import`
         _export_results()
     return code
 
 
 def _export_results() -> None:
-    """After a batch: the store's finished runs into results/, where they outlive this machine's store."""
+    """After a batch run with --publish: the store's finished runs into results/, where they outlive this
+    machine's store."""
     from harness.tracking.records import export_results
 
     export_results()
@@ -102,7 +104,8 @@ def cmd_import(a) -> int:
     from harness.batch.run import import_records
 
     code = import_records(a.records)
-    _export_results()
+    if a.publish:
+        _export_results()
     return code
 
 
@@ -130,6 +133,10 @@ def cmd_table(a) -> int:
     code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
                           device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs,
                           shared=_shared(a), group=a.group)
+    if not a.publish:
+        print("table: records stay in the MLflow store (--publish: also into results/ and reports/)",
+              file=sys.stderr)
+        return code
     _export_results()
     if not a.no_report:  # every campaign's pages, this table's among them, each in a folder of its own
         _report(Path(a.out), None, None, every=True)
@@ -143,7 +150,12 @@ def _report(out: Path, budget: float | None, data_id: str | None, every: bool) -
 
     if bench := write_bench_report(out):
         print(f"report: wrote {bench} from {out}/bench/*.jsonl", file=sys.stderr)
-    return report(out, budget, data_id, every=every)
+    code = report(out, budget, data_id, every=every)
+    if every:  # the studies' figures, from the Optuna storage (tune itself logs them on its MLflow run only)
+        from harness.report.tuning import write_tuning_figures
+
+        write_tuning_figures(out)
+    return code
 
 
 def cmd_report(a) -> int:
@@ -156,6 +168,12 @@ def cmd_bench(a) -> int:
     return bench(a.model, iters=a.iters, warmup=a.warmup, batch_size=a.batch_size, data=a.data, device=a.device,
                  workers=a.workers, fast=a.compile, variants=a.variants, jobs=a.jobs, peer=a.peer, as_json=a.json,
                  group=a.group)
+
+
+def _publish_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--publish", action="store_true",
+                   help=f"afterwards also write the store's finished runs into results/ (`results export`){what}; "
+                        "without it the checkout's committed files are left as they are")
 
 
 def _data_and_device_args(p: argparse.ArgumentParser) -> None:
@@ -181,6 +199,7 @@ def _run_parser(sub) -> None:
     r.add_argument("--offline", metavar="DIR", default=None,
                    help="no MLflow: write each run to DIR/<spec_hash>/ (record.json, model/) for `import`; "
                         "for machines without MLflow, e.g. a lent GPU")
+    _publish_arg(r, "")
     _batch_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -188,6 +207,7 @@ def _run_parser(sub) -> None:
 def _import_parser(sub) -> None:
     im = sub.add_parser("import", help="log records of `run --offline` into the MLflow store (skips FINISHED)")
     im.add_argument("records", nargs="+", help="record.json files or folders holding them")
+    _publish_arg(im, "")
     im.set_defaults(func=cmd_import)
 
 
@@ -244,7 +264,8 @@ def _table_parser(sub) -> None:
     _set_and_budget_args(t)
     _data_and_device_args(t)
     t.add_argument("--include-heavy", action="store_true", help="also run specs marked heavy (ResNet-1202)")
-    t.add_argument("--no-report", action="store_true", help="do not write the reports afterwards")
+    _publish_arg(t, " and the reports (`report --all`; what `make reproduce-table` does)")
+    t.add_argument("--no-report", action="store_true", help="with --publish: do not write the reports afterwards")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--out", default="reports", help="where the reports go")
     _batch_args(t)
@@ -263,8 +284,10 @@ def _report_parser(sub) -> None:
                          "folder; the file name alone will do where it names one data id in the store. With no "
                          "match the error lists the budgets and data ids the store has")
     rp.add_argument("--all", action="store_true",
-                    help="every campaign (budget, data) of the store, each into OUT/<data>-b<budget>/, and the index "
-                         "OUT/README.md (what `make report` and `table` write)")
+                    help="every campaign (budget, data) of the store, each into OUT/<data>-b<budget>/, the index "
+                         "OUT/README.md and each Optuna study's figures into OUT/tuning/<study>/ (from "
+                         "$HARNESS_OPTUNA_STORAGE, default mlruns/optuna.db; what `make report` and `table --publish` "
+                         "write)")
     rp.set_defaults(func=cmd_report)
 
 
@@ -291,7 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "trials already in the study, so a resumed study draws new points (tag sampler_seed)")
     tu.add_argument("--export", default=None, metavar="PATH", help="write the best trial as a spec, e.g. "
                     "experiments/tuned/resnet32.yaml")
-    tu.add_argument("--plots", default="reports/tuning", help="folder for Optuna's plots")
+    tu.add_argument("--plots", default=None, metavar="DIR",
+                    help="also write Optuna's plots into DIR/<study>/ (they always go to the study's parent MLflow "
+                         "run; reports/tuning/ is written by `report --all` and `make report`)")
     tu.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     tu.add_argument("--no-finish", action="store_true", help=argparse.SUPPRESS)
     tu.add_argument("--sampler-seed", type=int, default=None, help=argparse.SUPPRESS)  # from the parent to workers

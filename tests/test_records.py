@@ -47,7 +47,8 @@ def test_results_round_trip_and_reports_from_results_alone(store, mini, monkeypa
     write_spec(exp / "table6", "resnet32", tiny)
     write_spec(exp / "ladder", "2_split", "description: Rung 2, split\n" + tiny.replace("lr: 0.1", "lr: 0.05"))
     write_spec(exp / "ladder", "10_data", "description: Rung 10, data\n" + tiny.replace("lr: 0.1", "lr: 0.02"))
-    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress",
+                 "--publish"]) == 0
     results = store.parent / "results"
     files = sorted(results.rglob("*.json"))
     assert [f.relative_to(results).parent.name for f in files] == ["ladder", "ladder", "table6"]

@@ -23,8 +23,6 @@ from harness.tracking import store as tracking
 from harness.tune.study import (
     export,
     finished,
-    known_experimental,
-    known_plot_warnings,
     load_study,
     make_pruner,
     open_storage,
@@ -51,7 +49,7 @@ class TuneOptions:
     workers: int
     heartbeat: int
     seed: int
-    plots: str
+    plots: str | None  # None: the plots go to the parent run only
     overrides: tuple[str, ...] = ()
     device: str | None = None
     export: str | None = None
@@ -246,30 +244,20 @@ def _fail_dead_trials(c, exp_id: str, study_name: str, trials) -> None:
             c.set_terminated(r.info.run_id, "FAILED")
 
 
-def _plots(c, parent: str, study, out: Path) -> None:
-    """Optuna's plots as PNGs in `out`, logged on the parent run; one that cannot be drawn yet is said and skipped."""
-    out.mkdir(parents=True, exist_ok=True)
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
+def _plots(c, parent: str, study, out: Path | None = None) -> None:
+    """Optuna's plots as artifacts of the study's parent run (folder `optuna`), and into `out` only where --plots
+    names one: reports/tuning/ is `report`'s to write, from the Optuna storage."""
+    import tempfile
 
-    for name, fn in (("optimization_history", ovm.plot_optimization_history),
-                     ("param_importances", ovm.plot_param_importances),
-                     ("parallel_coordinate", ovm.plot_parallel_coordinate)):
-        try:
-            with known_experimental(), known_plot_warnings():
-                ax = fn(study)
-                fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
-                fig.set_size_inches(8, 5)
-                fig.tight_layout()
-                fig.savefig(out / f"{name}.png", dpi=100)
-            plt.close(fig)
-            c.log_artifact(parent, str(out / f"{name}.png"), "optuna")
-        except (ValueError, RuntimeError) as e:  # e.g. importances need two finished trials
-            print(f"tune: no {name} plot ({e})", file=sys.stderr)
+    from harness.tracking.figures import study_figures
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in study_figures(study, out or Path(tmp)):
+            c.log_artifact(parent, str(path), "optuna")
 
 
-def finish(study, spec_path: str, budget: float, plots: str) -> dict:
-    """Tag the best trial, save and log Optuna's plots, return the summary."""
+def finish(study, spec_path: str, budget: float, plots: str | None) -> dict:
+    """Tag the best trial, log Optuna's plots on the parent run (and into --plots), return the summary."""
     from optuna.trial import TrialState
 
     name = study.study_name
@@ -288,7 +276,7 @@ def finish(study, spec_path: str, budget: float, plots: str) -> dict:
         tracking.log_metrics(c, parent, {"best_val_error": best.value, "n_trials": len(trials),
                                          "n_pruned": count.get("pruned", 0)}, 0)
         c.set_tag(parent, "best_trial", str(best.number))
-        _plots(c, parent, study, Path(plots) / name)
+        _plots(c, parent, study, Path(plots) / name if plots else None)
     c.set_terminated(parent, "FINISHED")  # a later `tune` of the same study reopens nothing: it logs to it again
     return summary
 
