@@ -37,13 +37,14 @@ def log(msg: str) -> None:
 
 def log_eval_point(run: RunSpec, step: int, metrics: dict[str, float]) -> None:
     """One line per evaluation point where there is no progress bar (--no-progress, --jobs, a group, a GPU log)."""
-    log(f"{run.run_name} it {step}: train_loss {metrics['train_loss']:.3f}{_val(metrics)} "
-        f"{metrics['images_per_s']:.0f} img/s")
+    log(f"{run.run_name} it {step}/{run.spec.schedule.total_iters}: train_loss {metrics['train_loss']:.3f}"
+        f"{_errors(metrics)} {metrics['images_per_s']:.0f} img/s")
 
 
-def _val(metrics: dict) -> str:
-    """' val_error X%', or nothing for a run without a validation split (data.val_fraction 0)."""
-    return f" val_error {metrics['val_error']:.2f}%" if "val_error" in metrics else ""
+def _errors(metrics: dict) -> str:
+    """' test_error X% val_error Y%', each where it was measured (no validation split under data.val_fraction 0, no
+    test split while tuning)."""
+    return "".join(f" {k} {metrics[k]:.2f}%" for k in ("test_error", "val_error") if k in metrics)
 
 
 def resolved_yaml(run: RunSpec) -> str:
@@ -79,8 +80,8 @@ def run_dataset(arrays: Arrays, data: DeviceData) -> dict[str, str]:
 
 
 def _ending(run: RunSpec, status: str, wall: float, final: dict, data: DeviceData, where: str = "") -> str:
-    return (f"{run.run_name}: {status} in {wall:.0f}s{where}: test_error {final.get('test_error', float('nan')):.2f}%"
-            f"{_val(final)} ({data.description}, budget {run.budget:g})")
+    return (f"{run.run_name}: {status} in {wall:.0f}s{where}:{_errors(final) or ' no error measured'} "
+            f"({data.description}, budget {run.budget:g})")
 
 
 class ToMlflow:
