@@ -15,7 +15,7 @@ ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test lint run reproduce-table report results tune ui bench clean
+.PHONY: install test lint run reproduce-table report results tune ui dashboard bench clean
 
 install: $(STAMP)
 
@@ -58,9 +58,12 @@ results: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m harness bench $(ARGS)
 
+# MLflow's UI on loopback; one worker answers in seconds on a small machine (MLflow's default is 4).
+PORT    ?= 5000
+WORKERS ?= 1
 ui: $(STAMP)
 	mkdir -p mlruns
-	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
+	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers $(WORKERS)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache

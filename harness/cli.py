@@ -328,6 +328,8 @@ STORE_COMMANDS = ("run", "table", "report", "tune", "import")  # those that read
 
 
 def main(argv=None) -> int:
+    # MLflow's INFO lines (store creation, migrations) say nothing a user acts on; its warnings stay
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
     try:
         if args.command in STORE_COMMANDS and not getattr(args, "offline", None):

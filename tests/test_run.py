@@ -33,7 +33,7 @@ def test_run_is_tracked_and_rerun_skips(store, mini, capsys):
     assert len(runs) == 1
     r = runs[0]
     assert r.info.status == "FINISHED" and r.info.run_name == "tiny-s0"
-    for k in FINAL_KEYS + ("lr", "images_per_s"):
+    for k in FINAL_KEYS + ("lr", "timing/images_per_s"):
         assert k in r.data.metrics, k
     assert 0 <= r.data.metrics["test_error"] <= 100
     tags = r.data.tags
@@ -42,6 +42,11 @@ def test_run_is_tracked_and_rerun_skips(store, mini, capsys):
     assert tags["budget"] == "1" and "train=3661 val=407 test=1017" in tags["data"]
     assert tags["official_test_set"] == "false"
     assert r.data.params["model.depth"] == "8" and r.data.params["seed"] == "0"
+    assert not {"optimizer.betas", "schedule.patience", "heavy", "name"} & set(r.data.params), r.data.params
+    assert "None" not in r.data.params.values() and re.fullmatch(r"[0-9a-f]{64}", tags["weights_sha256"])
+    assert {k for k in r.data.metrics if "_seconds" in k or k.endswith(("_per_s", "_iteration"))} == {
+        "timing/images_per_s", "timing/train_seconds", "timing/mlflow_log_seconds", "timing/model_log_seconds",
+        "timing/final_iteration"}  # bookkeeping apart from the results
     assert [m.step for m in c.get_metric_history(r.info.run_id, "val_error")] == [3, 6, 9, 12]
     arts = {a.path for a in c.list_artifacts(r.info.run_id)}
     assert {"spec.yaml", "learning_curve.png"} <= arts and r.outputs.model_outputs  # the model: tests/test_mlflow.py

@@ -53,23 +53,55 @@ def experiment_note(group: str) -> str:
     return note
 
 
-def dataset(x: np.ndarray, y: np.ndarray, data_id: str, sizes: dict[str, int]) -> dict[str, str]:
-    """The run's data as an MLflow dataset (name, digest, source, schema, profile), as a plain dict so that an
-    offline record carries it to `import`. The digest is the file's SHA-256 prefix already in the data id, so
-    nothing is hashed again; the profile holds the split sizes the run trained, validated and tested on."""
-    import mlflow.data
+def _source(data_id: str):
+    """(name, digest, MLflow dataset source) of a data id. The digest is the file's SHA-256 prefix already in the
+    data id, so nothing is hashed again; a cifar-10-batches-py folder holds torchvision's copy of the official
+    archive, named by its URL and md5."""
     from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 
     name, _, digest = data_id.partition(":")
     if digest:  # an .npz: name is the file's name
-        source = LocalArtifactDatasetSource(name)
-    else:  # a cifar-10-batches-py folder holds torchvision's copy of the official archive
-        source, digest = HTTPDatasetSource(CIFAR10_URL), CIFAR10_MD5[:16]
+        return name, digest, LocalArtifactDatasetSource(name)
+    return name, CIFAR10_MD5[:16], HTTPDatasetSource(CIFAR10_URL)
+
+
+def _sizes_profile(sizes: dict[str, int]) -> dict[str, int]:
+    return {f"{k}_size": v for k, v in sizes.items()}
+
+
+def dataset(x: np.ndarray, y: np.ndarray, data_id: str, sizes: dict[str, int]) -> dict[str, str]:
+    """The run's data as an MLflow dataset (name, digest, source, schema, profile), as a plain dict so that an
+    offline record carries it to `import`; the profile holds the split sizes the run trained, validated and
+    tested on."""
+    import mlflow.data
+
+    name, digest, source = _source(data_id)
     ds = mlflow.data.from_numpy(x, source=source, targets=y, name=name, digest=digest)
     out = ds.to_dict()
-    out["profile"] = json.dumps({**json.loads(out.get("profile") or "{}"), **{f"{k}_size": v for k, v in
-                                                                            sizes.items()}})
+    out["profile"] = json.dumps({**json.loads(out.get("profile") or "{}"), **_sizes_profile(sizes)})
     return out
+
+
+def dataset_of_id(data_id: str, sizes: dict[str, int]) -> dict[str, str | None]:
+    """The same dataset from the data id and split sizes alone (no schema), for a record that predates datasets
+    in records (format 1)."""
+    name, digest, source = _source(data_id)
+    return {"name": name, "digest": digest, "source_type": source._get_source_type(), "source": source.to_json(),
+            "schema": None, "profile": json.dumps(_sizes_profile(sizes))}
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of the final weights (every state_dict tensor's name, dtype, shape and bytes, in order), which a
+    record names (tag weights_sha256) so that weights kept elsewhere can be matched to their run; it does not
+    depend on the file format the model is saved in."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in ready(model).state_dict().items():
+        t = v.detach().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def log_run_inputs(c, run_id: str, ds: dict[str, str] | None) -> None:
