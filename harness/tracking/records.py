@@ -243,7 +243,8 @@ def import_record(record_path: Path) -> str:
     c.log_text(run_id, rec["spec_yaml"], "spec.yaml")
     mlflow_inputs.log_run_inputs(c, run_id, rec.get("dataset"))
     if (record_path.parent / mlflow_inputs.MODEL_NAME / "MLmodel").exists():
-        mlflow_inputs.import_final_model(c, run_id, record_path.parent / mlflow_inputs.MODEL_NAME)
+        mlflow_inputs.import_final_model(c, run_id, record_path.parent / mlflow_inputs.MODEL_NAME,
+                                         mlflow_inputs.model_name(rec["params"]))
     if rec["status"] == "FINISHED":
         log_curve(c, run_id, f"{rec['run_name']} ({tags['data']}, budget {tags['budget']})")
     else:

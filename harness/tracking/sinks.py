@@ -176,7 +176,8 @@ class ToMlflow:
         if "warmup_ended_by" in final:  # "cap": the safety cap, not the training error, ended the ResNet-110 warm-up
             c.set_tag(run_id, "warmup_ended_by", f"{final['warmup_ended_by']} at iteration {final['warmup_ended_at']}")
         c.set_tag(run_id, "weights_sha256", mlflow_inputs.weights_sha256(model))
-        summary["model_log_seconds"] = mlflow_inputs.log_final_model(c, run_id, model)
+        summary["model_log_seconds"] = mlflow_inputs.log_final_model(c, run_id, model,
+                                                                     mlflow_inputs.model_name(run_params(self.run)))
         tracking.log_metrics(c, run_id, summary, final["iterations"])
         log_curve(c, run_id, f"{self.run.run_name} ({data.description}, budget {self.run.budget:g})")
         c.set_terminated(run_id, "FINISHED")
