@@ -81,9 +81,15 @@ def cmd_validate(a) -> int:
     return validate(a.specs, a.overrides, a.budget)
 
 
+def _system_metrics(a) -> None:  # MLflow's own switch, read by every run of this process and its Ray workers
+    if a.no_system_metrics:
+        os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
+
+
 def cmd_run(a) -> int:
     from harness.batch.run import run
 
+    _system_metrics(a)
     code = run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
                force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs,
                shared=_shared(a), group=a.group)
@@ -93,8 +99,7 @@ def cmd_run(a) -> int:
 
 
 def _export_results() -> None:
-    """After a batch run with --publish: the store's finished runs into results/, where they outlive this
-    machine's store."""
+    """After a batch with --publish: the store's finished runs into results/, where they outlive the store."""
     from harness.tracking.records import export_results
 
     export_results()
@@ -130,12 +135,12 @@ def cmd_tune(a) -> int:
 def cmd_table(a) -> int:
     from harness.batch.table import table
 
+    _system_metrics(a)
     code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
                           device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs,
                           shared=_shared(a), group=a.group)
     if not a.publish:
-        print("table: records stay in the MLflow store (--publish: also into results/ and reports/)",
-              file=sys.stderr)
+        print("table: records stay in the MLflow store (--publish: also results/, reports/)", file=sys.stderr)
         return code
     _export_results()
     if not a.no_report:  # every campaign's pages, this table's among them, each in a folder of its own
@@ -150,12 +155,7 @@ def _report(out: Path, budget: float | None, data_id: str | None, every: bool) -
 
     if bench := write_bench_report(out):
         print(f"report: wrote {bench} from {out}/bench/*.jsonl", file=sys.stderr)
-    code = report(out, budget, data_id, every=every)
-    if every:  # the studies' figures, from the Optuna storage (tune itself logs them on its MLflow run only)
-        from harness.report.tuning import write_tuning_figures
-
-        write_tuning_figures(out)
-    return code
+    return report(out, budget, data_id, every=every)
 
 
 def cmd_report(a) -> int:
@@ -183,9 +183,13 @@ def _data_and_device_args(p: argparse.ArgumentParser) -> None:
 
 
 def _batch_args(p: argparse.ArgumentParser) -> None:
-    """How a batch of runs is spread: --jobs and the cluster options, --group."""
+    """How a batch of runs is spread: --jobs and the cluster options, --group; and whether MLflow samples the
+    machine while they train."""
     _jobs_arg(p)
     _group_arg(p)
+    p.add_argument("--no-system-metrics", action="store_true",
+                   help="no system/... metrics (CPU, memory, GPU utilisation every 2 s, MLflow's system-metrics "
+                        "monitor; also off with MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)")
 
 
 def _run_parser(sub) -> None:

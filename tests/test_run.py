@@ -26,7 +26,7 @@ def _runs(group="t"):
     return c, (c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else [])
 
 
-def test_run_is_tracked_and_rerun_skips(store, mini, capsys):
+def test_run_is_tracked_and_rerun_skips(store, mini, capsys, monkeypatch):
     spec = write_spec(store.parent / "experiments" / "t", "tiny")
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
     c, runs = _runs()
@@ -55,8 +55,12 @@ def test_run_is_tracked_and_rerun_skips(store, mini, capsys):
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
     assert "already FINISHED" in capsys.readouterr().err
     assert len(_runs()[1]) == 1
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--force"]) == 0
+    system = sorted(k for k in r.data.metrics if k.startswith("system/"))
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_percentage"} <= set(system), system
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")  # restored after the test
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--force", "--no-system-metrics"]) == 0
     assert len(_runs()[1]) == 2
+    assert not [k for k in _runs()[1][1].data.metrics if k.startswith("system/")]
     assert not list((store / "checkpoints").glob("*.pt"))  # finished runs leave no checkpoint
 
 

@@ -180,3 +180,30 @@ def import_final_model(c, run_id: str, path: Path, name: str) -> None:
     import mlflow.pytorch
 
     _log_model(c, run_id, mlflow.pytorch.load_model(str(path)), name)
+
+
+SYSTEM_METRICS = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch; here on unless set false
+
+
+def system_metrics(run_id: str, uri: str):
+    """MLflow's system-metrics monitor on the run (CPU, memory, disk, network and, where pynvml sees one, GPU
+    utilisation, as `system/...` metrics every few seconds from a thread of its own), or None where it is off
+    (`run --no-system-metrics`, or MLflow's variable set false) or psutil is missing. MLflow reads its variable
+    only in fluent runs; the harness logs through MlflowClient, so it starts the monitor itself."""
+    if os.environ.get(SYSTEM_METRICS, "true").lower() in ("false", "0", "no"):
+        return None
+    try:
+        import psutil  # noqa: F401 - what MLflow's CPU and memory monitor reads
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=2, samples_before_logging=1, resume_logging=True,
+                                   tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def stop(monitor) -> None:
+    """Its last samples logged, its thread gone, before the run is marked ended."""
+    if monitor is not None:
+        monitor.finish()

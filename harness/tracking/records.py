@@ -47,6 +47,8 @@ def record_of(c, run) -> dict:
     by_step: dict[int, dict] = {}
     summary, final = {}, {}
     for key in sorted(run.data.metrics):
+        if key.startswith("system/"):  # the machine's load while it trained: the store's, not the record's
+            continue
         if key in SUMMARY_KEYS:
             summary[key] = run.data.metrics[key]
             continue

@@ -117,6 +117,7 @@ class ToMlflow:
         self.existing = None
         self.run_id = ""
         self.log_seconds = 0.0
+        self.monitor = None  # MLflow's system-metrics thread while the run trains
 
     def settled(self) -> str | None:
         """'skipped' for a FINISHED run and 'diverged' for one that diverged before: neither trains again without
@@ -145,6 +146,7 @@ class ToMlflow:
             at = f"iteration checkpoint {self.checkpoint.name}" if self.checkpoint.exists() else \
                 "the start (no checkpoint yet)"
             log(f"{run.run_name}: resuming MLflow run {self.run_id} ({self.existing.info.status}) from {at}")
+            self.monitor = mlflow_inputs.system_metrics(self.run_id, tracking.tracking_uri())
             return
         self.checkpoint.unlink(missing_ok=True)
         r = c.create_run(self.exp_id, run_name=run.run_name,
@@ -153,6 +155,7 @@ class ToMlflow:
         c.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(run).items()])
         c.log_text(self.run_id, resolved_yaml(run), "spec.yaml")
         mlflow_inputs.log_run_inputs(c, self.run_id, run_dataset(self.arrays, data))
+        self.monitor = mlflow_inputs.system_metrics(self.run_id, tracking.tracking_uri())
         log(f"{run.run_name}: MLflow run {self.run_id} in experiment '{run.group}' on {device_name(self.device)}, "
             f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations, evaluated every "
             f"{eval_every(run.spec.schedule.total_iters, run.spec.eval_points)})")
@@ -180,6 +183,7 @@ class ToMlflow:
                                                                      mlflow_inputs.model_name(run_params(self.run)))
         tracking.log_metrics(c, run_id, summary, final["iterations"])
         log_curve(c, run_id, f"{self.run.run_name} ({data.description}, budget {self.run.budget:g})")
+        mlflow_inputs.stop(self.monitor)
         c.set_terminated(run_id, "FINISHED")
         self.checkpoint.unlink(missing_ok=True)
         log(_ending(self.run, "FINISHED", wall, final, data, self.where))
@@ -195,12 +199,14 @@ class ToMlflow:
             said = f"FAILED with {message}"
         self.c.set_tag(self.run_id, "failure", kind)
         self.c.set_tag(self.run_id, "failure_message", message[:5000])
+        mlflow_inputs.stop(self.monitor)
         self.c.set_terminated(self.run_id, "FAILED")
         log(f"{self.run.run_name}: {said}")
         return "diverged" if kind == "diverged" else "failed"
 
     def killed(self) -> None:
         """Ctrl-C: KILLED, the checkpoint kept; the next run of the spec resumes it."""
+        mlflow_inputs.stop(self.monitor)
         self.c.set_terminated(self.run_id, "KILLED")
 
 
