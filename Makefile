@@ -65,5 +65,12 @@ ui: $(STAMP)
 	mkdir -p mlruns
 	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers $(WORKERS)
 
+# optuna-dashboard on the tuning studies (the study's objective is named val_error), on loopback only.
+OPTUNA_STORAGE ?= sqlite:///mlruns/optuna.db
+DASH_PORT ?= 8080
+dashboard: $(STAMP)
+	test -x .venv/bin/optuna-dashboard || $(PY) -m pip install -q optuna-dashboard
+	.venv/bin/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASH_PORT)
+
 clean:
 	rm -rf .pytest_cache .ruff_cache

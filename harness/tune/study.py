@@ -23,9 +23,9 @@ from harness.tracking import store as tracking
 @contextmanager
 def known_experimental():
     """Optuna warns (ExperimentalWarning) on every use of an API it marks experimental. We use RDBStorage's
-    heartbeat_interval knowingly (how a killed worker's trial gets failed; the plots silence their own in
-    harness.tracking.figures); its warning is silenced around that call only, so an experimental API we did not
-    choose still warns."""
+    heartbeat_interval (how a killed worker's trial gets failed) and Study.set_metric_names knowingly (the plots
+    silence their own in harness.tracking.figures); their warnings are silenced around those calls only, so an
+    experimental API we did not choose still warns."""
     from optuna.exceptions import ExperimentalWarning
 
     with warnings.catch_warnings():
@@ -84,6 +84,9 @@ def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
     if "budget" not in study.user_attrs:
         for key, value in ran_at.items():
             study.set_user_attr(key, value)
+    if study.metric_names is None:  # the objective's name in optuna-dashboard and trials_dataframe
+        with known_experimental():
+            study.set_metric_names(["val_error"])
     ran = study.user_attrs  # read back: of two processes creating the study at once, the first to record wins
     budget, data_id = ran_at["budget"], ran_at["data_id"]
     if ran["budget"] != budget:
