@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from .conftest import MINI, ROOT
+from .helpers import ROOT
 
 
 def _harness(clone, *args) -> subprocess.CompletedProcess:
@@ -26,19 +26,19 @@ def readme_try() -> list[str]:
 
 
 @pytest.mark.slow
-def test_the_readme_try_and_a_tiny_tune_leave_a_fresh_clone_clean(tmp_path):
+def test_the_readme_try_and_a_tiny_tune_leave_a_fresh_clone_clean(tmp_path, mini):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     args = [a.strip("'") for a in readme_try()]
     assert args[:2] == ["run", "experiments/table6/resnet20.yaml"] and "--download" in args, args
     args = [a for a in args if a != "--download"]
-    args[args.index("--data") + 1] = str(MINI)  # mini data and a tiny budget: the same command, in seconds
+    args[args.index("--data") + 1] = str(mini)  # mini data and a tiny budget: the same command, in seconds
     args[args.index("--budget") + 1] = "0.0005"
     p = _harness(clone, *args, "--set", "eval_points=2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "FINISHED" in p.stderr
     p = _harness(clone, "tune", "experiments/tuning/resnet32.yaml", "--trials", "1", "--budget", "0.0005",
-                 "--data", str(MINI), "--set", "model.depth=8", "--set", "eval_points=2")
+                 "--data", str(mini), "--set", "model.depth=8", "--set", "eval_points=2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "best_trial=0" in p.stderr
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=clone,
