@@ -332,18 +332,22 @@ STORE_COMMANDS = ("run", "table", "report", "tune", "import")  # those that read
 
 
 def main(argv=None) -> int:
+    from harness.core.stop import Terminated, stop_signals
+
     # MLflow's INFO lines (store creation, migrations) say nothing a user acts on; its warnings stay
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
     try:
-        if args.command in STORE_COMMANDS and not getattr(args, "offline", None):
-            from harness.tracking.store import check_store
+        with stop_signals():  # SIGTERM (a scheduler's stop) ends the command as Ctrl-C does
+            if args.command in STORE_COMMANDS and not getattr(args, "offline", None):
+                from harness.tracking.store import check_store
 
-            check_store()  # before any data is loaded: an unreachable store is one line in seconds
-        return args.func(args)
+                check_store()  # before any data is loaded: an unreachable store is one line in seconds
+            return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # runs in flight are marked KILLED in MLflow and keep their checkpoints
-        print("interrupted: the same command resumes killed runs from their last checkpoint", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # runs in flight are marked KILLED in MLflow and keep their checkpoints
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: the same command resumes killed runs from their last checkpoint", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130

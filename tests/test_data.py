@@ -122,3 +122,26 @@ def test_the_official_test_set_is_known_by_its_bytes_not_its_size(tmp_path, mini
     assert dataclasses.replace(copy, x_train=all_train).is_official_full and not copy.is_official_full
     assert not dataclasses.replace(other, x_train=all_train).is_official_full  # sizes alone counted as official
     assert not load_arrays(tmp_path / "copy.npz", with_test=False).official_test  # tuning reads no test set
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_an_npz_holding_pickled_objects_is_refused_unread(tmp_path):
+    """An .npz is a file a user is handed: an object array (a pickle inside) is refused, and its code never runs."""
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.npz"
+    x = np.empty(1, dtype=object)
+    x[0] = _RunsCode(marker)
+    np.savez(evil, x_train=x, y_train=np.zeros(1, np.int64), x_test=x, y_test=np.zeros(1, np.int64))
+    with pytest.raises(DataError, match="allow_pickle=False") as e:
+        load_arrays(evil)
+    assert len(str(e.value).splitlines()) == 1 and str(evil) in str(e.value)
+    assert not marker.exists()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import yaml
 from mlflow import MlflowClient
 
@@ -21,7 +22,8 @@ def runs_by_hash() -> dict[str, tuple]:
     for exp in c.search_experiments():
         for r in c.search_runs([exp.experiment_id]):
             tags = {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.") and k != "imported_from"}
-            out[tags["spec_hash"]] = (r.info.status, r.info.run_name, r.data.metrics, tags, r.data.params)
+            metrics = {k: v for k, v in r.data.metrics.items() if not k.startswith("system/")}  # not in records
+            out[tags["spec_hash"]] = (r.info.status, r.info.run_name, metrics, tags, r.data.params)
     return out
 
 
@@ -110,7 +112,7 @@ def test_download_offline_is_one_line_and_leaves_nothing(tmp_path, env_with, wri
                    MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     p = subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", "data", "--download"],
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    lines = p.stderr.strip().splitlines()
+    lines = [ln for ln in p.stderr.strip().splitlines() if not ln.startswith("run: ")]  # the progress line before
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert lines[0].startswith("error: data: no CIFAR-10 here and the download failed (no internet? URLError")
     assert lines[0].endswith("put cifar-10-batches-py/ in data/ or pass DATA=path/to.npz (make), --data (harness)")
@@ -146,7 +148,74 @@ def test_split_is_named_from_the_data_tag():
     assert split_of("cifar10-mini.npz train=3661 val=407 test=1017") == "3661/407"
 
 
-COMMITTED = ROOT / "results/table6/resnet20-s0-b0.0005-9103120fb7e2d533.json"  # a format-1 record
+RESOLVED = ("seed", "budget", "group", "source_file")
+COMMITTED = ROOT / "results" / "table6" / "resnet20-s0-b0.0005-9103120fb7e2d533.json"
+
+
+def test_committed_records_keep_their_spec_hash_and_digest():
+    """The spec hash of every committed record, recomputed from its resolved spec, seed, budget and data id, is the
+    one in its name (a new spec field or check must not move it); each record matches its digest."""
+    from harness.core.spec import RunSpec, Spec
+    from harness.tracking.records import check_record
+
+    files = sorted((ROOT / "results").rglob("*.json"))
+    assert COMMITTED in files
+    for f in files:
+        rec = json.loads(f.read_text())
+        body = yaml.safe_load(rec["spec_yaml"])  # the resolved spec, with the run's seed, budget, group and file
+        run = RunSpec(spec=Spec.model_validate({k: v for k, v in body.items() if k not in RESOLVED}),
+                      **{k: body[k] for k in RESOLVED}, name=body["name"])
+        assert f.name.endswith(f"-{run.spec_hash(rec['tags']['data_id'])}.json"), f
+        assert rec["digest"].startswith("sha256:") and rec["tags"]["git_commit"] and rec["tags"]["data_id"]
+        check_record(f)
+
+
+def test_a_hand_edited_record_is_refused_before_anything_is_imported(store, capsys):
+    """`results import` (and so `make report`) never reports a record whose numbers were changed by hand."""
+    folder = store.parent / "results" / "table6"
+    folder.mkdir(parents=True)
+    rec = json.loads(COMMITTED.read_text())
+    rec["final"]["test_error"] -= 10  # a better number, typed in
+    edited = folder / COMMITTED.name
+    edited.write_text(json.dumps(rec, sort_keys=True, indent=1) + "\n")
+    assert main(["results", "import"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: results/table6/{COMMITTED.name}: digest: the content no longer matches it (edited by "
+                   "hand?); expected the record as its run wrote it: export it again from the run's store, or rerun "
+                   "the run"], err
+    assert not (store / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("field,value", [("group", "../x"), ("run_name", "../../evil-s0"), ("group", "/tmp")])
+def test_a_record_whose_names_climb_out_is_refused(field, value, store, capsys):
+    """A record's group and run_name become results/<group>/<run_name>-<hash>.json on the next export: a name
+    that leaves results/ is refused on import, digest or not, naming the file and the field."""
+    from harness.tracking.sinks import content_digest
+
+    folder = store.parent / "results" / "table6"
+    folder.mkdir(parents=True)
+    rec = {**json.loads(COMMITTED.read_text()), field: value}
+    (folder / "a.json").write_text(json.dumps({**rec, "digest": content_digest(rec)}))
+    assert main(["results", "import"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: results/table6/a.json: {field}: ") and repr(value) in err[0]
+    assert not (store / "mlflow.db").exists()
+
+
+def test_an_export_never_writes_outside_its_folder(tmp_path):
+    """The store's own names (an experiment called `..`, a link inside results/) cannot lead a record elsewhere."""
+    from harness.errors import UserError
+    from harness.tracking.records import record_path, write_record
+
+    rec = json.loads(COMMITTED.read_text())
+    with pytest.raises(UserError, match=r"run 'resnet20-s0-b0.0005': group: .* got '\.\.'"):
+        record_path(tmp_path / "results", {**rec, "group": ".."})
+    (tmp_path / "results").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "results" / "table6").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="outside"):
+        write_record(tmp_path / "results", rec)
+    assert not list((tmp_path / "elsewhere").iterdir())
 
 
 def test_a_format_1_record_imports_as_the_run_mlflow_showed_and_exports_as_format_2(store, monkeypatch):

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from harness.core.names import inside, name_problem
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
-from harness.tracking.sinks import log, log_curve, meaningful
+from harness.tracking.sinks import content_digest, log, log_curve, meaningful
 
 FORMAT = 2  # 2 adds start_time, end_time, dataset and MLflow's description and source tags; 1 is still read
 FORMATS = (1, 2)
@@ -56,11 +57,12 @@ def record_of(c, run) -> dict:
             by_step.setdefault(step, {"step": step})[key] = value
         final[key] = run.data.metrics[key]
     exp = c.get_experiment(run.info.experiment_id)
-    return {"format": FORMAT, "group": exp.name, "run_name": run.info.run_name, "status": run.info.status,
+    rec = {"format": FORMAT, "group": exp.name, "run_name": run.info.run_name, "status": run.info.status,
             "tags": tags, "params": dict(run.data.params),
             "spec_yaml": mlflow.artifacts.load_text(f"{run.info.artifact_uri}/spec.yaml"),
             "history": [by_step[s] for s in sorted(by_step)], "summary": summary, "final": final,
             "start_time": run.info.start_time, "end_time": run.info.end_time, "dataset": _dataset_of(run)}
+    return {**rec, "digest": content_digest(rec)}
 
 
 def _dataset_of(run) -> dict | None:
@@ -73,7 +75,23 @@ def _dataset_of(run) -> dict | None:
 
 
 def record_path(root: Path, record: dict) -> Path:
-    return root / record["group"] / f"{record['run_name']}-{record['tags']['spec_hash']}.json"
+    """results/<group>/<run_name>-<spec_hash>.json; a field that would climb out of `root` (a name of the store
+    or of a record, never checked by MLflow) is one line instead of a file written elsewhere."""
+    for field, value in path_fields(record):
+        if name_problem(value):
+            raise UserError(f"{root}: run {record.get('run_name')!r}: {field}: it names the record's file; "
+                            f"{name_problem(value)}")
+    path = root / record["group"] / f"{record['run_name']}-{record['tags']['spec_hash']}.json"
+    if not inside(root, path):
+        raise UserError(f"{path}: outside {root}/ (a link in the way?); expected a record file under it")
+    return path
+
+
+def path_fields(record: dict) -> list[tuple[str, object]]:
+    """The fields of a record that its file name is made of."""
+    tags = record.get("tags") if isinstance(record.get("tags"), dict) else {}
+    return [("group", record.get("group")), ("run_name", record.get("run_name")), ("tags.spec_hash",
+                                                                                    tags.get("spec_hash"))]
 
 
 def dumps(record: dict) -> str:
@@ -138,6 +156,12 @@ def check_record(path: Path) -> None:
             raise UserError(f"{path}: {key}: expected a {kind.__name__}, found {type(rec.get(key)).__name__}")
     if not rec["tags"].get("spec_hash"):
         raise UserError(f"{path}: tags.spec_hash: expected the run's spec hash (16 hex digits)")
+    for field, value in path_fields(rec):
+        if name_problem(value):
+            raise UserError(f"{path}: {field}: it becomes a path when the store is exported; {name_problem(value)}")
+    if "digest" in rec and rec["digest"] != content_digest(rec):
+        raise UserError(f"{path}: digest: the content no longer matches it (edited by hand?); expected the record "
+                        "as its run wrote it: export it again from the run's store, or rerun the run")
 
 
 def record_files(paths: list[Path]) -> list[Path]:
@@ -229,6 +253,8 @@ def import_record(record_path: Path) -> str:
         tags, group = rec["tags"], rec["group"]
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{record_path}: expected a record.json written by `run --offline` ({e})") from e
+    if "digest" not in rec:
+        log(f"{record_path}: no digest (written before records carried one): its content is imported unchecked")
     c = tracking.client()
     exp_id = tracking.experiment_id(c, group)
     existing = tracking.find_run(c, exp_id, tags["spec_hash"])

@@ -9,6 +9,7 @@ and handed back as a status, not an exception.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -30,6 +31,14 @@ from harness.tracking import claims
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
 from harness.tracking.figures import learning_curve
+
+
+def content_digest(record: dict) -> str:
+    """sha256 of a run record's canonical JSON (sorted keys, no spaces), every field but `digest` itself, so that
+    the numbers, the spec, the tags' git_commit and data_id and the rest are all tied to it: a record changed by
+    hand no longer matches. It is no signature: whoever edits a record on purpose can recompute it."""
+    body = {k: v for k, v in record.items() if k != "digest"}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def log(msg: str) -> None:
@@ -287,6 +296,7 @@ class ToFolder:
                   "params": run_params(run), "spec_yaml": resolved_yaml(run), "dataset": run_dataset(self.arrays, data),
                   "history": [_named(by_step[k]) for k in sorted(by_step)], "summary": _named(summary),
                   "final": final, "start_time": self.started, "end_time": int(time.time() * 1000)}
+        record["digest"] = content_digest(record)
         if model is not None:
             mlflow_inputs.save_final_model(self.folder / mlflow_inputs.MODEL_NAME, model)
         tmp = self.folder / "record.json.tmp"
