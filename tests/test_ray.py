@@ -165,7 +165,7 @@ def mlflow_server(postgres_db, netns, tmp_path):
     login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(16)}
     conf = tmp_path / "basic_auth.ini"
     conf.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path}/auth.db\n"
-                    "admin_username = admin\n"
+                    "admin_username = admin\nauth_cache_ttl_seconds = 3600\n"
                     "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
     p = subprocess.Popen(netns + [PY, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri",
                                   postgres_db, "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host",
@@ -175,7 +175,11 @@ def mlflow_server(postgres_db, netns, tmp_path):
                          stdout=path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_log(path, "Application startup complete", p, timeout=240)
-        yield f"http://127.0.0.1:{port}", postgres_db, login
+        uri = f"http://127.0.0.1:{port}"
+        # the login's first check (PBKDF2) takes seconds on a busy CPU; cached, the driver's 5 s check of the store
+        # and every later request skip it
+        subprocess.run(netns + [PY, "-c", LOGGED_IN, uri], env=_env(**login), check=True, timeout=300)
+        yield uri, postgres_db, login
     finally:
         _kill_tree(p)
 
@@ -288,6 +292,12 @@ def _outsiders_are_refused(netns: list[str], address: str, uri: str, pg: str, tm
         print(f"{name} without credentials: exit {p.returncode}: {out.strip().splitlines()[-1][:300]}")
         assert p.returncode != 0 and refusal in out and "LET IN" not in out, (name, out[-3000:])
 
+
+LOGGED_IN = """
+import sys
+from harness.tracking.store import check_store
+check_store(sys.argv[1], timeout=280)
+"""
 
 OUTSIDER_RAY = """
 import sys, ray
