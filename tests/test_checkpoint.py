@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 import harness.core.train
 from harness.cli import main
 
-from .conftest import TINY, write_spec
+from .helpers import TINY
 
 FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", "train_error")
 TEXT = TINY.replace("total_iters: 12", "total_iters: 16")  # evaluation points (and checkpoints) at 4, 8, 12, 16
@@ -51,7 +51,7 @@ def reference(mini):
 
 @pytest.mark.parametrize("damaged", ["latest", "both"])
 def test_a_truncated_checkpoint_is_named_and_the_run_finishes_on_the_next_call(damaged, reference, store, mini,
-                                                                              monkeypatch, capsys):
+                                                                              monkeypatch, capsys, write_spec):
     spec = write_spec(store.parent / "experiments" / "t", "tiny", TEXT)
     _killed_after_10(spec, mini, monkeypatch)
     c, killed = _only_run()
@@ -89,7 +89,8 @@ class _RunsCode:
         return builtins.exec, (f"open({self.marker!r}, 'w').write('ran')",)
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_restarts(store, mini, monkeypatch, capsys):
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_restarts(store, mini, monkeypatch, capsys,
+                                                                           write_spec):
     """Both checkpoints replaced by files whose unpickling runs code (a shared --checkpoint-dir anyone can write):
     neither is unpickled, each is one line, and the run restarts from iteration 0 and finishes."""
     import torch
@@ -134,7 +135,7 @@ def test_a_checkpoint_holds_only_what_weights_only_loads(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(store, mini):
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(store, mini, write_spec, env_with):
     """SIGTERM (a scheduler's stop) to a real `harness run` once it has a checkpoint: exit 143, the run KILLED with
     its checkpoint kept; the same command resumes that MLflow run to FINISHED, every metric step logged once."""
     import os
@@ -143,7 +144,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(stor
     import sys
     import time
 
-    from .conftest import ROOT, env_with
+    from .helpers import ROOT
 
     text = TEXT.replace("total_iters: 16", "total_iters: 400").replace("[8, 10]", "[300, 350]") \
         .replace("eval_points: 4", "eval_points: 8")
