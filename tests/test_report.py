@@ -11,8 +11,9 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.report.campaign import load_paper, paper_figure
+from harness.report.campaign import load_paper
 from harness.report.pages import paper_cell
+from harness.report.stats import paper_figure
 
 from .conftest import ROOT, TINY, write_spec
 

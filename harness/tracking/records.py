@@ -16,15 +16,16 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
 from harness.tracking.sinks import log, log_curve
+from harness.tracking.status import Status, summary
 
 FORMAT = 1
-RESULTS = Path(os.environ.get("HARNESS_RESULTS", "results"))
 SUMMARY_KEYS = ("final_iteration", "train_seconds", "mlflow_log_seconds", "stopped_early_at",
                 "wall_seconds_this_attempt")  # logged once at the end of a run, not at each evaluation point
 REQUIRED = {"group": str, "run_name": str, "status": str, "tags": dict, "params": dict, "spec_yaml": str,
@@ -85,7 +86,7 @@ def finished_runs(c) -> list:
     return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
-def export_results(out: Path = RESULTS) -> int:
+def export_results(out: Path) -> int:
     """Write every FINISHED run of the store (MLFLOW_TRACKING_URI) to `out`; returns the files written."""
     db = tracking.sqlite_file()
     if db is not None and not db.is_file():  # reading must not create an empty store
@@ -134,20 +135,16 @@ def record_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def import_results(paths: list[Path] = (RESULTS,)) -> int:
+def import_results(paths: list[Path]) -> int:
     """Log every record into the store; a spec_hash already FINISHED there is skipped, so importing twice is
     importing once."""
     files = record_files(list(paths))
-    counts: dict[str, int] = {}
-    for f in files:
-        status = import_record(f)
-        counts[status] = counts.get(status, 0) + 1
-    print(f"results: {len(files)} records: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
-          file=sys.stderr)
+    counts = Counter(import_record(f) for f in files)
+    print(f"results: {len(files)} records: {summary(counts)}", file=sys.stderr)
     return 0
 
 
-def import_record(record_path: Path) -> str:
+def import_record(record_path: Path) -> Status:
     """Log one offline record into the MLflow store as the run `execute` would have made; idempotent."""
     from mlflow.entities import Metric, Param
 
@@ -161,7 +158,7 @@ def import_record(record_path: Path) -> str:
     existing = tracking.find_run(c, exp_id, tags["spec_hash"])
     if existing is not None and existing.info.status == "FINISHED":
         log(f"{rec['run_name']}: already FINISHED in MLflow (run {existing.info.run_id}); not imported again")
-        return "skipped"
+        return Status.SKIPPED
     r = c.create_run(exp_id, run_name=rec["run_name"], tags={**tags, "imported_from": str(record_path)})
     run_id = r.info.run_id
     ts = int(time.time() * 1000)
@@ -183,4 +180,4 @@ def import_record(record_path: Path) -> str:
     c.set_terminated(run_id, rec["status"])
     log(f"{rec['run_name']}: imported as MLflow run {run_id} ({rec['status']}) in experiment '{group}' "
         f"from {record_path}")
-    return "imported"
+    return Status.IMPORTED
