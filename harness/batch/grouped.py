@@ -35,7 +35,7 @@ def execute_group(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: 
     """The status of each run, in order, as harness.batch.one.execute returns it for a run alone."""
     where = f" (in a group of {len(runs)})"
     sinks = [open_sink(r, arrays, device, force=o.force, progress=False, offline=o.offline, places=o.places,
-                       where=where) for r in runs]
+                       where=where, system_metrics=o.system_metrics) for r in runs]
     paths = [s.checkpoint for s in sinks]
     twice = {i for i, p in enumerate(paths) if p in paths[:i]}  # the same resolved spec again: one run of it
     with ExitStack() as held:

@@ -35,3 +35,4 @@ class BatchOptions:
     group: int | None = None  # None: what measured fastest on the device type
     cluster: Cluster = LOCAL
     places: Places = BESIDE_THE_STORE
+    system_metrics: bool = True  # MLflow samples the machine while a run trains (system/... metrics)
