@@ -19,6 +19,11 @@ from harness.errors import UserError
 DEFAULT_DATA = os.environ.get("HARNESS_DATA", "data")
 
 
+def results_dir() -> Path:
+    """Where run records are kept: results/, or the folder a user names in $HARNESS_RESULTS."""
+    return Path(os.environ.get("HARNESS_RESULTS", "results"))
+
+
 DATA_HELP = (f"an .npz (x_train, y_train, x_test, y_test) or a folder with cifar-10-batches-py/ (default: "
              f"{DEFAULT_DATA!r}, set by $HARNESS_DATA)")
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda if PyTorch sees a GPU, else cpu)"
@@ -60,11 +65,18 @@ def _jobs_arg(p: argparse.ArgumentParser) -> None:
                         "split over --jobs, at most 1)")
 
 
-def _shared(a):
-    from harness.batch.cluster import Cluster
-    from harness.batch.dispatch import Shared
+def batch_options(a):
+    """The one value `run` and `table` hand down. Bars only on a terminal: in a log file or CI a bar is hundreds of
+    carriage returns on one line, so there each evaluation point gets a line of its own (as under --no-progress)."""
+    from harness.batch.options import BatchOptions, Cluster
+    from harness.tracking.claims import Places
 
-    return Shared(Cluster(a.address, a.cpus_per_run, a.gpus_per_run), a.checkpoint_dir, a.claims_db)
+    where = Places(Path(a.checkpoint_dir).resolve() if a.checkpoint_dir else None, a.claims_db or None)
+    return BatchOptions(a.data, download=a.download, device=a.device, force=getattr(a, "force", False),
+                        offline=Path(a.offline) if getattr(a, "offline", None) else None,
+                        progress=not a.no_progress and sys.stderr.isatty(), jobs=a.jobs, group=a.group,
+                        cluster=Cluster(a.address, a.cpus_per_run, a.gpus_per_run), places=where,
+                        system_metrics=not a.no_system_metrics)
 
 
 def _group_arg(p: argparse.ArgumentParser) -> None:
@@ -81,18 +93,10 @@ def cmd_validate(a) -> int:
     return validate(a.specs, a.overrides, a.budget)
 
 
-def _system_metrics(a) -> None:  # MLflow's own switch, read by every run of this process and its Ray workers
-    if a.no_system_metrics:
-        os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
-
-
 def cmd_run(a) -> int:
     from harness.batch.run import run
 
-    _system_metrics(a)
-    code = run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
-               force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs,
-               shared=_shared(a), group=a.group)
+    code = run(a.specs, batch_options(a), a.overrides, a.budget)
     if a.publish and not a.offline:  # an offline run's record is its folder's record.json until `import`
         _export_results()
     return code
@@ -102,7 +106,7 @@ def _export_results() -> None:
     """After a batch with --publish: the store's finished runs into results/, where they outlive the store."""
     from harness.tracking.records import export_results
 
-    export_results()
+    export_results(results_dir())
 
 
 def cmd_import(a) -> int:
@@ -128,17 +132,13 @@ def cmd_tune(a) -> int:
 
     return main(TuneOptions(spec=a.spec, study=a.study, storage=a.storage, trials=a.trials, budget=a.budget,
                             data=a.data, workers=a.workers, heartbeat=a.heartbeat, seed=a.seed, plots=a.plots,
-                            overrides=tuple(a.overrides), device=a.device, export=a.export, finish=not a.no_finish,
-                            worker_index=a.worker_index, sampler_seed=a.sampler_seed))
+                            overrides=tuple(a.overrides), device=a.device, export=a.export))
 
 
 def cmd_table(a) -> int:
     from harness.batch.table import table
 
-    _system_metrics(a)
-    code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
-                          device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs,
-                          shared=_shared(a), group=a.group)
+    code, data_id = table(a.folders, batch_options(a), a.overrides, a.budget, a.include_heavy)
     if not a.publish:
         print("table: records stay in the MLflow store (--publish: also results/, reports/)", file=sys.stderr)
         return code
@@ -163,11 +163,11 @@ def cmd_report(a) -> int:
 
 
 def cmd_bench(a) -> int:
-    from harness.bench.command import bench
+    from harness.bench.command import BenchOptions, bench
 
-    return bench(a.model, iters=a.iters, warmup=a.warmup, batch_size=a.batch_size, data=a.data, device=a.device,
-                 workers=a.workers, fast=a.compile, variants=a.variants, jobs=a.jobs, peer=a.peer, as_json=a.json,
-                 group=a.group)
+    return bench(BenchOptions(a.model, iters=a.iters, warmup=a.warmup, batch_size=a.batch_size, data=a.data,
+                              device=a.device, workers=a.workers, fast=a.compile, variants=a.variants, jobs=a.jobs,
+                              peer=a.peer, as_json=a.json, group=a.group))
 
 
 def _publish_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -222,7 +222,7 @@ def _results_parser(sub) -> None:
                     help="export: every FINISHED run of the store to DIR/<group>/<run>-<spec_hash>.json, unchanged "
                          "files untouched; import: log the records under PATHS (default DIR) into the store")
     rs.add_argument("paths", nargs="*", help="import: record files or folders (results/, `run --offline` folders)")
-    rs.add_argument("--dir", default=os.environ.get("HARNESS_RESULTS", "results"),
+    rs.add_argument("--dir", default=str(results_dir()),
                     help="the results folder (default: results, or $HARNESS_RESULTS)")
     rs.set_defaults(func=cmd_results)
 
@@ -321,9 +321,6 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--plots", default=None, metavar="DIR",
                     help="also write Optuna's plots into DIR/<study>/ (they always go to the study's parent MLflow "
                          "run; reports/tuning/ is written by `report --all` and `make report`)")
-    tu.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
-    tu.add_argument("--no-finish", action="store_true", help=argparse.SUPPRESS)
-    tu.add_argument("--sampler-seed", type=int, default=None, help=argparse.SUPPRESS)  # from the parent to workers
     tu.set_defaults(func=cmd_tune)
     return p
 

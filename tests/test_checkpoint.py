@@ -46,7 +46,7 @@ def reference(mini):
     run = resolve_runs("experiments/t/tiny.yaml", spec, 1.0)[0]
     data = to_device(load_arrays(mini), spec.data, torch.device("cpu"), param_dtype(spec))
     final, _ = train(run, data, torch.device("cpu"), progress=False)
-    return {k: final[k] for k in FINAL_KEYS}
+    return {k: final.metrics[k] for k in FINAL_KEYS}
 
 
 @pytest.mark.parametrize("damaged", ["latest", "both"])

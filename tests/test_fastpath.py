@@ -19,9 +19,9 @@ def _losses(mini, **overrides):
     run = resolve_runs("experiments/t/x.yaml", spec, 1.0)[0]
     data = to_device(load_arrays(mini), spec.data, torch.device("cpu"), param_dtype(spec))
     seen = []
-    metrics, model = train(run, data, torch.device("cpu"), on_eval=lambda s, m: seen.append(m["train_loss"]) and False,
-                           progress=False)
-    return seen, metrics, model
+    result, model = train(run, data, torch.device("cpu"), on_eval=lambda s, m: seen.append(m["train_loss"]) and False,
+                          progress=False)
+    return seen, result.metrics, model
 
 
 @pytest.mark.parametrize("mode", [True, "reduce-overhead"])

@@ -78,8 +78,8 @@ def test_a_group_of_three_seeds_trains_each_as_alone(f64_group, mini):
         for it in alone_hist:
             _close(hist[r.seed][it], alone_hist[it])
         final, model = ends[r.seed]
-        _close(final, alone_final)
-        assert final["iterations"] == alone_final["iterations"] == 12
+        _close(final.metrics, alone_final.metrics)
+        assert final.iterations == alone_final.iterations == 12
         for (name, a), b in zip(model.state_dict().items(), alone_model.state_dict().values(), strict=True):
             assert torch.allclose(a.double(), b.double(), rtol=0, atol=1e-9), name
     assert hist[0][12]["train_loss"] != hist[1][12]["train_loss"]  # the members are different runs
@@ -159,7 +159,7 @@ def test_a_member_that_diverges_fails_alone(store, mini, write_spec):
     fine = runs["b_fine-s0"]
     assert fine.info.status == "FINISHED"
     _, alone_final, _ = _alone(_runs(good)[0], load_arrays(mini))
-    _close(fine.data.metrics, alone_final)
+    _close(fine.data.metrics, alone_final.metrics)
     logged = {m.step: m.value for m in c.get_metric_history(runs["a_diverges-s0"].info.run_id, "train_loss")}
     alone = {}
     with pytest.raises(Diverged):  # alone, the same run diverges at the same evaluation point

@@ -71,3 +71,31 @@ def test_the_rule_catches_an_import_running_back_up(tmp_path, where, source):
     (root / where).parent.mkdir(parents=True)
     (root / where).write_text(source)
     assert len(violations(root)) == 1
+
+
+def environment_writes(root: Path) -> list[str]:
+    """Every write of a HARNESS_ variable into os.environ (`os.environ[K] = ...`, `.setdefault`, `.update`): values
+    cross modules as arguments, and the environment stays what a user (or Ray, for its tasks) sets."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            keys = []
+            if isinstance(node, ast.Assign):
+                keys = [t.slice for t in node.targets if isinstance(t, ast.Subscript) and "environ" in ast.unparse(t)]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                    node.func.attr in ("setdefault", "update", "__setitem__") and "environ" in ast.unparse(node.func):
+                keys = node.args[:1] + [k.value for k in node.keywords]
+            found += [f"{path.relative_to(root.parent)}:{node.lineno}" for k in keys if "HARNESS_" in ast.unparse(k)]
+    return found
+
+
+def test_no_module_passes_a_value_through_the_environment():
+    assert environment_writes(PACKAGE) == []
+
+
+@pytest.mark.parametrize("source", ['import os\nos.environ["HARNESS_X"] = "1"\n',
+                                    'import os\nos.environ.setdefault("HARNESS_X", "1")\n'])
+def test_the_environment_check_catches_a_write(tmp_path, source):
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "leak.py").write_text(source)
+    assert len(environment_writes(tmp_path / "harness")) == 1

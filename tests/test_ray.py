@@ -76,7 +76,7 @@ def test_a_claim_waits_for_a_live_holder_and_takes_over_a_dead_one(store, monkey
     from harness.tracking import claims
 
     monkeypatch.setenv("HARNESS_CLAIM_TIMEOUT", "1")
-    url = claims.claims_db()
+    url = claims.Places().claims_url()
     assert claims._try_take(url, "h", "elsewhere:1:a") is None  # a holder on another host that will never beat
     assert claims._try_take(url, "h", "here:2:b") == "elsewhere:1:a"
     time.sleep(1.2)

@@ -12,8 +12,8 @@ from mlflow import MlflowClient
 
 from harness.cli import main
 from harness.core.groups import load_paper
-from harness.report.campaign import paper_figure
 from harness.report.pages import paper_cell
+from harness.report.stats import paper_figure
 
 from .helpers import ROOT, TINY
 

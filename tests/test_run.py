@@ -59,7 +59,6 @@ def test_run_is_tracked_and_rerun_skips(store, mini, capsys, write_spec, monkeyp
     assert len(_runs()[1]) == 1
     system = sorted(k for k in r.data.metrics if k.startswith("system/"))
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_percentage"} <= set(system), system
-    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")  # restored after the test
     assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--force", "--no-system-metrics"]) == 0
     assert len(_runs()[1]) == 2
     assert not [k for k in _runs()[1][1].data.metrics if k.startswith("system/")]
@@ -255,16 +254,17 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
                                                                                  monkeypatch, env_with, write_spec):
     """`--jobs 2`: two Ray tasks on an embedded Ray with one CPU thread each, nothing set up. Killed mid-run
     (both workers SIGKILL themselves after iteration 10; Ray told not to retry), the batch exits non-zero, leaves
-    its runs RUNNING with checkpoints, and a rerun resumes them to the numbers of the same runs made one after the
-    other on one thread."""
+    its runs RUNNING with checkpoints in the --checkpoint-dir the driver was given (a value each task carries),
+    and a rerun resumes them to the numbers of the same runs made one after the other on one thread."""
     spec = write_spec(tmp_path / "experiments" / "t", "tiny",
                       TINY.replace("total_iters: 12", "total_iters: 16").replace("seeds: [0]", "seeds: [0, 1]")
                       .replace("eval_points: 4", "eval_points: 2"))
 
     def run(uri, jobs, **env):
         return subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress",
-                               "--jobs", str(jobs)], env=env_with(MLFLOW_TRACKING_URI=uri, **env), cwd=tmp_path,
-                              capture_output=True, text=True)
+                               "--jobs", str(jobs), "--checkpoint-dir", "kept"],
+                              env=env_with(MLFLOW_TRACKING_URI=uri, **env), cwd=tmp_path, capture_output=True,
+                              text=True)
 
     def finals(uri):
         c = MlflowClient(uri)
@@ -288,7 +288,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
     c = MlflowClient(uri)
     killed = c.search_runs([c.get_experiment_by_name("t").experiment_id])
     assert sorted(r.info.status for r in killed) == ["RUNNING", "RUNNING"]
-    assert list((tmp_path / "jobs" / "checkpoints").glob("*.pt"))
+    assert len(list((tmp_path / "kept").glob("*.pt"))) == 2 and not (tmp_path / "jobs" / "checkpoints").exists()
 
     p = run(uri, 2, OMP_NUM_THREADS=2)
     assert p.returncode == 0 and p.stderr.count("resuming MLflow run") == 2, p.stderr
@@ -298,7 +298,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
     for name, (status, device, metrics) in resumed.items():
         assert status == "FINISHED" and device.endswith("x1 threads"), (name, device)
         assert metrics == reference[name][2], name  # bit-exact: same thread count, same seeds
-    assert not list((tmp_path / "jobs" / "checkpoints").glob("*.pt"))
+    assert not list((tmp_path / "kept").glob("*.pt"))
 
     assert main(["run", str(spec), "--data", str(mini), "--jobs", "0"]) == 2
     assert "--jobs: expected a whole number of runs at a time, at least 1, got 0" in capsys.readouterr().err

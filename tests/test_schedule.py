@@ -180,7 +180,7 @@ def test_plateau_run_resumes_to_the_same_numbers(mini, tmp_path, legacy):
     data = to_device(load_arrays(mini), run.spec.data, torch.device("cpu"), param_dtype(run.spec))
     drop = ("images_per_s", "train_seconds")
     whole, _ = train(run, data, torch.device("cpu"), progress=False, evaluate_test=False)
-    reference = {k: v for k, v in whole.items() if k not in drop}
+    reference = {k: v for k, v in whole.as_dict().items() if k not in drop}
 
     def stop_at_16(step, metrics):
         if step == 16:
@@ -198,4 +198,4 @@ def test_plateau_run_resumes_to_the_same_numbers(mini, tmp_path, legacy):
         ck["plateau"] = {"best": state["plateau_best"], "num_bad_epochs": state["plateau_bad"], "patience": 1}
         torch.save(ck, ckpt)
     resumed, _ = train(run, data, torch.device("cpu"), checkpoint=ckpt, progress=False, evaluate_test=False)
-    assert {k: v for k, v in resumed.items() if k not in drop} == reference
+    assert {k: v for k, v in resumed.as_dict().items() if k not in drop} == reference

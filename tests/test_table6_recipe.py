@@ -66,8 +66,8 @@ def _warmup_run(mini, until: float, cap: int):
 def test_warmup_ends_by_the_training_error_or_by_its_cap_and_says_which(mini, capsys):
     """The paper's rule (training error below the threshold, checked every 20 iterations) or the safety cap."""
     by_rule = _warmup_run(mini, until=100.0, cap=22)
-    assert (by_rule["warmup_ended_by"], by_rule["warmup_ended_at"]) == ("train_error", 20)
+    assert (by_rule.warmup_ended_by, by_rule.warmup_ended_at) == ("train_error", 20)
     assert "ended at iteration 20: training error below 100%" in capsys.readouterr().err
     by_cap = _warmup_run(mini, until=1.0, cap=22)
-    assert (by_cap["warmup_ended_by"], by_cap["warmup_ended_at"]) == ("cap", 22)
+    assert (by_cap.warmup_ended_by, by_cap.warmup_ended_at) == ("cap", 22)
     assert "ended by its cap warmup.max_iters=22 at iteration 22" in capsys.readouterr().err

@@ -220,3 +220,12 @@ def test_a_rerun_runs_only_what_is_left_at_the_budget_the_study_was_run_at(store
     assert seeds == {"0": "0", "1": "0", "2": "2"}  # --seed 0 + 2 trials already in the study
     # heartbeats and the matplotlib plots are experimental in Optuna: used knowingly, so not warned about
     assert [str(w.message) for w in recwarn if issubclass(w.category, optuna.exceptions.ExperimentalWarning)] == []
+
+
+def test_workers_are_started_by_a_call_not_by_hidden_flags(tmp_path, capsys):
+    """The flags that once carried a worker's index and seed from the parent's argv are gone: a worker is a
+    function called with the parent's options (tune.command.work)."""
+    for flag in ("--worker-index", "--sampler-seed", "--no-finish"):
+        with pytest.raises(SystemExit) as e:
+            main(["tune", str(tmp_path / "x.yaml"), flag, *(["1"] if flag != "--no-finish" else [])])
+        assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err

@@ -15,31 +15,24 @@ import os
 import secrets
 import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from harness.batch import task as workers
+from harness.batch.options import BatchOptions, Cluster
 from harness.core.data import Arrays
 from harness.core.devices import thread_share
 from harness.core.spec import RunSpec
 from harness.errors import UserError
-from harness.tracking import claims
 from harness.tracking import store as tracking
+from harness.tracking.status import Status
 
-ENV = ("MLFLOW_TRACKING_URI", "HARNESS_CHECKPOINT_DIR", "HARNESS_CLAIMS_DB", "HARNESS_CLAIM_TIMEOUT",
-       "HARNESS_GIT_COMMIT", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSFILE")
-# what a task needs to reach the store and the claims: the mlflow server's basic-auth login and where PostgreSQL's
-# password file is (never the password on a command line); only holders of the Ray token read a task's environment
-
-
-@dataclass(frozen=True)
-class Cluster:
-    """Where a batch runs: `address` None is this machine alone."""
-    address: str | None = None
-    cpus_per_run: int | None = None  # default: this machine's threads split over --jobs
-    gpus_per_run: float | None = None  # default: the GPUs split over --jobs, at most one each
+ENV = ("MLFLOW_TRACKING_URI", "HARNESS_CLAIM_TIMEOUT", "HARNESS_GIT_COMMIT", "MLFLOW_TRACKING_USERNAME",
+       "MLFLOW_TRACKING_PASSWORD", "PGPASSFILE")
+# set by a user, what a task needs to reach the store and the claims: the mlflow server's basic-auth login and where
+# PostgreSQL's password file is (never the password on a command line); only holders of the Ray token read a task's
+# environment. Where checkpoints and claims are travels with each task as its BatchOptions.
 
 
 def import_ray():
@@ -65,16 +58,16 @@ def embedded_token() -> None:
     Config.initialize("")  # Ray read its config at import; ray's own token switch re-reads it so, too
 
 
-def check_shared(offline: str | None) -> None:
+def check_shared(o: BatchOptions) -> None:
     """On a cluster: refuse a store or claim database that only this node can open, and a Ray cluster joined
     without token authentication (anyone who reaches a Ray port runs code on it), before Ray starts."""
     local = "only this node can open it; on a cluster use an `mlflow server --backend-store-uri postgresql://...` " \
             "that every node reaches (MLFLOW_TRACKING_URI=http://HOST:PORT) and --claims-db postgresql://..."
     uri = tracking.tracking_uri()
-    if not offline and (tracking.sqlite_file(uri) or "://" not in uri or uri.startswith("file:")):
+    if not o.offline and (tracking.sqlite_file(uri) or "://" not in uri or uri.startswith("file:")):
         raise UserError(f"--address: MLFLOW_TRACKING_URI {uri} is a local store: {local}")
-    if not offline and claims.claims_db(uri).startswith("sqlite:"):
-        raise UserError(f"--address: --claims-db {claims.claims_db(uri)} is a local SQLite file: {local}")
+    if not o.offline and (db := o.places.claims_url(uri)).startswith("sqlite:"):
+        raise UserError(f"--address: --claims-db {db} is a local SQLite file: {local}")
     mode = os.environ.get("RAY_AUTH_MODE", "")
     if mode.lower() != "token":
         raise UserError(f"--address: RAY_AUTH_MODE is {mode or 'unset'}: expected RAY_AUTH_MODE=token with the "
@@ -105,8 +98,8 @@ def check_reached(ray, folder: Path) -> None:
 
 def start(ray, cluster: Cluster, jobs: int, device: torch.device) -> tuple[int, float, str]:
     """Start Ray embedded or join `cluster.address`; returns each unit's CPU threads, GPU share and device."""
-    os.environ.setdefault("HARNESS_GIT_COMMIT", tracking.git_commit())
     env = {k: os.environ[k] for k in ENV if os.environ.get(k)}
+    env.setdefault("HARNESS_GIT_COMMIT", tracking.git_commit())  # a node's copy of the code may have no .git
     gpus = torch.cuda.device_count() if device.type == "cuda" and device.index is None else 0
     threads = cluster.cpus_per_run or (1 if cluster.address else thread_share(jobs))
     share = cluster.gpus_per_run if cluster.gpus_per_run is not None else \
@@ -132,22 +125,21 @@ def describe(ray, cluster: Cluster, jobs: int, threads: int, share: float, devic
             f"CPUs, {total.get('GPU', 0):g} GPUs; each run takes {threads} CPU(s) and {share:g} GPU(s)")
 
 
-def run_units(units: list[list[RunSpec]], arrays: Arrays, device: torch.device, jobs: int, cluster: Cluster,
-              force: bool, offline: str | None, on_done) -> None:
+def run_units(units: list[list[RunSpec]], arrays: Arrays, device: torch.device, o: BatchOptions, on_done) -> None:
     """Submit every unit, call `on_done(unit, statuses, node)` as each ends; Ctrl-C cancels what is queued,
     interrupts what is running (its runs are marked KILLED) and raises KeyboardInterrupt."""
-    if not cluster.address:
+    if not o.cluster.address:
         embedded_token()
     ray = import_ray()
-    threads, share, dev = start(ray, cluster, jobs, device)
+    threads, share, dev = start(ray, o.cluster, o.jobs, device)
     try:
-        if cluster.address:
-            check_reached(ray, Path(offline) if offline else claims.checkpoint_dir())
-        print(describe(ray, cluster, jobs, threads, share, dev), file=sys.stderr, flush=True)
+        if o.cluster.address:
+            check_reached(ray, o.offline or o.places.checkpoints())
+        print(describe(ray, o.cluster, o.jobs, threads, share, dev), file=sys.stderr, flush=True)
         retries = int(os.environ.get("HARNESS_RAY_MAX_RETRIES", "3"))
         task = ray.remote(workers.run_unit).options(num_cpus=threads, num_gpus=share, max_retries=retries)
         data = ray.put(arrays)
-        refs = {task.remote(data, unit, dev, threads, force, offline): unit for unit in units}
+        refs = {task.remote(data, unit, dev, threads, o): unit for unit in units}
         _collect(ray, refs, on_done)
     finally:
         ray.shutdown()
@@ -163,7 +155,7 @@ def _collect(ray, refs: dict, on_done) -> None:
                 on_done(refs[ready[0]], done.statuses, done.node)
             except ray.exceptions.RayError as e:  # e.g. retries spent on dead nodes: the runs resume later
                 cause = str(e).strip().splitlines()[0][:300]
-                on_done(refs[ready[0]], ["failed"] * len(refs[ready[0]]), f"nowhere ({type(e).__name__}: {cause})")
+                on_done(refs[ready[0]], [Status.FAILED] * len(refs[ready[0]]), f"nowhere ({type(e).__name__}: {cause})")
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref)  # queued: never start; running: a KeyboardInterrupt marks the run KILLED

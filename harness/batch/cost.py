@@ -15,6 +15,7 @@ import torch
 from harness.core.data import Arrays
 from harness.core.models import build_model, train_flops_per_image
 from harness.core.spec import ModelSpec, RunSpec
+from harness.tracking.status import Status
 
 
 def run_gflops(run: RunSpec, n_val: int, n_test: int) -> float:
@@ -62,9 +63,9 @@ class Rate:
         self.trained = 0.0
         self.t0 = time.perf_counter()
 
-    def done(self, run: RunSpec, status: str) -> None:
+    def done(self, run: RunSpec, status: Status) -> None:
         self.left -= self.cost[id(run)]
-        if status != "skipped":  # a skipped run took no time and must not speed up the estimate
+        if status != Status.SKIPPED:  # a skipped run took no time and must not speed up the estimate
             self.trained += self.cost[id(run)]
 
     def line(self) -> str:

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
-from pathlib import Path
 
 import torch
 
+from harness.batch.options import BatchOptions
 from harness.core import grouped as group
 from harness.core.data import Arrays, DeviceData, to_device
 from harness.core.spec import RunSpec
 from harness.core.train import Trainee, param_dtype
 from harness.tracking import claims
-from harness.tracking.sinks import ToFolder, ToMlflow, log
+from harness.tracking.sinks import Sink, log, open_sink
+from harness.tracking.status import Status
 
 
 def _data_for(arrays: Arrays, run: RunSpec, device: torch.device, cache: dict) -> DeviceData:
@@ -30,25 +31,24 @@ def _data_for(arrays: Arrays, run: RunSpec, device: torch.device, cache: dict) -
     return cache[key]
 
 
-def execute_group(runs: list[RunSpec], arrays: Arrays, device: torch.device, force: bool = False,
-                  offline: Path | None = None) -> list[str]:
-    """The status of each run, in order: 'finished', 'skipped', 'diverged' or 'failed' (as runner.execute)."""
+def execute_group(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchOptions) -> list[Status]:
+    """The status of each run, in order, as harness.batch.one.execute returns it for a run alone."""
     where = f" (in a group of {len(runs)})"
-    sinks = [ToFolder(r, arrays, device, offline, force, False, where) if offline else
-             ToMlflow(r, arrays, device, force, False, where) for r in runs]
+    sinks = [open_sink(r, arrays, device, force=o.force, progress=False, offline=o.offline, places=o.places,
+                       where=where, system_metrics=o.system_metrics) for r in runs]
     paths = [s.checkpoint for s in sinks]
     twice = {i for i, p in enumerate(paths) if p in paths[:i]}  # the same resolved spec again: one run of it
     with ExitStack() as held:
-        if not offline:  # one writer per run and checkpoint, as for a run alone
+        if not o.offline:  # one writer per run and checkpoint, as for a run alone
             for i, (r, s) in enumerate(zip(runs, sinks, strict=True)):
                 if i not in twice:
-                    held.enter_context(claims.claimed(s.spec_hash, r.run_name, log))
+                    held.enter_context(claims.claimed(s.spec_hash, r.run_name, log, o.places))
         return _train_together(runs, sinks, arrays, device, twice)
 
 
-def _train_together(runs: list[RunSpec], sinks: list, arrays: Arrays, device: torch.device,
-                    twice: set[int]) -> list[str]:
-    statuses: dict[int, str] = dict.fromkeys(twice, "skipped")
+def _train_together(runs: list[RunSpec], sinks: list[Sink], arrays: Arrays, device: torch.device,
+                    twice: set[int]) -> list[Status]:
+    statuses: dict[int, Status] = dict.fromkeys(twice, Status.SKIPPED)
     members: list[Trainee] = []
     place: dict[int, int] = {}  # id(member) -> its run's place in `runs`
     cache: dict = {}

@@ -1,37 +1,34 @@
 """One resolved run, end to end: claim it, find or create its record (harness.tracking.sinks), train or resume it,
-record the outcome. `execute` records into MLflow, `execute_offline` into a folder (the GPU machine has no MLflow).
+record the outcome, into MLflow or under --offline into a folder (the GPU machine has no MLflow).
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from contextlib import nullcontext
 
 import torch
 
+from harness.batch.options import BatchOptions
 from harness.core.data import Arrays, to_device
 from harness.core.spec import RunSpec
 from harness.core.train import param_dtype, train
 from harness.tracking import claims
-from harness.tracking.sinks import ToFolder, ToMlflow, log
+from harness.tracking.sinks import Sink, log, open_sink
+from harness.tracking.status import Status
 
 
-def execute(run: RunSpec, arrays: Arrays, device: torch.device, force: bool = False,
-            progress: bool = True) -> str:
-    """Returns 'finished', 'skipped', 'diverged' or 'failed'. The run is claimed first (harness/claims.py): one
-    writer per run and checkpoint, whatever else is running it."""
-    sink = ToMlflow(run, arrays, device, force, progress)
-    with claims.claimed(sink.spec_hash, run.run_name, log):
-        return _train_into(sink, run, arrays, device, progress)
+def execute(run: RunSpec, arrays: Arrays, device: torch.device, o: BatchOptions) -> Status:
+    """FINISHED, SKIPPED, DIVERGED or FAILED. A run into MLflow is claimed first (harness.tracking.claims): one
+    writer per run and checkpoint, whatever else is running it; an offline run's folder is this machine's own."""
+    sink = open_sink(run, arrays, device, force=o.force, progress=o.progress, offline=o.offline, places=o.places,
+                     system_metrics=o.system_metrics)
+    held = nullcontext() if o.offline else claims.claimed(sink.spec_hash, run.run_name, log, o.places)
+    with held:
+        return _train_into(sink, run, arrays, device, o.progress)
 
 
-def execute_offline(run: RunSpec, arrays: Arrays, device: torch.device, out: Path, force: bool = False,
-                    progress: bool = True) -> str:
-    """Train without MLflow into `out/<spec_hash>/` (harness.tracking.sinks.ToFolder); `import` logs it later."""
-    return _train_into(ToFolder(run, arrays, device, out, force, progress), run, arrays, device, progress)
-
-
-def _train_into(sink: ToMlflow | ToFolder, run: RunSpec, arrays: Arrays, device: torch.device, progress: bool) -> str:
+def _train_into(sink: Sink, run: RunSpec, arrays: Arrays, device: torch.device, progress: bool) -> Status:
     if settled := sink.settled():
         return settled
     data = to_device(arrays, run.spec.data, device, param_dtype(run.spec))  # only for runs that train

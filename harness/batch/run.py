@@ -7,12 +7,15 @@ them (where `table` goes on without a bad spec among the defaults).
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from pathlib import Path
 
-from harness.batch.dispatch import HERE, Shared, collect_runs, run_batch
+from harness.batch.dispatch import Told, collect_runs, run_batch
+from harness.batch.options import BatchOptions
 from harness.core.spec import RunSpec
 from harness.errors import SpecError, UserError
 from harness.tracking.records import import_record
+from harness.tracking.status import summary
 
 
 def _load_all(paths: list[str], overrides: list[str], budget: float) -> list[RunSpec]:
@@ -33,14 +36,10 @@ def validate(specs: list[str], overrides: list[str] = (), budget: float = 1.0) -
     return 0
 
 
-def run(specs: list[str], data: str, *, overrides: list[str] = (), budget: float = 1.0, download: bool = False,
-        device: str | None = None, force: bool = False, no_progress: bool = False, offline: str | None = None,
-        jobs: int = 1, shared: Shared = HERE, group: int | None = None) -> int:
+def run(specs: list[str], o: BatchOptions, overrides: list[str] = (), budget: float = 1.0) -> int:
     """Exit code 0 when every run finished (now or before), 1 when one diverged or failed."""
     runs = _load_all(specs, overrides, budget)  # every spec is checked before anything runs
-    batch = run_batch(runs, data, jobs, download=download, device=device, force=force, offline=offline,
-                      no_progress=no_progress, label=lambda r: f"{r.run_name} ({r.source_file})",
-                      shared=shared, group=group)
+    batch = run_batch(runs, o, Told(label=lambda r: f"{r.run_name} ({r.source_file})"))
     return 0 if batch.all_done else 1
 
 
@@ -53,9 +52,6 @@ def import_records(paths: list[str]) -> int:
         records += [p] if p.is_file() else sorted(p.rglob("record.json"))
     if not records:
         raise UserError(f"{' '.join(paths)}: no record.json found (expected the folder given to run --offline)")
-    counts: dict[str, int] = {}
-    for rec in records:
-        status = import_record(rec)
-        counts[status] = counts.get(status, 0) + 1
-    print(f"{len(records)} records: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())), file=sys.stderr)
+    counts = Counter(import_record(rec) for rec in records)
+    print(f"{len(records)} records: {summary(counts)}", file=sys.stderr)
     return 0

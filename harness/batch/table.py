@@ -14,7 +14,8 @@ from typing import NamedTuple
 import torch
 
 from harness.batch.cost import gflops_on_data, seconds_per_gflop
-from harness.batch.dispatch import HERE, Shared, collect_runs, run_batch
+from harness.batch.dispatch import Told, collect_runs, run_batch
+from harness.batch.options import BatchOptions
 from harness.core.data import Arrays
 from harness.core.groups import GROUPS
 from harness.core.spec import RunSpec
@@ -48,10 +49,8 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
     return todo
 
 
-def table(folders: list[str], data: str, *, overrides: list[str] = (), budget: float = 1.0, download: bool = False,
-          device: str | None = None, include_heavy: bool = False, no_progress: bool = False,
-          jobs: int = 1, shared: Shared = HERE,
-          group: int | None = None) -> TableResult:
+def table(folders: list[str], o: BatchOptions, overrides: list[str] = (), budget: float = 1.0,
+          include_heavy: bool = False) -> TableResult:
     """Train what is left of `folders` (default: DEFAULT_FOLDERS, those that exist)."""
     missing = [f for f in folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not
     if missing:
@@ -63,8 +62,6 @@ def table(folders: list[str], data: str, *, overrides: list[str] = (), budget: f
     for e in found.errors:
         print(f"error: {e}", file=sys.stderr)
     bad = len(found.errors)
-    batch = run_batch(found.runs, data, jobs, download=download, device=device, no_progress=no_progress,
-                      label=lambda r: f"{r.group}/{r.run_name}", plan=plan, title="table",
-                      note=f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else "", shared=shared,
-                      group=group)
+    note = f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else ""
+    batch = run_batch(found.runs, o, Told(lambda r: f"{r.group}/{r.run_name}", "table", note), plan)
     return TableResult(2 if bad else 0 if batch.all_done else 1, batch.data_id)

@@ -9,7 +9,6 @@ lines say where each run went. Ray is imported here only inside the task, never 
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -17,25 +16,23 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from harness.batch.options import BatchOptions
 from harness.core.data import Arrays
 from harness.core.spec import RunSpec
+from harness.tracking.status import Status
 
 _NOT_NAMES = {"CPU", "GPU", "memory", "object_store_memory"}
 
 
-def execute_one(run: RunSpec, arrays: Arrays, device: torch.device, force: bool, offline: str | None,
-                progress: bool) -> str:
-    """Into MLflow, or without it into `offline`/<spec_hash>/ (`run --offline`)."""
-    from harness.batch.one import execute as into_mlflow
-    from harness.batch.one import execute_offline
+def execute_one(run: RunSpec, arrays: Arrays, device: torch.device, o: BatchOptions) -> Status:
+    """Into MLflow, or without it into `o.offline`/<spec_hash>/ (`run --offline`)."""
+    from harness.batch.one import execute
 
-    if offline:
-        return execute_offline(run, arrays, device, Path(offline), force=force, progress=progress)
-    return into_mlflow(run, arrays, device, force=force, progress=progress)
+    return execute(run, arrays, device, o)
 
 
 class Done(NamedTuple):
-    statuses: list[str]  # one per run of the unit, in its order
+    statuses: list[Status]  # one per run of the unit, in its order
     node: str  # where it ran: the node's custom resources, else its address
 
 
@@ -54,10 +51,10 @@ def this_node() -> str:
     return next((node_name(n) for n in ray.nodes() if n["NodeID"] == me), me[:8])
 
 
-def run_unit(arrays: Arrays, runs: list[RunSpec], device: str, threads: int, force: bool,
-             offline: str | None) -> Done:
-    """The body of the Ray task. A Ctrl-C on the driver cancels it with a KeyboardInterrupt, which the runner
-    turns into a KILLED run before the task ends."""
+def run_unit(arrays: Arrays, runs: list[RunSpec], device: str, threads: int, o: BatchOptions) -> Done:
+    """The body of the Ray task; `o` travels with it, so the task's process writes where the driver says. A Ctrl-C
+    on the driver cancels it with a KeyboardInterrupt, which the runner turns into a KILLED run before the task
+    ends."""
     torch.set_num_threads(threads)
     # Ray hands arrays out read-only from its object store; a tensor made from them would share read-only memory
     arrays = replace(arrays, **{k: np.array(getattr(arrays, k)) for k in ("x_train", "y_train", "x_test", "y_test")})
@@ -65,10 +62,10 @@ def run_unit(arrays: Arrays, runs: list[RunSpec], device: str, threads: int, for
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
     node = this_node()
-    os.environ["HARNESS_NODE"] = node  # claims name their holder's node
+    o = replace(o, progress=False, places=replace(o.places, node=node))  # claims name their holder's node
     for r in runs:
         print(f"{r.run_name}: on Ray node {node}", flush=True)
-    return Done([execute_one(r, arrays, dev, force, offline, progress=False) for r in runs], node)
+    return Done([execute_one(r, arrays, dev, o) for r in runs], node)
 
 
 def sees(path: str) -> bool:

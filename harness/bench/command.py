@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -48,39 +48,75 @@ class Setup:
     workers: int  # DataLoader workers of the baseline and the peer
 
 
-def bench(model: str = "resnet20", *, iters: int = 10, warmup: int = 3, batch_size: int = 128, data: str | None = None,
-          device: str | None = None, workers: int = 2, fast: bool = False, variants: str | None = None,
-          jobs: int = 1, peer: str | None = None, as_json: bool = False, group: str = "1") -> int:
+@dataclass(frozen=True)
+class BenchOptions:
+    """The command's options, read once from its command line (cli.cmd_bench)."""
+
+    model: str = "resnet20"
+    iters: int = 10  # timed iterations per row
+    warmup: int = 3
+    batch_size: int = 128
+    data: str | None = None  # an .npz; None: random images
+    device: str | None = None
+    workers: int = 2  # DataLoader workers of the baseline and the peer
+    fast: bool = False  # also the compiled variants
+    variants: str | None = None  # comma-separated subset; None: all asked for by `fast`
+    jobs: int = 1
+    peer: str | None = None  # a checkout of akamaster/pytorch_resnet_cifar10
+    as_json: bool = False
+    group: str = "1"  # K, or sizes such as 2,8,16
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row to time: `variant` (dataloader, peer, ours, ours_graphed, ...) as `kind` says, alone, as `jobs` runs
+    at once or as `runs` runs trained together."""
+
+    variant: str
+    kind: str  # "baseline" (dataloader, peer), "ours", "jobs" or "group"
+    jobs: int = 1
+    runs: int = 1
+    fields: dict = field(default_factory=dict)  # Spec fields for our step
+
+    @property
+    def name(self) -> str:
+        return {"jobs": f"{self.variant}_x{self.jobs}", "group": f"{self.variant}_group{self.runs}"}.get(
+            self.kind, self.variant)
+
+
+def bench(o: BenchOptions) -> int:
     """Time the variants asked for (default: dataloader and ours; `fast` adds the compiled ones), each also as
     `jobs` runs at once, with `group` > 1 also rows ours_group1..K (K runs trained together, harness.core.grouped; with
     ours_graphed chosen, on CUDA, also ours_graphed_group1..K: the group's step under CUDA graphs), and
     print the result as a table or, with `as_json`, one JSON line."""
-    depth = _depth(model)
-    check_jobs(jobs)
-    sizes = group_sizes(group)
-    wanted = [w for w in (variants or "").split(",") if w]
-    dev = pick_device(device)
+    depth = _depth(o.model)
+    check_jobs(o.jobs)
+    sizes = group_sizes(o.group)
+    wanted = [w for w in (o.variants or "").split(",") if w]
+    dev = pick_device(o.device)
     ours_fields = {"ours": {}, **dict(timing.fast_variants(dev))}  # variant -> Spec fields for bench_ours
     known = ["dataloader", *ours_fields]
     if unknown := [w for w in wanted if w not in known]:
         raise UserError(f"--variants: unknown {', '.join(unknown)} on {dev.type}; expected some of "
                         f"{', '.join(known)}")
-    the_peer = peer_mod.load(peer, depth) if peer else None
-    images, labels = _images(data)
+    the_peer = peer_mod.load(o.peer, depth) if o.peer else None
+    images, labels = _images(o.data)
     setup = Setup(images, labels, timing.bench_data(images, labels, dev), depth,
-                  train_flops_per_image(build_model(ModelSpec(depth=depth))), dev, batch_size, iters, warmup, workers)
-    chosen = [v for v in known if v in wanted] if wanted else known if fast else ["dataloader", "ours"]
+                  train_flops_per_image(build_model(ModelSpec(depth=depth))), dev, o.batch_size, o.iters, o.warmup,
+                  o.workers)
+    chosen = [v for v in known if v in wanted] if wanted else known if o.fast else ["dataloader", "ours"]
     if the_peer:
         chosen.insert(1 if "dataloader" in chosen else 0, "peer")
-    rows = [(v, 1) for v in chosen] + [(v, jobs) for v in chosen if v not in BASELINES and jobs > 1]
-    timed = dict(_row(setup, vname, n, ours_fields.get(vname, {}), the_peer) for vname, n in rows)
-    grouped = [("ours", {})] + [(v, ours_fields[v]) for v in ("ours_graphed",) if v in chosen]
-    timed.update(_row(setup, f"{v}_group{k}", 1, fields, None, k) for v, fields in grouped for k in sizes)
-    result = _result(setup, timed, model.lower(), the_peer[2] if the_peer else None)
-    if as_json:
+    rows = [Row(v, "baseline" if v in BASELINES else "ours", fields=ours_fields.get(v, {})) for v in chosen]
+    rows += [Row(v, "jobs", o.jobs, fields=ours_fields[v]) for v in chosen if v not in BASELINES and o.jobs > 1]
+    grouped = ["ours"] + [v for v in ("ours_graphed",) if v in chosen]
+    rows += [Row(v, "group", runs=k, fields=ours_fields[v]) for v in grouped for k in sizes]
+    timed = {row.name: _row(setup, row, the_peer) for row in rows}
+    result = _result(setup, timed, o.model.lower(), the_peer[2] if the_peer else None)
+    if o.as_json:
         print(json.dumps(result))
     else:
-        print_result(result, jobs, thread_share(jobs), PAPER_ITERS // PAPER_EVAL_POINTS)
+        print_result(result, o.jobs, thread_share(o.jobs), PAPER_ITERS // PAPER_EVAL_POINTS)
     return 0
 
 
@@ -112,28 +148,28 @@ def _images(data: str | None) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (10000, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 10000)
 
 
-def _row(s: Setup, vname: str, jobs: int, fields: dict, peer, runs: int = 1) -> tuple[str, dict]:
-    """One row, named: variant `vname` timed alone (jobs == 1), as `jobs` runs at once, or as `runs` runs trained
-    together in one step (ours_groupK), with its own peak memory."""
+def _row(s: Setup, row: Row, peer) -> dict:
+    """One row timed, with its own peak memory."""
     timing.reset_peak_mem(s.device)
-    label = vname if jobs == 1 else f"{vname}_x{jobs}"
-    print(f"bench: {label} ({s.iters} timed iterations after {s.warmup} warm-up)...", file=sys.stderr, flush=True)
+    print(f"bench: {row.name} ({s.iters} timed iterations after {s.warmup} warm-up)...", file=sys.stderr, flush=True)
     common = (s.depth, s.batch_size, s.iters, s.warmup, s.device)
-    if vname == "dataloader":
+    jobs, runs = row.jobs, row.runs
+    if row.variant == "dataloader":
         warm_s, secs = timing.bench_dataloader(s.images, s.labels, *common, s.workers)
-    elif vname == "peer":
+    elif row.variant == "peer":
         warm_s, secs = peer_mod.bench_peer(peer, s.images, s.labels, s.batch_size, s.iters, s.warmup, s.device,
                                            s.workers)
-    elif "_group" in vname:
-        warm_s, secs = bench_group(s.data, *common, runs, **fields)
-    elif jobs == 1:
-        warm_s, secs = timing.bench_ours(s.data, *common, **fields)
+    elif row.kind == "group":
+        warm_s, secs = bench_group(s.data, *common, runs, **row.fields)
+    elif row.kind == "ours":
+        warm_s, secs = timing.bench_ours(s.data, *common, **row.fields)
     else:
-        warm_s, job_secs, mem = timing.bench_jobs(s.images, s.labels, *common, jobs, fields)
+        warm_s, job_secs, mem = timing.bench_jobs(s.images, s.labels, *common, jobs, row.fields)
         secs = sum(job_secs) / jobs
     ms = 1000 * secs / s.iters
     ips = jobs * runs * s.iters * s.batch_size / secs  # all jobs (runs of a group) together
-    return label, {"images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),  # per run
+    return {"variant": row.variant, "kind": row.kind,
+            "images_per_s": round(ips, 1), "ms_per_iter": round(ms, 2),  # per run
                    "projected_64k_run_s": round(ms * PAPER_ITERS / 1000, 1),
                    "achieved_gflop_s": round(ips * s.flops / 1e9, 1),
                    "peak_mem_mb": round(timing.peak_mem_mb(s.device) if jobs == 1 else mem, 1),  # all jobs
@@ -151,8 +187,8 @@ def _result(s: Setup, variants: dict[str, dict], name: str, peer_where: str | No
         v["speedup_vs_dataloader"] = None if base is None else round(v["images_per_s"] / base, 2)
         if "ours_group1" in variants:
             v["speedup_vs_ours"] = None if ours_ips is None else round(v["images_per_s"] / ours_ips, 2)
-    for vname, v in variants.items():  # a group against one run of its own variant alone, in this process
-        alone = variants.get(vname.split("_group")[0], {}).get("images_per_s") if "_group" in vname else None
+    for v in variants.values():  # a group against one run of its own variant alone, in this process
+        alone = variants.get(v["variant"], {}).get("images_per_s") if v["kind"] == "group" else None
         v["speedup_vs_alone"] = None if alone is None else round(v["images_per_s"] / alone, 2)
         if peer_ips:
             v["speedup_vs_peer"] = round(v["images_per_s"] / peer_ips, 2)

@@ -13,6 +13,14 @@ from pathlib import Path
 from harness.errors import UserError
 
 
+def alone_of(name: str, v: dict) -> str | None:
+    """The variant a group row is set against alone, None for any other row; from the row's own fields, or from its
+    name in a line that `bench` wrote before rows carried them."""
+    if "kind" in v:
+        return v["variant"] if v["kind"] == "group" else None
+    return name.split("_group")[0] if "_group" in name else None
+
+
 def duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 5400 else f"{seconds / 60:.1f} min"
 
@@ -34,8 +42,8 @@ def print_result(r: dict, jobs: int, threads: int, eval_every: int) -> None:
         print(f"peer: its own trainer.train() and resnet.{r['model']}() from {peer}, {r['dataloader_workers']} "
               "DataLoader workers")
     for vname, v in r["variants"].items():
-        if "_group" in vname:
-            alone, ratio = vname.split("_group")[0], v.get("speedup_vs_alone", v.get("speedup_vs_ours"))
+        if alone := alone_of(vname, v):
+            ratio = v.get("speedup_vs_alone", v.get("speedup_vs_ours"))
             print(f"{vname}: {v['runs']} run(s) trained together: {v['images_per_s']:.1f} images/s in all, "
                   f"{v['images_per_s_per_run']:.1f} per run, x{ratio} against one run of {alone} alone")
     if jobs > 1:
@@ -67,7 +75,7 @@ _GROUP_ONLY = {"runs", "images_per_s_per_run", "speedup_vs_alone"}  # shown wher
 
 
 def _shown(key: str, variants: dict) -> bool:
-    if key in _GROUP_ONLY and not any("_group" in name for name in variants):
+    if key in _GROUP_ONLY and not any(alone_of(name, v) for name, v in variants.items()):
         return False
     return any(v.get(key) is not None for v in variants.values())
 
@@ -77,7 +85,7 @@ def _with_alone_ratio(variants: dict) -> dict:
     the recorded field."""
     out = {}
     for name, v in variants.items():
-        base = variants.get(name.split("_group")[0]) if "_group" in name else None
+        base = variants.get(alone_of(name, v) or "")
         if base and v.get("speedup_vs_alone") is None:
             v = {**v, "speedup_vs_alone": round(v["images_per_s"] / base["images_per_s"], 2)}
         out[name] = v

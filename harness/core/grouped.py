@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from harness.core.result import Result
 from harness.core.spec import RunSpec
 from harness.core.train import Diverged, Trainee, autocast_for, compile_mode, param_dtype
 
@@ -76,7 +77,7 @@ def partition(runs: list[RunSpec], size: int) -> list[list[RunSpec]]:
     return [rs[i:i + k] for rs, k in sized for i in range(0, len(rs), k)]
 
 
-EndHook = Callable[[Trainee, "dict[str, float] | Exception"], None]  # (member, final metrics or the failure)
+EndHook = Callable[[Trainee, "Result | Exception"], None]  # (member, its result or the failure)
 GroupStep = Callable[[list[torch.Tensor], list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 
 

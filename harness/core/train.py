@@ -28,6 +28,7 @@ from tqdm import tqdm
 from harness.core.checkpoint import LoopState, load_checkpoint, prev_path, restore, save_checkpoint
 from harness.core.data import DeviceData, normalize, train_batch
 from harness.core.models import build_model
+from harness.core.result import Result
 from harness.core.schedule import WARMUP_CHECK_EVERY, Schedule, eval_every
 from harness.core.spec import RunSpec, Spec
 from harness.core.stop import held
@@ -281,6 +282,7 @@ class Trainee:
         self.meter = Meter(device, spec.batch_size)
         self.bar = Progress(run.run_name, spec.schedule.total_iters, self.st.it, progress)
         self.last: dict[str, float] = {}
+        self.stopped_at: int | None = None
         self.ended = self.st.it >= spec.schedule.total_iters  # killed after its final checkpoint: weights are final
         self.model.train()
 
@@ -316,28 +318,23 @@ class Trainee:
             if self.checkpoint:
                 save_checkpoint(self.checkpoint, self.model, self.opt, sched, self.gen, st)
         meter.reset()
-        if stop:
-            last["stopped_early_at"] = st.it
-        self.last, self.ended = last, bool(stop) or st.it >= total
+        self.last, self.ended, self.stopped_at = last, bool(stop) or st.it >= total, st.it if stop else None
         return self.ended
 
-    def result(self) -> dict[str, float]:
+    def result(self) -> Result:
         """The last evaluation with the run's totals; the checkpoint before the last one is gone (the last one stays
         until the caller has recorded the run)."""
         self.bar.close()
         last = dict(self.last) or measure(self.model, self.data, self.run.spec, self.device, self.splits)
         if self.checkpoint:
             prev_path(self.checkpoint).unlink(missing_ok=True)
-        if self.sched.warmup_ended_by:
-            last.update(warmup_ended_by=self.sched.warmup_ended_by, warmup_ended_at=self.sched.warmup_ended_at)
-        last["iterations"] = self.st.it
-        last["train_seconds"] = self.st.train_seconds
-        return last
+        return Result(last, self.st.it, self.st.train_seconds, self.stopped_at, self.sched.warmup_ended_by,
+                      self.sched.warmup_ended_at)
 
 
 def train(run: RunSpec, data: DeviceData, device: torch.device, checkpoint: Path | None = None,
           on_eval: EvalHook | None = None, progress: bool = True, evaluate_test: bool = True,
-          on_restart: Callable[[str], None] | None = None) -> tuple[dict[str, float], torch.nn.Module]:
+          on_restart: Callable[[str], None] | None = None) -> tuple[Result, torch.nn.Module]:
     """Train one run; resumes from `checkpoint` if it exists (`on_restart` hears of a damaged one: the line saying
     where the run went on from instead). Returns the last evaluation and the model. Without a validation split,
     evaluation points measure training and test numbers only; with `evaluate_test` false, no test numbers."""

@@ -21,11 +21,11 @@ from harness.report.campaign import (
     campaigns,
     load_runs,
     newest_per_spec,
-    paper_figure,
     pick_campaign,
 )
 from harness.report.index import write_index
 from harness.report.pages import ablations, ladder, table6, tuned
+from harness.report.stats import paper_figure
 from harness.report.tuning import write_tuning_figures
 from harness.tracking import figures as plots
 from harness.tracking import store as tracking
@@ -75,8 +75,8 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
                              out / "error_vs_depth.png")
         plots.fig6_curves(fig6_histories(df), label, out / "curves_table6.png")
     if bars:
-        plots.ladder_bars([n for n, _ in bars], [s["mean"] for _, s in bars],
-                          [0 if math.isnan(s["std"]) else s["std"] for _, s in bars], label, out / "ladder.png")
+        plots.ladder_bars([n for n, _ in bars], [s.mean for _, s in bars],
+                          [0 if math.isnan(s.std) else s.std for _, s in bars], label, out / "ladder.png")
 
 
 def fig6_histories(df: pd.DataFrame) -> dict[str, list[tuple[str, list, list]]]:

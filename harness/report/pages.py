@@ -4,7 +4,7 @@ Honesty rules, enforced here rather than left to the reader:
 - the paper's figures stay in their own column; a measured number is called "CIFAR-10 test error" only
   when it came from the full training data, the official test set and budget 1.0;
 - every header names the data, budget, device and date;
-- a difference is called real only when it is outside seed noise (campaign.noise_verdict);
+- a difference is called real only when it is outside seed noise (stats.noise_verdict);
 - beside the final-iteration test error stands the best-over-training test error of the same runs: what a
   repository that picks its best epoch on the test set would have claimed.
 """
@@ -12,13 +12,15 @@ Honesty rules, enforced here rather than left to the reader:
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from harness.core.models import ARCHS, build_model, count_params
 from harness.core.spec import ModelSpec
-from harness.report.campaign import fmt, noise_verdict, paper_figure, splits, summarize
+from harness.report.campaign import splits
+from harness.report.stats import Summary, fmt, noise_verdict, paper_figure, summarize
 
 
 def header(title: str, df: pd.DataFrame, budget: float, official: bool, paper: dict) -> str:
@@ -61,11 +63,11 @@ def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
                 "model": f"{arch.label}-{depth}", "arch": arch.name, "depth": depth, "split": splits(runs),
                 "params_M": round(count_params(build_model(ModelSpec(arch=arch.name, depth=depth))) / 1e6, 2),
                 "paper_test_error": p, "paper_std": p_std, "paper_best_run": p_best,
-                "measured_mean": round(s["mean"], 2), "measured_std": round(s["std"], 2),
-                "n": s["n"], "best_seed": round(s["best"], 2),
-                "delta_vs_paper": round(s["mean"] - p, 2) if (official and p is not None and s["n"]) else None,
-                "best_over_training_if_selected_on_test": round(s["best_over_training"], 2),
-                "failed": s["failed"], "measured": fmt(s)})
+                "measured_mean": round(s.mean, 2), "measured_std": round(s.std, 2),
+                "n": s.n, "best_seed": round(s.best, 2),
+                "delta_vs_paper": round(s.mean - p, 2) if (official and p is not None and s.n) else None,
+                "best_over_training_if_selected_on_test": round(s.best_over_training, 2),
+                "failed": s.failed, "measured": fmt(s)})
     tab = pd.DataFrame(rows)
     tab.drop(columns=["measured", "arch"]).to_csv(out / "table6.csv", index=False)
     col = "CIFAR-10 test error" if official else "measured error (this data/budget)"
@@ -100,14 +102,24 @@ def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
     return tab
 
 
-def compare_rows(df_rows: pd.DataFrame, base: pd.DataFrame, order: list[str]) -> list[dict]:
+@dataclass(frozen=True)
+class Compared:
+    """A row set against a baseline (an ablation, a tuned spec against the paper's schedule)."""
+
+    name: str
+    s: Summary
+    delta: float  # mean minus the baseline's mean
+    split: str
+    noise: str  # stats.noise_verdict against the baseline
+
+
+def compare_rows(df_rows: pd.DataFrame, base: pd.DataFrame, order: list[str]) -> list[Compared]:
     b = summarize(base)
     out = []
     for name in order:
         runs = df_rows[df_rows.spec == name]
         s = summarize(runs)
-        out.append({"name": name, "s": s, "delta": s["mean"] - b["mean"], "split": splits(runs),
-                    "noise": noise_verdict(s["values"], b["values"])})
+        out.append(Compared(name, s, s.mean - b.mean, splits(runs), noise_verdict(s.values, b.values)))
     return out
 
 
@@ -121,11 +133,11 @@ def ablations(df: pd.DataFrame, paper: dict, budget: float, official: bool, out:
              "| ablation | what changed | train/val | error: mean ± std (n) | Δ vs baseline | noise | "
              "best-over-training (selected on test) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
-        s = r["s"]
-        delta = f"{r['delta']:+.2f}" if s["n"] else "—"
-        lines.append(f"| {r['name']} | {descriptions.get(('ablations', r['name']), '')} | {r['split']} | {fmt(s)} | "
+        s = r.s
+        delta = f"{r.delta:+.2f}" if s.n else "—"
+        lines.append(f"| {r.name} | {descriptions.get(('ablations', r.name), '')} | {r.split} | {fmt(s)} | "
                      f"{delta} | "
-                     f"{r['noise'] if s['n'] else '—'} | {best_cell(s)} |")
+                     f"{r.noise if s.n else '—'} | {best_cell(s)} |")
     lines += ["", "Chance is 90 % error on 10 balanced classes: a row near 90 did not learn."]
     (out / "ablations.md").write_text("\n".join(lines) + "\n")
 
@@ -142,15 +154,15 @@ def tuned(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pat
              "| tuned spec | how it was chosen | train/val | error: mean ± std (n) | Δ vs paper schedule | noise | "
              "best-over-training (selected on test) |", "|---|---|---|---|---|---|---|"]
     for r in compare_rows(tu, base, sorted(set(tu.spec))):
-        delta = f"{r['delta']:+.2f}" if r["s"]["n"] else "—"
-        lines.append(f"| {r['name']} | {descriptions.get(('tuned', r['name']), '')} | {r['split']} | {fmt(r['s'])} "
-                     f"| {delta} | {r['noise']} | {best_cell(r['s'])} |")
+        delta = f"{r.delta:+.2f}" if r.s.n else "—"
+        lines.append(f"| {r.name} | {descriptions.get(('tuned', r.name), '')} | {r.split} | {fmt(r.s)} "
+                     f"| {delta} | {r.noise} | {best_cell(r.s)} |")
     (out / "tuned.md").write_text("\n".join(lines) + "\n")
     return True
 
 
-def best_cell(s: dict) -> str:
-    return f"{s['best_over_training']:.2f}" if s["n"] else "—"
+def best_cell(s: Summary) -> str:
+    return f"{s.best_over_training:.2f}" if s.n else "—"
 
 
 def rung_number(name: str) -> int:
@@ -194,14 +206,14 @@ def ladder(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
     bars = []
     for name, runs, desc in rungs:
         s = summarize(runs)
-        delta = f"{s['mean'] - prev['mean']:+.2f}" if prev and s["n"] and prev["n"] else "—"
-        noise = noise_verdict(s["values"], prev["values"], ("this rung", "the previous rung")) if prev else "—"
+        delta = f"{s.mean - prev.mean:+.2f}" if prev and s.n and prev.n else "—"
+        noise = noise_verdict(s.values, prev.values, ("this rung", "the previous rung")) if prev else "—"
         lines.append(f"| {name} | {desc} | {splits(runs)} | {fmt(s)} | {delta} | {noise} | {best_cell(s)} |")
         bars.append((name, s))
         prev = s
-    if bars and bars[0][1]["n"] and bars[-1][1]["n"]:
-        total = bars[-1][1]["mean"] - bars[0][1]["mean"]
-        lines += ["", f"Whole ladder: {bars[0][1]['mean']:.2f} → {bars[-1][1]['mean']:.2f} ({total:+.2f} points)."]
+    if bars and bars[0][1].n and bars[-1][1].n:
+        total = bars[-1][1].mean - bars[0][1].mean
+        lines += ["", f"Whole ladder: {bars[0][1].mean:.2f} → {bars[-1][1].mean:.2f} ({total:+.2f} points)."]
         if total > 0 and budget < 1:  # at the paper's budget this reading of a backwards ladder does not hold
             lines += ["", f"At this budget ({budget:g}) the ladder runs backwards: the paper's recipe (SGD at lr 0.1 "
                       "with drops at 50 % and 75 % of the run) needs its 64k iterations, while Adam's fast start "

@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -39,21 +40,32 @@ def timeout_s() -> float:
     return float(os.environ.get("HARNESS_CLAIM_TIMEOUT", "120"))
 
 
-def checkpoint_dir() -> Path:
-    """Where runs keep their checkpoints: HARNESS_CHECKPOINT_DIR (`--checkpoint-dir`), else beside the store.
-    On a cluster every node must reach it: a run resumes on whichever node Ray retries it."""
-    return Path(os.environ.get("HARNESS_CHECKPOINT_DIR") or tracking.store_root() / "checkpoints")
+@dataclass(frozen=True)
+class Places:
+    """Where every process of a batch finds the same state, handed to each run (and each Ray task) as a value: the
+    checkpoint folder and the claim database (None: beside the store), and the Ray node a run is on ("" off Ray),
+    which its claims name."""
+
+    checkpoint_dir: Path | None = None
+    claims_db: str | None = None
+    node: str = ""
+
+    def checkpoints(self) -> Path:
+        """On a cluster every node must reach it: a run resumes on whichever node Ray retries it."""
+        return self.checkpoint_dir or tracking.store_root() / "checkpoints"
+
+    def claims_url(self, uri: str | None = None) -> str:
+        """The SQLAlchemy URL of the claim table's database, for the tracking store `uri`."""
+        uri = uri or tracking.tracking_uri()
+        if self.claims_db:
+            return self.claims_db
+        if uri.startswith(("sqlite:", "postgresql", "mysql")):
+            return uri
+        raise UserError(f"MLFLOW_TRACKING_URI {uri}: expected --claims-db URL (or HARNESS_CLAIMS_DB), the database "
+                        "behind this tracking server, e.g. postgresql://user@host/mlflow, where runs are claimed")
 
 
-def claims_db(uri: str | None = None) -> str:
-    """The SQLAlchemy URL of the claim table's database, for the tracking store `uri`."""
-    uri = uri or tracking.tracking_uri()
-    if os.environ.get("HARNESS_CLAIMS_DB"):
-        return os.environ["HARNESS_CLAIMS_DB"]
-    if uri.startswith(("sqlite:", "postgresql", "mysql")):
-        return uri
-    raise UserError(f"MLFLOW_TRACKING_URI {uri}: expected --claims-db URL (or HARNESS_CLAIMS_DB), the database "
-                    "behind this tracking server, e.g. postgresql://user@host/mlflow, where runs are claimed")
+BESIDE_THE_STORE = Places()
 
 
 @cache
@@ -124,12 +136,12 @@ def _beat(url: str, spec_hash: str, holder: str, stop: threading.Event) -> None:
 
 
 @contextmanager
-def claimed(spec_hash: str, name: str, log=print):
+def claimed(spec_hash: str, name: str, log=print, places: Places = BESIDE_THE_STORE):
     """Hold the claim on `spec_hash` for the duration of the block, waiting while a live holder has it."""
     import sqlalchemy as sa
 
-    url = claims_db()
-    where = f"{os.environ['HARNESS_NODE']}/" if os.environ.get("HARNESS_NODE") else ""  # a Ray node's name
+    url = places.claims_url()
+    where = f"{places.node}/" if places.node else ""
     holder = f"{where}{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     said = False
     while (other := _try_take(url, spec_hash, holder)) is not None:

@@ -175,9 +175,9 @@ SYSTEM_METRICS = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch; 
 def system_metrics(run_id: str, uri: str):
     """MLflow's system-metrics monitor on the run (CPU, memory, disk, network and, where pynvml sees one, GPU
     utilisation, as `system/...` metrics every 10 s or MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, from a thread of
-    its own), or None where it is off (`run --no-system-metrics`, or MLflow's variable set false) or psutil is
-    missing. MLflow reads its variable
-    only in fluent runs; the harness logs through MlflowClient, so it starts the monitor itself."""
+    its own), or None where MLflow's variable is set false or psutil is missing (`run --no-system-metrics` does not
+    call it). MLflow reads its variable only in fluent runs; the harness logs through MlflowClient, so it starts the
+    monitor itself."""
     if os.environ.get(SYSTEM_METRICS, "true").lower() in ("false", "0", "no"):
         return None
     try:

@@ -17,6 +17,7 @@ import os
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -26,10 +27,10 @@ from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
 from harness.tracking.sinks import content_digest, log, log_curve, meaningful
+from harness.tracking.status import Status, summary
 
 FORMAT = 2  # 2 adds start_time, end_time, dataset and MLflow's description and source tags; 1 is still read
 FORMATS = (1, 2)
-RESULTS = Path(os.environ.get("HARNESS_RESULTS", "results"))
 SUMMARY_KEYS = tuple(tracking.metric_name(k) for k in ("final_iteration", "train_seconds", "mlflow_log_seconds",
                                                        "model_log_seconds", "stopped_early_at",
                                                        "wall_seconds_this_attempt"))  # logged once, at the end
@@ -122,7 +123,7 @@ def finished_runs(c) -> list:
     return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
-def export_results(out: Path = RESULTS) -> int:
+def export_results(out: Path) -> int:
     """Write every FINISHED run of the store (MLFLOW_TRACKING_URI) to `out`; returns the files written."""
     db = tracking.sqlite_file()
     if db is not None and not db.is_file():  # reading must not create an empty store
@@ -178,16 +179,12 @@ def record_files(paths: list[Path]) -> list[Path]:
     return files
 
 
-def import_results(paths: list[Path] = (RESULTS,)) -> int:
+def import_results(paths: list[Path]) -> int:
     """Log every record into the store; a spec_hash already FINISHED there is skipped, so importing twice is
     importing once."""
     files = record_files(list(paths))
-    counts: dict[str, int] = {}
-    for f in files:
-        status = import_record(f)
-        counts[status] = counts.get(status, 0) + 1
-    print(f"results: {len(files)} records: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
-          file=sys.stderr)
+    counts = Counter(import_record(f) for f in files)
+    print(f"results: {len(files)} records: {summary(counts)}", file=sys.stderr)
     return 0
 
 
@@ -243,7 +240,7 @@ def _metrics(rec: dict, start: int, end: int) -> list:
     return metrics + [Metric(k, float(v), end, last) for k, v in rec["summary"].items()]
 
 
-def import_record(record_path: Path) -> str:
+def import_record(record_path: Path) -> Status:
     """Log one record (results/ or `run --offline`) into the MLflow store as the run `execute` would have made,
     with its start and end time, description, source and dataset; idempotent."""
     from mlflow.entities import Param
@@ -260,7 +257,7 @@ def import_record(record_path: Path) -> str:
     existing = tracking.find_run(c, exp_id, tags["spec_hash"])
     if existing is not None and existing.info.status == "FINISHED":
         log(f"{rec['run_name']}: already FINISHED in MLflow (run {existing.info.run_id}); not imported again")
-        return "skipped"
+        return Status.SKIPPED
     start, end = _times(rec)
     run_id = c.create_run(exp_id, start_time=start, run_name=rec["run_name"],
                           tags={**tags, "imported_from": str(record_path)}).info.run_id
@@ -281,4 +278,4 @@ def import_record(record_path: Path) -> str:
     c.set_terminated(run_id, rec["status"], end_time=end)
     log(f"{rec['run_name']}: imported as MLflow run {run_id} ({rec['status']}) in experiment '{group}' "
         f"from {record_path}")
-    return "imported"
+    return Status.IMPORTED

@@ -4,7 +4,7 @@ A run alone (harness.batch.one) and a run in a group (harness.batch.grouped) go 
 the same things: `settled` (a run already done is not trained again), `open` (a new run, or the one a kill left,
 resumed from its checkpoint), `on_eval` and `on_restart` while it trains, then `finished`, `failed` or `killed`.
 A batch must survive one bad run, so a failure is recorded on its run (MLflow: status FAILED and a `failure` tag)
-and handed back as a status, not an exception.
+and handed back as a Status, not an exception. `open_sink` is the one place that picks the destination.
 """
 
 from __future__ import annotations
@@ -17,20 +17,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Protocol
 
 import torch
 import yaml
 
 from harness.core.data import Arrays, DeviceData
 from harness.core.devices import device_name
+from harness.core.result import Result
 from harness.core.schedule import FAMILIES, eval_every
 from harness.core.spec import RunSpec, flatten
 from harness.core.train import Diverged
 from harness.errors import UserError
-from harness.tracking import claims
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
+from harness.tracking.claims import Places
 from harness.tracking.figures import learning_curve
+from harness.tracking.status import Status
 
 
 def content_digest(record: dict) -> str:
@@ -111,24 +114,49 @@ def _ending(run: RunSpec, status: str, wall: float, final: dict, data: DeviceDat
             f"({data.description}, budget {run.budget:g})")
 
 
+class Sink(Protocol):
+    """One run's destination, in the order a trainer calls it (the module docstring)."""
+
+    spec_hash: str
+    checkpoint: Path
+
+    def settled(self) -> Status | None: ...
+    def open(self, data: DeviceData) -> None: ...
+    def on_eval(self, step: int, metrics: dict[str, float]) -> bool: ...
+    def on_restart(self, line: str) -> None: ...
+    def finished(self, final: Result, model: torch.nn.Module, wall: float) -> Status: ...
+    def failed(self, e: Exception) -> Status: ...
+    def killed(self) -> None: ...
+
+
+def open_sink(run: RunSpec, arrays: Arrays, device: torch.device, *, force: bool, progress: bool,
+              offline: Path | None, places: Places, where: str = "", system_metrics: bool = True) -> Sink:
+    """The run's folder under `offline` (`run --offline`), else its MLflow run with its checkpoint in `places` (and,
+    with `system_metrics`, MLflow's sampling of the machine while it trains)."""
+    if offline is not None:
+        return ToFolder(run, arrays, device, offline, force, progress, where)
+    return ToMlflow(run, arrays, device, force, progress, where, places.checkpoints(), system_metrics)
+
+
 class ToMlflow:
-    """The run's own MLflow run, found again by its spec hash; its checkpoint is in claims.checkpoint_dir()."""
+    """The run's own MLflow run, found again by its spec hash; its checkpoint is in `checkpoints`."""
 
     def __init__(self, run: RunSpec, arrays: Arrays, device: torch.device, force: bool, progress: bool,
-                 where: str = ""):
+                 where: str, checkpoints: Path, system_metrics: bool = True):
         self.c = tracking.client()
         self.run, self.arrays, self.device, self.force, self.progress, self.where = \
             run, arrays, device, force, progress, where
         self.exp_id = tracking.experiment_id(self.c, run.group)
         self.spec_hash = run.spec_hash(arrays.data_id)
-        self.checkpoint = claims.checkpoint_dir() / f"{self.spec_hash}.pt"
+        self.checkpoint = checkpoints / f"{self.spec_hash}.pt"
+        self.system_metrics = system_metrics
         self.existing = None
         self.run_id = ""
         self.log_seconds = 0.0
         self.monitor = None  # MLflow's system-metrics thread while the run trains
 
-    def settled(self) -> str | None:
-        """'skipped' for a FINISHED run and 'diverged' for one that diverged before: neither trains again without
+    def settled(self) -> Status | None:
+        """SKIPPED for a FINISHED run and DIVERGED for one that diverged before: neither trains again without
         --force (a diverged recipe diverges again); None for a run to train or resume."""
         self.existing = None if self.force else tracking.find_run(self.c, self.exp_id, self.spec_hash)
         if self.existing is None:
@@ -136,10 +164,10 @@ class ToMlflow:
         run, info = self.run, self.existing.info
         if info.status == "FINISHED":
             log(f"{run.run_name}: already FINISHED in MLflow (run {info.run_id}); skipped (--force to run again)")
-            return "skipped"
+            return Status.SKIPPED
         if self.existing.data.tags.get("failure") == "diverged":
             log(f"{run.run_name}: diverged before (run {info.run_id}); skipped (--force to retry)")
-            return "diverged"
+            return Status.DIVERGED
         return None
 
     def open(self, data: DeviceData) -> None:
@@ -154,7 +182,7 @@ class ToMlflow:
             at = f"iteration checkpoint {self.checkpoint.name}" if self.checkpoint.exists() else \
                 "the start (no checkpoint yet)"
             log(f"{run.run_name}: resuming MLflow run {self.run_id} ({self.existing.info.status}) from {at}")
-            self.monitor = mlflow_inputs.system_metrics(self.run_id, tracking.tracking_uri())
+            self.monitor = self._monitor()
             return
         self.checkpoint.unlink(missing_ok=True)
         r = c.create_run(self.exp_id, run_name=run.run_name,
@@ -163,10 +191,13 @@ class ToMlflow:
         c.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(run).items()])
         c.log_text(self.run_id, resolved_yaml(run), "spec.yaml")
         mlflow_inputs.log_run_inputs(c, self.run_id, run_dataset(self.arrays, data))
-        self.monitor = mlflow_inputs.system_metrics(self.run_id, tracking.tracking_uri())
+        self.monitor = self._monitor()
         log(f"{run.run_name}: MLflow run {self.run_id} in experiment '{run.group}' on {device_name(self.device)}, "
             f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations, evaluated every "
             f"{eval_every(run.spec.schedule.total_iters, run.spec.eval_points)})")
+
+    def _monitor(self):
+        return mlflow_inputs.system_metrics(self.run_id, tracking.tracking_uri()) if self.system_metrics else None
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> bool:
         self.log_seconds += tracking.log_metrics(self.c, self.run_id, metrics, step)
@@ -177,27 +208,27 @@ class ToMlflow:
     def on_restart(self, line: str) -> None:
         self.c.set_tag(self.run_id, "checkpoint_restart", line)
 
-    def finished(self, final: dict[str, float], model: torch.nn.Module, wall: float) -> str:
+    def finished(self, final: Result, model: torch.nn.Module, wall: float) -> Status:
         """The summary metrics, the logged model, the learning curve, FINISHED; then the checkpoint goes."""
         c, run_id, data = self.c, self.run_id, self.data
-        summary = {"final_iteration": final["iterations"], "train_seconds": final["train_seconds"],
+        summary = {"final_iteration": final.iterations, "train_seconds": final.train_seconds,
                    "mlflow_log_seconds": self.log_seconds}
-        if "stopped_early_at" in final:
-            summary["stopped_early_at"] = final["stopped_early_at"]
-        if "warmup_ended_by" in final:  # "cap": the safety cap, not the training error, ended the ResNet-110 warm-up
-            c.set_tag(run_id, "warmup_ended_by", f"{final['warmup_ended_by']} at iteration {final['warmup_ended_at']}")
+        if final.stopped_early_at is not None:
+            summary["stopped_early_at"] = final.stopped_early_at
+        if final.warmup_ended_by:  # "cap": the safety cap, not the training error, ended the ResNet-110 warm-up
+            c.set_tag(run_id, "warmup_ended_by", f"{final.warmup_ended_by} at iteration {final.warmup_ended_at}")
         c.set_tag(run_id, "weights_sha256", mlflow_inputs.weights_sha256(model))
         summary["model_log_seconds"] = mlflow_inputs.log_final_model(c, run_id, model,
                                                                      mlflow_inputs.model_name(run_params(self.run)))
-        tracking.log_metrics(c, run_id, summary, final["iterations"])
+        tracking.log_metrics(c, run_id, summary, final.iterations)
         log_curve(c, run_id, f"{self.run.run_name} ({data.description}, budget {self.run.budget:g})")
         mlflow_inputs.stop(self.monitor)
         c.set_terminated(run_id, "FINISHED")
         self.checkpoint.unlink(missing_ok=True)
-        log(_ending(self.run, "FINISHED", wall, final, data, self.where))
-        return "finished"
+        log(_ending(self.run, "FINISHED", wall, final.metrics, data, self.where))
+        return Status.FINISHED
 
-    def failed(self, e: Exception) -> str:
+    def failed(self, e: Exception) -> Status:
         """FAILED with a `failure` tag that says why: `diverged` (not retried without --force), `bad_input` (a
         UserError, whose message is the whole story) or `error` (anything else, named by its type)."""
         if isinstance(e, Diverged | UserError):
@@ -210,7 +241,7 @@ class ToMlflow:
         mlflow_inputs.stop(self.monitor)
         self.c.set_terminated(self.run_id, "FAILED")
         log(f"{self.run.run_name}: {said}")
-        return "diverged" if kind == "diverged" else "failed"
+        return Status.DIVERGED if kind == "diverged" else Status.FAILED
 
     def killed(self) -> None:
         """Ctrl-C: KILLED, the checkpoint kept; the next run of the spec resumes it."""
@@ -227,19 +258,20 @@ class ToFolder:
                  where: str = ""):
         self.run, self.arrays, self.device, self.force, self.progress, self.where = \
             run, arrays, device, force, progress, where
-        self.folder = out / run.spec_hash(arrays.data_id)
+        self.spec_hash = run.spec_hash(arrays.data_id)
+        self.folder = out / self.spec_hash
         self.record, self.history = self.folder / "record.json", self.folder / "history.jsonl"
         self.checkpoint = self.folder / "checkpoint.pt"
         self.t0, self.started = time.perf_counter(), int(time.time() * 1000)
 
-    def settled(self) -> str | None:
+    def settled(self) -> Status | None:
         if self.force:  # start afresh, as ToMlflow does under --force
             for p in (self.record, self.history, self.checkpoint):
                 p.unlink(missing_ok=True)
             shutil.rmtree(self.folder / mlflow_inputs.MODEL_NAME, ignore_errors=True)
         if self.record.exists():
             log(f"{self.run.run_name}: already recorded in {self.record}; skipped (--force to run again)")
-            return "skipped"
+            return Status.SKIPPED
         return None
 
     def open(self, data: DeviceData) -> None:
@@ -263,19 +295,19 @@ class ToFolder:
     def on_restart(self, line: str) -> None:
         """Said on stderr by harness.core.checkpoint already; the folder keeps no tags until the record is written."""
 
-    def finished(self, final: dict[str, float], model: torch.nn.Module, wall: float) -> str:
-        self._write("FINISHED", final, model, wall)
-        return "finished"
+    def finished(self, final: Result, model: torch.nn.Module, wall: float) -> Status:
+        self._write("FINISHED", final.as_dict(), model, wall)
+        return Status.FINISHED
 
-    def failed(self, e: Exception) -> str:
+    def failed(self, e: Exception) -> Status:
         """A diverged run is recorded FAILED (as in MLflow, not retried); any other failure leaves no record and
         keeps the checkpoint, so that the next call resumes it."""
         if isinstance(e, Diverged):
             final = {"failure": "diverged", "failure_message": str(e)}
             self._write("FAILED", final, None, time.perf_counter() - self.t0)
-            return "diverged"
+            return Status.DIVERGED
         log(f"{self.run.run_name}: FAILED with {type(e).__name__}: {e} (no record written; a rerun resumes it)")
-        return "failed"
+        return Status.FAILED
 
     def killed(self) -> None:
         """Ctrl-C: the checkpoint and the history stay; the next call resumes from them."""

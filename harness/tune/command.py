@@ -9,11 +9,11 @@ trials' MLflow records.
 
 from __future__ import annotations
 
-import os
-import subprocess
+import multiprocessing
 import sys
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from harness.core.schedule import eval_every
@@ -38,8 +38,7 @@ EXPERIMENT = "tuning"
 @dataclass(frozen=True)
 class TuneOptions:
     """The command's options, read once from its command line (cli.cmd_tune) and never changed afterwards: each
-    function takes the ones it needs, and what the parent works out for its workers (the sampler seed) travels
-    as a value of its own."""
+    function takes the ones it needs, and what the parent works out for its workers travels as a Worker."""
 
     spec: str
     study: str | None  # None: the spec's file name
@@ -54,9 +53,6 @@ class TuneOptions:
     overrides: tuple[str, ...] = ()
     device: str | None = None
     export: str | None = None
-    finish: bool = True  # False in the workers: their parent finishes the study once they are done
-    worker_index: int = 0
-    sampler_seed: int | None = None  # the parent's, handed to its workers
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", tuple(self.overrides))
@@ -162,15 +158,13 @@ class Objective:
             self.end(child, "failed", "FAILED")
             raise
         self.end(child, "complete", "FINISHED")
-        return final["val_error"]
+        return final.metrics["val_error"]
 
 
 def run_worker(o: TuneOptions, arrays, left: int, seed: int) -> None:
     """Run at most `left` trials (what the study lacked of --trials when the parent looked), and stop early
-    once the study holds --trials finished ones: other workers on the same study finish trials too.
-
-    The sampler's seed is `seed` + o.worker_index (see study.sampler_seed): workers of one call draw different
-    points, and so do the calls that resume a study."""
+    once the study holds --trials finished ones: other workers on the same study finish trials too. The sampler
+    draws from `seed` (study.sampler_seed, plus the worker's index)."""
     import optuna
     from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
@@ -182,7 +176,6 @@ def run_worker(o: TuneOptions, arrays, left: int, seed: int) -> None:
     device = pick_device(o.device)
     storage = open_storage(o.storage, o.heartbeat)
     total = resolve_runs(o.spec, base, o.budget)[0].spec.schedule.total_iters
-    seed += o.worker_index
     study = optuna.create_study(study_name=o.study, storage=storage, direction="minimize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
                                 pruner=make_pruner(t, total, eval_every(total, base.eval_points)))
@@ -192,8 +185,18 @@ def run_worker(o: TuneOptions, arrays, left: int, seed: int) -> None:
             MaxTrialsCallback(o.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), progress])
 
 
-def _worker_places(device_arg: str | None, workers: int) -> list[tuple[str, dict[str, str]]]:
-    """Each worker's device and environment, as `run --jobs` places its workers: dealt over the GPUs when there are
+@dataclass(frozen=True)
+class Worker:
+    """What the parent works out for one worker process."""
+
+    device: str
+    threads: int | None  # CPU threads it trains on; None: PyTorch's default
+    left: int  # trials the study lacked when the parent looked
+    seed: int  # its sampler's seed: the call's seed + its index
+
+
+def worker_places(device_arg: str | None, workers: int) -> list[tuple[str, int | None]]:
+    """Each worker's device and CPU threads, as `run --jobs` places its workers: dealt over the GPUs when there are
     several, and on a CPU the threads split between the workers (K workers on all cores each would thrash)."""
     import torch
 
@@ -201,25 +204,40 @@ def _worker_places(device_arg: str | None, workers: int) -> list[tuple[str, dict
 
     device = pick_device(device_arg)
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
-    env = dict(os.environ)
-    if device.type == "cpu":
-        env["OMP_NUM_THREADS"] = str(thread_share(workers))
-    return [(d, env) for d in worker_devices(device, workers, gpus)]
+    threads = thread_share(workers) if device.type == "cpu" else None
+    return [(d, threads) for d in worker_devices(device, workers, gpus)]
+
+
+def work(o: TuneOptions, w: Worker) -> None:
+    """A worker process's body: its own data (the test split never read), its own device and threads."""
+    import optuna
+    import torch
+
+    from harness.core.data import load_arrays
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if w.threads:
+        torch.set_num_threads(w.threads)
+    try:
+        run_worker(replace(o, device=w.device), load_arrays(o.data, with_test=False), w.left, w.seed)
+    except KeyboardInterrupt:  # Ctrl-C reaches every worker with its parent: the parent says it once
+        sys.exit(130)
 
 
 def run_workers(o: TuneOptions, left: int, seed: int) -> None:
-    """min(--workers, left) processes `tune ... --workers 1 --no-finish` on the one study, each with its own
-    --worker-index and device; the parent makes the MLflow parent run first, so that they do not race for it."""
+    """min(--workers, left) processes on the one study, each started by calling `work` with the options and its
+    Worker (the spawn context, a fresh interpreter: CUDA does not survive a fork); the parent makes the MLflow
+    parent run first, so that they do not race for it."""
     c = tracking.client()
     _parent_run(c, tracking.experiment_id(c, EXPERIMENT), o.study, o.spec, o.budget)
-    cmd = [sys.executable, "-m", "harness", "tune", o.spec, "--trials", str(o.trials), "--study", o.study,
-           "--storage", o.storage, "--budget", str(o.budget), "--data", o.data, "--workers", "1",
-           "--heartbeat", str(o.heartbeat), "--seed", str(o.seed), "--sampler-seed", str(seed), "--no-finish"]
-    for s in o.overrides:
-        cmd += ["--set", s]
-    procs = [subprocess.Popen(cmd + ["--worker-index", str(i), "--device", device], env=env)
-             for i, (device, env) in enumerate(_worker_places(o.device, min(o.workers, left)))]
-    codes = [p.wait() for p in procs]
+    spawn = multiprocessing.get_context("spawn")
+    procs = [spawn.Process(target=work, args=(o, Worker(device, threads, left, seed + i)), name=f"tune-worker-{i}")
+             for i, (device, threads) in enumerate(worker_places(o.device, min(o.workers, left)))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    codes = [p.exitcode for p in procs]
     if any(codes):
         print(f"tune: worker exit codes {codes}", file=sys.stderr)
 
@@ -236,7 +254,7 @@ def run_trials(o: TuneOptions, base: Spec) -> None:
         "budget": o.budget, "data_id": arrays.data_id, "data": str(o.data), "spec": str(o.spec),
         "overrides": list(o.overrides)})
     left = o.trials - finished(study)
-    seed = sampler_seed(study, o.seed, o.sampler_seed)
+    seed = sampler_seed(study, o.seed)
     if left <= 0:
         print(f"tune: study '{o.study}' already has {o.trials - left} finished trials (--trials {o.trials}); "
               "nothing to run", file=sys.stderr)
@@ -276,7 +294,8 @@ def finish(study, spec_path: str, budget: float, plots: str | None) -> dict:
 
     name = study.study_name
     trials = study.get_trials(deepcopy=False)
-    count = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    counted = Counter(t.state for t in trials)
+    count = {s.name.lower(): counted[s] for s in TrialState}  # in Optuna's order of states
     c = tracking.client()
     exp_id = tracking.experiment_id(c, EXPERIMENT)
     parent = _parent_run(c, exp_id, name, spec_path, study.user_attrs.get("budget", budget))
@@ -309,8 +328,6 @@ def main(o: TuneOptions) -> int:
     t0 = time.perf_counter()
     if o.trials:
         run_trials(o, base)
-    if not o.finish:
-        return 0
     study = load_study(o.storage, o.heartbeat, o.study)
     summary = finish(study, o.spec, o.budget, o.plots)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -108,13 +108,13 @@ def finished(study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def sampler_seed(study, seed: int, given: int | None) -> int:
+def sampler_seed(study, seed: int) -> int:
     """--seed + the number of trials already in the study: the seed of worker 0 of this call (worker i adds i).
     TPE draws its first trials at random from its seed alone, so a study resumed with the bare --seed drew
     trial 0's point again; the trial count moves each resume to new points, and the same commands run again on
     a fresh study still draw the same ones. The parent reads the count once and hands the seed to its
-    workers (--sampler-seed, `given`), so it does not depend on which worker started first."""
-    return given if given is not None else seed + len(study.get_trials(deepcopy=False))
+    workers (command.Worker), so it does not depend on which worker started first."""
+    return seed + len(study.get_trials(deepcopy=False))
 
 
 def make_pruner(t: TuneSpec, total_iters: int, eval_every: int):

@@ -1,0 +1,82 @@
+"""What a campaign's numbers say, and how a page writes them: a row's summary over its seeds, the noise verdict
+between two rows, the paper's figure beside ours.
+
+A difference is called real only when it is outside seed noise (Welch's t-test over seeds, p < 0.05), and a mean
+names the runs it leaves out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One row of a page (a model, an ablation, a rung): its runs' final test errors over seeds."""
+
+    n: int  # finished runs
+    mean: float
+    std: float  # nan below two runs
+    best: float
+    best_over_training: float  # the mean of each run's lowest test error at any evaluation point
+    values: np.ndarray  # the finished runs' final test errors
+    failed: int
+    unfinished: int
+    failures: str  # the failure kinds, comma-separated
+
+
+def summarize(runs: pd.DataFrame) -> Summary:
+    ok = runs[runs.status == "FINISHED"]
+    e = ok.test_error.to_numpy(dtype=float)
+    return Summary(n=len(e), mean=float(e.mean()) if len(e) else math.nan,
+                   std=float(e.std(ddof=1)) if len(e) > 1 else math.nan,
+                   best=float(e.min()) if len(e) else math.nan,
+                   best_over_training=float(ok.best_test_error_over_training.mean()) if len(e) else math.nan,
+                   values=e, failed=int((runs.status == "FAILED").sum()),
+                   unfinished=int((~runs.status.isin(["FINISHED", "FAILED"])).sum()),
+                   failures=",".join(sorted(set(runs.failure) - {""})))
+
+
+def fmt(s: Summary) -> str:
+    """Mean ± std (n) of the finished runs, naming the failed and unfinished ones: a mean over the seeds that
+    survived, with the others left unsaid, flatters a recipe that diverges now and then."""
+    lost = []
+    if s.failed:
+        lost.append(f"{s.failed} failed" + (f": {s.failures}" if s.failures else ""))
+    if s.unfinished:
+        lost.append(f"{s.unfinished} unfinished")
+    if not s.n:
+        return "no finished run" + (f" ({'; '.join(lost)})" if lost else "")
+    spread = f" ± {s.std:.2f}" if s.n > 1 else ""
+    return f"{s.mean:.2f}{spread} (n={s.n}{''.join('; ' + x for x in lost)})"
+
+
+def noise_verdict(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("this row", "the baseline")) -> str:
+    """Welch's t-test over seeds; with fewer than two seeds on either side, noise cannot be judged. The verdict
+    names the side that lacks seeds: a bare "n<2" in a row whose own n is 2 reads as a mistake."""
+    short = [f"n={len(x)} in {name}" for name, x in zip(names, (a, b), strict=True) if len(x) < 2]
+    if short:
+        return f"noise unknown: {', '.join(short)}"
+    from scipy.stats import ttest_ind
+
+    if np.std(a) == 0 and np.std(b) == 0:
+        return "outside noise" if a.mean() != b.mean() else "identical"
+    p = ttest_ind(a, b, equal_var=False).pvalue
+    return f"{'outside' if p < 0.05 else 'within'} seed noise (p={p:.2f})"
+
+
+def paper_figure(paper: dict, key: str) -> tuple[float | None, float | None, float | None]:
+    """(mean, std, best run) of the paper's figure for `key`, to set beside a mean over our seeds. Where the paper
+    gives its best run and the mean ± std of its runs (ResNet-110: 6.43, the best of 5, and 6.61 ± 0.16; the key
+    `<key>_mean_std` in paper.yaml), our mean is compared with its mean: a mean set against a best run makes a
+    reproduction look worse than it is. Elsewhere the paper gives one figure: std and best are None."""
+    figure = paper["test_error"].get(key)
+    if f"{key}_mean_std" in paper:
+        mean, std = paper[f"{key}_mean_std"]
+        return float(mean), float(std), figure
+    return figure, None, None
+
