@@ -83,10 +83,10 @@ def run_batch(runs: list[RunSpec], o: BatchOptions, told: Told = Told(), plan: P
         import_ray()  # a missing Ray, or a store one node alone sees, is one line before anything is loaded
     if o.cluster.address:
         check_shared(o)
+    dev = pick_device(o.device)  # a bad --device is one line, before anything is said or loaded
     print(f"{told.title or 'run'}: {len(runs)} run(s); loading {o.data}", file=sys.stderr, flush=True)  # at once
     arrays = load_arrays(o.data, download=o.download)
     check_batch_fits(runs, arrays)  # every run's batch against its split of this data, before any MLflow run
-    dev = pick_device(o.device)
     o = replace(o, group=check_group(o.group, o.jobs, dev, cluster=bool(o.cluster.address)))
     todo = plan(runs, arrays, dev) if plan else runs
     t0 = time.perf_counter()
