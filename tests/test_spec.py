@@ -154,7 +154,7 @@ def test_paper_recipe_in_table6_specs():
         assert (s.schedule.warmup is not None) == (depth in (110, 1202))
         if s.schedule.warmup:  # the paper's rule, and our cap on it named in the file itself
             assert (s.schedule.warmup.lr, s.schedule.warmup.until_train_error) == (0.01, 80.0)
-            assert "max_iters: 400" in path.read_text()
+            assert "max_iters: 4000" in path.read_text()
     for folder in ("ablations", "tuning", "tuned"):  # the 45k/5k split stays where validation is read or compared
         for p in (ROOT / "experiments" / folder).glob("*.yaml"):
             assert load_spec(p).data.val_fraction == (0.05 if p.stem == "split_47500" else 0.1), p
@@ -238,3 +238,53 @@ def test_budget_rule_holds_for_the_shipped_specs_at_the_tables_small_budget():
     with pytest.raises(SpecError, match="resnet32.yaml: --budget 0.0004 is too small"):
         resolve_runs(ROOT / "experiments/table6/resnet32.yaml", load_spec(ROOT / "experiments/table6/resnet32.yaml"),
                      0.0004)
+
+
+def test_the_committed_records_keep_their_hash():
+    """Fields added to the spec (model.init, model.bn_batch) leave the hash alone while they hold their default:
+    the committed record's resolved spec hashes as it did when it was made."""
+    import json
+
+    import yaml
+
+    from harness.core.spec import RunSpec, Spec
+
+    path = ROOT / "results/table6/resnet20-s0-b0.0005-9103120fb7e2d533.json"
+    rec = json.loads(path.read_text())
+    body = yaml.safe_load(rec["spec_yaml"])
+    run = RunSpec(spec=Spec.model_validate({k: v for k, v in body.items() if k not in
+                                            ("seed", "budget", "group", "source_file")}),
+                  group=body["group"], name=body["name"], seed=body["seed"], budget=body["budget"],
+                  source_file=body["source_file"])
+    assert run.spec_hash(rec["tags"]["data_id"]) == rec["tags"]["spec_hash"] == "9103120fb7e2d533"
+    made_with = ["seeds=[0]", "eval_points=4"]  # the record's command: --set eval_points=4, seed 0, budget 0.0005
+    (again,) = resolve_runs("table6/resnet20.yaml", load_spec(ROOT / "experiments/table6/resnet20.yaml", made_with),
+                            0.0005)
+    assert again.spec_hash(rec["tags"]["data_id"]) == "9103120fb7e2d533"
+    for change in ("model.init=torchvision", "model.bn_batch=64"):  # a field off its default is a new run
+        other = load_spec(ROOT / "experiments/table6/resnet20.yaml", [change, *made_with])
+        assert resolve_runs("table6/resnet20.yaml", other, 0.0005)[0].spec_hash(rec["tags"]["data_id"]) != \
+            "9103120fb7e2d533"
+
+
+def test_bn_batch_must_tile_the_batch(tmp_path, capsys):
+    path = write_spec(tmp_path, "ghost", TINY.replace("depth: 8}", "depth: 8, bn_batch: 12}"))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: model.bn_batch: expected a divisor of batch_size=32 (BN statistics over equal "
+                   "groups of the batch), got 12"], err
+    assert load_spec(path, ["model.bn_batch=16"]).model.bn_batch == 16
+
+
+def test_resnet110s_warmup_cap_is_a_safety_net_the_budget_does_not_shrink():
+    """The cap is ten times the paper's typical warm-up (~400 iterations), so the rule (training error below 80 %,
+    checked every 20 iterations) ends an ordinary warm-up; and it is not scaled by --budget, so at a small budget
+    the rule is still consulted before the cap."""
+    from harness.core.schedule import WARMUP_CHECK_EVERY
+
+    path = ROOT / "experiments/table6/resnet110.yaml"
+    spec = load_spec(path)
+    assert spec.schedule.warmup.max_iters >= 10 * 400
+    for budget in (1.0, 0.05, 0.01, 0.0005):
+        (run, *_) = resolve_runs(path, spec, budget, check_budget=False)
+        assert run.spec.schedule.warmup.max_iters == spec.schedule.warmup.max_iters > WARMUP_CHECK_EVERY
