@@ -8,11 +8,10 @@ import torch
 from harness.cli import main
 from harness.core.checkpoint import LoopState
 from harness.core.data import DeviceData, augment, cifar10_test_error, load_arrays, split_indices, to_device
-from harness.core.spec import RunSpec, Spec
+from harness.core.spec import DataSpec, RunSpec, Spec
 from harness.core.train import next_batch
-from harness.tracking.sinks import run_tags
-from harness.core.spec import DataSpec
 from harness.errors import DataError
+from harness.tracking.sinks import run_tags
 
 from .conftest import MINI, TINY, write_spec
 
