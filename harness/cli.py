@@ -158,6 +158,30 @@ def cmd_bench(a) -> int:
                  group=a.group)
 
 
+def cmd_check_group(a) -> int:
+    from harness.bench.check import GroupCheck, check_group
+
+    return check_group(GroupCheck(data=a.data, k=a.k, iters=a.iters, depth=a.depth, batch_size=a.batch_size,
+                                  lr=a.lr, dtype=a.dtype, compile=a.compile, device=a.device))
+
+
+def _check_group_parser(sub) -> None:
+    c = sub.add_parser("check-group", help="a group of K runs vs each alone, seed-matched, under compile (and CUDA "
+                       "graphs on CUDA): exit 0 when every member trains as alone")
+    c.add_argument("--k", type=int, default=4, help="runs in the group (seeds 0..K-1)")
+    c.add_argument("--iters", type=int, default=300, help="iterations each run trains")
+    c.add_argument("--depth", type=int, default=20, help="CIFAR ResNet depth")
+    c.add_argument("--batch-size", type=int, default=128)
+    c.add_argument("--lr", type=float, default=0.01, help="a small lr keeps rounding from growing into the check")
+    c.add_argument("--dtype", choices=("float64", "float32"), default=None,
+                   help="default: float64 where the device has it")
+    c.add_argument("--compile", default=None, help="torch.compile mode, or eager for none (default: "
+                   "reduce-overhead on CUDA, else default)")
+    c.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
+    c.add_argument("--device", default=None, help=DEVICE_HELP)
+    c.set_defaults(func=cmd_check_group)
+
+
 def _data_and_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
@@ -273,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "declarative specs, tracked in MLflow, resumable, tuned with Optuna.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_run_parser, _import_parser, _results_parser, _validate_parser, _bench_parser, _table_parser,
-                _report_parser):
+                _report_parser, _check_group_parser):
         add(sub)
 
     tu = sub.add_parser("tune", help="Optuna study over the LR schedule on the validation split, with pruning")
