@@ -15,7 +15,7 @@ ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test lint run reproduce-table report results tune ui bench clean
+.PHONY: install test test-fast lint run reproduce-table report results tune ui bench clean
 
 install: $(STAMP)
 
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q $(ARGS)
+
+# The developer's loop: everything but the tests marked slow (`make test`, as CI runs it, keeps them).
+test-fast: $(STAMP) lint
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
 
 run: $(STAMP)
 	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)

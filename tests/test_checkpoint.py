@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 import harness.core.train
 from harness.cli import main
 
-from .conftest import TINY, write_spec
+from .helpers import TINY
 
 FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", "train_error")
 TEXT = TINY.replace("total_iters: 12", "total_iters: 16")  # evaluation points (and checkpoints) at 4, 8, 12, 16
@@ -51,7 +51,7 @@ def reference(mini):
 
 @pytest.mark.parametrize("damaged", ["latest", "both"])
 def test_a_truncated_checkpoint_is_named_and_the_run_finishes_on_the_next_call(damaged, reference, store, mini,
-                                                                              monkeypatch, capsys):
+                                                                              monkeypatch, capsys, write_spec):
     spec = write_spec(store.parent / "experiments" / "t", "tiny", TEXT)
     _killed_after_10(spec, mini, monkeypatch)
     c, killed = _only_run()

@@ -13,7 +13,7 @@ from harness.core.train import next_batch
 from harness.errors import DataError
 from harness.tracking.sinks import run_tags
 
-from .conftest import MINI, TINY, write_spec
+from .helpers import TINY
 
 
 def test_mini_loads_real_cifar(mini):
@@ -59,7 +59,7 @@ def test_augment_is_a_translation_and_flip():
         assert any(torch.equal(img, w) or torch.equal(img, w.flip(2)) for w in windows)
 
 
-def test_corrupt_and_missing_data_fail_with_one_line(tmp_path, monkeypatch, capsys):
+def test_corrupt_and_missing_data_fail_with_one_line(tmp_path, monkeypatch, capsys, write_spec):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     spec = write_spec(tmp_path / "experiments" / "t", "tiny")
@@ -93,7 +93,7 @@ def test_a_spec_can_train_on_every_training_image(mini):
         split_indices(4068, DataSpec(val_fraction=0.0001))
 
 
-def test_a_batch_larger_than_the_training_split_is_refused_before_any_run(store, mini, capsys):
+def test_a_batch_larger_than_the_training_split_is_refused_before_any_run(store, mini, capsys, write_spec):
     """Known once spec and data are: one line per spec, exit 2, and no MLflow run (it made FAILED ones)."""
     folder = store.parent / "experiments" / "t"
     big = write_spec(folder, "big", TINY.replace("batch_size: 32", "batch_size: 3662"))
@@ -110,7 +110,7 @@ def test_the_official_test_set_is_known_by_its_bytes_not_its_size(tmp_path, mini
     """10,000 images of the right shape are not CIFAR-10's test set; its checksum says which are. Full training
     data (50,000 images) with it is what a run calls 'CIFAR-10 test error'."""
     assert not load_arrays(mini).official_test
-    full = MINI.parent / "cifar10-full.npz"
+    full = mini.parent / "cifar10-full.npz"
     if not full.is_file():
         pytest.skip(f"{full} is not on this machine")
     with np.load(full) as z:

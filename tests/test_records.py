@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from harness.cli import main
 
-from .conftest import ROOT, TINY, env_with, write_spec
+from .helpers import ROOT, TINY
 
 
 def runs_by_hash() -> dict[str, tuple]:
@@ -37,7 +37,7 @@ def pages(folder) -> dict[str, bytes]:
     return out
 
 
-def test_results_round_trip_and_reports_from_results_alone(store, mini, monkeypatch, capsys):
+def test_results_round_trip_and_reports_from_results_alone(store, mini, monkeypatch, capsys, write_spec):
     """Real tiny runs -> results/ -> a fresh store: same runs, same reports, importing twice imports once, and
     exporting the fresh store writes the same bytes (no churn in git)."""
     exp = store.parent / "experiments"
@@ -101,7 +101,7 @@ def test_a_bad_record_is_one_line_and_nothing_is_imported(store, capsys):
     assert not (store / "mlflow.db").exists()  # every file is checked before the first is imported
 
 
-def test_download_offline_is_one_line_and_leaves_nothing(tmp_path):
+def test_download_offline_is_one_line_and_leaves_nothing(tmp_path, env_with, write_spec):
     """The download through a proxy on a closed loopback port fails as it does offline, with no outside
     traffic; the user is told what to do in one line."""
     spec = write_spec(tmp_path / "specs", "r8")

@@ -11,11 +11,12 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.cli import main
+from harness.core.groups import load_paper
 from harness.report import pages
-from harness.report.campaign import load_paper, paper_figure, split_of
+from harness.report.campaign import paper_figure, split_of
 from harness.report.pages import paper_cell
 
-from .conftest import ROOT, TINY, write_spec
+from .helpers import ROOT, TINY
 
 
 def test_paper_figures_file_matches_he_et_al_table6():
@@ -30,7 +31,7 @@ def test_paper_figures_are_found_from_any_directory(tmp_path, monkeypatch):
     assert load_paper()["test_error"]["resnet32"] == 7.51
 
 
-def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store, mini, capsys):
+def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store, mini, capsys, write_spec):
     exp = store.parent / "experiments"
     exp.mkdir(parents=True)
     shutil.copy(ROOT / "experiments/paper.yaml", exp / "paper.yaml")
@@ -130,7 +131,7 @@ def test_paper_column_sets_resnet110s_mean_beside_our_mean():
     assert paper_cell(*paper_figure(paper, "resnet32")) == "7.51"
 
 
-def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
+def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, write_spec):
     """One store of real tiny runs (ResNet-8, 12 iterations at budget 1, 6 at 0.5): campaign A (budget 1) has
     table6 and ladder runs, campaign B (budget 0.5) only a table6 run, campaign C the same file name with other
     bytes. Each report must say which runs it is of, and what in its folder it did not rewrite."""

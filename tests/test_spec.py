@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ from harness.cli import main
 from harness.core.spec import expand_paths, load_spec, resolve_runs, with_overrides
 from harness.errors import SpecError
 
-from .conftest import ROOT, TINY, write_spec
+from .helpers import ROOT, TINY
 
 NO_VAL = TINY.replace("val_fraction: 0.1", "val_fraction: 0")
 
@@ -53,7 +54,7 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("name,text,words", MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_malformed_spec_gives_one_line_exit_2_and_leaves_nothing(name, text, words, store, mini, capsys):
+def test_malformed_spec_gives_one_line_exit_2_and_leaves_nothing(name, text, words, store, mini, capsys, write_spec):
     path = write_spec(store.parent / "experiments" / "bad", name, text)
     before = sorted(p for p in store.parent.rglob("*"))
     code = main(["run", str(path), "--data", str(mini), "--no-progress"])
@@ -78,7 +79,7 @@ def test_missing_spec_file(store, capsys):
     (["--device", "gpu"], ["--device gpu", "expected cpu, cuda or cuda:N"]),
     (["--device", "cuda:7"], ["--device cuda:7"]),  # no GPU here; on a GPU machine: not 8 of them
 ], ids=["set_not_yaml", "device_typo", "device_missing_gpu"])
-def test_bad_set_value_or_device_is_one_line_before_anything_runs(argv, words, store, mini, capsys):
+def test_bad_set_value_or_device_is_one_line_before_anything_runs(argv, words, store, mini, capsys, write_spec):
     path = write_spec(store.parent / "experiments" / "t", "tiny", TINY)
     assert main(["run", str(path), "--data", str(mini), *argv]) == 2
     err = capsys.readouterr().err
@@ -86,7 +87,7 @@ def test_bad_set_value_or_device_is_one_line_before_anything_runs(argv, words, s
     assert not store.exists()
 
 
-def test_every_bad_spec_of_a_folder_is_named_at_once(tmp_path, capsys):
+def test_every_bad_spec_of_a_folder_is_named_at_once(tmp_path, capsys, write_spec):
     folder = tmp_path / "experiments" / "bad"
     a = write_spec(folder, "a", TINY.replace("depth: 8", "depth: 33"))
     write_spec(folder, "b", TINY)
@@ -105,7 +106,7 @@ def test_table_with_a_folder_that_is_not_there_is_an_error(tmp_path, mini, capsy
     assert not out.exists()
 
 
-def test_table_with_a_bad_budget_is_one_line_before_anything_runs(store, mini, capsys):
+def test_table_with_a_bad_budget_is_one_line_before_anything_runs(store, mini, capsys, write_spec):
     """As for `run`: the budget every spec would share is one error, and nothing trains or is written."""
     folder = store.parent / "experiments" / "t"
     write_spec(folder, "a", TINY)
@@ -170,7 +171,7 @@ def test_hash_depends_on_seed_budget_and_data():
     assert a.spec_hash("d1") == resolve_runs(path, load_spec(path), 1.0)[0].spec_hash("d1")
 
 
-def test_a_folder_walk_reads_specs_not_the_store_or_hidden_folders(tmp_path):
+def test_a_folder_walk_reads_specs_not_the_store_or_hidden_folders(tmp_path, write_spec):
     good = write_spec(tmp_path / "experiments", "ok", TINY)
     for junk in ("mlruns/artifacts/1/spec.yaml", ".venv/lib/site/conf.yaml"):
         (tmp_path / junk).parent.mkdir(parents=True)
@@ -216,7 +217,8 @@ BUDGETS = [
 
 
 @pytest.mark.parametrize("budget,words", BUDGETS, ids=[b[0] for b in BUDGETS])
-def test_a_budget_that_breaks_the_schedule_is_refused_before_anything_runs(budget, words, store, mini, capsys):
+def test_a_budget_that_breaks_the_schedule_is_refused_before_anything_runs(budget, words, store, mini, capsys,
+                                                                           write_spec):
     """--budget inf was an OverflowError traceback, 1e-9 three 'finished' one-iteration runs: refused, and by
     validate too. The budget suggested is enough: 0.5 leaves 6 iterations, milestones 4 and 5."""
     path = write_spec(store.parent / "experiments" / "t", "tiny", TINY)
@@ -240,34 +242,36 @@ def test_budget_rule_holds_for_the_shipped_specs_at_the_tables_small_budget():
                      0.0004)
 
 
-def test_the_committed_records_keep_their_hash():
-    """Fields added to the spec (model.init, model.bn_batch) leave the hash alone while they hold their default:
-    the committed record's resolved spec hashes as it did when it was made."""
-    import json
-
-    import yaml
-
-    from harness.core.spec import RunSpec, Spec
-
-    path = ROOT / "results/table6/resnet20-s0-b0.0005-9103120fb7e2d533.json"
-    rec = json.loads(path.read_text())
-    body = yaml.safe_load(rec["spec_yaml"])
-    run = RunSpec(spec=Spec.model_validate({k: v for k, v in body.items() if k not in
-                                            ("seed", "budget", "group", "source_file")}),
-                  group=body["group"], name=body["name"], seed=body["seed"], budget=body["budget"],
-                  source_file=body["source_file"])
-    assert run.spec_hash(rec["tags"]["data_id"]) == rec["tags"]["spec_hash"] == "9103120fb7e2d533"
-    made_with = ["seeds=[0]", "eval_points=4"]  # the record's command: --set eval_points=4, seed 0, budget 0.0005
-    (again,) = resolve_runs("table6/resnet20.yaml", load_spec(ROOT / "experiments/table6/resnet20.yaml", made_with),
-                            0.0005)
-    assert again.spec_hash(rec["tags"]["data_id"]) == "9103120fb7e2d533"
-    for change in ("model.init=torchvision", "model.bn_batch=64"):  # a field off its default is a new run
-        other = load_spec(ROOT / "experiments/table6/resnet20.yaml", [change, *made_with])
-        assert resolve_runs("table6/resnet20.yaml", other, 0.0005)[0].spec_hash(rec["tags"]["data_id"]) != \
-            "9103120fb7e2d533"
+def test_the_committed_records_keep_their_spec_hash():
+    """A store from before finds its finished runs: the shipped spec, seed, budget and data still hash to the name
+    of the committed record, and the ladder's last rung still is the table6/resnet32 run."""
+    record = ROOT / "results/table6/resnet20-s0-b0.0005-9103120fb7e2d533.json"
+    tags = json.loads(record.read_text())["tags"]
+    path = ROOT / "experiments/table6/resnet20.yaml"
+    (run,) = [r for r in resolve_runs(path, load_spec(path, ["eval_points=4"]), 0.0005) if r.seed == 0]  # as run
+    assert run.spec_hash(tags["data_id"]) == tags["spec_hash"] == "9103120fb7e2d533"
+    rung, t6 = (ROOT / "experiments" / p for p in ("ladder/12_all_50k.yaml", "table6/resnet32.yaml"))
+    for seed in (0, 1):
+        hashes = {resolve_runs(p, load_spec(p, [f"seeds=[{seed}]"]), 1.0)[0].spec_hash("d") for p in (rung, t6)}
+        assert len(hashes) == 1, seed
 
 
-def test_bn_batch_must_tile_the_batch(tmp_path, capsys):
+def test_new_spec_fields_at_their_default_leave_the_hash_alone():
+    """model.init and model.bn_batch, added after the committed records were made, are left out of the hash while
+    they hold their default (naming the default changes nothing); off it, a run is a new run."""
+    record = ROOT / "results/table6/resnet20-s0-b0.0005-9103120fb7e2d533.json"
+    data_id = json.loads(record.read_text())["tags"]["data_id"]
+    path = ROOT / "experiments/table6/resnet20.yaml"
+
+    def hash_with(*changes):
+        (run,) = resolve_runs(path, load_spec(path, ["eval_points=4", "seeds=[0]", *changes]), 0.0005)
+        return run.spec_hash(data_id)
+
+    assert hash_with() == hash_with("model.init=he") == hash_with("model.bn_batch=null") == "9103120fb7e2d533"
+    assert len({hash_with(), hash_with("model.init=torchvision"), hash_with("model.bn_batch=64")}) == 3
+
+
+def test_bn_batch_must_tile_the_batch(tmp_path, capsys, write_spec):
     path = write_spec(tmp_path, "ghost", TINY.replace("depth: 8}", "depth: 8, bn_batch: 12}"))
     assert main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

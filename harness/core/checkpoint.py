@@ -64,8 +64,8 @@ LEGACY_LOOP_KEYS = ("warmup_done", "plateau_lr", "best_val_loss", "best_val_iter
 
 
 def _schedule_state(ck: dict) -> dict:
-    """The schedule's state; a checkpoint written before the Schedule object kept it in the loop's dict and in
-    torch's ReduceLROnPlateau, and a run killed then still resumes."""
+    """The schedule's state from either layout a checkpoint has: its own "schedule" entry, or LEGACY_LOOP_KEYS in
+    the loop's dict beside torch's ReduceLROnPlateau state, so that a run killed under either resumes."""
     if "schedule" in ck:
         return ck["schedule"]
     plateau = ck.get("plateau") or {}

@@ -25,7 +25,7 @@ DOWNLOAD_HINT = "torchvision downloads the official archive with --data DIR wher
 DOWNLOAD_TIMEOUT_S = 20
 
 # SHA-256 of the official CIFAR-10 test set: the bytes of x_test (10000x32x32x3 uint8, NHWC, in the archive's
-# order) followed by those of y_test as uint8; computed once from ../shared/data/cifar10-full.npz.
+# order) followed by those of y_test as uint8, as the official archive's test batch gives them.
 OFFICIAL_TEST_SHA256 = "8193b3fbce55bec361cd1b8fd4880cb1649832dc4d6de6da1e7a21847a4843aa"
 
 

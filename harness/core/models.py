@@ -1,4 +1,6 @@
-"""The networks of He et al. 2015 §4.2, plus the torchvision ResNet-34 the seed log actually trained.
+"""The networks of He et al. 2015 §4.2, plus the torchvision ResNet-34 the seed log actually trained, as a
+registry of builders: a new architecture is one function decorated with `register_arch`, and the schema, the
+report's tables and its figures read what they need of it from ARCHS.
 
 CIFAR ResNet: a 3x3 conv with 16 filters, then three stages of n basic blocks with 16/32/64 filters on
 32/16/8 feature maps, global average pooling and a 10-way FC: 6n+2 layers. Option A shortcuts are
@@ -8,12 +10,47 @@ parameter-free (stride-2 subsample, zero-pad the new channels), which is what gi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from harness.core.spec import ModelSpec
+if TYPE_CHECKING:  # the schema reads ARCHS, so this module cannot import it at run time
+    from harness.core.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What a spec, a report and a figure need to know of an architecture besides how to build it."""
+
+    name: str
+    build: Callable[[ModelSpec], nn.Module]
+    label: str  # a table row is "<label>-<depth>"
+    color: str = "C0"  # its line in the error-vs-depth figure
+    depth: int | None = None  # a fixed depth; None: the CIFAR rule 6n+2, 32 by default
+    shortcut: str = "A"  # the default shortcut option
+    stems: tuple[str, ...] = ("cifar",)  # the stems it accepts, its default first
+    paper: bool = False  # the paper's Table 6 gives its test error (paper.yaml key "<name><depth>")
+    fig6_panel: int | None = None  # its panel in the paper's Fig. 6 (0 left, 1 right); None: not drawn there
+    init: str = "he"  # the init its builder leaves (harness.core.models.INITS), model.init's default
+
+
+ARCHS: dict[str, Arch] = {}
+
+
+def register_arch(label: str, **traits) -> Callable:
+    """`@register_arch("ResNet", ...)` over a builder `name(spec: ModelSpec) -> nn.Module` registers it as the
+    spec's `model.arch: name`."""
+
+    def register(build: Callable[[ModelSpec], nn.Module]) -> Callable[[ModelSpec], nn.Module]:
+        ARCHS[build.__name__] = Arch(build.__name__, build, label, **traits)
+        return build
+
+    return register
 
 
 class ZeroPadShortcut(nn.Module):
@@ -56,7 +93,7 @@ class BasicBlock(nn.Module):
 
 class CifarResNet(nn.Module):
     def __init__(self, depth: int, residual: bool = True, shortcut: str = "A", bn_on_shortcut: bool = True,
-                 fc_relu: bool = False, num_classes: int = 10, init: str = "he"):
+                 fc_relu: bool = False, num_classes: int = 10):
         super().__init__()
         n = (depth - 2) // 6
         self.conv = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
@@ -70,7 +107,7 @@ class CifarResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, num_classes)
         self.fc_relu = fc_relu
-        INITS[init](self)
+        he_init(self)
 
     def forward(self, x):
         x = F.relu(self.bn(self.conv(x)))
@@ -92,11 +129,13 @@ def he_init(model: nn.Module) -> None:
 
 
 def torchvision_init(model: nn.Module) -> None:
-    """torchvision's ResNet init: convs normal with std sqrt(2 / fan_out); BN weight 1, bias 0; the FC keeps
-    nn.Linear's uniform weight and bias."""
+    """torchvision's ResNet init: convs normal with std sqrt(2 / fan_out); BN weight 1, bias 0; the FC nn.Linear's
+    own uniform weight and bias."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            m.reset_parameters()
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
@@ -143,6 +182,21 @@ def ghost_batch_norm(model: nn.Module, group: int) -> None:
                 setattr(parent, name, ghost)
 
 
+@register_arch("ResNet", color="C0", paper=True, fig6_panel=1)
+def resnet(spec: ModelSpec) -> nn.Module:
+    return CifarResNet(spec.depth, residual=True, shortcut=spec.shortcut, bn_on_shortcut=spec.bn_on_shortcut,
+                       fc_relu=spec.fc_relu)
+
+
+@register_arch("plain", color="C3", fig6_panel=0)
+def plain(spec: ModelSpec) -> nn.Module:
+    """The same net without its shortcuts (the paper's plain baselines)."""
+    return CifarResNet(spec.depth, residual=False, shortcut=spec.shortcut, bn_on_shortcut=spec.bn_on_shortcut,
+                       fc_relu=spec.fc_relu)
+
+
+@register_arch("torchvision-ResNet", color="C2", depth=34, shortcut="B", stems=("imagenet", "cifar"),
+               init="torchvision")
 def torchvision_resnet34(spec: ModelSpec) -> nn.Module:
     """torchvision's ResNet-34 (the seed log's network), with the spec's stem and shortcuts honoured.
 
@@ -167,15 +221,12 @@ def torchvision_resnet34(spec: ModelSpec) -> nn.Module:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """The spec's network, initialised as `model.init` says (torchvision's ResNet-34 comes with its own init, redone
-    only for another), its BN over `model.bn_batch` images where given."""
-    if spec.arch == "torchvision_resnet34":
-        model = torchvision_resnet34(spec)
-        if spec.init != "torchvision":
-            INITS[spec.init](model)
-    else:
-        model = CifarResNet(spec.depth, residual=spec.arch == "resnet", shortcut=spec.shortcut,
-                            bn_on_shortcut=spec.bn_on_shortcut, fc_relu=spec.fc_relu, init=spec.init)
+    """The spec's network, initialised as `model.init` says (an arch's own init is not redone, so naming it draws
+    the weights that leaving it out draws), its BN over `model.bn_batch` images where given."""
+    arch = ARCHS[spec.arch]
+    model = arch.build(spec)
+    if spec.init != arch.init:
+        INITS[spec.init](model)
     if spec.bn_batch is not None:
         ghost_batch_norm(model, spec.bn_batch)
     return model

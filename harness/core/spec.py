@@ -1,7 +1,7 @@
 """Declarative experiment specs: YAML files in, validated and resolved runs out.
 
 A spec is the single source of truth for a run; its sections are the models of harness.core.schema (re-exported here,
-where callers have always found them). This module reads spec files (one line naming file, key and what was
+so that callers import one module). This module reads spec files (one line naming file, key and what was
 expected for anything it cannot use), applies --set overrides, and resolves a spec into its runs: one per seed,
 every iteration count scaled by --budget, refused where the budget is too small for the schedule to mean what
 the spec says.
@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from harness.core.groups import PAPER_FILE
 from harness.core.schema import (  # noqa: F401 - the spec's sections, imported from here by the rest of the harness
     COMPILE_MODES,
     DataSpec,
@@ -243,7 +244,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*.yaml") if q.name != "paper.yaml" and not any(
+            out += sorted(q for q in p.rglob("*.yaml") if q.name != PAPER_FILE.name and not any(
                 part in SKIPPED_FOLDERS or part.startswith(".") for part in q.relative_to(p).parts[:-1]))
         else:
             out.append(p)

@@ -207,8 +207,8 @@ class Progress:
 
 def next_batch(st: LoopState, data: DeviceData, spec: Spec, gen: torch.Generator):
     """The batch of iteration st.it: the next slice of the current permutation of the training split, a new
-    permutation when too few images are left in it. Also the one call of every iteration that the tests'
-    fault injection (tests/faults) wraps to kill a run at a chosen iteration."""
+    permutation when too few images are left in it. It is the one call every iteration makes, so wrapping it stops
+    a run at a chosen iteration."""
     n, bs = len(data.y_train), spec.batch_size
     if st.perm is None or st.pos + bs > n:
         st.perm, st.pos = torch.randperm(n, device=data.y_train.device, generator=gen), 0

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.core.groups import REPORTED, load_paper
+from harness.core.models import ARCHS
 from harness.core.spec import load_specs
 from harness.report.campaign import (
-    GROUPS,
     campaigns,
-    load_paper,
     load_runs,
     newest_per_spec,
     paper_figure,
@@ -29,8 +29,7 @@ from harness.report.pages import ablations, is_cifar10, ladder, table6, tuned
 from harness.tracking import figures as plots
 from harness.tracking import store as tracking
 
-PAGES = {"table6": ["table6.md", "table6.csv", "error_vs_depth.png", "curves_table6.png"],
-         "ablations": ["ablations.md"], "ladder": ["ladder.md", "ladder.png"], "tuned": ["tuned.md"]}  # group -> files
+PAGES = {g.name: list(g.pages) for g in REPORTED}
 
 def report(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None,
            every: bool = False) -> int:
@@ -56,9 +55,9 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
 def descriptions_of_specs() -> dict[tuple[str, str], str]:
     """(group, spec name) -> the spec's description, for the "what changed" columns; an invalid spec is named by
     `table` already and only loses its description here, so a report still comes out."""
-    return {(g, path.stem): spec.description.replace("|", "/")
-            for g in GROUPS if Path("experiments", g).exists()
-            for path, spec in load_specs([f"experiments/{g}"])[0]}
+    return {(g.name, path.stem): spec.description.replace("|", "/")
+            for g in REPORTED if g.folder.exists()
+            for path, spec in load_specs([str(g.folder)])[0]}
 
 
 def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: float, official: bool, out: Path):
@@ -67,7 +66,7 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
     label = "CIFAR-10 test error (%)" if official else f"error (%), {data.split(' ')[0]}, budget {budget:g}"
     if len(tab):  # a campaign without Table 6 runs (e.g. the ladder alone) gets no Table 6 figures
         measured = {arch: (sub.depth, sub.measured_mean, sub.measured_std.fillna(0))
-                    for arch in ("ResNet", "plain") if len(sub := tab[tab.model.str.startswith(arch)])}
+                    for arch in ARCHS if len(sub := tab[tab.arch == arch])}
         depths = sorted(int(k[6:]) for k in paper["test_error"] if int(k[6:]) <= 110)
         figs = [paper_figure(paper, f"resnet{d}") for d in depths]  # means where the paper gives them, as ours are
         plots.error_vs_depth(measured, (depths, [m for m, _, _ in figs], [s or 0 for _, s, _ in figs]), label,
@@ -84,12 +83,12 @@ def fig6_histories(df: pd.DataFrame) -> dict[str, list[tuple[str, list, list]]]:
     c = tracking.client()
     t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
     panels = {}
-    for arch in ("plain", "resnet"):
-        panels[arch] = []
-        for depth in sorted(set(t6[t6.arch == arch].depth)):
-            run = t6[(t6.arch == arch) & (t6.depth == depth)].sort_values("seed").iloc[0]
+    for arch in sorted((a for a in ARCHS.values() if a.fig6_panel is not None), key=lambda a: a.fig6_panel):
+        panels[arch.name] = []
+        for depth in sorted(set(t6[t6.arch == arch.name].depth)):
+            run = t6[(t6.arch == arch.name) & (t6.depth == depth)].sort_values("seed").iloc[0]
             train, test = (tracking.metric_history(c, run.run_id, k) for k in ("train_error", "test_error"))
-            panels[arch].append((f"{arch}-{depth} (seed {run.seed})", train, test))
+            panels[arch.name].append((f"{arch.name}-{depth} (seed {run.seed})", train, test))
     return panels
 
 

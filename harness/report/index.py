@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-PAGE_ORDER = ("table6.md", "ablations.md", "ladder.md", "tuned.md")
+from harness.core.groups import REPORTED
+
+PAGE_ORDER = tuple(g.pages[0] for g in REPORTED)
 LOST = "records are lost"
 
 

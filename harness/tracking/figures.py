@@ -16,8 +16,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from harness.core.models import ARCHS  # noqa: E402
+
 History = list[tuple[int, float]]  # (iteration, value)
-ARCH_COLORS = {"ResNet": "C0", "plain": "C3"}
 
 
 def _save(fig, path: Path) -> None:
@@ -47,11 +48,12 @@ def learning_curve(history: dict[str, History], title: str, path: Path) -> None:
 
 def error_vs_depth(measured: dict[str, tuple[Sequence, Sequence, Sequence]],
                    paper: tuple[Sequence, Sequence, Sequence], ylabel: str, path: Path) -> None:
-    """measured: "ResNet" or "plain" -> (depths, mean errors, stds); paper: the same for the paper's ResNets."""
+    """measured: an arch's name (harness.core.models.ARCHS) -> (depths, mean errors, stds); paper: the same for
+    the paper's ResNets."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for arch, (depths, means, stds) in measured.items():
-        ax.errorbar(depths, means, yerr=stds, marker="o", color=ARCH_COLORS[arch], capsize=3,
-                    label=f"{arch} (measured)")
+        ax.errorbar(depths, means, yerr=stds, marker="o", color=ARCHS[arch].color, capsize=3,
+                    label=f"{ARCHS[arch].label} (measured)")
     depths, means, stds = paper
     ax.errorbar(depths, means, yerr=stds, fmt="k*--", capsize=3,
                 label="ResNet (paper: full data, 64k it; 110: mean ± std of its runs)")
@@ -64,19 +66,19 @@ def error_vs_depth(measured: dict[str, tuple[Sequence, Sequence, Sequence]],
 
 
 def fig6_curves(panels: dict[str, list[tuple[str, History, History]]], ylabel: str, path: Path) -> None:
-    """The paper's Fig. 6: panels "plain" (left) and "resnet" (right), each a list of (label, train error
-    history, test error history), one colour per line; thin dashed for train, bold for test."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
-    for ax, arch in zip(axes, ("plain", "resnet"), strict=True):
-        for i, (label, train, test) in enumerate(panels.get(arch, [])):
+    """The paper's Fig. 6: one panel per arch, left to right in the order of `panels` (arch name -> a list of
+    (label, train error history, test error history)), one colour per line; thin dashed for train, bold for test."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=100, sharey=True, squeeze=False)
+    for ax, (arch, lines) in zip(axes[0], panels.items(), strict=True):
+        for i, (label, train, test) in enumerate(lines):
             for h, lw, ls, name in ((train, 0.8, "--", None), (test, 2.0, "-", label)):
                 ax.plot([s for s, _ in h], [v for _, v in h], lw=lw, ls=ls, color=f"C{i}", label=name)
-        ax.set_title(f"{'plain' if arch == 'plain' else 'ResNet'} (thin dashed: train, bold: test)", fontsize=9)
+        ax.set_title(f"{ARCHS[arch].label} (thin dashed: train, bold: test)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    axes[0].set_ylabel(ylabel)
+    axes[0][0].set_ylabel(ylabel)
     _save(fig, path)
 
 

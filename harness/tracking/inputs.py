@@ -18,33 +18,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+
+from harness.core.groups import load_paper, note_of, paper_file
 
 NOTE = "mlflow.note.content"  # the description MLflow's UI shows and edits, for experiments and runs alike
 MODEL_NAME = "model"  # runs:/<run_id>/model
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # torchvision's tgz_md5 of that archive
-PAPER_FILE = Path(__file__).resolve().parents[1] / "experiments" / "paper.yaml"
-
-GROUPS = {
-    "table6": "He et al. 2015 Table 6 reproduced: the paper's CIFAR-10 ResNets and plain nets with its recipe "
-              "(SGD 0.1, momentum 0.9, wd 1e-4, /10 at 32k and 48k, 64k iterations, batch 128).",
-    "ablations": "One change each against the table6 recipe (optimizer, shortcut, augmentation, dtype, split, "
-                 "schedule), to see which part of the recipe the result depends on.",
-    "ladder": "From the seed log's setup to the paper's recipe one change per rung: each rung's run says what it "
-              "changes, so the gap to Table 6 is split over the changes.",
-    "tuning": "Optuna studies over the learning-rate schedule, scored on the validation split only (the test "
-              "split is never read): one parent run per study, its trials as child runs.",
-    "tuned": "The best schedule of a tuning study exported as a spec and trained once like table6, the only time "
-             "it meets the test set.",
-}
 
 
 def experiment_note(group: str) -> str:
     """What the group is; table6 adds the paper's figures (experiments/paper.yaml) it is compared with."""
-    note = GROUPS.get(group, f"Runs of the specs in experiments/{group}.")
-    if group == "table6" and PAPER_FILE.is_file():
-        paper = yaml.safe_load(PAPER_FILE.read_text())
+    note = note_of(group)
+    if group == "table6" and paper_file() is not None:
+        paper = load_paper()
         figures = ", ".join(f"{k} {v}%" for k, v in paper.get("test_error", {}).items())
         note += f"\n\nPaper's test error ({paper.get('source', 'He et al. 2015')}): {figures}."
         if "resnet110_mean_std" in paper:

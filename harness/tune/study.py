@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.core.schedule import FAMILIES
 from harness.core.spec import Spec, TuneSpec, with_overrides
 from harness.errors import UserError
 from harness.tracking import store as tracking
@@ -88,7 +89,7 @@ def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
     """Create the study and record on it what its trials run at (`ran_at`: budget, data_id, data, spec,
     overrides), or check that a resumed one matches: validation errors at different budgets or on different data
     do not compare, and a study mixing them would crown the longest-trained trial rather than the best schedule.
-    A study from before these were recorded takes them from the call that resumes it."""
+    A study that lacks them takes them from the call that resumes it."""
     import optuna
 
     study = optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="minimize",
@@ -144,12 +145,13 @@ def suggest(trial, t: TuneSpec, base: Spec) -> dict:
     if t.lr:
         p["optimizer.lr"] = trial.suggest_float("lr", *t.lr, log=True)
     total = base.schedule.total_iters
-    if family == "multistep" and t.milestone_fractions:
+    traits = FAMILIES[family]
+    if traits.milestones and t.milestone_fractions:
         fr = [trial.suggest_float(f"milestone_{i}", *r) for i, r in enumerate(t.milestone_fractions)]
         p["schedule.milestones"] = sorted({max(1, min(total - 1, round(f * total))) for f in fr})
-    elif family != "multistep":
+    elif not traits.milestones:
         p["schedule.milestones"] = []
-    if t.gamma and family != "cosine":
+    if t.gamma and traits.gamma:
         p["schedule.gamma"] = trial.suggest_float("gamma", *t.gamma, log=True)
     if t.warmup_iters:
         p["schedule.warmup_iters"] = trial.suggest_int("warmup_iters", *t.warmup_iters)
