@@ -15,7 +15,7 @@ ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test test-fast lint run reproduce-table report results tune ui bench clean
+.PHONY: install test test-fast lint run reproduce-table report results tune ui dashboard bench clean
 
 install: $(STAMP)
 
@@ -40,7 +40,7 @@ run: $(STAMP)
 
 # With no DATA, torchvision downloads CIFAR-10 (md5-checked) into data/; offline, one line says what to do.
 reproduce-table: $(STAMP)
-	$(PY) -m harness table --data $(DATA) --download --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
+	$(PY) -m harness table --publish --data $(DATA) --download --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
 
 # Every page of reports/ from results/ alone (no MLflow store, no GPU needed): the records go into a throw-away
 # store first, so the pages are those of the committed records, whatever the local store holds.
@@ -62,9 +62,19 @@ results: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m harness bench $(ARGS)
 
+# MLflow's UI on loopback; one worker answers in seconds on a small machine (MLflow's default is 4).
+PORT    ?= 5000
+WORKERS ?= 1
 ui: $(STAMP)
 	mkdir -p mlruns
-	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
+	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers $(WORKERS)
+
+# optuna-dashboard on the tuning studies (the study's objective is named val_error), on loopback only.
+OPTUNA_STORAGE ?= sqlite:///mlruns/optuna.db
+DASH_PORT ?= 8080
+dashboard: $(STAMP)
+	test -x .venv/bin/optuna-dashboard || $(PY) -m pip install -q optuna-dashboard
+	.venv/bin/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASH_PORT)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache

@@ -173,3 +173,26 @@ def test_float32_batches_are_those_of_the_base_commit(mini):
         h.update(x.numpy().tobytes())
         h.update(y.numpy().tobytes())
     assert h.hexdigest()[:16] == "20cfe4896c679cdc"
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_an_npz_holding_pickled_objects_is_refused_unread(tmp_path):
+    """An .npz is a file a user is handed: an object array (a pickle inside) is refused, and its code never runs."""
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.npz"
+    x = np.empty(1, dtype=object)
+    x[0] = _RunsCode(marker)
+    np.savez(evil, x_train=x, y_train=np.zeros(1, np.int64), x_test=x, y_test=np.zeros(1, np.int64))
+    with pytest.raises(DataError, match="allow_pickle=False") as e:
+        load_arrays(evil)
+    assert len(str(e.value).splitlines()) == 1 and str(evil) in str(e.value)
+    assert not marker.exists()

@@ -47,7 +47,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
 
     (store.parent / "reports" / "bench").mkdir(parents=True)  # a real H100 bench line, rendered by report
     shutil.copy(ROOT / "reports/bench/h100-2026-11-23.jsonl", store.parent / "reports" / "bench")
-    code = main(["table", "--data", str(mini), "--no-progress"])
+    code = main(["table", "--data", str(mini), "--no-progress", "--publish"])
     err = capsys.readouterr().err
     assert code == 2  # an invalid spec (and a diverged run): not everything finished
     assert "bad_spec.yaml: model.depth: expected 6n+2" in err
@@ -64,7 +64,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
                         "a_diverges-s0": "FAILED", "fc_relu-s0": "FINISHED", "0_seed-s0": "FINISHED",
                         "baseline-s0": "FINISHED"}
 
-    assert (store.parent / "results" / "table6").is_dir()  # `table` exported its finished runs
+    assert (store.parent / "results" / "table6").is_dir()  # `table --publish` exported its finished runs
     assert "cifar10-mini-b1/" in (store.parent / "reports" / "README.md").read_text()
     out = store.parent / "reports" / "cifar10-mini-b1"  # `table` reports every campaign, each in its folder
     assert "| ours_graphed | 37,327.0 | 3.43 |" in (out.parent / "bench.md").read_text()  # resnet20's row in that file

@@ -27,14 +27,14 @@ def _runs(group="t"):
     return c, (c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else [])
 
 
-def test_run_is_tracked_and_rerun_skips(store, mini, capsys, write_spec):
+def test_run_is_tracked_and_rerun_skips(store, mini, capsys, write_spec, monkeypatch):
     spec = write_spec(store.parent / "experiments" / "t", "tiny")
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
     c, runs = _runs()
     assert len(runs) == 1
     r = runs[0]
     assert r.info.status == "FINISHED" and r.info.run_name == "tiny-s0"
-    for k in FINAL_KEYS + ("lr", "images_per_s"):
+    for k in FINAL_KEYS + ("lr", "timing/images_per_s"):
         assert k in r.data.metrics, k
     assert 0 <= r.data.metrics["test_error"] <= 100
     tags = r.data.tags
@@ -43,6 +43,11 @@ def test_run_is_tracked_and_rerun_skips(store, mini, capsys, write_spec):
     assert tags["budget"] == "1" and "train=3661 val=407 test=1017" in tags["data"]
     assert tags["official_test_set"] == "false"
     assert r.data.params["model.depth"] == "8" and r.data.params["seed"] == "0"
+    assert not {"optimizer.betas", "schedule.patience", "heavy", "name"} & set(r.data.params), r.data.params
+    assert "None" not in r.data.params.values() and re.fullmatch(r"[0-9a-f]{64}", tags["weights_sha256"])
+    assert {k for k in r.data.metrics if "_seconds" in k or k.endswith(("_per_s", "_iteration"))} == {
+        "timing/images_per_s", "timing/train_seconds", "timing/mlflow_log_seconds", "timing/model_log_seconds",
+        "timing/final_iteration"}  # bookkeeping apart from the results
     assert [m.step for m in c.get_metric_history(r.info.run_id, "val_error")] == [3, 6, 9, 12]
     arts = {a.path for a in c.list_artifacts(r.info.run_id)}
     assert {"spec.yaml", "learning_curve.png"} <= arts and r.outputs.model_outputs  # the model: tests/test_mlflow.py
@@ -51,8 +56,12 @@ def test_run_is_tracked_and_rerun_skips(store, mini, capsys, write_spec):
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
     assert "already FINISHED" in capsys.readouterr().err
     assert len(_runs()[1]) == 1
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--force"]) == 0
+    system = sorted(k for k in r.data.metrics if k.startswith("system/"))
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_percentage"} <= set(system), system
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")  # restored after the test
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--force", "--no-system-metrics"]) == 0
     assert len(_runs()[1]) == 2
+    assert not [k for k in _runs()[1][1].data.metrics if k.startswith("system/")]
     assert not list((store / "checkpoints").glob("*.pt"))  # finished runs leave no checkpoint
 
 

@@ -48,6 +48,13 @@ MALFORMED = [
      ["model.depth", "expected 34", "got 32"]),
     ("imagenet_stem_on_cifar_net", TINY.replace("depth: 8", "depth: 8, stem: imagenet"),
      ["model.stem", "expected cifar (or no stem)"]),
+    ("name_climbs_out", TINY + "name: ../../evil\n", ["name", "expected letters, digits", "'../../evil'"]),
+    ("duplicate_key", TINY + "batch_size: 64\n", ["key 'batch_size' given twice", "line 5 and line 8"]),
+    ("duplicate_nested_key", TINY.replace("lr: 0.1", "lr: 0.1, lr: 0.2"), ["key 'lr' given twice", "line 2"]),
+    ("seed_past_64_bits", TINY.replace("seeds: [0]", "seeds: [18446744073709551616]"),
+     ["seeds", "below 2**63", "18446744073709551616"]),
+    ("negative_seed", TINY.replace("seeds: [0]", "seeds: [-1]"), ["seeds", "non-negative", "-1"]),
+    ("seed_twice", TINY.replace("seeds: [0]", "seeds: [0, 0]"), ["seeds", "distinct", "0 more than once"]),
     ("more_eval_points_than_iterations", TINY.replace("eval_points: 4", "eval_points: 13"),
      ["eval_points", "at most schedule.total_iters=12", "got 13"]),
 ]
@@ -69,6 +76,15 @@ def test_malformed_spec_gives_one_line_exit_2_and_leaves_nothing(name, text, wor
     assert not store.exists()
 
 
+def test_a_name_from_a_file_or_folder_that_climbs_out_is_refused(tmp_path, write_spec):
+    """The group is the spec's folder and the name its file's stem when it says none: `..` is neither."""
+    path = write_spec(tmp_path / "experiments" / "t", "tiny")
+    spec = load_spec(path)
+    with pytest.raises(SpecError, match=r"group \(the spec's folder\): .* got '\.\.'"):
+        resolve_runs(tmp_path / "experiments" / "t" / ".." / "tiny.yaml", spec.model_copy(update={"name": None}), 1.0)
+    assert resolve_runs(path, spec, 100.0)[0].spec.schedule.total_iters == 1200  # the largest budget validates
+
+
 def test_missing_spec_file(store, capsys):
     assert main(["validate", str(store.parent / "nope.yaml")]) == 2
     assert "nope.yaml: spec file not found" in capsys.readouterr().err
@@ -78,7 +94,14 @@ def test_missing_spec_file(store, capsys):
     (["--set", "seeds=[0,"], ["--set seeds", "expected a YAML value", "'[0,'"]),
     (["--device", "gpu"], ["--device gpu", "expected cpu, cuda or cuda:N"]),
     (["--device", "cuda:7"], ["--device cuda:7"]),  # no GPU here; on a GPU machine: not 8 of them
-], ids=["set_not_yaml", "device_typo", "device_missing_gpu"])
+    (["--set", "name=../../evil"], ["name:", "'../../evil'", "tiny.yaml"]),
+    (["--set", "seeds=[18446744073709551616]"], ["seeds:", "below 2**63"]),
+    (["--set", "seeds=[0, 0]"], ["seeds:", "distinct"]),
+    (["--set", "model={depth: 8, depth: 20}"], ["--set model", "key 'depth' given twice"]),
+    (["--budget", "1e308"], ["--budget: expected at most 100", "got 1e+308"]),
+    (["--budget", "1e9"], ["--budget: expected at most 100", "got 1e+09"]),
+], ids=["set_not_yaml", "device_typo", "device_missing_gpu", "name_climbs_out", "seed_past_64_bits", "seed_twice",
+        "set_duplicate_key", "budget_overflows", "budget_past_100x"])
 def test_bad_set_value_or_device_is_one_line_before_anything_runs(argv, words, store, mini, capsys, write_spec):
     path = write_spec(store.parent / "experiments" / "t", "tiny", TINY)
     assert main(["run", str(path), "--data", str(mini), *argv]) == 2

@@ -65,6 +65,10 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path,
         assert run.data.tags["state"] == {"COMPLETE": "complete", "PRUNED": "pruned"}[st]
         assert run.data.tags["mlflow.parentRunId"]
         assert "test_error" not in run.data.metrics  # the test split is never evaluated while tuning
+        assert {"optimizer.lr", "schedule.name", "schedule.milestones"} <= set(run.data.params), run.data.params
+        assert run.data.tags["mlflow.note.content"].startswith(f"Trial {n} of Optuna study 's'")
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["cifar10-mini.npz"]
+    assert optuna.load_study(study_name="s", storage=storage).metric_names == ["val_error"]
     best = optuna.load_study(study_name="s", storage=storage).best_trial
     assert children[str(best.number)].data.tags["best"] == "true"
     assert sum(r.data.tags["best"] == "true" for r in children.values()) == 1

@@ -100,6 +100,7 @@ def run_batch(runs: list[RunSpec], data: str, jobs: int, *, download: bool = Fal
         import_ray()  # a missing Ray, or a store one node alone sees, is one line before anything is loaded
     if shared.cluster.address:
         check_shared(offline)
+    print(f"{title or 'run'}: {len(runs)} run(s); loading {data}", file=sys.stderr, flush=True)  # the first second
     arrays = load_arrays(data, download=download)
     check_batch_fits(runs, arrays)  # every run's batch against its split of this data, before any MLflow run
     dev = pick_device(device)

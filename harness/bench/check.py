@@ -38,6 +38,7 @@ class GroupCheck:
     dtype: str | None = None  # None: float64, or float32 on a device without float64 (MPS)
     compile: str | None = None  # None: reduce-overhead (CUDA graphs) on CUDA, default elsewhere; eager: none
     device: str | None = None
+    download: bool = False
 
 
 def check_spec(c: GroupCheck, device: torch.device) -> Spec:
@@ -97,7 +98,7 @@ def check_group(c: GroupCheck) -> int:
     TOLERANCE of its run alone (and the val error equal), 1 otherwise."""
     device = pick_device(c.device)
     spec = check_spec(c, device)
-    data = to_device(load_arrays(c.data), spec.data, device, param_dtype(spec))
+    data = to_device(load_arrays(c.data, c.download), spec.data, device, param_dtype(spec))
     runs = [RunSpec(spec=spec, group="check", name="check", seed=s, budget=1.0, source_file="-") for s in spec.seeds]
     grouped_losses, members = _together(runs, data, device)
     tol, ok = TOLERANCE[spec.dtype], True

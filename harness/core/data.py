@@ -69,7 +69,7 @@ def _check(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
 
 def _load_npz(path: Path, with_test: bool = True) -> Arrays:
     try:
-        with np.load(path) as z:  # lazy: arrays not asked for are never read
+        with np.load(path, allow_pickle=False) as z:  # lazy: arrays not asked for are never read; no pickle runs
             missing = [k for k in NPZ_KEYS if k not in z.files]
             if missing:
                 raise DataError(f"{path}: missing arrays {missing}: expected keys {list(NPZ_KEYS)} "

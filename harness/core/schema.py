@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from harness.core.models import ARCHS
+from harness.core.names import EXPECTED, name_problem
 from harness.core.schedule import FAMILIES
 
 
@@ -221,6 +222,26 @@ class Spec(_Strict):
     compile: bool | str = False
     eval_points: int = Field(32, ge=1)
     tune: TuneSpec | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _name_fits_a_path(cls, name):
+        """The name becomes the run's name and its record's file name (results/<group>/<name>-...json)."""
+        if name is not None and name_problem(name):
+            raise ValueError(EXPECTED)
+        return name
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_distinct_and_in_range(cls, seeds):
+        """A seed seeds torch's generators (64-bit) and names a run: below 2**63, and never one run twice."""
+        bad = [s for s in seeds if not 0 <= s < 2**63]
+        if bad:
+            raise ValueError(f"expected non-negative integers below 2**63 (torch's 64-bit seeds), got {bad[0]}")
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        if twice:
+            raise ValueError(f"expected distinct seeds (each is one run), got {twice[0]} more than once")
+        return seeds
 
     @field_validator("compile", mode="before")
     @classmethod

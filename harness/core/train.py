@@ -30,6 +30,7 @@ from harness.core.data import DeviceData, normalize, train_batch
 from harness.core.models import build_model
 from harness.core.schedule import WARMUP_CHECK_EVERY, Schedule, eval_every
 from harness.core.spec import RunSpec, Spec
+from harness.core.stop import held
 from harness.errors import DataError
 
 
@@ -309,10 +310,11 @@ class Trainee:
                 "images_per_s": meter.seen / elapsed}
         stop = self.has_val and sched.observe_eval(st.it, last["val_loss"], warming)
         self.bar.show(last)
-        if self.on_eval is not None and self.on_eval(st.it, last):
-            stop = True
-        if self.checkpoint:
-            save_checkpoint(self.checkpoint, self.model, self.opt, sched, self.gen, st)
+        with held():
+            if self.on_eval is not None and self.on_eval(st.it, last):
+                stop = True
+            if self.checkpoint:
+                save_checkpoint(self.checkpoint, self.model, self.opt, sched, self.gen, st)
         meter.reset()
         if stop:
             last["stopped_early_at"] = st.it

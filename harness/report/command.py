@@ -26,6 +26,7 @@ from harness.report.campaign import (
 )
 from harness.report.index import write_index
 from harness.report.pages import ablations, is_cifar10, ladder, table6, tuned
+from harness.report.tuning import write_tuning_figures
 from harness.tracking import figures as plots
 from harness.tracking import store as tracking
 
@@ -35,7 +36,7 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
            every: bool = False) -> int:
     """Write the pages of the campaign that `budget` and
     `data_id` name (default: that of the latest finished Table 6 run); with `every`, each campaign of the store
-    into `out`/<data>-b<budget>/ and the index `out`/README.md."""
+    into `out`/<data>-b<budget>/, the index `out`/README.md and the tuning studies' figures."""
     if not every:
         write_reports(out, budget, data_id)
         return 0
@@ -49,6 +50,7 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
             slug += "-" + c.data_id.split(":")[-1][:8]
         write_reports(out / slug, float(c.budget), str(c.data_id))
     print(f"report: wrote {write_index(out)}", file=sys.stderr)
+    write_tuning_figures(out)  # from the Optuna storage: tune itself logs them on its MLflow run only
     return 0
 
 

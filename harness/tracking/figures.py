@@ -1,14 +1,17 @@
 """Figures in the look of the paper's Fig. 6: thin lines for training error, bold for test/validation.
 
-Drawing only: each function takes the numbers, writes one PNG and closes its figure, so that a long batch or a
-report of many pages holds no figure open. Where the numbers come from (a run's history, a campaign's runs) is
-the caller's business.
+Drawing only: each function takes the numbers (or an Optuna study), writes PNGs and closes its figures, so that a
+long batch or a report of many pages holds no figure open. Where the numbers come from (a run's history, a campaign's
+runs) is the caller's business.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -94,3 +97,44 @@ def ladder_bars(names: list[str], means: list[float], stds: list[float], ylabel:
     ax.set_ylabel(ylabel)
     ax.set_title("Why the gap: one factor per rung (Δ vs previous rung)", fontsize=9)
     _save(fig, path)
+
+
+STUDY_FIGURES = ("optimization_history", "param_importances", "parallel_coordinate")
+
+
+@contextmanager
+def known_plot_warnings():
+    """Optuna's plots warn where a small study cannot fill them: Optuna 5's PED-ANOVA importance (its default
+    evaluator) with a parameter regime of fewer than 2 trials or with too few trials to tell its quantiles apart,
+    matplotlib expanding equal y limits (a history of one value), and the plots' own ExperimentalWarning (used
+    knowingly). The plots are still drawn; these warnings, matched by message or category, are silenced around
+    the plots only."""
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        warnings.filterwarnings("ignore", r"Some regimes for parameter .* have less than \d+ trials", UserWarning)
+        warnings.filterwarnings("ignore", r"Target and region quantiles select the same set of trials", UserWarning)
+        warnings.filterwarnings("ignore", r"Attempting to set identical low and high ylims", UserWarning)
+        yield
+
+
+def study_figures(study, out: Path) -> list[Path]:
+    """Optuna's optimization history, parameter importances and parallel coordinates as PNGs in `out`; returns
+    those drawn. One that cannot be drawn yet (importances need two finished trials) is said and skipped."""
+    from optuna.visualization import matplotlib as ovm
+
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for name in STUDY_FIGURES:
+        try:
+            with known_plot_warnings():
+                ax = getattr(ovm, f"plot_{name}")(study)
+                fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+                fig.set_size_inches(8, 5)
+                fig.set_dpi(100)
+                _save(fig, out / f"{name}.png")
+            drawn.append(out / f"{name}.png")
+        except (ValueError, RuntimeError) as e:
+            print(f"tune: no {name} plot of study '{study.study_name}' ({e})", file=sys.stderr)
+    return drawn
