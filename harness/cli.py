@@ -209,7 +209,7 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     _jobs_arg(p)
     _group_arg(p)
     p.add_argument("--no-system-metrics", action="store_true",
-                   help="no system/... metrics (CPU, memory, GPU utilisation every 2 s, MLflow's system-metrics "
+                   help="no system/... metrics (CPU, memory, GPU utilisation every 10 s, MLflow's system-metrics "
                         "monitor; also off with MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)")
 
 

@@ -15,7 +15,7 @@ def _harness(clone, *args) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "HARNESS_"))}
     env.update(PYTHONPATH=str(ROOT), RAY_USAGE_STATS_ENABLED="0")  # this checkout's code, the clone's files
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=clone, env=env, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1800)
 
 
 def readme_try() -> list[str]:
@@ -33,11 +33,11 @@ def test_the_readme_try_and_a_tiny_tune_leave_a_fresh_clone_clean(tmp_path, mini
     assert args[:2] == ["run", "experiments/table6/resnet20.yaml"] and "--download" in args, args
     args = [a for a in args if a != "--download"]
     args[args.index("--data") + 1] = str(mini)  # mini data and a tiny budget: the same command, in seconds
-    args[args.index("--budget") + 1] = "0.0005"
+    args[args.index("--budget") + 1] = "0.0002"
     p = _harness(clone, *args, "--set", "eval_points=2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "FINISHED" in p.stderr
-    p = _harness(clone, "tune", "experiments/tuning/resnet32.yaml", "--trials", "1", "--budget", "0.0005",
+    p = _harness(clone, "tune", "experiments/tuning/resnet32.yaml", "--trials", "1", "--budget", "0.0002",
                  "--data", str(mini), "--set", "model.depth=8", "--set", "eval_points=2")
     assert p.returncode == 0, p.stderr[-3000:]
     assert "best_trial=0" in p.stderr

@@ -118,6 +118,16 @@ def _test_error_of_logged_model(uri: str, spec_path, mini, tmp_path) -> float:
     return float(p.stdout.split()[-1])
 
 
+def test_the_logged_model_loads_where_harness_cannot_be_imported(store, mini, tmp_path, write_spec):
+    """`mlflow.pytorch.load_model` with only mlflow and torch: the model is named by its architecture and depth,
+    and gives the run's own test error."""
+    spec = write_spec(tmp_path / "experiments" / "table6", "tiny", FAST)
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    (r,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("table6").experiment_id])
+    error = _test_error_of_logged_model(f"runs:/{r.info.run_id}/resnet8", spec, mini, tmp_path)
+    assert error == pytest.approx(r.data.metrics["test_error"])
+
+
 @pytest.mark.slow
 def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(store, mini, tmp_path, capsys, write_spec,
                                                                               env_with, free_port):

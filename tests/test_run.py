@@ -28,6 +28,7 @@ def _runs(group="t"):
 
 
 def test_run_is_tracked_and_rerun_skips(store, mini, capsys, write_spec, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # a tiny run lasts a few seconds
     spec = write_spec(store.parent / "experiments" / "t", "tiny")
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
     c, runs = _runs()

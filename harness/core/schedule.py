@@ -43,6 +43,12 @@ class Family:
     gamma: bool = False  # reads schedule.gamma (the tuner samples it)
     on_validation: Callable[[Schedule, float], None] | None = None  # steps on each evaluation point's val loss
 
+    @property
+    def ignores(self) -> tuple[str, ...]:
+        """The schedule fields this family never reads (a run's MLflow params leave them out)."""
+        return ((() if self.milestones else ("milestones",)) + (() if self.gamma else ("gamma",))
+                + (() if self.on_validation else ("patience", "mode")))
+
 
 FAMILIES: dict[str, Family] = {}
 

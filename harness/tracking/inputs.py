@@ -174,8 +174,9 @@ SYSTEM_METRICS = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch; 
 
 def system_metrics(run_id: str, uri: str):
     """MLflow's system-metrics monitor on the run (CPU, memory, disk, network and, where pynvml sees one, GPU
-    utilisation, as `system/...` metrics every few seconds from a thread of its own), or None where it is off
-    (`run --no-system-metrics`, or MLflow's variable set false) or psutil is missing. MLflow reads its variable
+    utilisation, as `system/...` metrics every 10 s or MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL, from a thread of
+    its own), or None where it is off (`run --no-system-metrics`, or MLflow's variable set false) or psutil is
+    missing. MLflow reads its variable
     only in fluent runs; the harness logs through MlflowClient, so it starts the monitor itself."""
     if os.environ.get(SYSTEM_METRICS, "true").lower() in ("false", "0", "no"):
         return None
@@ -184,8 +185,7 @@ def system_metrics(run_id: str, uri: str):
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
     except ImportError:
         return None
-    monitor = SystemMetricsMonitor(run_id, sampling_interval=2, samples_before_logging=1, resume_logging=True,
-                                   tracking_uri=uri)
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri)
     monitor.start()
     return monitor
 

@@ -23,7 +23,7 @@ import yaml
 
 from harness.core.data import Arrays, DeviceData, cifar10_test_error
 from harness.core.devices import device_name
-from harness.core.schedule import eval_every
+from harness.core.schedule import FAMILIES, eval_every
 from harness.core.spec import RunSpec, flatten
 from harness.core.train import Diverged
 from harness.errors import UserError
@@ -64,8 +64,7 @@ def resolved_yaml(run: RunSpec) -> str:
 
 
 UNUSED = {"optimizer.name": {"sgd": ("betas",), "adam": ("momentum", "nesterov")},
-          "schedule.name": {"multistep": ("patience", "mode"), "plateau": ("milestones",),
-                            "cosine": ("milestones", "gamma", "patience", "mode")}}  # fields the choice ignores
+          "schedule.name": {f.name: f.ignores for f in FAMILIES.values()}}  # fields the choice ignores
 
 
 def meaningful(flat: dict[str, str]) -> dict[str, str]:
