@@ -170,6 +170,27 @@ def cmd_bench(a) -> int:
                               peer=a.peer, as_json=a.json, group=a.group))
 
 
+def cmd_check_group(a) -> int:
+    from harness.bench.check import GroupCheck, check_group
+
+    return check_group(GroupCheck(**{k: v for k, v in vars(a).items() if k not in ("func", "command")}))
+
+
+CHECK_HELP = {"k": "runs in the group, seeds 0..K-1 (default 4)", "dtype": "float64 or float32 (default: float64 "
+              "where the device has it)", "compile": "a torch.compile mode, or eager (default: reduce-overhead on "
+              "CUDA, else default)"}
+
+
+def _check_group_parser(sub) -> None:
+    c = sub.add_parser("check-group", help="K runs grouped vs each alone, seed-matched, under compile (CUDA graphs on "
+                       "CUDA), float64 where the device has it: exit 0 when every member trains as alone")
+    for flag, kind, default in (("k", int, 4), ("iters", int, 300), ("depth", int, 20), ("batch-size", int, 128),
+                                ("lr", float, 0.01), ("dtype", str, None), ("compile", str, None)):
+        c.add_argument(f"--{flag}", type=kind, default=default, help=CHECK_HELP.get(flag, f"default {default}"))
+    _data_and_device_args(c)
+    c.set_defaults(func=cmd_check_group)
+
+
 def _publish_arg(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--publish", action="store_true",
                    help=f"afterwards also write the store's finished runs into results/ (`results export`){what}; "
@@ -300,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "declarative specs, tracked in MLflow, resumable, tuned with Optuna.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_run_parser, _import_parser, _results_parser, _validate_parser, _bench_parser, _table_parser,
-                _report_parser):
+                _report_parser, _check_group_parser):
         add(sub)
 
     tu = sub.add_parser("tune", help="Optuna study over the LR schedule on the validation split, with pruning")

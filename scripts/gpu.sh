@@ -11,6 +11,9 @@
 #                                             JOBS=4: also each variant as 4 runs at once on the one GPU;
 #                                             GROUP=1,4,8,16: also those many runs trained together in one step;
 #                                             PEER=.peer/akamaster: also the peer's own loop, row `peer`)
+#   scripts/gpu.sh check [check-group args]   FIRST on a lent GPU: a group of K=4 runs vs each alone under compile and
+#                                             CUDA graphs, float64 (harness check-group), log in $OUT/check.log;
+#                                             exits non-zero where a member differs: then do not train with --group
 #   scripts/gpu.sh run SPEC... [harness run args] train offline into /tmp/records, copied to $OUT/records
 # Records come home with `python -m harness import <files>/records`.
 set -uo pipefail
@@ -50,6 +53,12 @@ case "$cmd" in
       tail -n 1 "$OUT/bench.jsonl"
     done
     ;;
+  check)
+    data=${DATA:-/tmp/dd/cifar10-full.npz}
+    [ -f "$data" ] || data=../shared/data/cifar10-mini.npz
+    timeout "${CHECK_TIMEOUT:-420}" python3 -m harness check-group --data "$data" "$@" 2>&1 | tee -a "$OUT/check.log"
+    exit "${PIPESTATUS[0]}"
+    ;;
   run)
     records=${RECORDS:-/tmp/records}  # not under $OUT (empty at each call): the next call resumes what this one cut off
     timeout "${RUN_TIMEOUT:-560}" python3 -m harness run --offline "$records" --no-progress "$@" 2>&1 \
@@ -59,5 +68,5 @@ case "$cmd" in
     find "$OUT" -type f | head -20
     exit "$rc"
     ;;
-  *) echo "gpu.sh: unknown command $cmd (setup, data, bench, run)" >&2; exit 2 ;;
+  *) echo "gpu.sh: unknown command $cmd (wheels, setup, data, check, bench, run)" >&2; exit 2 ;;
 esac

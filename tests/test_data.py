@@ -1,13 +1,17 @@
-import dataclasses
+
+import hashlib
 
 import numpy as np
 import pytest
 import torch
 
 from harness.cli import main
-from harness.core.data import augment, load_arrays, split_indices, to_device
-from harness.core.spec import DataSpec
+from harness.core.checkpoint import LoopState
+from harness.core.data import DeviceData, augment, cifar10_test_error, load_arrays, split_indices, to_device
+from harness.core.spec import DataSpec, RunSpec, Spec
+from harness.core.train import next_batch
 from harness.errors import DataError
+from harness.tracking.sinks import run_tags
 
 from .helpers import TINY
 
@@ -15,7 +19,7 @@ from .helpers import TINY
 def test_mini_loads_real_cifar(mini):
     a = load_arrays(mini)
     assert a.x_train.shape == (4068, 32, 32, 3) and a.x_test.shape == (1017, 32, 32, 3)
-    assert not a.is_official_full and a.data_id.startswith("cifar10-mini.npz:")
+    assert not a.official_test and a.data_id.startswith("cifar10-mini.npz:")
     assert sorted(np.unique(a.y_train)) == list(range(10))
 
 
@@ -118,10 +122,57 @@ def test_the_official_test_set_is_known_by_its_bytes_not_its_size(tmp_path, mini
     np.savez(tmp_path / "other.npz", x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_other)
     copy, other = load_arrays(tmp_path / "copy.npz"), load_arrays(tmp_path / "other.npz")
     assert copy.official_test and not other.official_test and len(other.x_test) == 10000
-    all_train = np.zeros((50000, 32, 32, 3), np.uint8)
-    assert dataclasses.replace(copy, x_train=all_train).is_official_full and not copy.is_official_full
-    assert not dataclasses.replace(other, x_train=all_train).is_official_full  # sizes alone counted as official
     assert not load_arrays(tmp_path / "copy.npz", with_test=False).official_test  # tuning reads no test set
+
+
+def _sized(train: int, val: int, official: bool) -> DeviceData:
+    """Device data of these split sizes (labels only: what the labels of a run are decided from)."""
+    none, mean = torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, 1, 1)
+    return DeviceData(none, torch.zeros(train, dtype=torch.int64), none, torch.zeros(val, dtype=torch.int64), none,
+                      torch.zeros(10000, dtype=torch.int64), mean, mean, torch.float32, "d", official)
+
+
+def test_only_all_50k_images_the_official_test_set_and_budget_1_is_cifar10_test_error(mini):
+    """A 45k/5k run on the full file tests on the official test set but is not CIFAR-10 test error: its tags say
+    so, and so does each part alone."""
+    assert cifar10_test_error(_sized(50000, 0, True), 1.0)
+    assert not cifar10_test_error(_sized(45000, 5000, True), 1.0)
+    assert not cifar10_test_error(_sized(50000, 0, True), 0.5)
+    assert not cifar10_test_error(_sized(50000, 0, False), 1.0)
+    arrays = load_arrays(mini)
+    run = RunSpec(spec=Spec(), group="ablations", name="baseline", seed=0, budget=1.0, source_file="b.yaml")
+    tags = run_tags(run, arrays, _sized(45000, 5000, True), torch.device("cpu"))
+    assert (tags["official_test_set"], tags["tested_on_official"], tags["full_training_data"]) == \
+        ("false", "true", "false")
+    tags = run_tags(run, arrays, _sized(50000, 0, True), torch.device("cpu"))
+    assert (tags["official_test_set"], tags["tested_on_official"], tags["full_training_data"]) == \
+        ("true", "true", "true")
+
+
+def _first_batches(mini, dtype: torch.dtype, n: int = 3):
+    spec = Spec.model_validate({"batch_size": 32})
+    data = to_device(load_arrays(mini), spec.data, torch.device("cpu"), dtype)
+    gen, st = torch.Generator().manual_seed(0), LoopState()
+    return [next_batch(st, data, spec, gen) for _ in range(n)]
+
+
+def test_a_seed_draws_the_same_crops_and_flips_in_float64_as_in_float32(mini):
+    """The augmentation's draws do not depend on the run's dtype: the float64 batches are the float32 ones, up to
+    the mean's rounding."""
+    for (x32, y32), (x64, y64) in zip(_first_batches(mini, torch.float32), _first_batches(mini, torch.float64),
+                                      strict=True):
+        assert torch.equal(y32, y64)
+        assert (x64 - x32.double()).abs().max() < 1e-6
+
+
+def test_float32_batches_are_those_of_the_base_commit(mini):
+    """The first three float32 batches of seed 0 (batch 32, mini data), images and labels, hash as they did when
+    the augmentation's draws depended on the dtype (fa269cb): float32 runs keep their batches."""
+    h = hashlib.sha256()
+    for x, y in _first_batches(mini, torch.float32):
+        h.update(x.numpy().tobytes())
+        h.update(y.numpy().tobytes())
+    assert h.hexdigest()[:16] == "20cfe4896c679cdc"
 
 
 class _RunsCode:

@@ -214,3 +214,47 @@ def test_the_gpu_scripts_run_trains_several_specs_grouped_into_records(mini, tmp
     bad = subprocess.run(["bash", str(ROOT / "scripts" / "gpu.sh"), "run", str(specs[0]), "--data",
                           str(tmp_path / "missing.npz")], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2, bad.stdout + bad.stderr  # the run's exit status, not the copy's
+
+
+@pytest.mark.slow
+def test_ghost_bn_members_train_as_alone_in_float64(tmp_path, mini, write_spec):
+    """model.bn_batch in a group: each member's BN takes its statistics over its own groups of images, as alone
+    (the vmapped step runs the same GhostBatchNorm2d per member), to the float64 tolerances above."""
+    from harness.core.models import GhostBatchNorm2d
+
+    text = F64.replace("seeds: [0, 1, 2]", "seeds: [0, 1]").replace("depth: 8}", "depth: 8, bn_batch: 16}")
+    spec = write_spec(tmp_path / "experiments" / "t", "ghost", text)
+    runs, arrays = _runs(spec), load_arrays(mini)
+    hist, ends = _together(runs, arrays)
+    for r in runs:
+        alone_hist, alone_final, alone_model = _alone(r, arrays)
+        assert sorted(hist[r.seed]) == sorted(alone_hist) == [3, 6, 9, 12]
+        for it in alone_hist:
+            _close(hist[r.seed][it], alone_hist[it])
+        final, model = ends[r.seed]
+        assert sum(isinstance(m, GhostBatchNorm2d) for m in model.modules()) == 7
+        for (name, a), b in zip(model.state_dict().items(), alone_model.state_dict().values(), strict=True):
+            assert torch.allclose(a, b, rtol=0, atol=1e-9), name
+
+
+@pytest.mark.slow
+def test_check_group_passes_under_inductor_on_the_cpu_and_fails_when_bn_statistics_are_not_written_back(
+        monkeypatch, capsys, mini):
+    """`check-group` at a tiny size (K=2 ResNet-8, batch 16, 6 iterations, float64, torch.compile's inductor):
+    every member trains as alone. With the write-back of BN running statistics removed from the grouped step (the
+    fault it exists to catch), it fails on them."""
+    assert main(["check-group", "--k", "2", "--iters", "6", "--depth", "8", "--batch-size", "16", "--data", str(mini),
+                 "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "float64, compile=default" in err and err.count(": ok") == 2 and "check-group: PASS" in err, err
+    real_copy = torch.Tensor.copy_
+
+    def no_write_back(self, src, *a, **k):  # the members' buffers keep their initial statistics
+        if self.dim() == 1 and src.dim() == 1 and not self.requires_grad and self.is_leaf and self.numel() >= 8:
+            return self
+        return real_copy(self, src, *a, **k)
+
+    monkeypatch.setattr(torch.Tensor, "copy_", no_write_back)
+    assert main(["check-group", "--k", "2", "--iters", "6", "--depth", "8", "--batch-size", "16", "--data", str(mini),
+                 "--device", "cpu", "--compile", "eager"]) == 1
+    assert "DIFFERS" in capsys.readouterr().err

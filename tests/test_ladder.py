@@ -13,20 +13,24 @@ from .helpers import ROOT
 LADDER = ROOT / "experiments" / "ladder"
 CIFAR10_TRAIN = 50_000  # the training images the ladder's runs split into train and validation
 
-# The keys each rung changes in the resolved spec, against the rung before it. Rungs 2 and 8 move patience and early
-# stopping too: rung 2 because the same 1000/500 epochs are fewer iterations on 45k images (175 per epoch at batch
-# 256, not 185); rung 8 because the plateau's patience goes back to the default a multistep schedule never reads.
+# The keys each rung changes in the resolved spec, against the rung before it: one factor, with what that factor
+# carries. Rung 1 moves the evaluation points with the length (200 over 925k iterations, 32 over 64k; nothing in
+# rung 1 reads them); rungs 3 and 10 move patience and early stopping too: rung 3 because the same 1000/500 epochs
+# are fewer iterations on 45k images (175 per epoch at batch 256, not 185); rung 10 because the plateau's patience
+# goes back to the default a multistep schedule never reads.
 CHANGES = {
-    "01_float32": {"dtype"},
-    "02_split_45k": {"data.val_fraction", "schedule.patience", "schedule.early_stopping_patience"},
-    "03_cifar_stem": {"model.stem"},
-    "04_cifar_body": {"model.arch", "model.depth"},
-    "05_shortcut_a": {"model.shortcut"},
-    "06_sgd": {"optimizer.name", "optimizer.lr"},
-    "07_weight_decay": {"optimizer.weight_decay"},
-    "08_multistep": {"schedule.name", "schedule.patience", "schedule.early_stopping_patience"},
-    "09_batch_128": {"batch_size"},
-    "10_all_50k": {"data.val_fraction"},
+    "01_64k_iterations": {"schedule.total_iters", "eval_points"},
+    "02_float32": {"dtype"},
+    "03_split_45k": {"data.val_fraction", "schedule.patience", "schedule.early_stopping_patience"},
+    "04_cifar_stem": {"model.stem"},
+    "05_cifar_body": {"model.arch", "model.depth"},
+    "06_he_init": {"model.init"},
+    "07_shortcut_a": {"model.shortcut"},
+    "08_sgd": {"optimizer.name", "optimizer.lr"},
+    "09_weight_decay": {"optimizer.weight_decay"},
+    "10_multistep": {"schedule.name", "schedule.patience", "schedule.early_stopping_patience"},
+    "11_batch_128": {"batch_size"},
+    "12_all_50k": {"data.val_fraction"},
 }
 
 
@@ -68,10 +72,33 @@ def test_rung_0_is_the_seed_logs_setup():
     assert (o.name, o.lr, o.betas, o.weight_decay) == ("adam", 1e-3, (0.9, 0.999), 0.0)
     assert (spec.batch_size, d.val_fraction, spec.dtype) == (256, 0.05, "float64")
     assert (d.mean, d.augment, d.test_time_mean) == ("per_pixel", True, True)
-    per_epoch = iterations_per_epoch(spec)  # the log counts patience in epochs, the schedule in iterations
-    assert (s.name, s.mode, s.gamma, s.total_iters) == ("plateau", "min", 0.1, 64000)
+    per_epoch = iterations_per_epoch(spec)  # the log counts in epochs, the schedule in iterations
+    assert per_epoch == 185  # floor(47500/256): train.next_batch starts a new permutation before a short batch
+    assert (s.name, s.mode, s.gamma, s.total_iters) == ("plateau", "min", 0.1, 5000 * per_epoch)
     assert (s.patience, s.early_stopping_patience) == (1000 * per_epoch, 500 * per_epoch)
+    assert spec.model.init == "torchvision"
     assert f"an epoch is {per_epoch} iterations" in spec.description
+
+
+def test_rung_0_trains_as_long_as_the_seed_log_and_its_early_stopping_ends_it_past_64k():
+    """The log's runs ended at epochs 580 and 506, 500 epochs after their best validation loss: a run whose
+    validation loss last improves at epoch 75 (an evaluation point: one every 25 epochs) stops at epoch 575 here
+    too, far past the 64k iterations (346 epochs) that rung 1 moves to."""
+    from harness.core.schedule import Schedule, eval_every
+
+    spec = load_spec(LADDER / "00_seed_setup.yaml")
+    per_epoch, s = iterations_per_epoch(spec), spec.schedule
+    every = eval_every(s.total_iters, spec.eval_points)
+    assert every == 25 * per_epoch
+    sched, stop_at = Schedule(s, spec.optimizer.lr, every), None
+    for it in range(every, s.total_iters + 1, every):
+        loss = 2.0 - it / 1e6 if it <= 75 * per_epoch else 2.5  # improving until epoch 75, then not
+        if sched.observe_eval(it, loss, warming=False):
+            stop_at = it
+            break
+    assert stop_at == 575 * per_epoch > 64000, stop_at
+    assert sched.plateau_lr == spec.optimizer.lr  # patience 1000 epochs: the plateau never dropped before the stop
+    assert load_spec(LADDER / "01_64k_iterations.yaml").schedule.total_iters == 64000
 
 
 def test_each_rung_changes_one_factor():
@@ -80,9 +107,9 @@ def test_each_rung_changes_one_factor():
         a, b = resolved(before), resolved(after)
         changed = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
         assert changed == CHANGES[after.stem], (after.stem, {k: (a.get(k), b.get(k)) for k in changed})
-    rung2 = load_spec(LADDER / "02_split_45k.yaml")  # the same epochs, fewer iterations each on 45k images
-    per_epoch = iterations_per_epoch(rung2)
-    assert (rung2.schedule.patience, rung2.schedule.early_stopping_patience) == (1000 * per_epoch, 500 * per_epoch)
+    rung3 = load_spec(LADDER / "03_split_45k.yaml")  # the same epochs, fewer iterations each on 45k images
+    per_epoch = iterations_per_epoch(rung3)
+    assert (rung3.schedule.patience, rung3.schedule.early_stopping_patience) == (1000 * per_epoch, 500 * per_epoch)
 
 
 def test_last_rung_is_table6_resnet32():
@@ -91,8 +118,9 @@ def test_last_rung_is_table6_resnet32():
 
 def test_descriptions_say_the_factor():
     text = {p.stem: load_spec(p).description for p in rungs()}
-    assert "ITERATIONS fixed at 64k" in text["09_batch_128"] and "defined in iterations" in text["09_batch_128"]
-    assert "own lr scale" in text["06_sgd"]
-    assert "stage layout ties them" in text["04_cifar_body"]
+    assert "ITERATIONS fixed at 64k" in text["11_batch_128"] and "defined in iterations" in text["11_batch_128"]
+    assert "own lr scale" in text["08_sgd"]
+    assert "stage layout ties them" in text["05_cifar_body"]
+    assert "64k iterations" in text["01_64k_iterations"] and "fan_in" in text["06_he_init"]
     for stem, desc in text.items():
         assert desc.startswith(f"Rung {int(stem[:2])}"), stem

@@ -77,3 +77,46 @@ def test_torchvision_resnet34_honours_its_shortcut_options():
     assert count_params(b) - count_params(a) == projections
     x = torch.randn(2, 3, 32, 32)
     assert a(x).shape == b(x).shape == (2, 10)
+
+
+def _weights(spec: ModelSpec) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return build_model(spec).state_dict()
+
+
+def test_init_is_a_spec_field_whose_default_keeps_each_archs_own():
+    """model.init left out is the arch's own (he for the CIFAR nets, torchvision for ResNet-34) and draws the same
+    weights as naming it; torchvision's init on the CIFAR ResNet-32 is fan_out convs and nn.Linear's uniform FC."""
+    assert ModelSpec().init == "he" and ModelSpec(arch="torchvision_resnet34").init == "torchvision"
+    for arch, own in (("resnet", "he"), ("torchvision_resnet34", "torchvision")):
+        a, b = _weights(ModelSpec(arch=arch)), _weights(ModelSpec(arch=arch, init=own))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    tv = build_model(ModelSpec(arch="resnet", depth=32, init="torchvision"))
+    conv = tv.blocks[0].conv1.weight  # 16 -> 16, 3x3: fan_in = fan_out = 144, so the stds agree here
+    wide = tv.blocks[5].conv1.weight  # 16 -> 32: fan_out 288, fan_in 144
+    assert abs(wide.std().item() - (2 / 288) ** 0.5) < 0.1 * (2 / 288) ** 0.5, wide.std()
+    assert conv.shape == (16, 16, 3, 3)
+    bound = 1 / 64 ** 0.5  # nn.Linear's kaiming_uniform(a=sqrt(5)): |w| <= 1/sqrt(fan_in)
+    assert tv.fc.weight.abs().max() <= bound
+    he = build_model(ModelSpec(arch="resnet", depth=32))
+    assert he.fc.weight.abs().max() > bound  # He-normal FC, std sqrt(2/64)
+    he34 = build_model(ModelSpec(arch="torchvision_resnet34", init="he"))
+    assert he34.fc.weight.abs().max() > 1 / 512 ** 0.5
+
+
+def test_ghost_bn_normalises_each_group_of_the_batch_on_its_own():
+    """bn_batch 64 on a batch of 128: each half is normalised by its own statistics, as a BN layer alone on it;
+    the running statistics move by the mean of the halves'."""
+    from harness.core.models import GhostBatchNorm2d
+
+    torch.manual_seed(0)
+    x = torch.randn(128, 4, 8, 8, dtype=torch.float64) * 3 + 1
+    ghost, plain = GhostBatchNorm2d(4, 64).double(), nn.BatchNorm2d(4).double()
+    out = ghost(x)
+    halves = [plain(x[:64]), nn.BatchNorm2d(4).double()(x[64:])]
+    assert torch.allclose(out, torch.cat(halves), atol=1e-12)
+    mean = torch.stack([x[:64].mean((0, 2, 3)), x[64:].mean((0, 2, 3))]).mean(0)
+    assert torch.allclose(ghost.running_mean, 0.1 * mean, atol=1e-12)
+    assert not torch.allclose(nn.BatchNorm2d(4).double()(x), out)  # the whole batch normalises otherwise
+    model = build_model(ModelSpec(depth=8, bn_batch=64))
+    assert sum(isinstance(m, GhostBatchNorm2d) for m in model.modules()) == 7

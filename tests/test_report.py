@@ -12,6 +12,8 @@ from mlflow import MlflowClient
 
 from harness.cli import main
 from harness.core.groups import load_paper
+from harness.report import pages
+from harness.report.campaign import split_of
 from harness.report.pages import paper_cell
 from harness.report.stats import paper_figure
 
@@ -38,6 +40,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     write_spec(exp / "table6", "plain8", TINY.replace("arch: resnet", "arch: plain"))
     write_spec(exp / "table6", "resnet1202", "heavy: true\n" + TINY)  # heavy: skipped by default
     write_spec(exp / "ablations", "a_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))
+    write_spec(exp / "ablations", "baseline", TINY)  # the ablations' own: their split, everything else equal
     write_spec(exp / "ablations", "fc_relu", "description: ReLU after the fc layer\n"
                + TINY.replace("depth: 8}", "depth: 8, fc_relu: true}"))
     write_spec(exp / "ablations", "bad_spec", TINY.replace("depth: 8", "depth: 9"))  # skipped, reported
@@ -49,17 +52,18 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     err = capsys.readouterr().err
     assert code == 2  # an invalid spec (and a diverged run): not everything finished
     assert "bad_spec.yaml: model.depth: expected 6n+2" in err
-    assert "plan: 6 runs in total, 0 already done, 6 to do; ETA" in err
-    assert re.search(r"table: 6 runs: 1 diverged, 5 finished in \d+s; 1 invalid spec\(s\) skipped, see the error "
+    assert "plan: 7 runs in total, 0 already done, 7 to do; ETA" in err
+    assert re.search(r"table: 7 runs: 1 diverged, 6 finished in \d+s; 1 invalid spec\(s\) skipped, see the error "
                      r"lines above", err), err[-3000:]
-    assert re.search(r"\[2/6\] \S+  \(\d+s elapsed, ~\d+(s| min| h) left at the rate so far\)", err), err[-3000:]
+    assert re.search(r"\[2/7\] \S+  \(\d+s elapsed, ~\d+(s| min| h) left at the rate so far\)", err), err[-3000:]
     c = MlflowClient()
     statuses = {}
     for g in ("table6", "ablations", "ladder"):
         for r in c.search_runs([c.get_experiment_by_name(g).experiment_id]):
             statuses[r.info.run_name] = r.info.status
     assert statuses == {"resnet32-s0": "FINISHED", "resnet32-s1": "FINISHED", "plain8-s0": "FINISHED",
-                        "a_diverges-s0": "FAILED", "fc_relu-s0": "FINISHED", "0_seed-s0": "FINISHED"}
+                        "a_diverges-s0": "FAILED", "fc_relu-s0": "FINISHED", "0_seed-s0": "FINISHED",
+                        "baseline-s0": "FINISHED"}
 
     assert (store.parent / "results" / "table6").is_dir()  # `table --publish` exported its finished runs
     assert "cifar10-mini-b1/" in (store.parent / "reports" / "README.md").read_text()
@@ -82,13 +86,15 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     ab = (out / "ablations.md").read_text()
     assert "| a_diverges |" in ab and "diverged" in ab and "| fc_relu | ReLU after the fc layer |" in ab
     assert "noise unknown: n=1 in this row" in ab
+    assert "Baseline: ablations/baseline (experiments/ablations/baseline.yaml: ResNet-32 on the paper's recipe and " \
+        "the ablations' 45k/5k split; 3661/407), " in ab and "| baseline |" not in ab  # the ablations' split
     lad = (out / "ladder.md").read_text()
     assert "| 0_seed |" in lad and "| paper_resnet32 |" in lad
 
     # Rerun: the plan sees everything done (the diverged run is not retried) and trains nothing.
     (exp / "ablations" / "bad_spec.yaml").unlink()
     assert main(["table", "--data", str(mini), "--no-progress", "--no-report"]) == 0
-    assert "6 already done, 0 to do" in capsys.readouterr().err
+    assert "7 already done, 0 to do" in capsys.readouterr().err
 
     # A budget with no runs is one line and exit 2, as is a store that is not there (and reading creates none).
     assert main(["report", "--budget", "0.5"]) == 2
@@ -213,3 +219,48 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, w
     err = capsys.readouterr().err
     assert f"report: left {out}/table6.md, {out}/table6.csv, " in err and "(no table6 runs for budget 0.75" in err, err
     assert (out / "table6.md").read_bytes() == table6_before and "- Budget: 0.75\n" in (out / "ladder.md").read_text()
+
+
+def _runs(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
+    """Finished runs as the report reads them from MLflow: (group, spec, data tag, test error), budget 1.0."""
+    return pd.DataFrame([{"group": g, "spec": n, "data": d, "split": split_of(d), "test_error": e, "budget": 1.0,
+                          "status": "FINISHED", "failure": "", "best_test_error_over_training": e, "device": "cuda",
+                          "spec_hash": f"{g}{n}{e}", "arch": "resnet", "depth": 32} for g, n, d, e in rows])
+
+
+FULL_45K = "cifar10-full.npz train=45000 val=5000 test=10000 (official test set)"
+FULL_50K = "cifar10-full.npz train=50000 val=0 test=10000 (official test set)"
+
+
+def test_pages_compare_with_the_baseline_of_their_split_and_label_what_runs_trained_on(tmp_path, capsys):
+    """Records made when the file alone decided the label (official_test_set true for a 45k run) are labelled by
+    what they trained on: the ablations' page is test error on the official test set after 45,000 images, and
+    its deltas are against ablations/baseline (45k/5k), not table6/resnet32 (50k)."""
+    paper = load_paper()
+    df = _runs([("table6", "resnet32", FULL_50K, 7.0), ("table6", "resnet32", FULL_50K, 7.2),
+                ("ablations", "baseline", FULL_45K, 8.0), ("ablations", "baseline", FULL_45K, 8.2),
+                ("ablations", "fc_relu", FULL_45K, 9.0), ("ablations", "fc_relu", FULL_45K, 9.2),
+                ("tuned", "resnet32", FULL_45K, 7.5)])
+    df["official"] = "true"
+    pages.ablations(df, paper, 1.0, True, tmp_path, {})
+    ab = (tmp_path / "ablations.md").read_text()
+    assert "- Measured: CIFAR-10 test error" not in ab and "not CIFAR-10 test error)" in ab.splitlines()[0], ab
+    assert "- Measured: test error (%) on the official CIFAR-10 test set after training on 45,000 images" in ab
+    assert "Baseline: ablations/baseline (" in ab and "45k/5k), 8.10 ± 0.14 (n=2)" in ab
+    assert "| fc_relu |  | 45k/5k | 9.10 ± 0.14 (n=2) | +1.00 |" in ab, ab
+    pages.tuned(df, paper, 1.0, True, tmp_path, {})
+    tu = (tmp_path / "tuned.md").read_text()
+    assert "Paper schedule: ablations/baseline (" in tu and "| 7.50 (n=1) | -0.60 |" in tu, tu
+    pages.table6(df, paper, 1.0, True, tmp_path)
+    assert (tmp_path / "table6.md").read_text().startswith("# Table 6 (He et al. 2015) reproduced: CIFAR-10 test "
+                                                           "error")
+    assert pages.is_cifar10(df[df.group == "table6"]) and not pages.is_cifar10(df[df.group == "ablations"])
+
+    capsys.readouterr()
+    pages.ablations(df[df.spec != "baseline"], paper, 1.0, True, tmp_path, {})
+    ab = (tmp_path / "ablations.md").read_text()
+    assert ("Baseline: none: no baseline trained on this page's split (45k/5k) in this campaign: looked for "
+            "ablations/baseline (experiments/ablations/baseline.yaml)") in ab, ab
+    assert "| fc_relu |  | 45k/5k | 9.10 ± 0.14 (n=2) | — | — (no baseline) |" in ab, ab
+    assert "report: ablations.md: no baseline trained on this page's split (45k/5k) in this campaign: looked for " \
+        "ablations/baseline (experiments/ablations/baseline.yaml)" in capsys.readouterr().err

@@ -178,7 +178,7 @@ def test_paper_recipe_in_table6_specs():
         assert (s.schedule.warmup is not None) == (depth in (110, 1202))
         if s.schedule.warmup:  # the paper's rule, and our cap on it named in the file itself
             assert (s.schedule.warmup.lr, s.schedule.warmup.until_train_error) == (0.01, 80.0)
-            assert "max_iters: 400" in path.read_text()
+            assert "max_iters: 4000" in path.read_text()
     for folder in ("ablations", "tuning", "tuned"):  # the 45k/5k split stays where validation is read or compared
         for p in (ROOT / "experiments" / folder).glob("*.yaml"):
             assert load_spec(p).data.val_fraction == (0.05 if p.stem == "split_47500" else 0.1), p
@@ -273,7 +273,45 @@ def test_the_committed_records_keep_their_spec_hash():
     path = ROOT / "experiments/table6/resnet20.yaml"
     (run,) = [r for r in resolve_runs(path, load_spec(path, ["eval_points=4"]), 0.0005) if r.seed == 0]  # as run
     assert run.spec_hash(tags["data_id"]) == tags["spec_hash"] == "9103120fb7e2d533"
-    rung, t6 = (ROOT / "experiments" / p for p in ("ladder/10_all_50k.yaml", "table6/resnet32.yaml"))
+    rung, t6 = (ROOT / "experiments" / p for p in ("ladder/12_all_50k.yaml", "table6/resnet32.yaml"))
     for seed in (0, 1):
         hashes = {resolve_runs(p, load_spec(p, [f"seeds=[{seed}]"]), 1.0)[0].spec_hash("d") for p in (rung, t6)}
         assert len(hashes) == 1, seed
+
+
+def test_new_spec_fields_at_their_default_leave_the_hash_alone():
+    """model.init and model.bn_batch, added after the committed records were made, are left out of the hash while
+    they hold their default (naming the default changes nothing); off it, a run is a new run."""
+    record = ROOT / "results/table6/resnet20-s0-b0.0005-9103120fb7e2d533.json"
+    data_id = json.loads(record.read_text())["tags"]["data_id"]
+    path = ROOT / "experiments/table6/resnet20.yaml"
+
+    def hash_with(*changes):
+        (run,) = resolve_runs(path, load_spec(path, ["eval_points=4", "seeds=[0]", *changes]), 0.0005)
+        return run.spec_hash(data_id)
+
+    assert hash_with() == hash_with("model.init=he") == hash_with("model.bn_batch=null") == "9103120fb7e2d533"
+    assert len({hash_with(), hash_with("model.init=torchvision"), hash_with("model.bn_batch=64")}) == 3
+
+
+def test_bn_batch_must_tile_the_batch(tmp_path, capsys, write_spec):
+    path = write_spec(tmp_path, "ghost", TINY.replace("depth: 8}", "depth: 8, bn_batch: 12}"))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {path}: model.bn_batch: expected a divisor of batch_size=32 (BN statistics over equal "
+                   "groups of the batch), got 12"], err
+    assert load_spec(path, ["model.bn_batch=16"]).model.bn_batch == 16
+
+
+def test_resnet110s_warmup_cap_is_a_safety_net_the_budget_does_not_shrink():
+    """The cap is ten times the paper's typical warm-up (~400 iterations), so the rule (training error below 80 %,
+    checked every 20 iterations) ends an ordinary warm-up; and it is not scaled by --budget, so at a small budget
+    the rule is still consulted before the cap."""
+    from harness.core.schedule import WARMUP_CHECK_EVERY
+
+    path = ROOT / "experiments/table6/resnet110.yaml"
+    spec = load_spec(path)
+    assert spec.schedule.warmup.max_iters >= 10 * 400
+    for budget in (1.0, 0.05, 0.01, 0.0005):
+        (run, *_) = resolve_runs(path, spec, budget, check_budget=False)
+        assert run.spec.schedule.warmup.max_iters == spec.schedule.warmup.max_iters > WARMUP_CHECK_EVERY

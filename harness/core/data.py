@@ -47,10 +47,6 @@ class Arrays:
     # ten thousand other images of the right shape are not it.
     official_test: bool = False
 
-    @property
-    def is_official_full(self) -> bool:
-        return self.official_test and len(self.x_train) == 50000
-
 
 @lru_cache(maxsize=8)
 def _sha256(path: str, size: int, mtime: float) -> str:
@@ -155,10 +151,27 @@ class DeviceData:
     eval_mean: torch.Tensor
     dtype: torch.dtype
     description: str
+    official_test: bool = False  # the test split is CIFAR-10's official 10,000 (Arrays.official_test)
 
     @property
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
+
+    @property
+    def full_training_data(self) -> bool:
+        """Trained on all 50,000 training images of the file whose test split is the official one (CIFAR-10): none
+        held out for validation."""
+        return self.official_test and self.sizes["train"] == FULL_TRAIN and self.sizes["val"] == 0
+
+
+FULL_TRAIN = 50000
+
+
+def cifar10_test_error(data: DeviceData, budget: float) -> bool:
+    """What may be called CIFAR-10 test error: all 50,000 training images trained, the official 10,000 tested, at
+    the paper's budget. A run on the full file that holds 5,000 out is test error on the official test set after
+    training on 45,000 images, which is not the paper's Table 6 setting."""
+    return data.full_training_data and budget == 1.0
 
 
 def val_count(n: int, spec: DataSpec) -> int:
@@ -219,9 +232,10 @@ def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch
         mean = torch.zeros(3, 1, 1, device=device, dtype=dtype)
     eval_mean = mean if spec.test_time_mean else torch.zeros_like(mean)
     desc = (f"{arrays.source} train={len(tr)} val={len(va)} test={len(arrays.x_test)}"
-            f"{' (official test set)' if arrays.is_official_full else ''}")
+            f"{' (official test set)' if arrays.official_test else ''}")
     return DeviceData(x_train, labels(arrays.y_train[tr]), images(arrays.x_train[va]), labels(arrays.y_train[va]),
-                      images(arrays.x_test), labels(arrays.y_test), mean.to(dtype), eval_mean.to(dtype), dtype, desc)
+                      images(arrays.x_test), labels(arrays.y_test), mean.to(dtype), eval_mean.to(dtype), dtype, desc,
+                      arrays.official_test)
 
 
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -231,13 +245,13 @@ def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype) -> 
 def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
     """Random translation by up to `pad` pixels (zero = mean pixel after subtraction) and horizontal flip.
 
-    Equivalent to pad-4 + random 32x32 crop + random flip, done for the whole batch as one gather.
+    Equivalent to pad-4 + random 32x32 crop + random flip, done for the whole batch as one gather. The draws are
+    integer shifts and float32 flips whatever the images' dtype, so one seed means the same batches in every dtype.
     """
     b, c, h, w = x.shape
     dev = x.device
     shifts = torch.randint(0, 2 * pad + 1, (2, b), device=dev, generator=generator)
-    # Drawn in the batch's dtype: a float32 run's flips are those its committed records were trained with.
-    flips = torch.rand(b, device=dev, generator=generator, dtype=x.dtype) < 0.5
+    flips = torch.rand(b, device=dev, generator=generator, dtype=torch.float32) < 0.5
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = shifts[0].view(b, 1) + torch.arange(h, device=dev)  # (b, h)
     cols = shifts[1].view(b, 1) + torch.arange(w, device=dev)  # (b, w)

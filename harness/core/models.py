@@ -36,6 +36,7 @@ class Arch:
     stems: tuple[str, ...] = ("cifar",)  # the stems it accepts, its default first
     paper: bool = False  # the paper's Table 6 gives its test error (paper.yaml key "<name><depth>")
     fig6_panel: int | None = None  # its panel in the paper's Fig. 6 (0 left, 1 right); None: not drawn there
+    init: str = "he"  # the init its builder leaves (harness.core.models.INITS), model.init's default
 
 
 ARCHS: dict[str, Arch] = {}
@@ -106,12 +107,7 @@ class CifarResNet(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(64, num_classes)
         self.fc_relu = fc_relu
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x):
         x = F.relu(self.bn(self.conv(x)))
@@ -119,6 +115,71 @@ class CifarResNet(nn.Module):
         x = F.adaptive_avg_pool2d(x, 1).flatten(1)
         x = self.fc(x)
         return F.relu(x) if self.fc_relu else x
+
+
+def he_init(model: nn.Module) -> None:
+    """He et al.'s init: every conv and the FC weight normal with std sqrt(2 / fan_in); BN weight 1, bias 0; the FC
+    bias keeps nn.Linear's uniform draw."""
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def torchvision_init(model: nn.Module) -> None:
+    """torchvision's ResNet init: convs normal with std sqrt(2 / fan_out); BN weight 1, bias 0; the FC nn.Linear's
+    own uniform weight and bias."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.Linear):
+            m.reset_parameters()
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+INITS = {"he": he_init, "torchvision": torchvision_init}
+
+
+class GhostBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics come from consecutive groups of `group` images of the batch, as on the
+    paper's two GPUs (batch 128, 64 images per BN); the running statistics move by the mean of the groups' own.
+    Eval, and a batch no larger than one group, are BatchNorm2d's."""
+
+    def __init__(self, num_features: int, group: int):
+        super().__init__(num_features)
+        self.group = group
+
+    def forward(self, x):
+        b, c = x.shape[:2]
+        if not self.training or b <= self.group:
+            return super().forward(x)
+        xs = x.reshape(b // self.group, self.group, c, *x.shape[2:])
+        dims = (1, *range(3, xs.dim()))
+        mean, var = xs.mean(dims, keepdim=True), xs.var(dims, unbiased=False, keepdim=True)
+        shape = (1, 1, c) + (1,) * (xs.dim() - 3)
+        out = (xs - mean) * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
+        with torch.no_grad():
+            n = xs.numel() // (xs.shape[0] * c)
+            self.running_mean.mul_(1 - self.momentum).add_(mean.mean(0).flatten(), alpha=self.momentum)
+            unbiased = var.mean(0).flatten() * (n / (n - 1))
+            self.running_var.mul_(1 - self.momentum).add_(unbiased, alpha=self.momentum)
+            self.num_batches_tracked.add_(1)
+        return out.reshape(x.shape)
+
+
+def ghost_batch_norm(model: nn.Module, group: int) -> None:
+    """Every BatchNorm2d of `model` becomes a GhostBatchNorm2d over `group` images, its weights and statistics
+    kept."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.BatchNorm2d:
+                ghost = GhostBatchNorm2d(child.num_features, group)
+                ghost.load_state_dict(child.state_dict())
+                setattr(parent, name, ghost)
 
 
 @register_arch("ResNet", color="C0", paper=True, fig6_panel=1)
@@ -134,7 +195,8 @@ def plain(spec: ModelSpec) -> nn.Module:
                        fc_relu=spec.fc_relu)
 
 
-@register_arch("torchvision-ResNet", color="C2", depth=34, shortcut="B", stems=("imagenet", "cifar"))
+@register_arch("torchvision-ResNet", color="C2", depth=34, shortcut="B", stems=("imagenet", "cifar"),
+               init="torchvision")
 def torchvision_resnet34(spec: ModelSpec) -> nn.Module:
     """torchvision's ResNet-34 (the seed log's network), with the spec's stem and shortcuts honoured.
 
@@ -159,7 +221,15 @@ def torchvision_resnet34(spec: ModelSpec) -> nn.Module:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    return ARCHS[spec.arch].build(spec)
+    """The spec's network, initialised as `model.init` says (an arch's own init is not redone, so naming it draws
+    the weights that leaving it out draws), its BN over `model.bn_batch` images where given."""
+    arch = ARCHS[spec.arch]
+    model = arch.build(spec)
+    if spec.init != arch.init:
+        INITS[spec.init](model)
+    if spec.bn_batch is not None:
+        ghost_batch_norm(model, spec.bn_batch)
+    return model
 
 
 def count_params(model: nn.Module) -> int:

@@ -40,6 +40,12 @@ class ModelSpec(_Strict):
     fc_relu: bool = False
     # imagenet: 7x7/2 conv + 3x3/2 max-pool (8x8 maps at the first block); cifar: 3x3/1 conv, no pool (32x32 maps).
     stem: Literal["imagenet", "cifar"] | None = None
+    # he: He et al.'s init, fan_in normal convs and FC (the paper's nets); torchvision: torchvision's ResNet init,
+    # fan_out normal convs and nn.Linear's own uniform FC. None: the arch's own (he for resnet/plain).
+    init: Literal["he", "torchvision"] | None = None
+    # Ghost batch norm: BN statistics over consecutive groups of this many images of a batch (the paper's two GPUs
+    # each normalised 64 of the 128); None: the whole batch.
+    bn_batch: int | None = Field(None, ge=1)
 
     @field_validator("depth")
     @classmethod
@@ -72,6 +78,16 @@ class ModelSpec(_Strict):
                              f"stem is an option of {others}")
         return stem or stems[0]
 
+    @field_validator("init")
+    @classmethod
+    def _init_of_the_arch(cls, init, info: ValidationInfo):
+        return init or default_init(info.data.get("arch"))
+
+
+def default_init(arch: str | None) -> str:
+    """The init an arch is built with when the spec names none: the one its builder leaves (Arch.init)."""
+    return ARCHS[arch].init if arch in ARCHS else "he"
+
 
 class OptimizerSpec(_Strict):
     name: Literal["sgd", "adam"] = "sgd"
@@ -83,12 +99,13 @@ class OptimizerSpec(_Strict):
 
 
 class WarmupSpec(_Strict):
-    """The paper's ResNet-110 trick: a small lr until training error drops below a threshold, at most `max_iters`
-    iterations (a safety cap, reported when it is what ends the warm-up)."""
+    """The paper's ResNet-110 trick: a small lr until training error drops below a threshold. `max_iters` is a
+    safety net ten times the paper's typical warm-up (about 400 iterations), so the rule ends an ordinary warm-up;
+    it counts iterations whatever the --budget, as the rule's check window does, and is reported when it fires."""
 
     lr: float = Field(0.01, gt=0)
     until_train_error: float = Field(80.0, gt=0, le=100)
-    max_iters: int = Field(400, ge=1)
+    max_iters: int = Field(4000, ge=1)
 
 
 class ScheduleSpec(_Strict):
@@ -232,6 +249,14 @@ class Spec(_Strict):
         if isinstance(v, bool) or v in COMPILE_MODES:
             return v
         raise ValueError(f"expected true, false or one of {', '.join(COMPILE_MODES)}, got {v!r}")
+
+    @model_validator(mode="after")
+    def _bn_groups_tile_the_batch(self):
+        bn = self.model.bn_batch
+        if bn is not None and bn < self.batch_size and self.batch_size % bn:
+            raise ValueError(f"model.bn_batch: expected a divisor of batch_size={self.batch_size} (BN statistics "
+                             f"over equal groups of the batch), got {bn}")
+        return self
 
     @model_validator(mode="after")
     def _validation_split_for_what_reads_it(self):

@@ -31,6 +31,7 @@ from harness.core.schema import (  # noqa: F401 - the spec's sections, imported 
     TuneRange,
     TuneSpec,
     WarmupSpec,
+    default_init,
 )
 from harness.errors import SpecError
 
@@ -52,9 +53,20 @@ class RunSpec(BaseModel):
         return f"{self.name}-s{self.seed}{suffix}"
 
     def spec_hash(self, data_id: str) -> str:
-        body = {"spec": self.spec.model_dump(mode="json", exclude={"seeds", "description", "heavy", "name"}),
-                "seed": self.seed, "budget": self.budget, "data": data_id}
+        body = {"spec": hashed(self.spec), "seed": self.seed, "budget": self.budget, "data": data_id}
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def hashed(spec: Spec) -> dict:
+    """What a run's hash is of: the resolved spec less what names or describes it, and less the fields that
+    records made before them lack while those fields hold their default, so those records keep their hash."""
+    body = spec.model_dump(mode="json", exclude={"seeds", "description", "heavy", "name"})
+    model = body["model"]
+    if model["init"] == default_init(model["arch"]):
+        del model["init"]
+    if model["bn_batch"] is None:
+        del model["bn_batch"]
+    return body
 
 
 def _pretty_loc(loc) -> str:
@@ -227,7 +239,8 @@ def _check_scaled(path: Path, spec: Spec, budget: float, total: int, milestones:
 
 
 def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool = True) -> list[RunSpec]:
-    """Expand seeds and apply the budget to every iteration count (total, milestones, patience, warm-up).
+    """Expand seeds and apply the budget to every iteration count of the schedule (total, milestones, patience,
+    the linear ramp) but the ResNet-110 warm-up's cap, which bounds a rule that reads the training error.
     `check_budget=False` merges milestones that a small budget makes coincide instead of refusing the budget."""
     if not (budget > 0 and math.isfinite(budget)):
         raise SpecError(f"--budget: expected a positive fraction of the paper's iterations (a finite number), "
@@ -248,8 +261,6 @@ def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool
         "early_stopping_patience": scale_iters(s.early_stopping_patience, budget)
         if s.early_stopping_patience else None,
         "warmup_iters": min(scale_iters(s.warmup_iters, budget), total - 1) if s.warmup_iters else 0,
-        "warmup": s.warmup.model_copy(update={"max_iters": scale_iters(s.warmup.max_iters, budget)})
-        if s.warmup else None,
     })
     scaled = spec.model_copy(update={"schedule": sched})
     group, name = path.parent.name or "default", spec.name or path.stem

@@ -2,7 +2,10 @@
 
 Honesty rules, enforced here rather than left to the reader:
 - the paper's figures stay in their own column; a measured number is called "CIFAR-10 test error" only
-  when it came from the full training data, the official test set and budget 1.0;
+  when every run of the page trained on all 50,000 training images, tested on the official 10,000 and ran at
+  budget 1.0, read from each run's `data` tag (its split sizes) and budget, so that records whose
+  official_test_set tag was set from the file alone are labelled by what they trained on;
+- each comparison is against a baseline trained on the same split, named on the page, or says it has none;
 - every header names the data, budget, device and date;
 - a difference is called real only when it is outside seed noise (stats.noise_verdict);
 - beside the final-iteration test error stands the best-over-training test error of the same runs: what a
@@ -12,6 +15,8 @@ Honesty rules, enforced here rather than left to the reader:
 from __future__ import annotations
 
 import datetime as dt
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +28,47 @@ from harness.report.campaign import splits
 from harness.report.stats import Summary, fmt, noise_verdict, paper_figure, summarize
 
 
+def _sizes(data: str) -> dict[str, int]:
+    return {k: int(v) for k, v in re.findall(r"(train|val|test)=(\d+)", data)}
+
+
+def on_official_test(df: pd.DataFrame) -> pd.Series:
+    """Per run: tested on CIFAR-10's official 10,000 images (the `data` tag says so since the test set is known by
+    its bytes)."""
+    return df.data.str.contains("(official test set)", regex=False) & df.data.map(
+        lambda d: _sizes(d).get("test") == 10000)
+
+
+def cifar10_runs(df: pd.DataFrame) -> pd.Series:
+    """Per run: its number is CIFAR-10 test error (all 50,000 images trained, none held out, the official test set,
+    budget 1.0)."""
+    full = df.data.map(lambda d: _sizes(d).get("train") == 50000 and _sizes(d).get("val", 0) == 0)
+    return on_official_test(df) & full & (df.budget == 1.0)
+
+
+def is_cifar10(df: pd.DataFrame) -> bool:
+    """Whether a page's numbers may be called CIFAR-10 test error: every one of its runs is."""
+    return bool(len(df)) and bool(cifar10_runs(df).all())
+
+
+def measured(df: pd.DataFrame, budget: float, official: bool) -> str:
+    """What a page's numbers are, from what its runs trained on."""
+    if official:
+        return "CIFAR-10 test error (%): all 50,000 training images, official test set, budget 1.0"
+    if len(df) and budget == 1.0 and bool(on_official_test(df).all()):
+        trained = ", ".join(sorted({f"{_sizes(d).get('train', 0):,}" for d in df.data}))
+        return (f"test error (%) on the official CIFAR-10 test set after training on {trained} images (the rest "
+                "held out for validation), budget 1.0: not the paper's Table 6 setting, which trains on all 50,000")
+    return (f"error (%) on the held-out test split of `{data_name(df)}` at budget {budget:g} "
+            f"({budget * 64000:.0f} of the paper's 64,000 iterations): NOT CIFAR-10 test error, "
+            "not comparable with the paper's column except as a trend")
+
+
 def header(title: str, df: pd.DataFrame, budget: float, official: bool, paper: dict) -> str:
     devices = ", ".join(sorted(set(df.device)))
     data = f"{data_name(df)} (train/val split: {splits(df)}; each row names its own)"
-    what = ("CIFAR-10 test error (%): full training data, official test set, budget 1.0" if official else
-            f"error (%) on the held-out test split of `{data_name(df)}` at budget {budget:g} "
-            f"({budget * 64000:.0f} of the paper's 64,000 iterations): NOT CIFAR-10 test error, "
-            "not comparable with the paper's column except as a trend")
+    official = official and is_cifar10(df)
+    what = measured(df, budget, official)
     if not official and "budget" not in title:  # a short run's page says so where it is linked from: its title
         title = f"{title} (budget {budget:g} on {data_name(df)}: not CIFAR-10 test error)"
     return (f"# {title}\n\n"
@@ -53,6 +92,7 @@ def data_name(df: pd.DataFrame) -> str:
 
 def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path) -> pd.DataFrame:
     t6 = df[df.group == "table6"]
+    official = official and is_cifar10(t6)
     rows = []
     for arch in ARCHS.values():
         for depth in sorted(set(t6[t6.arch == arch.name].depth)):
@@ -119,22 +159,45 @@ def compare_rows(df_rows: pd.DataFrame, base: pd.DataFrame, order: list[str]) ->
     for name in order:
         runs = df_rows[df_rows.spec == name]
         s = summarize(runs)
-        out.append(Compared(name, s, s.mean - b.mean, splits(runs), noise_verdict(s.values, b.values)))
+        out.append(Compared(name, s, s.mean - b.mean, splits(runs),
+                            noise_verdict(s.values, b.values) if b.n else "— (no baseline)"))
     return out
 
 
+# The baselines a comparison may stand on, as (group, spec, what it is): the ablations' (the 45k/5k split) and
+# Table 6's (all 50k images). A comparison takes the one trained on its own split.
+ABLATION_BASELINE = ("ablations", "baseline", "ResNet-32 on the paper's recipe and the ablations' 45k/5k split")
+TABLE6_BASELINE = ("table6", "resnet32", "ResNet-32 on the paper's recipe, all 50k training images")
+
+
+def runs_of(df: pd.DataFrame, ref: tuple[str, str, str]) -> pd.DataFrame:
+    return df[(df.group == ref[0]) & (df.spec == ref[1])]
+
+
+def baseline_line(page: str, base: pd.DataFrame, refs: list[tuple[str, str, str]], split: str) -> str:
+    """The page's line naming its baseline, or saying that none was found and which spec it looked for (also said
+    by the report command, on stderr)."""
+    if len(base):
+        g, name, what = refs[0]
+        return f"Baseline: {g}/{name} (experiments/{g}/{name}.yaml: {what}; {splits(base)}), {fmt(summarize(base))}.\n"
+    looked = " or ".join(f"{g}/{name} (experiments/{g}/{name}.yaml)" for g, name, _ in refs)
+    msg = (f"no baseline trained on this page's split ({split}) in this campaign: looked for {looked}; Δ and noise "
+           "need its runs (train it at the same budget on the same data)")
+    print(f"report: {page}: {msg}", file=sys.stderr)
+    return f"Baseline: none: {msg}.\n"
+
+
 def ablations(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path, descriptions: dict) -> None:
-    base = df[(df.group == "table6") & (df.spec == "resnet32")]
+    base = runs_of(df, ABLATION_BASELINE)
     ab = df[df.group == "ablations"]
-    rows = compare_rows(ab, base, sorted(set(ab.spec)))
-    b = summarize(base)
+    rows = compare_rows(ab, base, sorted(set(ab.spec) - {ABLATION_BASELINE[1]}))
     lines = [header("Ablations: one factor away from the paper's ResNet-32 recipe", ab, budget, official, paper),
-             f"Baseline: table6/resnet32 ({splits(base)}), {fmt(b)}.\n",
+             baseline_line("ablations.md", base, [ABLATION_BASELINE], splits(ab)),
              "| ablation | what changed | train/val | error: mean ± std (n) | Δ vs baseline | noise | "
              "best-over-training (selected on test) |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         s = r.s
-        delta = f"{r.delta:+.2f}" if s.n else "—"
+        delta = f"{r.delta:+.2f}" if s.n and len(base) else "—"
         lines.append(f"| {r.name} | {descriptions.get(('ablations', r.name), '')} | {r.split} | {fmt(s)} | "
                      f"{delta} | "
                      f"{r.noise if s.n else '—'} | {best_cell(s)} |")
@@ -147,14 +210,18 @@ def tuned(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pat
     tu = df[df.group == "tuned"]
     if tu.empty:
         return False
-    base = df[(df.group == "table6") & (df.spec == "resnet32")]
+    match = [r for r in (ABLATION_BASELINE, TABLE6_BASELINE) if len(runs_of(df, r))
+             and splits(runs_of(df, r)) == splits(tu)]
+    refs = match or [ABLATION_BASELINE, TABLE6_BASELINE]
+    base = runs_of(df, match[0]) if match else df.iloc[:0]
     lines = [header("Tuned LR schedule vs the paper's", tu, budget, official, paper),
-             f"Paper schedule: table6/resnet32 ({splits(base)}), {fmt(summarize(base))}. Tuned specs were selected "
-             "on the validation split only; this table is the first time their test error is measured.\n",
+             baseline_line("tuned.md", base, refs, splits(tu)).replace("Baseline:", "Paper schedule:", 1),
+             "Tuned specs were selected on the validation split only; this table is the first time their test error "
+             "is measured.\n",
              "| tuned spec | how it was chosen | train/val | error: mean ± std (n) | Δ vs paper schedule | noise | "
              "best-over-training (selected on test) |", "|---|---|---|---|---|---|---|"]
     for r in compare_rows(tu, base, sorted(set(tu.spec))):
-        delta = f"{r.delta:+.2f}" if r.s.n else "—"
+        delta = f"{r.delta:+.2f}" if r.s.n and len(base) else "—"
         lines.append(f"| {r.name} | {descriptions.get(('tuned', r.name), '')} | {r.split} | {fmt(r.s)} "
                      f"| {delta} | {r.noise} | {best_cell(r.s)} |")
     (out / "tuned.md").write_text("\n".join(lines) + "\n")
@@ -171,9 +238,11 @@ def rung_number(name: str) -> int:
     return int(head) if head.isdigit() else 1_000_000
 
 
-RUNG_ORDER = ("Rung order: the changes that should not move the error come first (numerics, then the split), so "
+RUNG_ORDER = ("Rung order: first the length of training (the seed log's early-stopped run of up to 5000 epochs to "
+              "the paper's fixed 64k iterations), so that every later rung trains as long as the paper's; then the "
+              "changes that should not move the error (numerics, then the split), so "
               "that each is checked as neutral before anything real is stacked on it; then the architecture from "
-              "the input side (stem, body, shortcuts), because the ImageNet stem shrinks a 32x32 image to 8x8 "
+              "the input side (stem, body, init, shortcuts), because the ImageNet stem shrinks a 32x32 image to 8x8 "
               "before the first block, a loss no optimiser can undo; then the optimisation (optimiser, weight "
               "decay), because the schedule's lr drops only mean something for SGD's lr 0.1; then the schedule; "
               "last the batch size and the amount of training data, the smallest changes. Each Δ is what that "

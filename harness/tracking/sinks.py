@@ -22,7 +22,7 @@ from typing import Protocol
 import torch
 import yaml
 
-from harness.core.data import Arrays, DeviceData
+from harness.core.data import Arrays, DeviceData, cifar10_test_error
 from harness.core.devices import device_name
 from harness.core.result import Result
 from harness.core.schedule import FAMILIES, eval_every
@@ -97,11 +97,16 @@ def log_curve(c, run_id: str, title: str) -> None:
         c.log_artifact(run_id, str(path))
 
 
-def run_tags(run: RunSpec, arrays: Arrays, data_description: str, device: torch.device) -> dict[str, str]:
+def run_tags(run: RunSpec, arrays: Arrays, data: DeviceData, device: torch.device) -> dict[str, str]:
+    """The run's identity and what its numbers may be called: `official_test_set` true is CIFAR-10 test error
+    (all 50k images trained, the official test set, budget 1.0); `tested_on_official` and `full_training_data` say
+    each part alone, and the `data` tag names the sizes."""
     return {"spec_name": run.name, "spec_hash": run.spec_hash(arrays.data_id), "budget": f"{run.budget:g}",
-            "data": data_description, "data_id": arrays.data_id, "device": device_name(device),
+            "data": data.description, "data_id": arrays.data_id, "device": device_name(device),
             "git_commit": tracking.git_commit(), "spec_file": run.source_file, "torch": torch.__version__,
-            "official_test_set": str(arrays.is_official_full and run.budget == 1.0).lower(),
+            "official_test_set": str(cifar10_test_error(data, run.budget)).lower(),
+            "tested_on_official": str(data.official_test).lower(),
+            "full_training_data": str(data.full_training_data).lower(),
             mlflow_inputs.NOTE: run.spec.description, **tracking.source_tags()}
 
 
@@ -186,7 +191,7 @@ class ToMlflow:
             return
         self.checkpoint.unlink(missing_ok=True)
         r = c.create_run(self.exp_id, run_name=run.run_name,
-                         tags=run_tags(run, self.arrays, data.description, self.device))
+                         tags=run_tags(run, self.arrays, data, self.device))
         self.run_id = r.info.run_id
         c.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(run).items()])
         c.log_text(self.run_id, resolved_yaml(run), "spec.yaml")
@@ -318,7 +323,7 @@ class ToFolder:
         if self.history.exists():  # a resumed run may repeat the evaluation it was killed after: keep the last
             for point in map(json.loads, self.history.read_text().splitlines()):
                 by_step[point["step"]] = point
-        tags = run_tags(run, self.arrays, data.description, self.device)
+        tags = run_tags(run, self.arrays, data, self.device)
         if model is not None:
             tags["weights_sha256"] = mlflow_inputs.weights_sha256(model)
         summary = {"final_iteration": final.get("iterations", 0), "train_seconds": final.get("train_seconds", 0),
