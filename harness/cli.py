@@ -127,9 +127,13 @@ def cmd_tune(a) -> int:
 def cmd_table(a) -> int:
     from harness.batch.table import table
 
-    code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=a.budget, download=a.download,
-                          device=a.device, include_heavy=a.include_heavy, no_progress=a.no_progress, jobs=a.jobs,
-                          shared=_shared(a), group=a.group)
+    if a.campaign and (a.folders or a.budget is not None):
+        raise UserError(f"{a.campaign}: --campaign names its specs and budget itself; expected no spec folders and "
+                        f"no --budget with it, got {' '.join(a.folders) or '--budget ' + format(a.budget, 'g')}")
+    code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=1.0 if a.budget is None else a.budget,
+                          download=a.download, device=a.device, include_heavy=a.include_heavy,
+                          no_progress=a.no_progress, jobs=a.jobs, shared=_shared(a), group=a.group,
+                          campaign=a.campaign)
     _export_results()
     if not a.no_report:  # every campaign's pages, this table's among them, each in a folder of its own
         _report(Path(a.out), None, None, every=True)
@@ -243,6 +247,10 @@ def _table_parser(sub) -> None:
     t.add_argument("folders", nargs="*", help="spec folders (default: experiments/table6 ablations ladder tuned)")
     _set_and_budget_args(t)
     _data_and_device_args(t)
+    t.add_argument("--campaign", metavar="FILE", default=None,
+                   help="run the campaign FILE instead (experiments/campaigns/*.yaml: its budget, overrides and "
+                        "ordered specs and seeds); --set adds overrides, folders and --budget are refused")
+    t.set_defaults(budget=None)  # 1.0 unless --campaign, whose file says its budget
     t.add_argument("--include-heavy", action="store_true", help="also run specs marked heavy (ResNet-1202)")
     t.add_argument("--no-report", action="store_true", help="do not write the reports afterwards")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
