@@ -28,7 +28,7 @@ PAPER_FILE = Path("experiments/paper.yaml")
 def load_paper(path: Path = PAPER_FILE) -> dict:
     """The paper's figures: the working directory's copy if there is one (a user may extend it), else the one in
     this checkout, so `report` works from any directory."""
-    for p in (path, Path(__file__).resolve().parents[1] / PAPER_FILE):
+    for p in (path, Path(__file__).resolve().parents[2] / PAPER_FILE):
         if p.is_file():
             return yaml.safe_load(p.read_text())
     raise UserError(f"{path}: not found (expected the paper's Table 6 figures, as in the repository's {PAPER_FILE})")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-PAGE_ORDER = ("table6.md", "ablations.md", "ladder.md", "tuned.md")
+PAGE_ORDER = ("summary.md", "table6.md", "ablations.md", "ladder.md", "tuned.md")
 LOST = "records are lost"
 
 

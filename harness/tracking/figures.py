@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -63,20 +64,36 @@ def error_vs_depth(measured: dict[str, tuple[Sequence, Sequence, Sequence]],
     _save(fig, path)
 
 
-def fig6_curves(panels: dict[str, list[tuple[str, History, History]]], ylabel: str, path: Path) -> None:
-    """The paper's Fig. 6: panels "plain" (left) and "resnet" (right), each a list of (label, train error
-    history, test error history), one colour per line; thin dashed for train, bold for test."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=100, sharey=True)
+@dataclass(frozen=True)
+class Curve:
+    """One line pair of Fig. 6: train and test error against iteration, each the mean over the seeds a label
+    names, with the test error's std over seeds at each point (empty for one seed: no band is drawn)."""
+    label: str
+    train: History
+    test: History
+    test_std: tuple[float, ...] = ()
+
+
+def fig6_curves(panels: dict[str, list[Curve]], ylabel: str, path: Path, title: str = "") -> None:
+    """The paper's Fig. 6: panels "plain" (left) and "resnet" (right), one colour per depth; thin dashed for train,
+    bold for test, a shaded band of ± one std over seeds around the test line where there are seeds to have one."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4 if title else 4), dpi=100, sharey=True)
     for ax, arch in zip(axes, ("plain", "resnet"), strict=True):
-        for i, (label, train, test) in enumerate(panels.get(arch, [])):
-            for h, lw, ls, name in ((train, 0.8, "--", None), (test, 2.0, "-", label)):
-                ax.plot([s for s, _ in h], [v for _, v in h], lw=lw, ls=ls, color=f"C{i}", label=name)
+        for i, c in enumerate(panels.get(arch, [])):
+            ax.plot([s for s, _ in c.train], [v for _, v in c.train], lw=0.8, ls="--", color=f"C{i}")
+            ax.plot([s for s, _ in c.test], [v for _, v in c.test], lw=2.0, color=f"C{i}", label=c.label)
+            if c.test_std:
+                ax.fill_between([s for s, _ in c.test], [v - d for (_, v), d in zip(c.test, c.test_std, strict=True)],
+                                [v + d for (_, v), d in zip(c.test, c.test_std, strict=True)], color=f"C{i}",
+                                alpha=0.2, lw=0)
         ax.set_title(f"{'plain' if arch == 'plain' else 'ResNet'} (thin dashed: train, bold: test)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     axes[0].set_ylabel(ylabel)
+    if title:
+        fig.suptitle(title, fontsize=9)
     _save(fig, path)
 
 

@@ -1,0 +1,101 @@
+"""summary.md: a campaign on one page, every run of it in one table beside the paper's figure, each row naming
+the data and budget its number came from (the honesty column), with the depth effects and the Fig. 6 curves.
+
+The table sits between two markers so that README.md quotes it as generated (harness.report.readme) rather
+than as typed: a figure typed twice drifts from its records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report.campaign import GROUPS, fmt, noise_verdict, paper_figure, summarize
+from harness.report.labels import campaign_label, row_label
+from harness.report.pages import header, paper_cell
+
+BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
+NAMES = {"resnet": "ResNet", "plain": "plain"}
+
+
+@dataclass(frozen=True)
+class Row:
+    spec: str  # group/spec, e.g. table6/resnet20
+    seeds: str  # the finished seeds, e.g. "0, 1, 2"
+    measured: str  # final-iteration error: mean ± std (n), naming failed and unfinished runs
+    paper: str  # the paper's figure for this model, or why there is none
+    source: str  # the data and budget the measured number came from
+
+
+def _order(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(group, spec) in the groups' order; Table 6 by architecture (ResNet first) and depth."""
+    keys = runs[["group", "spec", "arch", "depth"]].drop_duplicates(["group", "spec"])
+    keys = keys.assign(g=keys.group.map(GROUPS.index), a=keys.arch != "resnet")
+    return [(r.group, r.spec) for r in keys.sort_values(["g", "a", "depth", "spec"]).itertuples()]
+
+
+def _paper(group: str, arch: str, depth: int, paper: dict) -> str:
+    if group != "table6":
+        return "— (not in the paper)"
+    if arch != "resnet":
+        return "— (curves only in Fig. 6)"
+    return paper_cell(*paper_figure(paper, f"resnet{depth}"))
+
+
+def rows(df: pd.DataFrame, paper: dict, budget: float) -> list[Row]:
+    tags = list(df.data)
+    out = []
+    for group, spec in _order(df):
+        runs = df[(df.group == group) & (df.spec == spec)]
+        first = runs.iloc[0]
+        done = runs[runs.status == "FINISHED"].sort_values("seed")
+        out.append(Row(f"{group}/{spec}", ", ".join(map(str, done.seed)) or "—", fmt(summarize(runs)),
+                       _paper(group, first.arch, int(first.depth), paper),
+                       row_label(str(first.data), tags, budget)))
+    return out
+
+
+def depth_effects(df: pd.DataFrame) -> list[str]:
+    """Shallowest against deepest Table 6 net of each architecture, with its seed noise: the claim of Fig. 6 (a
+    deeper plain net ends worse, a deeper ResNet does not)."""
+    t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
+    lines = []
+    for arch in ("plain", "resnet"):
+        depths = sorted(set(t6[t6.arch == arch].depth))
+        if len(depths) < 2:
+            continue
+        lo, hi = (t6[(t6.arch == arch) & (t6.depth == d)].test_error.to_numpy(dtype=float) for d in
+                  (depths[0], depths[-1]))
+        a, b = f"{NAMES[arch]}-{depths[0]}", f"{NAMES[arch]}-{depths[-1]}"
+        lines.append(f"- {a} → {b}: {lo.mean():.2f} → {hi.mean():.2f} ({hi.mean() - lo.mean():+.2f} points; "
+                     f"{noise_verdict(hi, lo, (b, a))})")
+    return lines
+
+
+def block(df: pd.DataFrame, paper: dict, budget: float) -> list[str]:
+    """The table and the depth effects, between the markers README.md copies them by."""
+    lines = [BEGIN, f"**{campaign_label(list(df[df.group == 'table6'].data) or list(df.data), budget)}**", "",
+             "| run | seeds | ours: final test error (%), mean ± std (n) | paper (all 50k, 64k iterations) | "
+             "ours from (data, budget) |", "|---|---|---|---|---|"]
+    lines += [f"| {r.spec} | {r.seeds} | {r.measured} | {r.paper} | {r.source} |" for r in rows(df, paper, budget)]
+    if effects := depth_effects(df):
+        lines += ["", "Depth, final test error (Fig. 6: a deeper plain net ends worse, a deeper ResNet does not):",
+                  *effects]
+    return [*lines, END]
+
+
+def write_summary(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path) -> Path:
+    tags = list(df[df.group == "table6"].data) or list(df.data)
+    title = campaign_label(tags, budget)
+    lines = [header(title, df, budget, official, paper).rstrip("\n"), "", *block(df, paper, budget)]
+    if (out / "curves_table6.png").is_file() or (df.group == "table6").any():
+        lines += ["", "Fig. 6 in this campaign: test error (bold; shaded: ± one std over seeds where there are "
+                  "several) and train error (thin dashed) against iteration, plain nets left, ResNets right.", "",
+                  "![Fig. 6 curves](curves_table6.png)"]
+    pages = [p for p in ("table6.md", "ablations.md", "ladder.md", "tuned.md") if (out / p).is_file()]
+    lines += ["", "Pages: " + ", ".join(f"[{p}]({p})" for p in pages)] if pages else []
+    path = out / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
