@@ -54,8 +54,10 @@ def test_make_report_rewrites_the_campaign_block_of_the_readme(tmp_path, monkeyp
     assert "left README.md's campaign block cifar10-nope-b1 as it was" in err
     text = readme.read_text()
     assert "typed 1.23" not in text and "\nkept\n" in text and text.endswith("end\n")
-    row = "| table6/resnet20 | 0 | 86.63 (n=1) | 8.75 | cifar10-mini.npz, 4068 training images, budget 1/2000 |"
-    assert row in text, text
+    row = ("| table6/resnet20 | 0 | 86.63 (n=1) | 8.75 | cifar10-mini.npz, 4068 training images, budget 1/2000 | "
+           "12.5 min, 5 img/s |")
+    assert row in text, text  # 750 s for 32 iterations of 128 images: the record's train_seconds
+    assert "Training time of these 3 runs: " in text
     assert re.search(r"\| table6/plain20 \| 0, 1 \| 76.99 ± 5.56 \(n=2\) \| — \(curves only in Fig. 6\) \| ", text)
     assert "- plain-20" not in text  # one depth per architecture: no depth effect to state
     summary = (tmp_path / "reports/cifar10-mini-b0.0005/summary.md").read_text()

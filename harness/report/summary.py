@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.report.campaign import GROUPS, fmt, noise_verdict, paper_figure, summarize
 from harness.report.labels import campaign_label, row_label
 from harness.report.pages import header, paper_cell
+from harness.tracking import store as tracking
 
 BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
 NAMES = {"resnet": "ResNet", "plain": "plain"}
@@ -27,6 +29,7 @@ class Row:
     measured: str  # final-iteration error: mean ± std (n), naming failed and unfinished runs
     paper: str  # the paper's figure for this model, or why there is none
     source: str  # the data and budget the measured number came from
+    speed: str  # training minutes and images/s per run on the machine it ran on, the mean over its seeds
 
 
 def _order(runs: pd.DataFrame) -> list[tuple[str, str]]:
@@ -44,6 +47,26 @@ def _paper(group: str, arch: str, depth: int, paper: dict) -> str:
     return paper_cell(*paper_figure(paper, f"resnet{depth}"))
 
 
+def train_times(runs: pd.DataFrame) -> list[tuple[float, float]]:
+    """(train seconds, training images/s) of each finished run, from its record's summary metrics; evaluations
+    are not in train_seconds."""
+    c = tracking.client()
+    out = []
+    for r in runs[runs.status == "FINISHED"].itertuples():
+        run = c.get_run(r.run_id)
+        m, p = run.data.metrics, run.data.params
+        if m.get("train_seconds"):
+            out.append((m["train_seconds"], m.get("final_iteration", 0) * int(p.get("batch_size", 0))
+                        / m["train_seconds"]))
+    return out
+
+
+def _speed(times: list[tuple[float, float]]) -> str:
+    if not times:
+        return "—"
+    return f"{np.mean([t for t, _ in times]) / 60:.1f} min, {np.mean([v for _, v in times]):.0f} img/s"
+
+
 def rows(df: pd.DataFrame, paper: dict, budget: float) -> list[Row]:
     tags = list(df.data)
     out = []
@@ -53,7 +76,7 @@ def rows(df: pd.DataFrame, paper: dict, budget: float) -> list[Row]:
         done = runs[runs.status == "FINISHED"].sort_values("seed")
         out.append(Row(f"{group}/{spec}", ", ".join(map(str, done.seed)) or "—", fmt(summarize(runs)),
                        _paper(group, first.arch, int(first.depth), paper),
-                       row_label(str(first.data), tags, budget)))
+                       row_label(str(first.data), tags, budget), _speed(train_times(runs))))
     return out
 
 
@@ -78,8 +101,14 @@ def block(df: pd.DataFrame, paper: dict, budget: float) -> list[str]:
     """The table and the depth effects, between the markers README.md copies them by."""
     lines = [BEGIN, f"**{campaign_label(list(df[df.group == 'table6'].data) or list(df.data), budget)}**", "",
              "| run | seeds | ours: final test error (%), mean ± std (n) | paper (all 50k, 64k iterations) | "
-             "ours from (data, budget) |", "|---|---|---|---|---|"]
-    lines += [f"| {r.spec} | {r.seeds} | {r.measured} | {r.paper} | {r.source} |" for r in rows(df, paper, budget)]
+             "ours from (data, budget) | training per run (images/s) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.spec} | {r.seeds} | {r.measured} | {r.paper} | {r.source} | {r.speed} |"
+              for r in rows(df, paper, budget)]
+    times = train_times(df)
+    devices = ", ".join(sorted(set(df[df.status == "FINISHED"].device)))
+    if times:
+        lines += ["", f"Training time of these {len(times)} runs: {sum(t for t, _ in times) / 3600:.1f} h in all on "
+                  f"{devices} (their records' train_seconds; the test evaluations come on top)."]
     if effects := depth_effects(df):
         lines += ["", "Depth, final test error (Fig. 6: a deeper plain net ends worse, a deeper ResNet does not):",
                   *effects]
