@@ -20,7 +20,7 @@ def test_a_campaign_is_named_by_its_data_and_budget():
     assert campaign_label([FULL, FULL, SPLIT], 0.03125) == ("CIFAR-10, all 50k training images, official test set, "
                                                             "budget 1/32 (2,000 iterations) — not the paper's budget")
     assert campaign_label([FULL], 1.0) == "CIFAR-10, all 50k training images, official test set, budget 1 (the " \
-                                          "paper's 64k iterations)"
+                                          "paper's budget)"
     assert row_label(FULL, [FULL, SPLIT], 0.03125) == "all 50k training images, budget 1/32"
     assert row_label(SPLIT, [FULL, SPLIT], 0.03125) == "**45k/5k split of the 50k training images, budget 1/32**"
     mini = "cifar10-mini.npz train=4068 val=0 test=1017"

@@ -21,7 +21,7 @@ def budget_words(budget: float) -> str:
 
 def budget_label(budget: float) -> str:
     if budget == 1.0:
-        return "budget 1 (the paper's 64k iterations)"
+        return "budget 1 (the paper's budget)"
     return f"budget {budget_words(budget)} ({budget * 64000:,.0f} iterations) — not the paper's budget"
 
 
