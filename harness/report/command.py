@@ -80,7 +80,7 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
                              out / "error_vs_depth.png")
         t6 = df[df.group == "table6"]
         plots.fig6_curves(fig6_panels(df), "test error (%)" if official else label, out / "curves_table6.png",
-                          f"Fig. 6 (He et al. 2015) rerun: {campaign_label(list(t6.data), budget)}")
+                          f"Fig. 6 (He et al. 2015) rerun on {campaign_label(list(t6.data), budget)}")
     if bars:
         plots.ladder_bars([n for n, _ in bars], [s["mean"] for _, s in bars],
                           [0 if math.isnan(s["std"]) else s["std"] for _, s in bars], label, out / "ladder.png")

@@ -8,6 +8,7 @@ the caller's business.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,7 @@ class Curve:
 def fig6_curves(panels: dict[str, list[Curve]], ylabel: str, path: Path, title: str = "") -> None:
     """The paper's Fig. 6: panels "plain" (left) and "resnet" (right), one colour per depth; thin dashed for train,
     bold for test, a shaded band of ± one std over seeds around the test line where there are seeds to have one."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4 if title else 4), dpi=100, sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6 if title else 4), dpi=100, sharey=True)
     for ax, arch in zip(axes, ("plain", "resnet"), strict=True):
         for i, c in enumerate(panels.get(arch, [])):
             ax.plot([s for s, _ in c.train], [v for _, v in c.train], lw=0.8, ls="--", color=f"C{i}")
@@ -92,8 +93,8 @@ def fig6_curves(panels: dict[str, list[Curve]], ylabel: str, path: Path, title: 
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     axes[0].set_ylabel(ylabel)
-    if title:
-        fig.suptitle(title, fontsize=9)
+    if title:  # a campaign's label is long: wrapped, so that no word leaves the figure
+        fig.suptitle(textwrap.fill(title, 150), fontsize=9)
     _save(fig, path)
 
 
