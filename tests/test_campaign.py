@@ -6,6 +6,7 @@ import yaml
 from harness.batch.dispatch import collect_runs
 from harness.cli import main
 from harness.core.campaign_file import campaign_runs, load_campaign
+from harness.core.spec import expand_paths
 
 from .conftest import ROOT, TINY, write_spec
 
@@ -29,6 +30,7 @@ def test_the_cpu_campaign_resolves_to_the_hashes_of_its_run_commands(monkeypatch
         by_hand = collect_runs([entry.spec], ["eval_points=8", f"seeds=[{entry.seeds[0]}]"], 0.03125).runs
         assert [x.spec_hash(FULL_ID) for x in by_hand] == [r.spec_hash(FULL_ID)], entry
     assert runs[0].spec_hash(FULL_ID) == "d693b0f8852db80c"  # the lead's table6/resnet20 s0 run of this campaign
+    assert not [p for p in expand_paths(["experiments"]) if "campaigns" in p.parts]  # a campaign is not a spec
 
 
 @pytest.mark.slow
