@@ -112,7 +112,8 @@ def block(df: pd.DataFrame, paper: dict, budget: float) -> list[str]:
     times = train_times(df)
     devices = ", ".join(sorted(set(df[df.status == "FINISHED"].device)))
     if times:
-        lines += ["", f"Training time of these {len(times)} runs: {sum(t for t, _ in times) / 3600:.1f} h in all on "
+        runs = f"these {len(times)} runs" if len(times) > 1 else "this run"
+        lines += ["", f"Training time of {runs}: {sum(t for t, _ in times) / 3600:.1f} h in all on "
                   f"{devices} (their records' train_seconds; the test evaluations come on top)."]
     if effects := depth_effects(df):
         lines += ["", "Depth, final test error (Fig. 6: a deeper plain net ends worse, a deeper ResNet does not):",
