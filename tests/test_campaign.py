@@ -75,3 +75,17 @@ def test_a_bad_campaign_file_is_one_line(store, mini, capsys):
     assert main(["table", "--campaign", str(camp), "--budget", "0.5", "--data", str(mini)]) == 2
     assert "expected no spec folders and no --budget with it, got --budget 0.5" in capsys.readouterr().err
     assert not (store.parent / "results").exists()
+
+
+def test_make_cpu_table_runs_this_campaign_then_the_report_from_results():
+    """`make -n`: the commands only. DATA defaults to the full CIFAR-10 beside the checkout where there is one."""
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "cpu-table", "STAMP=Makefile"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    data = "../shared/data/cifar10-full.npz" if (ROOT / "../shared/data/cifar10-full.npz").is_file() else "data"
+    assert f"-m harness table --campaign experiments/campaigns/cpu-b1_32.yaml --data {data} " in out, out
+    assert "harness results import results" in out and "harness report --all" in out
+    other = subprocess.run(["make", "-n", "cpu-table", "STAMP=Makefile", "DATA=elsewhere"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    assert "--data elsewhere --download" in other, other
