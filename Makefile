@@ -15,7 +15,7 @@ ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test lint run reproduce-table cpu-table report results tune ui bench clean
+.PHONY: install test test-fast lint run reproduce-table cpu-table report results tune ui dashboard bench clean
 
 install: $(STAMP)
 
@@ -31,12 +31,16 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q $(ARGS)
 
+# The developer's loop: everything but the tests marked slow (`make test`, as CI runs it, keeps them).
+test-fast: $(STAMP) lint
+	$(PY) -m pytest -q -m "not slow" $(ARGS)
+
 run: $(STAMP)
 	$(PY) -m harness run $(SPEC) --data $(DATA) --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
 
 # With no DATA, torchvision downloads CIFAR-10 (md5-checked) into data/; offline, one line says what to do.
 reproduce-table: $(STAMP)
-	$(PY) -m harness table --data $(DATA) --download --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
+	$(PY) -m harness table --publish --data $(DATA) --download --budget $(BUDGET) --jobs $(JOBS) $(CLUSTER) $(ARGS)
 
 # The CPU campaign (Table 6 at budget 1/32 on all of CIFAR-10): plan and ETA first, finished runs skipped, then its
 # records into results/ and every page rebuilt from results/. DATA: the full CIFAR-10 .npz beside the checkout if
@@ -45,7 +49,7 @@ CAMPAIGN ?= experiments/campaigns/cpu-b1_32.yaml
 FULL_NPZ := ../shared/data/cifar10-full.npz
 CPU_DATA := $(if $(and $(filter file,$(origin DATA)),$(wildcard $(FULL_NPZ))),$(FULL_NPZ),$(DATA))
 cpu-table: $(STAMP)
-	$(PY) -m harness table --campaign $(CAMPAIGN) --data $(CPU_DATA) $(if $(filter %.npz,$(CPU_DATA)),,--download) \
+	$(PY) -m harness table --publish --campaign $(CAMPAIGN) --data $(CPU_DATA) $(if $(filter %.npz,$(CPU_DATA)),,--download) \
 	    --no-report --no-progress $(ARGS)
 	$(MAKE) report
 
@@ -69,9 +73,19 @@ results: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m harness bench $(ARGS)
 
+# MLflow's UI on loopback; one worker answers in seconds on a small machine (MLflow's default is 4).
+PORT    ?= 5000
+WORKERS ?= 1
 ui: $(STAMP)
 	mkdir -p mlruns
-	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
+	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers $(WORKERS)
+
+# optuna-dashboard on the tuning studies (the study's objective is named val_error), on loopback only.
+OPTUNA_STORAGE ?= sqlite:///mlruns/optuna.db
+DASH_PORT ?= 8080
+dashboard: $(STAMP)
+	test -x .venv/bin/optuna-dashboard || $(PY) -m pip install -q optuna-dashboard
+	.venv/bin/optuna-dashboard $(OPTUNA_STORAGE) --host 127.0.0.1 --port $(DASH_PORT)
 
 clean:
 	rm -rf .pytest_cache .ruff_cache

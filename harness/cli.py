@@ -1,8 +1,9 @@
 """`python -m harness --help` is the map: one subcommand per job.
 
 Parsing only: each handler turns its flags into the typed call of one command module (run, table, report, tune,
-bench); `run`, `table` and `import` are followed by `results export` (records that outlive the store), and `table`
-by `report --all`. A UserError from any of them is one line and
+bench). Nothing a user runs writes into the checkout's committed results/ and reports/ unless asked: `run`, `table`
+and `import` with `--publish` are followed by `results export` (records that outlive the store), and `table
+--publish` by `report --all` (what `make reproduce-table` does). A UserError from any of them is one line and
 exit code 2.
 """
 
@@ -80,19 +81,25 @@ def cmd_validate(a) -> int:
     return validate(a.specs, a.overrides, a.budget)
 
 
+def _system_metrics(a) -> None:  # MLflow's own switch, read by every run of this process and its Ray workers
+    if a.no_system_metrics:
+        os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
+
+
 def cmd_run(a) -> int:
     from harness.batch.run import run
 
+    _system_metrics(a)
     code = run(a.specs, a.data, overrides=a.overrides, budget=a.budget, download=a.download, device=a.device,
                force=a.force, no_progress=a.no_progress, offline=a.offline, jobs=a.jobs,
                shared=_shared(a), group=a.group)
-    if not a.offline:  # an offline run's record is its folder's record.json until `import`
+    if a.publish and not a.offline:  # an offline run's record is its folder's record.json until `import`
         _export_results()
     return code
 
 
 def _export_results() -> None:
-    """After a batch: the store's finished runs into results/, where they outlive this machine's store."""
+    """After a batch with --publish: the store's finished runs into results/, where they outlive the store."""
     from harness.tracking.records import export_results
 
     export_results()
@@ -102,7 +109,8 @@ def cmd_import(a) -> int:
     from harness.batch.run import import_records
 
     code = import_records(a.records)
-    _export_results()
+    if a.publish:
+        _export_results()
     return code
 
 
@@ -130,10 +138,14 @@ def cmd_table(a) -> int:
     if a.campaign and (a.folders or a.budget is not None):
         raise UserError(f"{a.campaign}: --campaign names its specs and budget itself; expected no spec folders and "
                         f"no --budget with it, got {' '.join(a.folders) or '--budget ' + format(a.budget, 'g')}")
+    _system_metrics(a)
     code, data_id = table(a.folders, a.data, overrides=a.overrides, budget=1.0 if a.budget is None else a.budget,
                           download=a.download, device=a.device, include_heavy=a.include_heavy,
                           no_progress=a.no_progress, jobs=a.jobs, shared=_shared(a), group=a.group,
                           campaign=a.campaign)
+    if not a.publish:
+        print("table: records stay in the MLflow store (--publish: also results/, reports/)", file=sys.stderr)
+        return code
     _export_results()
     if not a.no_report:  # every campaign's pages, this table's among them, each in a folder of its own
         _report(Path(a.out), None, None, every=True)
@@ -162,6 +174,12 @@ def cmd_bench(a) -> int:
                  group=a.group)
 
 
+def _publish_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--publish", action="store_true",
+                   help=f"afterwards also write the store's finished runs into results/ (`results export`){what}; "
+                        "without it the checkout's committed files are left as they are")
+
+
 def _data_and_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP)
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR-10 into --data")
@@ -169,9 +187,13 @@ def _data_and_device_args(p: argparse.ArgumentParser) -> None:
 
 
 def _batch_args(p: argparse.ArgumentParser) -> None:
-    """How a batch of runs is spread: --jobs and the cluster options, --group."""
+    """How a batch of runs is spread: --jobs and the cluster options, --group; and whether MLflow samples the
+    machine while they train."""
     _jobs_arg(p)
     _group_arg(p)
+    p.add_argument("--no-system-metrics", action="store_true",
+                   help="no system/... metrics (CPU, memory, GPU utilisation every 2 s, MLflow's system-metrics "
+                        "monitor; also off with MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)")
 
 
 def _run_parser(sub) -> None:
@@ -185,6 +207,7 @@ def _run_parser(sub) -> None:
     r.add_argument("--offline", metavar="DIR", default=None,
                    help="no MLflow: write each run to DIR/<spec_hash>/ (record.json, model/) for `import`; "
                         "for machines without MLflow, e.g. a lent GPU")
+    _publish_arg(r, "")
     _batch_args(r)
     r.set_defaults(func=cmd_run)
 
@@ -192,6 +215,7 @@ def _run_parser(sub) -> None:
 def _import_parser(sub) -> None:
     im = sub.add_parser("import", help="log records of `run --offline` into the MLflow store (skips FINISHED)")
     im.add_argument("records", nargs="+", help="record.json files or folders holding them")
+    _publish_arg(im, "")
     im.set_defaults(func=cmd_import)
 
 
@@ -252,7 +276,8 @@ def _table_parser(sub) -> None:
                         "ordered specs and seeds); --set adds overrides, folders and --budget are refused")
     t.set_defaults(budget=None)  # 1.0 unless --campaign, whose file says its budget
     t.add_argument("--include-heavy", action="store_true", help="also run specs marked heavy (ResNet-1202)")
-    t.add_argument("--no-report", action="store_true", help="do not write the reports afterwards")
+    _publish_arg(t, " and the reports (`report --all`; what `make reproduce-table` does)")
+    t.add_argument("--no-report", action="store_true", help="with --publish: do not write the reports afterwards")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--out", default="reports", help="where the reports go")
     _batch_args(t)
@@ -271,8 +296,10 @@ def _report_parser(sub) -> None:
                          "folder; the file name alone will do where it names one data id in the store. With no "
                          "match the error lists the budgets and data ids the store has")
     rp.add_argument("--all", action="store_true",
-                    help="every campaign (budget, data) of the store, each into OUT/<data>-b<budget>/, and the index "
-                         "OUT/README.md (what `make report` and `table` write)")
+                    help="every campaign (budget, data) of the store, each into OUT/<data>-b<budget>/, the index "
+                         "OUT/README.md and each Optuna study's figures into OUT/tuning/<study>/ (from "
+                         "$HARNESS_OPTUNA_STORAGE, default mlruns/optuna.db; what `make report` and `table --publish` "
+                         "write)")
     rp.set_defaults(func=cmd_report)
 
 
@@ -299,7 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "trials already in the study, so a resumed study draws new points (tag sampler_seed)")
     tu.add_argument("--export", default=None, metavar="PATH", help="write the best trial as a spec, e.g. "
                     "experiments/tuned/resnet32.yaml")
-    tu.add_argument("--plots", default="reports/tuning", help="folder for Optuna's plots")
+    tu.add_argument("--plots", default=None, metavar="DIR",
+                    help="also write Optuna's plots into DIR/<study>/ (they always go to the study's parent MLflow "
+                         "run; reports/tuning/ is written by `report --all` and `make report`)")
     tu.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     tu.add_argument("--no-finish", action="store_true", help=argparse.SUPPRESS)
     tu.add_argument("--sampler-seed", type=int, default=None, help=argparse.SUPPRESS)  # from the parent to workers
@@ -311,16 +340,22 @@ STORE_COMMANDS = ("run", "table", "report", "tune", "import")  # those that read
 
 
 def main(argv=None) -> int:
+    from harness.core.stop import Terminated, stop_signals
+
+    # MLflow's INFO lines (store creation, migrations) say nothing a user acts on; its warnings stay
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     args = build_parser().parse_args(argv)
     try:
-        if args.command in STORE_COMMANDS and not getattr(args, "offline", None):
-            from harness.tracking.store import check_store
+        with stop_signals():  # SIGTERM (a scheduler's stop) ends the command as Ctrl-C does
+            if args.command in STORE_COMMANDS and not getattr(args, "offline", None):
+                from harness.tracking.store import check_store
 
-            check_store()  # before any data is loaded: an unreachable store is one line in seconds
-        return args.func(args)
+                check_store()  # before any data is loaded: an unreachable store is one line in seconds
+            return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:  # runs in flight are marked KILLED in MLflow and keep their checkpoints
-        print("interrupted: the same command resumes killed runs from their last checkpoint", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # runs in flight are marked KILLED in MLflow and keep their checkpoints
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}: the same command resumes killed runs from their last checkpoint", file=sys.stderr)
+        return 143 if isinstance(e, Terminated) else 130

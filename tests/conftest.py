@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .helpers import ROOT, TINY
+
 MINI = ROOT.parent / "shared" / "data" / "cifar10-mini.npz"
 
 
@@ -36,37 +38,41 @@ def store(tmp_path, monkeypatch) -> Path:
     return tmp_path / "mlruns"
 
 
-TINY = """\
-model: {arch: resnet, depth: 8}
-optimizer: {name: sgd, lr: 0.1, momentum: 0.9, weight_decay: 1.0e-4}
-schedule: {name: multistep, milestones: [8, 10], total_iters: 12}
-data: {val_fraction: 0.1}
-batch_size: 32
-seeds: [0]
-eval_points: 4
-"""
-
-
-def write_spec(folder: Path, name: str, text: str = TINY) -> Path:
+def _write_spec(folder: Path, name: str, text: str = TINY) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"
     path.write_text(text)
     return path
 
 
-def env_with(**extra) -> dict[str, str]:
+def _env_with(**extra) -> dict[str, str]:
     env = dict(os.environ)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
-def free_port() -> int:
-    """A free TCP port on loopback (the servers tests start listen on 127.0.0.1 only)."""
-    import socket
-
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def write_spec():
+    """write_spec(folder, name, text=TINY) -> the path of folder/name.yaml holding `text`."""
+    return _write_spec
+
+
+@pytest.fixture(scope="session")
+def env_with():
+    """env_with(**extra) -> this process's environment plus `extra`, for a subprocess."""
+    return _env_with
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """free_port() -> a free TCP port on loopback (the servers tests start listen on 127.0.0.1 only)."""
+    return _free_port
 
 
 @pytest.fixture()
@@ -77,7 +83,7 @@ def net_prefix() -> list[str]:
 
 
 @pytest.fixture()
-def postgres_db(net_prefix):
+def postgres_db(net_prefix, free_port):
     """A throw-away PostgreSQL server on loopback (Debian's packages; .ci/run installs them), one database
     `harness` in it; yields its SQLAlchemy URL and stops the server (pg_ctl, by its data folder) even on failure."""
     import glob

@@ -10,7 +10,7 @@ from harness.bench.render import write_bench_report
 from harness.cli import main
 from harness.errors import UserError
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 # A stand-in with the interface of akamaster/pytorch_resnet_cifar10 (trainer.train over the whole loader, a global
 # `args`, `.cuda()` copies, prints on import and every print_freq steps), small enough for a test; the real

@@ -8,7 +8,7 @@ from harness.cli import main
 from harness.core.campaign_file import campaign_runs, load_campaign
 from harness.core.spec import expand_paths
 
-from .conftest import ROOT, TINY, write_spec
+from .helpers import ROOT, TINY
 
 CPU = ROOT / "experiments/campaigns/cpu-b1_32.yaml"
 FULL_ID = "cifar10-full.npz:a44cc18e4ad961b5"  # the data id of ../shared/data/cifar10-full.npz
@@ -34,7 +34,7 @@ def test_the_cpu_campaign_resolves_to_the_hashes_of_its_run_commands(monkeypatch
 
 
 @pytest.mark.slow
-def test_a_campaign_skips_what_its_run_commands_finished(store, mini, capsys):
+def test_a_campaign_skips_what_its_run_commands_finished(store, mini, capsys, write_spec):
     exp = store.parent / "experiments"
     spec = write_spec(exp / "table6", "resnet8")
     write_spec(exp / "table6", "plain8", TINY.replace("arch: resnet", "arch: plain"))
@@ -44,9 +44,10 @@ def test_a_campaign_skips_what_its_run_commands_finished(store, mini, capsys):
         {"spec": "experiments/table6/resnet8.yaml", "seeds": [1]},
         {"spec": "experiments/table6/plain8.yaml", "seeds": [0]}]}))
     assert main(["run", str(spec.relative_to(store.parent)), "--data", str(mini), "--budget", "0.5", "--set",
-                 "eval_points=2", "--set", "seeds=[1]", "--no-progress"]) == 0
+                 "eval_points=2", "--set", "seeds=[1]", "--no-progress", "--publish"]) == 0
     capsys.readouterr()
-    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--no-report"]) == 0
+    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--publish",
+                 "--no-report"]) == 0
     err = capsys.readouterr().err
     assert "plan: 2 runs in total, 1 already done, 1 to do; ETA" in err, err
     assert "plan: to do, in this order: table6/plain8-s0-b0.5\n" in err
@@ -56,7 +57,7 @@ def test_a_campaign_skips_what_its_run_commands_finished(store, mini, capsys):
         "plain8-s0-b0.5", "resnet8-s1-b0.5"]  # exported after each command
 
 
-def test_a_bad_campaign_file_is_one_line(store, mini, capsys):
+def test_a_bad_campaign_file_is_one_line(store, mini, capsys, write_spec):
     camp = store.parent / "c.yaml"
     write_spec(store.parent / "experiments" / "table6", "resnet8")
     cases = {
@@ -66,6 +67,7 @@ def test_a_bad_campaign_file_is_one_line(store, mini, capsys):
         "budget: 0.5\nruns: [{spec: experiments/table6/nope.yaml, seeds: [0]}]\n":
             "c.yaml: runs.0.spec: experiments/table6/nope.yaml: spec file not found",
         "budget: -1\nruns: [{spec: experiments/table6/resnet8.yaml, seeds: [0]}]\n": "c.yaml: budget: ",
+        "budget: 0.5\nbudget: 1\nruns: []\n": "c.yaml: key 'budget' given twice (line 1 and line 2)",
     }
     for text, message in cases.items():
         camp.write_text(text)

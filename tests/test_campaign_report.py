@@ -9,7 +9,7 @@ from harness.cli import main
 from harness.report.curves import mean_curve
 from harness.report.labels import budget_words, campaign_label, row_label
 
-from .conftest import ROOT
+from .helpers import ROOT
 
 FULL = "cifar10-full.npz train=50000 val=0 test=10000 (official test set)"
 SPLIT = "cifar10-full.npz train=45000 val=5000 test=10000 (official test set)"

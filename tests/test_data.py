@@ -9,7 +9,7 @@ from harness.core.data import augment, load_arrays, split_indices, to_device
 from harness.core.spec import DataSpec
 from harness.errors import DataError
 
-from .conftest import MINI, TINY, write_spec
+from .helpers import TINY
 
 
 def test_mini_loads_real_cifar(mini):
@@ -55,7 +55,7 @@ def test_augment_is_a_translation_and_flip():
         assert any(torch.equal(img, w) or torch.equal(img, w.flip(2)) for w in windows)
 
 
-def test_corrupt_and_missing_data_fail_with_one_line(tmp_path, monkeypatch, capsys):
+def test_corrupt_and_missing_data_fail_with_one_line(tmp_path, monkeypatch, capsys, write_spec):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     spec = write_spec(tmp_path / "experiments" / "t", "tiny")
@@ -89,7 +89,7 @@ def test_a_spec_can_train_on_every_training_image(mini):
         split_indices(4068, DataSpec(val_fraction=0.0001))
 
 
-def test_a_batch_larger_than_the_training_split_is_refused_before_any_run(store, mini, capsys):
+def test_a_batch_larger_than_the_training_split_is_refused_before_any_run(store, mini, capsys, write_spec):
     """Known once spec and data are: one line per spec, exit 2, and no MLflow run (it made FAILED ones)."""
     folder = store.parent / "experiments" / "t"
     big = write_spec(folder, "big", TINY.replace("batch_size: 32", "batch_size: 3662"))
@@ -106,7 +106,7 @@ def test_the_official_test_set_is_known_by_its_bytes_not_its_size(tmp_path, mini
     """10,000 images of the right shape are not CIFAR-10's test set; its checksum says which are. Full training
     data (50,000 images) with it is what a run calls 'CIFAR-10 test error'."""
     assert not load_arrays(mini).official_test
-    full = MINI.parent / "cifar10-full.npz"
+    full = mini.parent / "cifar10-full.npz"
     if not full.is_file():
         pytest.skip(f"{full} is not on this machine")
     with np.load(full) as z:
@@ -122,3 +122,26 @@ def test_the_official_test_set_is_known_by_its_bytes_not_its_size(tmp_path, mini
     assert dataclasses.replace(copy, x_train=all_train).is_official_full and not copy.is_official_full
     assert not dataclasses.replace(other, x_train=all_train).is_official_full  # sizes alone counted as official
     assert not load_arrays(tmp_path / "copy.npz", with_test=False).official_test  # tuning reads no test set
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.exec, (f"open({self.marker!r}, 'w').write('ran')",)
+
+
+def test_an_npz_holding_pickled_objects_is_refused_unread(tmp_path):
+    """An .npz is a file a user is handed: an object array (a pickle inside) is refused, and its code never runs."""
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.npz"
+    x = np.empty(1, dtype=object)
+    x[0] = _RunsCode(marker)
+    np.savez(evil, x_train=x, y_train=np.zeros(1, np.int64), x_test=x, y_test=np.zeros(1, np.int64))
+    with pytest.raises(DataError, match="allow_pickle=False") as e:
+        load_arrays(evil)
+    assert len(str(e.value).splitlines()) == 1 and str(evil) in str(e.value)
+    assert not marker.exists()

@@ -22,8 +22,8 @@ from harness.core.data import load_arrays, to_device
 from harness.core.spec import RunSpec, Spec, load_spec, resolve_runs
 from harness.core.train import Diverged, Trainee, param_dtype, train
 
-from .conftest import MINI, ROOT, TINY, env_with, write_spec
 from .faults import killed_after
+from .helpers import ROOT, TINY
 
 F64 = TINY.replace("seeds: [0]", "seeds: [0, 1, 2]") + "dtype: float64\n"
 LOSS_TOL = 1e-10
@@ -61,16 +61,17 @@ def _together(runs, arrays):
 
 
 @pytest.fixture(scope="module")
-def f64_group(tmp_path_factory):
+def f64_group(tmp_path_factory, mini, write_spec):
     """The F64 spec's three seeds trained as one uninterrupted group, without MLflow: (spec path, history, ends),
     shared by the tests that compare against it (float64 on this CPU is slow: ~15 s a run)."""
     spec = write_spec(tmp_path_factory.mktemp("f64") / "experiments" / "t", "tiny", F64)
-    return (spec, *_together(_runs(spec), load_arrays(MINI)))
+    return (spec, *_together(_runs(spec), load_arrays(mini)))
 
 
-def test_a_group_of_three_seeds_trains_each_as_alone(f64_group):
+@pytest.mark.slow
+def test_a_group_of_three_seeds_trains_each_as_alone(f64_group, mini):
     spec, hist, ends = f64_group
-    runs, arrays = _runs(spec), load_arrays(MINI)
+    runs, arrays = _runs(spec), load_arrays(mini)
     for r in runs:
         alone_hist, alone_final, alone_model = _alone(r, arrays)
         assert sorted(hist[r.seed]) == sorted(alone_hist) == [3, 6, 9, 12]
@@ -118,12 +119,13 @@ def _finals(uri, exp="t"):
     return {r.info.run_name: r for r in runs}, c
 
 
-def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path, monkeypatch, mini, env_with):
     spec, ref, _ = f64_group  # the uninterrupted group
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/killed/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    args = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(MINI), "--group", "3"]
+    args = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--group", "3"]
     # Killed before iteration 8's batch: the checkpoints are those of iteration 6.
     p = subprocess.run(args, env=env_with(MLFLOW_TRACKING_URI=uri, **killed_after(7)), cwd=tmp_path,
                        capture_output=True, text=True)
@@ -132,7 +134,7 @@ def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path,
     assert len(killed) == 3 and {r.info.status for r in killed.values()} == {"RUNNING"}
     ckpts = [p.name for p in (tmp_path / "killed" / "checkpoints").glob("*.pt")]
     assert len([n for n in ckpts if not n.endswith(".prev.pt")]) == 3, ckpts  # each member's own, at iteration 6
-    assert main(["run", str(spec), "--data", str(MINI), "--group", "3", "--no-progress"]) == 0
+    assert main(["run", str(spec), "--data", str(mini), "--group", "3", "--no-progress"]) == 0
     resumed, c = _finals(uri)
     assert {n: r.info.run_id for n, r in resumed.items()} == {n: r.info.run_id for n, r in killed.items()}
     for seed in (0, 1, 2):
@@ -141,11 +143,12 @@ def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path,
         history = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "train_loss")}
         assert history == {it: ref[seed][it]["train_loss"] for it in (3, 6, 9, 12)}  # bit-exact on resume
         assert r.data.metrics["test_error"] == ref[seed][12]["test_error"]
-    assert main(["run", str(spec), "--data", str(MINI), "--group", "3", "--no-progress"]) == 0  # all skipped
+    assert main(["run", str(spec), "--data", str(mini), "--group", "3", "--no-progress"]) == 0  # all skipped
     assert len(_finals(uri)[0]) == 3
 
 
-def test_a_member_that_diverges_fails_alone(store, mini):
+@pytest.mark.slow
+def test_a_member_that_diverges_fails_alone(store, mini, write_spec):
     folder = store.parent / "experiments" / "t"
     bad = write_spec(folder, "a_diverges", F64.replace("lr: 0.1", "lr: 1.0e+30").replace("[0, 1, 2]", "[0]"))
     good = write_spec(folder, "b_fine", F64.replace("[0, 1, 2]", "[0]"))
@@ -166,7 +169,7 @@ def test_a_member_that_diverges_fails_alone(store, mini):
     assert all(math.isclose(logged[k], alone[k], rel_tol=1e-9) for k in alone), (logged, alone)
 
 
-def test_group_needs_one_job(store, mini, capsys):
+def test_group_needs_one_job(store, mini, capsys, write_spec):
     spec = write_spec(store.parent / "experiments" / "t", "tiny")
     assert main(["run", str(spec), "--data", str(mini), "--group", "2", "--jobs", "2"]) == 2
     assert "--group 2: expected --group 1 with --jobs" in capsys.readouterr().err
@@ -174,7 +177,7 @@ def test_group_needs_one_job(store, mini, capsys):
     assert "--group: expected a group size of at least 1, got 0" in capsys.readouterr().err
 
 
-def test_offline_group_writes_each_members_record(store, mini):
+def test_offline_group_writes_each_members_record(store, mini, write_spec):
     """`run --offline --group K` (the lent GPU machine has no MLflow): each member its own record.json, as alone."""
     spec = write_spec(store.parent / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
     out = store.parent / "records"
@@ -190,7 +193,7 @@ def test_offline_group_writes_each_members_record(store, mini):
     assert main(args) == 0  # all recorded: skipped
 
 
-def test_the_gpu_scripts_run_trains_several_specs_grouped_into_records(mini, tmp_path):
+def test_the_gpu_scripts_run_trains_several_specs_grouped_into_records(mini, tmp_path, env_with, write_spec):
     """docs/gpu.md's campaign command: `scripts/gpu.sh run SPEC... --group K`, each member's record in $OUT/records."""
     folder = tmp_path / "experiments" / "t"
     specs = [write_spec(folder, "a", TINY), write_spec(folder, "b", TINY.replace("lr: 0.1", "lr: 0.05"))]

@@ -19,15 +19,17 @@ from mlflow import MlflowClient
 
 from harness.cli import main
 
-from .conftest import ROOT, TINY, env_with, free_port, write_spec
+from .helpers import ROOT, TINY
 
 FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", "train_error")
 PY = sys.executable
 RAY = str(Path(sys.executable).parent / "ray")
 
 
-def _env(**extra) -> dict[str, str]:
-    return env_with(PYTHONPATH=ROOT, RAY_USAGE_STATS_ENABLED=0, OMP_NUM_THREADS=1, **extra)
+@pytest.fixture(scope="session")
+def ray_env(env_with):
+    """The environment of the processes these tests start: this checkout importable, Ray's usage stats off."""
+    return lambda **extra: env_with(PYTHONPATH=ROOT, RAY_USAGE_STATS_ENABLED=0, OMP_NUM_THREADS=1, **extra)
 
 
 def _runs(c, group="t"):
@@ -44,7 +46,8 @@ def _steps_once(c, run) -> bool:
     return len(steps) == len(set(steps)) > 0
 
 
-def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path):
+@pytest.mark.slow
+def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path, write_spec, ray_env):
     """Two `harness run` of the same spec and seeds at once: every run is claimed before it trains, so the driver
     that comes second waits on the claim and then finds the run FINISHED."""
     spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]")
@@ -53,7 +56,7 @@ def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path):
 
     tracking.create_store()  # as `run --jobs` does; two fresh processes racing to create MLflow's tables is not this
     cmd = [PY, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"]
-    drivers = [subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    drivers = [subprocess.Popen(cmd, env=ray_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
         errs = [p.communicate(timeout=150)[1] for p in drivers]
     finally:
@@ -83,7 +86,7 @@ def test_a_claim_waits_for_a_live_holder_and_takes_over_a_dead_one(store, monkey
     assert claims._try_take(url, "g", "other:3:c") is None  # released
 
 
-def test_a_cluster_refuses_a_store_only_one_node_can_see(store, mini, tmp_path, capsys):
+def test_a_cluster_refuses_a_store_only_one_node_can_see(store, mini, tmp_path, capsys, write_spec):
     spec = write_spec(tmp_path / "experiments" / "t", "tiny")
     assert main(["run", str(spec), "--data", str(mini), "--address", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -91,7 +94,7 @@ def test_a_cluster_refuses_a_store_only_one_node_can_see(store, mini, tmp_path, 
     assert not store.exists()  # nothing ran, nothing created
 
 
-def test_jobs_without_ray_installed_is_one_line(store, mini, tmp_path, capsys, monkeypatch):
+def test_jobs_without_ray_installed_is_one_line(store, mini, tmp_path, capsys, monkeypatch, write_spec):
     monkeypatch.setitem(sys.modules, "ray", None)  # the fault: Ray missing
     spec = write_spec(tmp_path / "experiments" / "t", "tiny")
     assert main(["run", str(spec), "--data", str(mini), "--jobs", "2"]) == 2
@@ -156,14 +159,14 @@ def _wait_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 12
 
 
 @pytest.fixture()
-def mlflow_server(postgres_db, netns, tmp_path):
+def mlflow_server(postgres_db, netns, tmp_path, free_port, ray_env):
     """`mlflow server` on PostgreSQL, on loopback, its artifacts in a folder every (loopback) node reaches."""
     port = free_port()
     path = tmp_path / "mlflow-server.log"
     p = subprocess.Popen(netns + [PY, "-m", "mlflow", "server", "--backend-store-uri", postgres_db,
                                   "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host",
                                   "127.0.0.1", "--port", str(port), "--workers", "1"],
-                         env=_env(), stdout=path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                         env=ray_env(), stdout=path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_log(path, "Application startup complete", p)
         yield f"http://127.0.0.1:{port}", postgres_db
@@ -171,7 +174,8 @@ def mlflow_server(postgres_db, netns, tmp_path):
         _kill_tree(p)
 
 
-def _ray_node(netns: list[str], tmp_path: Path, temp: str, name: str, head_port: int, head: bool):
+def _ray_node(netns: list[str], tmp_path: Path, temp: str, name: str, head_port: int, head: bool, ray_env,
+              free_port):
     args = netns + [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
             "--resources", json.dumps({name: 1}), "--object-store-memory", str(200 << 20)]
     for port in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
@@ -184,18 +188,18 @@ def _ray_node(netns: list[str], tmp_path: Path, temp: str, name: str, head_port:
         args += ["--address", f"127.0.0.1:{head_port}"]
     log = (tmp_path / f"ray-{name}.log").open("w")
     # no token: nothing but this namespace's `lo` reaches the cluster
-    return subprocess.Popen(args, env=_env(RAY_AUTH_MODE="disabled"), stdout=log, stderr=log, start_new_session=True)
+    return subprocess.Popen(args, env=ray_env(RAY_AUTH_MODE="disabled"), stdout=log, stderr=log, start_new_session=True)
 
 
 @pytest.fixture()
-def ray_cluster(netns, tmp_path):
+def ray_cluster(netns, tmp_path, free_port, ray_env):
     """A head node (custom resource `head`) and a worker node (`worker`), one CPU each, on 127.0.0.1."""
     port = free_port()
     temp = tempfile.mkdtemp(prefix="hr-")  # Ray's socket paths must stay under 108 bytes
-    nodes = {"head": _ray_node(netns, tmp_path, temp, "head", port, head=True)}
+    nodes = {"head": _ray_node(netns, tmp_path, temp, "head", port, True, ray_env, free_port)}
     try:
         _wait_log(tmp_path / "ray-head.log", "block forever", nodes["head"])  # a worker gives a head 30 s, no more
-        nodes["worker"] = _ray_node(netns, tmp_path, temp, "worker", port, head=False)
+        nodes["worker"] = _ray_node(netns, tmp_path, temp, "worker", port, False, ray_env, free_port)
         yield f"127.0.0.1:{port}", nodes
     finally:
         for p in reversed(nodes.values()):
@@ -203,8 +207,9 @@ def ray_cluster(netns, tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_server, ray_cluster, net_prefix, mini,
-                                                                       tmp_path, monkeypatch):
+                                                                       tmp_path, monkeypatch, write_spec, ray_env):
     """`table --address`: one run lands on each node (one CPU each); the worker node is killed once its run has
     a checkpoint, Ray retries the task on the head, which takes over the run's claim (its holder is gone) and
     resumes it from the shared checkpoint to the numbers of an uninterrupted run on one thread."""
@@ -229,10 +234,10 @@ def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_serv
     p = subprocess.Popen(netns + [PY, "-m", "harness", "table", str(spec.parent), "--data", str(mini),
                                   "--no-report", "--no-progress", "--address", address, "--checkpoint-dir",
                                   str(shared), "--claims-db", pg],
-                         env=_env(MLFLOW_TRACKING_URI=uri, HARNESS_CLAIM_TIMEOUT=30, RAY_AUTH_MODE="disabled"),
+                         env=ray_env(MLFLOW_TRACKING_URI=uri, HARNESS_CLAIM_TIMEOUT=30, RAY_AUTH_MODE="disabled"),
                          cwd=tmp_path, stderr=(tmp_path / "driver.log").open("w"), start_new_session=True)
     try:
-        found = subprocess.run(netns + [PY, "-c", WORKER_CLAIM, pg], env=_env(), capture_output=True, text=True,
+        found = subprocess.run(netns + [PY, "-c", WORKER_CLAIM, pg], env=ray_env(), capture_output=True, text=True,
                                timeout=240)
         assert found.returncode == 0, (found.stderr[-2000:], p.poll())
         spec_hash = found.stdout.strip()  # the run the worker node holds, by its claim
@@ -247,7 +252,7 @@ def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_serv
     finally:
         _kill_tree(p)
     assert "finished on head" in err, err[-5000:]
-    runs = json.loads(subprocess.run(netns + [PY, "-c", READ_RUNS, uri], env=_env(), capture_output=True, text=True,
+    runs = json.loads(subprocess.run(netns + [PY, "-c", READ_RUNS, uri], env=ray_env(), capture_output=True, text=True,
                                      check=True).stdout)
     assert set(runs) == set(reference) == {"tiny-s0", "tiny-s1"}, runs  # no run made twice
     for name, r in runs.items():  # steps_once: resumed from its checkpoint, not from the start

@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import yaml
 from mlflow import MlflowClient
 
 from harness.cli import main
 
-from .conftest import ROOT, TINY, env_with, write_spec
+from .helpers import ROOT, TINY
 
 
 def runs_by_hash() -> dict[str, tuple]:
@@ -37,7 +38,7 @@ def pages(folder) -> dict[str, bytes]:
     return out
 
 
-def test_results_round_trip_and_reports_from_results_alone(store, mini, monkeypatch, capsys):
+def test_results_round_trip_and_reports_from_results_alone(store, mini, monkeypatch, capsys, write_spec):
     """Real tiny runs -> results/ -> a fresh store: same runs, same reports, importing twice imports once, and
     exporting the fresh store writes the same bytes (no churn in git)."""
     exp = store.parent / "experiments"
@@ -47,12 +48,13 @@ def test_results_round_trip_and_reports_from_results_alone(store, mini, monkeypa
     write_spec(exp / "table6", "resnet32", tiny)
     write_spec(exp / "ladder", "2_split", "description: Rung 2, split\n" + tiny.replace("lr: 0.1", "lr: 0.05"))
     write_spec(exp / "ladder", "10_data", "description: Rung 10, data\n" + tiny.replace("lr: 0.1", "lr: 0.02"))
-    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress",
+                 "--publish"]) == 0
     results = store.parent / "results"
     files = sorted(results.rglob("*.json"))
     assert [f.relative_to(results).parent.name for f in files] == ["ladder", "ladder", "table6"]
     rec = json.loads(files[-1].read_text())
-    assert re.fullmatch(r"resnet32-s0-[0-9a-f]{16}\.json", files[-1].name) and rec["format"] == 1
+    assert re.fullmatch(r"resnet32-s0-[0-9a-f]{16}\.json", files[-1].name) and rec["format"] == 2
     assert files[-1].name.endswith(f"-{rec['tags']['spec_hash']}.json")
     assert files[-1].read_text() == json.dumps(rec, sort_keys=True, indent=1) + "\n"
     assert [h["step"] for h in rec["history"]] == [6, 12] and "test_error" in rec["final"]
@@ -91,17 +93,17 @@ def test_a_bad_record_is_one_line_and_nothing_is_imported(store, capsys):
     folder = store.parent / "results" / "table6"
     folder.mkdir(parents=True)
     (folder / "a.json").write_text(json.dumps(good))
-    (folder / "b.json").write_text(json.dumps({**good, "format": 2}))
+    (folder / "b.json").write_text(json.dumps({**good, "format": 3}))
     assert main(["results", "import"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: results/table6/b.json: format: expected 1, found 2 (a newer harness wrote it?)"]
+    assert err == ["error: results/table6/b.json: format: expected 1 or 2, found 3 (a newer harness wrote it?)"]
     (folder / "b.json").write_text(json.dumps({k: v for k, v in good.items() if k != "history"}))
     assert main(["results", "import"]) == 2
     assert "b.json: history: expected a list, found NoneType" in capsys.readouterr().err
     assert not (store / "mlflow.db").exists()  # every file is checked before the first is imported
 
 
-def test_download_offline_is_one_line_and_leaves_nothing(tmp_path):
+def test_download_offline_is_one_line_and_leaves_nothing(tmp_path, env_with, write_spec):
     """The download through a proxy on a closed loopback port fails as it does offline, with no outside
     traffic; the user is told what to do in one line."""
     spec = write_spec(tmp_path / "specs", "r8")
@@ -143,3 +145,108 @@ def test_split_is_named_from_the_data_tag():
     assert split_of("cifar10-full.npz train=50000 val=0 test=10000 (official test set)") == "50k"
     assert split_of("cifar10-full.npz train=45000 val=5000 test=10000") == "45k/5k"
     assert split_of("cifar10-mini.npz train=3661 val=407 test=1017") == "3661/407"
+
+
+RESOLVED = ("seed", "budget", "group", "source_file")
+COMMITTED = ROOT / "results" / "table6" / "resnet20-s0-b0.0005-9103120fb7e2d533.json"
+
+
+def test_committed_records_keep_their_spec_hash_and_digest():
+    """The spec hash of every committed record, recomputed from its resolved spec, seed, budget and data id, is the
+    one in its name (a new spec field or check must not move it); each record matches its digest."""
+    from harness.core.spec import RunSpec, Spec
+    from harness.tracking.records import check_record
+
+    files = sorted((ROOT / "results").rglob("*.json"))
+    assert COMMITTED in files
+    for f in files:
+        rec = json.loads(f.read_text())
+        body = yaml.safe_load(rec["spec_yaml"])  # the resolved spec, with the run's seed, budget, group and file
+        run = RunSpec(spec=Spec.model_validate({k: v for k, v in body.items() if k not in RESOLVED}),
+                      **{k: body[k] for k in RESOLVED}, name=body["name"])
+        assert f.name.endswith(f"-{run.spec_hash(rec['tags']['data_id'])}.json"), f
+        assert rec["digest"].startswith("sha256:") and rec["tags"]["git_commit"] and rec["tags"]["data_id"]
+        check_record(f)
+
+
+def test_a_hand_edited_record_is_refused_before_anything_is_imported(store, capsys):
+    """`results import` (and so `make report`) never reports a record whose numbers were changed by hand."""
+    folder = store.parent / "results" / "table6"
+    folder.mkdir(parents=True)
+    rec = json.loads(COMMITTED.read_text())
+    rec["final"]["test_error"] -= 10  # a better number, typed in
+    edited = folder / COMMITTED.name
+    edited.write_text(json.dumps(rec, sort_keys=True, indent=1) + "\n")
+    assert main(["results", "import"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: results/table6/{COMMITTED.name}: digest: the content no longer matches it (edited by "
+                   "hand?); expected the record as its run wrote it: export it again from the run's store, or rerun "
+                   "the run"], err
+    assert not (store / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("field,value", [("group", "../x"), ("run_name", "../../evil-s0"), ("group", "/tmp")])
+def test_a_record_whose_names_climb_out_is_refused(field, value, store, capsys):
+    """A record's group and run_name become results/<group>/<run_name>-<hash>.json on the next export: a name
+    that leaves results/ is refused on import, digest or not, naming the file and the field."""
+    from harness.tracking.sinks import content_digest
+
+    folder = store.parent / "results" / "table6"
+    folder.mkdir(parents=True)
+    rec = {**json.loads(COMMITTED.read_text()), field: value}
+    (folder / "a.json").write_text(json.dumps({**rec, "digest": content_digest(rec)}))
+    assert main(["results", "import"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: results/table6/a.json: {field}: ") and repr(value) in err[0]
+    assert not (store / "mlflow.db").exists()
+
+
+def test_an_export_never_writes_outside_its_folder(tmp_path):
+    """The store's own names (an experiment called `..`, a link inside results/) cannot lead a record elsewhere."""
+    from harness.errors import UserError
+    from harness.tracking.records import record_path, write_record
+
+    rec = json.loads(COMMITTED.read_text())
+    with pytest.raises(UserError, match=r"run 'resnet20-s0-b0.0005': group: .* got '\.\.'"):
+        record_path(tmp_path / "results", {**rec, "group": ".."})
+    (tmp_path / "results").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "results" / "table6").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(UserError, match="outside"):
+        write_record(tmp_path / "results", rec)
+    assert not list((tmp_path / "elsewhere").iterdir())
+
+
+def test_a_format_1_record_imports_as_the_run_mlflow_showed_and_exports_as_format_2(store, monkeypatch):
+    """What MLflow's runs list shows of a trained run (duration, description, source, dataset) an imported one
+    shows too, from a committed format-1 record; its export is format 2 and imports with the same times."""
+    old = json.loads(COMMITTED.read_text())
+    assert old["format"] == 1
+    assert main(["results", "import", str(COMMITTED)]) == 0
+    c = MlflowClient()
+    (r,) = c.search_runs([c.get_experiment_by_name("table6").experiment_id])
+    seconds = (r.info.end_time - r.info.start_time) / 1000
+    assert abs(seconds - old["summary"]["train_seconds"]) < 1  # not the import's own second
+    assert r.data.tags["mlflow.note.content"] == yaml.safe_load(old["spec_yaml"])["description"]
+    assert r.data.tags["mlflow.source.git.commit"] == old["tags"]["git_commit"]
+    assert r.data.tags["mlflow.source.name"] == "python -m harness"
+    (ds,) = [d.dataset for d in r.inputs.dataset_inputs]
+    assert (ds.name, ds.digest) == ("cifar10-mini.npz", "56ecc45f2a62d293")
+    assert json.loads(ds.profile) == {"train_size": 4068, "val_size": 0, "test_size": 1017}
+    assert "timing/train_seconds" in r.data.metrics and "timing/images_per_s" in r.data.metrics
+    assert not {"images_per_s", "train_seconds", "final_iteration"} & set(r.data.metrics)
+    assert "optimizer.betas" not in r.data.params and "None" not in r.data.params.values()
+    assert r.data.params["optimizer.momentum"] == "0.9" and "heavy" not in r.data.params
+
+    assert main(["results", "export", "--dir", "out"]) == 0
+    (path,) = (store.parent / "out").rglob("*.json")
+    assert path.name == COMMITTED.name  # same spec_hash: the same file name
+    new = json.loads(path.read_text())
+    assert new["format"] == 2 and (new["start_time"], new["end_time"]) == (r.info.start_time, r.info.end_time)
+    assert new["dataset"]["digest"] == "56ecc45f2a62d293" and "mlflow.note.content" in new["tags"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store.parent}/again/mlflow.db")
+    assert main(["results", "import", str(path)]) == 0
+    c = MlflowClient()
+    (again,) = c.search_runs([c.get_experiment_by_name("table6").experiment_id])
+    assert (again.info.start_time, again.info.end_time) == (r.info.start_time, r.info.end_time)
+    assert again.data.tags["mlflow.note.content"] == r.data.tags["mlflow.note.content"]

@@ -11,10 +11,11 @@ import yaml
 from mlflow import MlflowClient
 
 from harness.cli import main
-from harness.report.campaign import load_paper, paper_figure
+from harness.core.groups import load_paper
+from harness.report.campaign import paper_figure
 from harness.report.pages import paper_cell
 
-from .conftest import ROOT, TINY, write_spec
+from .helpers import ROOT, TINY
 
 
 def test_paper_figures_file_matches_he_et_al_table6():
@@ -29,7 +30,7 @@ def test_paper_figures_are_found_from_any_directory(tmp_path, monkeypatch):
     assert load_paper()["test_error"]["resnet32"] == 7.51
 
 
-def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store, mini, capsys):
+def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store, mini, capsys, write_spec):
     exp = store.parent / "experiments"
     exp.mkdir(parents=True)
     shutil.copy(ROOT / "experiments/paper.yaml", exp / "paper.yaml")
@@ -44,7 +45,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
 
     (store.parent / "reports" / "bench").mkdir(parents=True)  # a real H100 bench line, rendered by report
     shutil.copy(ROOT / "reports/bench/h100-2026-11-23.jsonl", store.parent / "reports" / "bench")
-    code = main(["table", "--data", str(mini), "--no-progress"])
+    code = main(["table", "--data", str(mini), "--no-progress", "--publish"])
     err = capsys.readouterr().err
     assert code == 2  # an invalid spec (and a diverged run): not everything finished
     assert "bad_spec.yaml: model.depth: expected 6n+2" in err
@@ -60,7 +61,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert statuses == {"resnet32-s0": "FINISHED", "resnet32-s1": "FINISHED", "plain8-s0": "FINISHED",
                         "a_diverges-s0": "FAILED", "fc_relu-s0": "FINISHED", "0_seed-s0": "FINISHED"}
 
-    assert (store.parent / "results" / "table6").is_dir()  # `table` exported its finished runs
+    assert (store.parent / "results" / "table6").is_dir()  # `table --publish` exported its finished runs
     assert "cifar10-mini-b1/" in (store.parent / "reports" / "README.md").read_text()
     out = store.parent / "reports" / "cifar10-mini-b1"  # `table` reports every campaign, each in its folder
     assert "| ours_graphed | 37,327.0 | 3.43 |" in (out.parent / "bench.md").read_text()  # resnet20's row in that file
@@ -125,7 +126,7 @@ def test_paper_column_sets_resnet110s_mean_beside_our_mean():
     assert paper_cell(*paper_figure(paper, "resnet32")) == "7.51"
 
 
-def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys):
+def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, write_spec):
     """One store of real tiny runs (ResNet-8, 12 iterations at budget 1, 6 at 0.5): campaign A (budget 1) has
     table6 and ladder runs, campaign B (budget 0.5) only a table6 run, campaign C the same file name with other
     bytes. Each report must say which runs it is of, and what in its folder it did not rewrite."""

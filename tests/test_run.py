@@ -8,14 +8,15 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
 from harness.core.devices import worker_devices
 
-from .conftest import MINI, ROOT, TINY, env_with, write_spec
 from .faults import killed_after
+from .helpers import ROOT, TINY
 
 FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", "train_error")
 
@@ -26,14 +27,14 @@ def _runs(group="t"):
     return c, (c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else [])
 
 
-def test_run_is_tracked_and_rerun_skips(store, mini, capsys):
+def test_run_is_tracked_and_rerun_skips(store, mini, capsys, write_spec, monkeypatch):
     spec = write_spec(store.parent / "experiments" / "t", "tiny")
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
     c, runs = _runs()
     assert len(runs) == 1
     r = runs[0]
     assert r.info.status == "FINISHED" and r.info.run_name == "tiny-s0"
-    for k in FINAL_KEYS + ("lr", "images_per_s"):
+    for k in FINAL_KEYS + ("lr", "timing/images_per_s"):
         assert k in r.data.metrics, k
     assert 0 <= r.data.metrics["test_error"] <= 100
     tags = r.data.tags
@@ -42,6 +43,11 @@ def test_run_is_tracked_and_rerun_skips(store, mini, capsys):
     assert tags["budget"] == "1" and "train=3661 val=407 test=1017" in tags["data"]
     assert tags["official_test_set"] == "false"
     assert r.data.params["model.depth"] == "8" and r.data.params["seed"] == "0"
+    assert not {"optimizer.betas", "schedule.patience", "heavy", "name"} & set(r.data.params), r.data.params
+    assert "None" not in r.data.params.values() and re.fullmatch(r"[0-9a-f]{64}", tags["weights_sha256"])
+    assert {k for k in r.data.metrics if "_seconds" in k or k.endswith(("_per_s", "_iteration"))} == {
+        "timing/images_per_s", "timing/train_seconds", "timing/mlflow_log_seconds", "timing/model_log_seconds",
+        "timing/final_iteration"}  # bookkeeping apart from the results
     assert [m.step for m in c.get_metric_history(r.info.run_id, "val_error")] == [3, 6, 9, 12]
     arts = {a.path for a in c.list_artifacts(r.info.run_id)}
     assert {"spec.yaml", "learning_curve.png"} <= arts and r.outputs.model_outputs  # the model: tests/test_mlflow.py
@@ -50,8 +56,12 @@ def test_run_is_tracked_and_rerun_skips(store, mini, capsys):
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
     assert "already FINISHED" in capsys.readouterr().err
     assert len(_runs()[1]) == 1
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--force"]) == 0
+    system = sorted(k for k in r.data.metrics if k.startswith("system/"))
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_percentage"} <= set(system), system
+    monkeypatch.setenv("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")  # restored after the test
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--force", "--no-system-metrics"]) == 0
     assert len(_runs()[1]) == 2
+    assert not [k for k in _runs()[1][1].data.metrics if k.startswith("system/")]
     assert not list((store / "checkpoints").glob("*.pt"))  # finished runs leave no checkpoint
 
 
@@ -59,8 +69,8 @@ def _final(c, run_id):
     return {k: c.get_run(run_id).data.metrics[k] for k in FINAL_KEYS}
 
 
-def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypatch):
-    text = TINY.replace("total_iters: 12", "total_iters: 16").replace("eval_points: 4", "eval_points: 4")
+def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypatch, env_with, write_spec):
+    text = TINY.replace("total_iters: 12", "total_iters: 16")
     spec = write_spec(tmp_path / "experiments" / "t", "tiny", text)
     # Uninterrupted reference in a store of its own.
     ref_uri = f"sqlite:///{tmp_path}/ref/mlflow.db"
@@ -90,7 +100,7 @@ def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypa
     assert steps == [4, 8, 12, 16]
 
 
-def test_divergence_is_recorded_and_the_batch_goes_on(store, mini, capsys):
+def test_divergence_is_recorded_and_the_batch_goes_on(store, mini, capsys, write_spec):
     folder = store.parent / "experiments" / "t"
     bad = write_spec(folder, "a_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))
     good = write_spec(folder, "b_fine")
@@ -108,7 +118,7 @@ def test_divergence_is_recorded_and_the_batch_goes_on(store, mini, capsys):
     assert len(_runs()[1]) == 2
 
 
-def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, capsys, monkeypatch):
+def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, capsys, monkeypatch, write_spec):
     """Beside divergence: a spec the data cannot serve ends `bad_input` with its one-line message, any other
     exception `error` named by its type; each run is FAILED and the batch goes on."""
     folder = store.parent / "experiments" / "t"
@@ -146,7 +156,7 @@ def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, caps
         ("FAILED", "error", "RuntimeError: boom")
 
 
-def test_resnet110_style_warmup_returns_to_base_lr(store, mini):
+def test_resnet110_style_warmup_returns_to_base_lr(store, mini, write_spec):
     text = TINY.replace("total_iters: 12}", "total_iters: 60, warmup: {lr: 0.01, until_train_error: 100.0, "
                         "max_iters: 50}}").replace("[8, 10]", "[55]").replace("eval_points: 4", "eval_points: 6")
     spec = write_spec(store.parent / "experiments" / "t", "warm", text)
@@ -157,7 +167,7 @@ def test_resnet110_style_warmup_returns_to_base_lr(store, mini):
     assert lrs[:1] == [0.01] and lrs[2:5] == [0.1, 0.1, 0.1] and lrs[-1] == 0.1 * 0.1
 
 
-def test_help_is_the_map():
+def test_help_is_the_map(env_with):
     out = subprocess.run([sys.executable, "-m", "harness", "--help"], capture_output=True, text=True, cwd=ROOT,
                          env=env_with(COLUMNS=200)).stdout
     for cmd in ("run", "validate", "report", "tune", "table", "bench"):
@@ -165,7 +175,7 @@ def test_help_is_the_map():
     assert os.path.isfile(ROOT / "Makefile")
 
 
-def test_offline_run_then_import_is_a_finished_mlflow_run(store, mini, tmp_path, capsys):
+def test_offline_run_then_import_is_a_finished_mlflow_run(store, mini, tmp_path, capsys, write_spec):
     """The GPU machine has no MLflow: `run --offline` writes a record, `import` makes it the run `run` would
     have made, so a later `run` of the same spec skips it and a second import adds nothing."""
     spec = write_spec(tmp_path / "experiments" / "t", "tiny")
@@ -189,7 +199,7 @@ def test_offline_run_then_import_is_a_finished_mlflow_run(store, mini, tmp_path,
     assert "already FINISHED" in capsys.readouterr().err and len(_runs()[1]) == 1
 
 
-def test_offline_run_killed_resumes_from_its_folder(store, mini, tmp_path):
+def test_offline_run_killed_resumes_from_its_folder(store, mini, tmp_path, env_with, write_spec):
     text = TINY.replace("total_iters: 12", "total_iters: 16")
     spec = write_spec(tmp_path / "experiments" / "t", "tiny", text)
     out = tmp_path / "records"
@@ -239,8 +249,9 @@ def test_jobs_deal_workers_over_the_gpus_unless_one_is_named():
     assert worker_devices(torch.device("cpu"), 2, gpus=0) == ["cpu", "cpu"]
 
 
+@pytest.mark.slow
 def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers(store, mini, tmp_path, capsys,
-                                                                                 monkeypatch):
+                                                                                 monkeypatch, env_with, write_spec):
     """`--jobs 2`: two Ray tasks on an embedded Ray with one CPU thread each, nothing set up. Killed mid-run
     (both workers SIGKILL themselves after iteration 10; Ray told not to retry), the batch exits non-zero, leaves
     its runs RUNNING with checkpoints, and a rerun resumes them to the numbers of the same runs made one after the
@@ -302,13 +313,14 @@ def _running(db) -> int:
         return 0
 
 
-def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path, mini, env_with, write_spec):
     """Ctrl-C reaches the whole process group: each worker marks its run KILLED (resumable), no queued run starts,
     and the command ends with one line and exit 130 instead of waiting for the batch."""
     spec = write_spec(tmp_path / "experiments" / "t", "long", TINY.replace("total_iters: 12", "total_iters: 3000")
                       .replace("seeds: [0]", "seeds: [0, 1, 2]").replace("eval_points: 4", "eval_points: 2"))
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    p = subprocess.Popen([sys.executable, "-m", "harness", "run", str(spec), "--data", str(MINI), "--jobs", "2"],
+    p = subprocess.Popen([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--jobs", "2"],
                          env=env_with(MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS=2), cwd=tmp_path, text=True,
                          stderr=subprocess.PIPE, start_new_session=True,  # a terminal's Ctrl-C hits the group
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -1,6 +1,5 @@
 """The Schedule object: one lr per iteration for every family, fed back the numbers it decides on."""
 
-import math
 import random
 
 import pytest
@@ -40,21 +39,57 @@ def test_plateau_is_torchs_reduce_lr_on_plateau_counted_in_evaluation_points(mod
     assert len(set(got)) > 2  # several drops happened, and the lr stops short of ~0 (eps)
 
 
-@pytest.mark.parametrize("family", ["multistep", "cosine", "plateau"])
-def test_one_linear_ramp_for_every_family(family):
-    """`warmup_iters` scales the family's own lr by (it + 1) / warmup_iters, also after a plateau drop inside it."""
-    kw = {"milestones": [30]} if family == "multistep" else {"milestones": []}
-    ramped = Schedule(ScheduleSpec(name=family, total_iters=60, warmup_iters=12, patience=0, **kw), 0.1, 4)
-    flat = Schedule(ScheduleSpec(name=family, total_iters=60, patience=0, **kw), 0.1, 4)
-    family_lrs = []
+def test_multistep_is_the_papers_lr_at_its_iterations():
+    """He et al. 2015 §4.2: lr 0.1, divided by 10 at 32k and 48k iterations, terminated at 64k."""
+    sched = Schedule(ScheduleSpec(), 0.1, 2000)
+    paper = {0: 0.1, 31999: 0.1, 32000: 0.01, 47999: 0.01, 48000: 0.001, 63999: 0.001}
+    assert {it: sched.lr_at(it) for it in paper} == pytest.approx(paper, rel=1e-12)
+
+
+def _torch_lrs(family: str, total: int, ramp: int, milestones: list[int]) -> list[float]:
+    """The lr of each iteration from torch.optim.lr_scheduler: MultiStepLR or CosineAnnealingLR, times LinearLR
+    from 1/ramp up to 1 over the first `ramp` iterations when `ramp` is set."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    lrs = torch.optim.lr_scheduler
+    chain = [lrs.MultiStepLR(opt, milestones, gamma=0.1) if family == "multistep" else
+             lrs.CosineAnnealingLR(opt, T_max=total)]
+    if ramp:
+        chain.append(lrs.LinearLR(opt, start_factor=1 / ramp, end_factor=1.0, total_iters=ramp - 1))
+    out = []
+    for _ in range(total):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        for s in chain:
+            s.step()
+    return out
+
+
+@pytest.mark.parametrize("ramp", [0, 12])
+@pytest.mark.parametrize("family", ["multistep", "cosine"])
+def test_multistep_and_cosine_are_torchs_schedulers_with_one_linear_ramp(family, ramp):
+    milestones = [30, 45] if family == "multistep" else []
+    sched = Schedule(ScheduleSpec(name=family, total_iters=60, milestones=milestones, warmup_iters=ramp), 0.1, 4)
+    assert _lrs(sched, range(60)) == pytest.approx(_torch_lrs(family, 60, ramp, milestones), rel=1e-9)
+
+
+def test_the_ramp_multiplies_a_plateau_drop_made_inside_it():
+    """torch's LinearLR and ReduceLROnPlateau on one optimizer: a drop inside the ramp scales the ramped lr."""
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1 / 12, end_factor=1.0, total_iters=11)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=0)
+    sched = Schedule(ScheduleSpec(name="plateau", milestones=[], total_iters=60, warmup_iters=12, patience=0), 0.1,
+                     4)
+    expected, got = [], []
     for it in range(60):
-        family_lrs.append(flat.lr_at(it))
-        assert ramped.lr_at(it) == flat.lr_at(it) * min(1.0, (it + 1) / 12), (family, it)
-        if it % 4 == 3:  # a worse validation loss at every point: plateau drops the lr each time
-            for sched in (ramped, flat):
-                sched.observe_eval(it + 1, 1.0 + it, warming=False)
-    if family == "plateau":
-        assert family_lrs[8] < family_lrs[7] and family_lrs[12] < family_lrs[8]  # the first drop is inside the ramp
+        expected.append(opt.param_groups[0]["lr"])
+        got.append(sched.lr_at(it))
+        opt.step()
+        ramp.step()
+        if it % 4 == 3:  # a worse validation loss at every point: each one after the first drops the lr
+            plateau.step(1.0 + it)
+            sched.observe_eval(it + 1, 1.0 + it, warming=False)
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert got[8] < got[7] and got[12] < got[8]  # the first drop is inside the ramp
 
 
 def test_resnet110_warmup_holds_its_lr_until_the_training_error_drops_then_the_ramp_applies():
@@ -108,10 +143,12 @@ def test_state_dict_resumes_the_same_lrs():
     assert len(set(whole)) > 3
 
 
-def test_eval_every_is_the_ceiling_of_total_over_points():
-    for total in range(1, 200):
+def test_eval_every_spaces_the_points_over_the_run():
+    assert [eval_every(64000, 32), eval_every(12, 4), eval_every(13, 4), eval_every(3, 4)] == [2000, 3, 4, 1]
+    for total in range(1, 200):  # the fewest iterations between points that fit `points` evaluations in the run
         for points in range(1, 40):
-            assert eval_every(total, points) == max(1, math.ceil(total / points))
+            every = eval_every(total, points)
+            assert every * points >= total and (every == 1 or (every - 1) * points < total)
 
 
 def test_plateau_factor_must_be_below_one():
@@ -130,6 +167,7 @@ def _plateau_run(tmp_path):
     return resolve_runs(tmp_path / "experiments" / "t" / "p.yaml", spec, 1.0)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("legacy", [False, True], ids=["checkpoint", "checkpoint_from_before_schedule"])
 def test_plateau_run_resumes_to_the_same_numbers(mini, tmp_path, legacy):
     """Killed after an evaluation point (plateau state, ramp and data order in the checkpoint), resumed; also from

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ from harness.cli import main
 from harness.core.spec import expand_paths, load_spec, resolve_runs, with_overrides
 from harness.errors import SpecError
 
-from .conftest import ROOT, TINY, write_spec
+from .helpers import ROOT, TINY
 
 NO_VAL = TINY.replace("val_fraction: 0.1", "val_fraction: 0")
 
@@ -47,13 +48,20 @@ MALFORMED = [
      ["model.depth", "expected 34", "got 32"]),
     ("imagenet_stem_on_cifar_net", TINY.replace("depth: 8", "depth: 8, stem: imagenet"),
      ["model.stem", "expected cifar (or no stem)"]),
+    ("name_climbs_out", TINY + "name: ../../evil\n", ["name", "expected letters, digits", "'../../evil'"]),
+    ("duplicate_key", TINY + "batch_size: 64\n", ["key 'batch_size' given twice", "line 5 and line 8"]),
+    ("duplicate_nested_key", TINY.replace("lr: 0.1", "lr: 0.1, lr: 0.2"), ["key 'lr' given twice", "line 2"]),
+    ("seed_past_64_bits", TINY.replace("seeds: [0]", "seeds: [18446744073709551616]"),
+     ["seeds", "below 2**63", "18446744073709551616"]),
+    ("negative_seed", TINY.replace("seeds: [0]", "seeds: [-1]"), ["seeds", "non-negative", "-1"]),
+    ("seed_twice", TINY.replace("seeds: [0]", "seeds: [0, 0]"), ["seeds", "distinct", "0 more than once"]),
     ("more_eval_points_than_iterations", TINY.replace("eval_points: 4", "eval_points: 13"),
      ["eval_points", "at most schedule.total_iters=12", "got 13"]),
 ]
 
 
 @pytest.mark.parametrize("name,text,words", MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_malformed_spec_gives_one_line_exit_2_and_leaves_nothing(name, text, words, store, mini, capsys):
+def test_malformed_spec_gives_one_line_exit_2_and_leaves_nothing(name, text, words, store, mini, capsys, write_spec):
     path = write_spec(store.parent / "experiments" / "bad", name, text)
     before = sorted(p for p in store.parent.rglob("*"))
     code = main(["run", str(path), "--data", str(mini), "--no-progress"])
@@ -68,6 +76,15 @@ def test_malformed_spec_gives_one_line_exit_2_and_leaves_nothing(name, text, wor
     assert not store.exists()
 
 
+def test_a_name_from_a_file_or_folder_that_climbs_out_is_refused(tmp_path, write_spec):
+    """The group is the spec's folder and the name its file's stem when it says none: `..` is neither."""
+    path = write_spec(tmp_path / "experiments" / "t", "tiny")
+    spec = load_spec(path)
+    with pytest.raises(SpecError, match=r"group \(the spec's folder\): .* got '\.\.'"):
+        resolve_runs(tmp_path / "experiments" / "t" / ".." / "tiny.yaml", spec.model_copy(update={"name": None}), 1.0)
+    assert resolve_runs(path, spec, 100.0)[0].spec.schedule.total_iters == 1200  # the largest budget validates
+
+
 def test_missing_spec_file(store, capsys):
     assert main(["validate", str(store.parent / "nope.yaml")]) == 2
     assert "nope.yaml: spec file not found" in capsys.readouterr().err
@@ -77,8 +94,15 @@ def test_missing_spec_file(store, capsys):
     (["--set", "seeds=[0,"], ["--set seeds", "expected a YAML value", "'[0,'"]),
     (["--device", "gpu"], ["--device gpu", "expected cpu, cuda or cuda:N"]),
     (["--device", "cuda:7"], ["--device cuda:7"]),  # no GPU here; on a GPU machine: not 8 of them
-], ids=["set_not_yaml", "device_typo", "device_missing_gpu"])
-def test_bad_set_value_or_device_is_one_line_before_anything_runs(argv, words, store, mini, capsys):
+    (["--set", "name=../../evil"], ["name:", "'../../evil'", "tiny.yaml"]),
+    (["--set", "seeds=[18446744073709551616]"], ["seeds:", "below 2**63"]),
+    (["--set", "seeds=[0, 0]"], ["seeds:", "distinct"]),
+    (["--set", "model={depth: 8, depth: 20}"], ["--set model", "key 'depth' given twice"]),
+    (["--budget", "1e308"], ["--budget: expected at most 100", "got 1e+308"]),
+    (["--budget", "1e9"], ["--budget: expected at most 100", "got 1e+09"]),
+], ids=["set_not_yaml", "device_typo", "device_missing_gpu", "name_climbs_out", "seed_past_64_bits", "seed_twice",
+        "set_duplicate_key", "budget_overflows", "budget_past_100x"])
+def test_bad_set_value_or_device_is_one_line_before_anything_runs(argv, words, store, mini, capsys, write_spec):
     path = write_spec(store.parent / "experiments" / "t", "tiny", TINY)
     assert main(["run", str(path), "--data", str(mini), *argv]) == 2
     err = capsys.readouterr().err
@@ -86,7 +110,7 @@ def test_bad_set_value_or_device_is_one_line_before_anything_runs(argv, words, s
     assert not store.exists()
 
 
-def test_every_bad_spec_of_a_folder_is_named_at_once(tmp_path, capsys):
+def test_every_bad_spec_of_a_folder_is_named_at_once(tmp_path, capsys, write_spec):
     folder = tmp_path / "experiments" / "bad"
     a = write_spec(folder, "a", TINY.replace("depth: 8", "depth: 33"))
     write_spec(folder, "b", TINY)
@@ -105,7 +129,7 @@ def test_table_with_a_folder_that_is_not_there_is_an_error(tmp_path, mini, capsy
     assert not out.exists()
 
 
-def test_table_with_a_bad_budget_is_one_line_before_anything_runs(store, mini, capsys):
+def test_table_with_a_bad_budget_is_one_line_before_anything_runs(store, mini, capsys, write_spec):
     """As for `run`: the budget every spec would share is one error, and nothing trains or is written."""
     folder = store.parent / "experiments" / "t"
     write_spec(folder, "a", TINY)
@@ -170,7 +194,7 @@ def test_hash_depends_on_seed_budget_and_data():
     assert a.spec_hash("d1") == resolve_runs(path, load_spec(path), 1.0)[0].spec_hash("d1")
 
 
-def test_a_folder_walk_reads_specs_not_the_store_or_hidden_folders(tmp_path):
+def test_a_folder_walk_reads_specs_not_the_store_or_hidden_folders(tmp_path, write_spec):
     good = write_spec(tmp_path / "experiments", "ok", TINY)
     for junk in ("mlruns/artifacts/1/spec.yaml", ".venv/lib/site/conf.yaml"):
         (tmp_path / junk).parent.mkdir(parents=True)
@@ -216,7 +240,8 @@ BUDGETS = [
 
 
 @pytest.mark.parametrize("budget,words", BUDGETS, ids=[b[0] for b in BUDGETS])
-def test_a_budget_that_breaks_the_schedule_is_refused_before_anything_runs(budget, words, store, mini, capsys):
+def test_a_budget_that_breaks_the_schedule_is_refused_before_anything_runs(budget, words, store, mini, capsys,
+                                                                           write_spec):
     """--budget inf was an OverflowError traceback, 1e-9 three 'finished' one-iteration runs: refused, and by
     validate too. The budget suggested is enough: 0.5 leaves 6 iterations, milestones 4 and 5."""
     path = write_spec(store.parent / "experiments" / "t", "tiny", TINY)
@@ -238,3 +263,17 @@ def test_budget_rule_holds_for_the_shipped_specs_at_the_tables_small_budget():
     with pytest.raises(SpecError, match="resnet32.yaml: --budget 0.0004 is too small"):
         resolve_runs(ROOT / "experiments/table6/resnet32.yaml", load_spec(ROOT / "experiments/table6/resnet32.yaml"),
                      0.0004)
+
+
+def test_the_committed_records_keep_their_spec_hash():
+    """A store from before finds its finished runs: the shipped spec, seed, budget and data still hash to the name
+    of the committed record, and the ladder's last rung still is the table6/resnet32 run."""
+    record = ROOT / "results/table6/resnet20-s0-b0.0005-9103120fb7e2d533.json"
+    tags = json.loads(record.read_text())["tags"]
+    path = ROOT / "experiments/table6/resnet20.yaml"
+    (run,) = [r for r in resolve_runs(path, load_spec(path, ["eval_points=4"]), 0.0005) if r.seed == 0]  # as run
+    assert run.spec_hash(tags["data_id"]) == tags["spec_hash"] == "9103120fb7e2d533"
+    rung, t6 = (ROOT / "experiments" / p for p in ("ladder/10_all_50k.yaml", "table6/resnet32.yaml"))
+    for seed in (0, 1):
+        hashes = {resolve_runs(p, load_spec(p, [f"seeds=[{seed}]"]), 1.0)[0].spec_hash("d") for p in (rung, t6)}
+        assert len(hashes) == 1, seed

@@ -8,12 +8,13 @@ from harness.core.data import load_arrays, to_device
 from harness.core.spec import Spec, resolve_runs
 from harness.core.train import param_dtype, train
 
-from .conftest import TINY, write_spec
+from .helpers import TINY
 
 NO_VAL = TINY.replace("val_fraction: 0.1", "val_fraction: 0")
 
 
-def test_a_spec_without_validation_split_trains_on_every_image_with_train_and_test_curves(store, mini, capsys):
+def test_a_spec_without_validation_split_trains_on_every_image_with_train_and_test_curves(store, mini, capsys,
+                                                                                         write_spec):
     """data.val_fraction 0: all 4068 mini training images train; evaluation points log train and test numbers and
     nothing of validation. Its warm-up never meets its training-error rule, so its cap ends it, and that is said:
     on stderr, in a tag, and in what train returns."""
@@ -35,7 +36,7 @@ def test_a_spec_without_validation_split_trains_on_every_image_with_train_and_te
     assert "learning_curve.png" in {a.path for a in c.list_artifacts(r.info.run_id)}
 
 
-def test_tune_refuses_a_spec_without_validation_split(store, mini, tmp_path, capsys):
+def test_tune_refuses_a_spec_without_validation_split(store, mini, tmp_path, capsys, write_spec):
     """tune scores trials on validation error: a spec without a split is one line, exit 2, and no study or MLflow
     store is made. With a tune: section the spec itself is refused, by any command."""
     spec = write_spec(tmp_path / "experiments" / "tuning", "all", NO_VAL)

@@ -15,7 +15,6 @@ from mlflow import MlflowClient
 from harness.cli import main
 from harness.core.spec import load_spec
 
-from .conftest import env_with, write_spec
 from .faults import killed_after
 
 TUNE = """\
@@ -46,7 +45,7 @@ def _children(study):
                          max_results=1000)
 
 
-def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path):
+def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path, write_spec):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = optuna.create_study(study_name="s", storage=storage, direction="minimize")
@@ -66,6 +65,10 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path)
         assert run.data.tags["state"] == {"COMPLETE": "complete", "PRUNED": "pruned"}[st]
         assert run.data.tags["mlflow.parentRunId"]
         assert "test_error" not in run.data.metrics  # the test split is never evaluated while tuning
+        assert {"optimizer.lr", "schedule.name", "schedule.milestones"} <= set(run.data.params), run.data.params
+        assert run.data.tags["mlflow.note.content"].startswith(f"Trial {n} of Optuna study 's'")
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["cifar10-mini.npz"]
+    assert optuna.load_study(study_name="s", storage=storage).metric_names == ["val_error"]
     best = optuna.load_study(study_name="s", storage=storage).best_trial
     assert children[str(best.number)].data.tags["best"] == "true"
     assert sum(r.data.tags["best"] == "true" for r in children.values()) == 1
@@ -75,7 +78,7 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path)
     assert tuned.tune is None and "trial" in tuned.description
 
 
-def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini, tmp_path, monkeypatch):
+def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini, tmp_path, monkeypatch, write_spec):
     """train() evaluates every schedule.eval_every iterations; the tuner builds its pruner from the same number,
     so a median pruner's warm-up and hyperband's resources are whole evaluation points."""
     import harness.tune.command
@@ -96,7 +99,7 @@ def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mi
     assert built == [(26, 7)]
 
 
-def test_poisoned_test_split_changes_no_trial(store, mini, tmp_path):
+def test_poisoned_test_split_changes_no_trial(store, mini, tmp_path, write_spec):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     poisoned = tmp_path / "poisoned.npz"
     with np.load(mini) as z:
@@ -113,7 +116,8 @@ def test_poisoned_test_split_changes_no_trial(store, mini, tmp_path):
     assert values[0] == values[1] and all(v is not None for _, v in values[0])
 
 
-def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, tmp_path):
+@pytest.mark.slow
+def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, tmp_path, env_with, write_spec):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     cmd = [sys.executable, "-m", "harness", "tune", str(spec), "--trials", "3", "--study", "k", "--storage", storage,
@@ -130,8 +134,9 @@ def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, 
     assert len(killed) == 1 and killed[0].info.status == "FAILED"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["postgres", "journal"])
-def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
+def test_three_workers_share_one_study(kind, store, mini, tmp_path, request, write_spec):
     storage = request.getfixturevalue("postgres_db") if kind == "postgres" else f"journal:{tmp_path}/journal.log"
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     args = ["tune", str(spec), "--study", "w", "--storage", storage, "--budget", "1", "--data", str(mini),
@@ -161,7 +166,7 @@ def test_three_workers_share_one_study(kind, store, mini, tmp_path, request):
     assert len(seeds) == len(again) and seeds[str(again[-1].number)] == str(7 + len(trials))  # resumed: new seed
 
 
-def test_unknown_study_is_a_one_line_error_and_creates_nothing(store, mini, tmp_path, capsys):
+def test_unknown_study_is_a_one_line_error_and_creates_nothing(store, mini, tmp_path, capsys, write_spec):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     for name in ("lr32", "wide"):
@@ -180,7 +185,8 @@ def test_unknown_study_is_a_one_line_error_and_creates_nothing(store, mini, tmp_
         assert not (tmp_path / path).exists(), path
 
 
-def test_a_rerun_runs_only_what_is_left_at_the_budget_the_study_was_run_at(store, mini, tmp_path, capsys, recwarn):
+def test_a_rerun_runs_only_what_is_left_at_the_budget_the_study_was_run_at(store, mini, tmp_path, capsys,
+                                                                           recwarn, write_spec):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     out = tmp_path / "tuned.yaml"

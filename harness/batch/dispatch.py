@@ -1,12 +1,12 @@
 """A batch of runs, the layer `run` and `table` share: their specs read and checked, the data loaded once and the
-runs trained one at a time in this process, or several at once on Ray (harness/cluster.py): on this machine with
-`--jobs N`, or over a cluster with `--address`, the lever for a whole table's throughput.
+runs trained one at a time in this process, or several at once on Ray (harness/batch/cluster.py): on this machine
+with `--jobs N`, or over a cluster with `--address`, the lever for a whole table's throughput.
 
-A batch-128 CIFAR ResNet step leaves much of a device idle. On a 2-core CPU, two runs with one thread each
-trained 1.1-1.25x more images per second in total than one run with both threads (`bench --jobs 2` measures
-it on the machine at hand): small convolutions scale poorly across threads. Runs are independent (own MLflow run,
+A batch-128 CIFAR ResNet step leaves much of a device idle, and small convolutions scale poorly across threads, so
+several one-thread runs can train more images per second in total than one run on every thread (`bench --jobs N`
+measures it on the machine at hand; docs/benchmark.md has the figures). Runs are independent (own MLflow run,
 own checkpoint keyed by spec_hash, own claim): they share nothing but the device. The unit of work handed to Ray
-is a list of runs (`units`), one run each today, so that runs trained together in one process drop in as one unit.
+is a list of runs (`units`), so that runs trained together in one process go as one unit.
 A run killed with its worker or node resumes from its checkpoint, retried by Ray or on the next call.
 """
 
@@ -100,6 +100,7 @@ def run_batch(runs: list[RunSpec], data: str, jobs: int, *, download: bool = Fal
         import_ray()  # a missing Ray, or a store one node alone sees, is one line before anything is loaded
     if shared.cluster.address:
         check_shared(offline)
+    print(f"{title or 'run'}: {len(runs)} run(s); loading {data}", file=sys.stderr, flush=True)  # the first second
     arrays = load_arrays(data, download=download)
     check_batch_fits(runs, arrays)  # every run's batch against its split of this data, before any MLflow run
     dev = pick_device(device)

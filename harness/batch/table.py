@@ -17,11 +17,12 @@ from harness.batch.cost import gflops_on_data, seconds_per_gflop
 from harness.batch.dispatch import HERE, Collected, Shared, collect_runs, run_batch
 from harness.core.campaign_file import campaign_runs
 from harness.core.data import Arrays
+from harness.core.groups import GROUPS
 from harness.core.spec import RunSpec
 from harness.errors import SpecError
 from harness.tracking import store as tracking
 
-DEFAULT_FOLDERS = ("experiments/table6", "experiments/ablations", "experiments/ladder", "experiments/tuned")
+DEFAULT_FOLDERS = tuple(str(g.folder) for g in GROUPS if g.trained)
 
 
 class TableResult(NamedTuple):

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness.core.spec import RunSpec, _first_error, load_spec, resolve_runs
+from harness.core.spec import RunSpec, _first_error, _yaml, load_spec, resolve_runs
 from harness.errors import SpecError
 
 
@@ -41,7 +41,9 @@ def load_campaign(path: str | Path) -> Campaign:
     if not path.is_file():
         raise SpecError(f"{path}: campaign file not found (expected a YAML file with budget, overrides and runs)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = _yaml(path.read_text())  # a key given twice is refused, as in a spec
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: not a valid YAML campaign file: {getattr(e, 'problem', e)}") from None
     if not isinstance(raw, dict):

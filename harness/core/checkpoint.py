@@ -5,12 +5,19 @@
 Resuming reads `X.pt`; where that is damaged (truncated, not a torch archive, or content that does not fit the
 run), `X.prev.pt`; where both are, the run starts again from iteration 0. Each fall-back is a line naming the
 file and the damage, handed to the caller too (runner tags the MLflow run with it).
+
+A checkpoint is a file a user may be handed, or that sits in a cluster's shared folder, so it is read with
+`weights_only=True`: tensors, plain containers and numbers, nothing that unpickling would construct (and could run
+code through). All the state is of those kinds (the generator's state is a uint8 tensor, the schedule's plain
+numbers); a file that needs more, a crafted one or one written by code that stored objects, is refused as damage.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import pickle
+import re
 import shutil
 import sys
 from collections.abc import Callable
@@ -48,7 +55,7 @@ def save_checkpoint(path: Path, model, opt, sched, gen: torch.Generator, st: Loo
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": sched.state_dict(),
                 "generator": gen.get_state(), "cpu_rng": torch.get_rng_state(), "loop": st.__dict__}, tmp)
-    torch.load(tmp, map_location="cpu", weights_only=False)  # verified: a write cut short raises here
+    torch.load(tmp, map_location="cpu", weights_only=True)  # verified: a write cut short raises here
     if path.exists():
         prev, link = prev_path(path), prev_path(path).with_suffix(f".tmp{os.getpid()}")
         link.unlink(missing_ok=True)
@@ -64,8 +71,8 @@ LEGACY_LOOP_KEYS = ("warmup_done", "plateau_lr", "best_val_loss", "best_val_iter
 
 
 def _schedule_state(ck: dict) -> dict:
-    """The schedule's state; a checkpoint written before the Schedule object kept it in the loop's dict and in
-    torch's ReduceLROnPlateau, and a run killed then still resumes."""
+    """The schedule's state from either layout a checkpoint has: its own "schedule" entry, or LEGACY_LOOP_KEYS in
+    the loop's dict beside torch's ReduceLROnPlateau state, so that a run killed under either resumes."""
     if "schedule" in ck:
         return ck["schedule"]
     plateau = ck.get("plateau") or {}
@@ -76,7 +83,7 @@ def _schedule_state(ck: dict) -> dict:
 
 def load_checkpoint(path: Path, model, opt, sched, gen: torch.Generator) -> LoopState:
     """Puts model, optimizer, schedule and RNGs back as save_checkpoint found them; returns the loop's place."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
+    ck = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
     sched.load_state_dict(_schedule_state(ck))
@@ -92,8 +99,13 @@ def damage(path: Path, e: Exception) -> str:
     """What is wrong with a checkpoint that would not load, in words."""
     size = path.stat().st_size if path.exists() else 0
     detail = (str(e).splitlines() or [""])[0][:160]
+    unpickler = re.search(r"WeightsUnpickler error: ([^.\n]*)", str(e))
+    if unpickler:  # torch's advice to load with weights_only=False is exactly what is refused here
+        detail = unpickler.group(1)[:160]
     if size == 0:
         what = "empty"
+    elif isinstance(e, pickle.UnpicklingError):
+        what = "refused: it holds objects beyond tensors, containers and numbers, and loading them could run code"
     elif isinstance(e, (EOFError, RuntimeError)) and ("zip archive" in detail or isinstance(e, EOFError)):
         what = "truncated or not a torch.save archive"
     else:

@@ -25,7 +25,7 @@ DOWNLOAD_HINT = "torchvision downloads the official archive with --data DIR wher
 DOWNLOAD_TIMEOUT_S = 20
 
 # SHA-256 of the official CIFAR-10 test set: the bytes of x_test (10000x32x32x3 uint8, NHWC, in the archive's
-# order) followed by those of y_test as uint8; computed once from ../shared/data/cifar10-full.npz.
+# order) followed by those of y_test as uint8, as the official archive's test batch gives them.
 OFFICIAL_TEST_SHA256 = "8193b3fbce55bec361cd1b8fd4880cb1649832dc4d6de6da1e7a21847a4843aa"
 
 
@@ -73,7 +73,7 @@ def _check(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> None:
 
 def _load_npz(path: Path, with_test: bool = True) -> Arrays:
     try:
-        with np.load(path) as z:  # lazy: arrays not asked for are never read
+        with np.load(path, allow_pickle=False) as z:  # lazy: arrays not asked for are never read; no pickle runs
             missing = [k for k in NPZ_KEYS if k not in z.files]
             if missing:
                 raise DataError(f"{path}: missing arrays {missing}: expected keys {list(NPZ_KEYS)} "
@@ -236,7 +236,8 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     b, c, h, w = x.shape
     dev = x.device
     shifts = torch.randint(0, 2 * pad + 1, (2, b), device=dev, generator=generator)
-    flips = torch.rand(b, device=dev, generator=generator, dtype=x.dtype) < 0.5  # float32 draws stay as they were
+    # Drawn in the batch's dtype: a float32 run's flips are those its committed records were trained with.
+    flips = torch.rand(b, device=dev, generator=generator, dtype=x.dtype) < 0.5
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
     rows = shifts[0].view(b, 1) + torch.arange(h, device=dev)  # (b, h)
     cols = shifts[1].view(b, 1) + torch.arange(w, device=dev)  # (b, w)

@@ -13,10 +13,10 @@ statistics are updated on the stacked copy and written back to each member.
 
 Why vmap rather than the alternatives: grouped convolutions by hand would rewrite the model; one CUDA graph per run
 on separate streams keeps one kernel per run (it hides launch latency but does not fill the device) and exists on
-CUDA only. vmap keeps harness.core.models as it is and runs on CPU too. Measured on the 2-core development CPU
-(docs/benchmark.md, `bench --group 4`): the grouped step is slower than the same runs one after another, since a CPU
-core is already busy with one run's convolutions, so the default group size there is 1. On a GPU the lever is the
-launch-bound step; `bench --group K` measures it and DEFAULT_GROUP records the choice per device type.
+CUDA only. vmap keeps harness.core.models as it is and runs on CPU too. A CPU core is already busy with one run's
+convolutions, so grouping gains nothing there and the CPU's default group size is 1 (figures: docs/benchmark.md); on
+a GPU the lever is the launch-bound step. `bench --group K` measures it and DEFAULT_GROUP records the choice per
+device type.
 
 Members must agree on what shapes the kernels (group_key): model, batch size, dtype, channels_last and compile.
 Everything else may differ: seed, optimizer, schedule, data options, eval_points, total iterations. A member that
@@ -24,10 +24,10 @@ diverges leaves the group as FAILED at its next evaluation point (NaN stays with
 kernel); one that finishes or stops early leaves it and the others go on with a smaller group.
 
 Each member's numbers are those it has alone: the same initial weights, batches, augmentation and lr; the grouped
-convolution adds its terms in another order than the single one. float64 trajectories agree to 1e-10 over a short
-run (tests/test_group). float32 ones differ by rounding at the first step, which the recipe amplifies as it does any
+convolution adds its terms in another order than the single one. float64 trajectories agree to rounding over a
+short run. float32 ones differ by rounding at the first step, which the recipe amplifies as it does any
 rounding difference: a member ends as far from its run alone as that run ends from itself on another thread count
-(README, "Several runs in one step"). compile applies torch.compile to the vmapped forward (CUDA graphs under
+(docs/benchmark.md, "Several runs in one step"). compile applies torch.compile to the vmapped forward (CUDA graphs under
 "reduce-overhead", as train.make_step). bf16 runs are not grouped (groupable: autocast does not act inside vmap).
 channels_last members train as alone, but vmap runs adaptive_avg_pool2d on their channels_last batch through its
 slow per-member fallback.
@@ -44,9 +44,8 @@ from torch.func import functional_call, vmap
 from harness.core.spec import RunSpec
 from harness.core.train import Diverged, Trainee, autocast_for, compile_mode, param_dtype
 
-# The group size `run`/`table` use without --group, per device type: what `bench --group K` measured fastest.
-# CPU: 1 (grouping loses there, docs/benchmark.md). CUDA: 1 until `bench --group K` rows on a GPU show a K that
-# wins; the command that measures it is in docs/gpu.md.
+# The group size `run`/`table` use without --group, per device type: the K that `bench --group K` finds fastest
+# (docs/benchmark.md); CUDA stays at 1 until GPU rows show a K that wins (the command: docs/gpu.md).
 DEFAULT_GROUP = {"cpu": 1, "cuda": 1}
 
 

@@ -1,4 +1,6 @@
-"""The networks of He et al. 2015 §4.2, plus the torchvision ResNet-34 the seed log actually trained.
+"""The networks of He et al. 2015 §4.2, plus the torchvision ResNet-34 the seed log actually trained, as a
+registry of builders: a new architecture is one function decorated with `register_arch`, and the schema, the
+report's tables and its figures read what they need of it from ARCHS.
 
 CIFAR ResNet: a 3x3 conv with 16 filters, then three stages of n basic blocks with 16/32/64 filters on
 32/16/8 feature maps, global average pooling and a 10-way FC: 6n+2 layers. Option A shortcuts are
@@ -8,12 +10,46 @@ parameter-free (stride-2 subsample, zero-pad the new channels), which is what gi
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from harness.core.spec import ModelSpec
+if TYPE_CHECKING:  # the schema reads ARCHS, so this module cannot import it at run time
+    from harness.core.spec import ModelSpec
+
+
+@dataclass(frozen=True)
+class Arch:
+    """What a spec, a report and a figure need to know of an architecture besides how to build it."""
+
+    name: str
+    build: Callable[[ModelSpec], nn.Module]
+    label: str  # a table row is "<label>-<depth>"
+    color: str = "C0"  # its line in the error-vs-depth figure
+    depth: int | None = None  # a fixed depth; None: the CIFAR rule 6n+2, 32 by default
+    shortcut: str = "A"  # the default shortcut option
+    stems: tuple[str, ...] = ("cifar",)  # the stems it accepts, its default first
+    paper: bool = False  # the paper's Table 6 gives its test error (paper.yaml key "<name><depth>")
+    fig6_panel: int | None = None  # its panel in the paper's Fig. 6 (0 left, 1 right); None: not drawn there
+
+
+ARCHS: dict[str, Arch] = {}
+
+
+def register_arch(label: str, **traits) -> Callable:
+    """`@register_arch("ResNet", ...)` over a builder `name(spec: ModelSpec) -> nn.Module` registers it as the
+    spec's `model.arch: name`."""
+
+    def register(build: Callable[[ModelSpec], nn.Module]) -> Callable[[ModelSpec], nn.Module]:
+        ARCHS[build.__name__] = Arch(build.__name__, build, label, **traits)
+        return build
+
+    return register
 
 
 class ZeroPadShortcut(nn.Module):
@@ -85,6 +121,20 @@ class CifarResNet(nn.Module):
         return F.relu(x) if self.fc_relu else x
 
 
+@register_arch("ResNet", color="C0", paper=True, fig6_panel=1)
+def resnet(spec: ModelSpec) -> nn.Module:
+    return CifarResNet(spec.depth, residual=True, shortcut=spec.shortcut, bn_on_shortcut=spec.bn_on_shortcut,
+                       fc_relu=spec.fc_relu)
+
+
+@register_arch("plain", color="C3", fig6_panel=0)
+def plain(spec: ModelSpec) -> nn.Module:
+    """The same net without its shortcuts (the paper's plain baselines)."""
+    return CifarResNet(spec.depth, residual=False, shortcut=spec.shortcut, bn_on_shortcut=spec.bn_on_shortcut,
+                       fc_relu=spec.fc_relu)
+
+
+@register_arch("torchvision-ResNet", color="C2", depth=34, shortcut="B", stems=("imagenet", "cifar"))
 def torchvision_resnet34(spec: ModelSpec) -> nn.Module:
     """torchvision's ResNet-34 (the seed log's network), with the spec's stem and shortcuts honoured.
 
@@ -109,10 +159,7 @@ def torchvision_resnet34(spec: ModelSpec) -> nn.Module:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    if spec.arch == "torchvision_resnet34":
-        return torchvision_resnet34(spec)
-    return CifarResNet(spec.depth, residual=spec.arch == "resnet", shortcut=spec.shortcut,
-                       bn_on_shortcut=spec.bn_on_shortcut, fc_relu=spec.fc_relu)
+    return ARCHS[spec.arch].build(spec)
 
 
 def count_params(model: nn.Module) -> int:

@@ -4,19 +4,25 @@ The training loop asks `lr_at(iteration)` before each step and feeds back the nu
 the training error of each WARMUP_CHECK_EVERY-iteration window during the paper's ResNet-110 warm-up, and the
 validation loss at each evaluation point (plateau drops, early stopping). The object holds host numbers only, so
 it never makes the loop wait on the device, and its state_dict is all a checkpoint needs to resume it to the bit.
+The schedule families are a registry: a new family is one function decorated with `register_schedule`, and the
+schema and the tuner read its name and traits from FAMILIES.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from harness.core.spec import ScheduleSpec
+if TYPE_CHECKING:  # the schema reads FAMILIES, so this module cannot import it at run time
+    from harness.core.spec import ScheduleSpec
 
 # Iterations per training-error window of the ResNet-110 warm-up: the host reads the device once per window.
 WARMUP_CHECK_EVERY = 20
 
-# ReduceLROnPlateau's defaults (torch.optim.lr_scheduler), which the plateau family has always used: an
-# improvement is relative by more than 1e-4, and a drop smaller than 1e-8 is not made.
+# ReduceLROnPlateau's defaults (torch.optim.lr_scheduler): an improvement is relative by more than 1e-4, and a drop
+# smaller than 1e-8 is not made.
 PLATEAU_THRESHOLD = 1e-4
 PLATEAU_EPS = 1e-8
 
@@ -27,8 +33,33 @@ def eval_every(total_iters: int, eval_points: int) -> int:
     return max(1, -(-total_iters // eval_points))
 
 
+@dataclass(frozen=True)
+class Family:
+    """A schedule family: its lr before the warm-ups, and which spec fields and numbers it reads."""
+
+    name: str
+    lr: Callable[[Schedule, int], float]  # the family's lr at iteration `it`, from the schedule's spec and state
+    milestones: bool = False  # reads schedule.milestones (the tuner samples them)
+    gamma: bool = False  # reads schedule.gamma (the tuner samples it)
+    on_validation: Callable[[Schedule, float], None] | None = None  # steps on each evaluation point's val loss
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_schedule(**traits) -> Callable:
+    """`@register_schedule(gamma=True, ...)` over `name(sched: Schedule, it: int) -> float` registers it as the
+    spec's `schedule.name: name`."""
+
+    def register(lr: Callable[[Schedule, int], float]) -> Callable[[Schedule, int], float]:
+        FAMILIES[lr.__name__] = Family(lr.__name__, lr, **traits)
+        return lr
+
+    return register
+
+
 class Schedule:
-    """multistep, cosine or plateau, behind the paper's ResNet-110 warm-up and a linear `warmup_iters` ramp.
+    """A family of FAMILIES behind the paper's ResNet-110 warm-up and a linear `warmup_iters` ramp.
 
     The ResNet-110 warm-up (lr `warmup.lr` until a window's training error drops below `warmup.until_train_error`,
     at most `warmup.max_iters` iterations) replaces the family's lr while it lasts. The linear ramp multiplies
@@ -41,8 +72,9 @@ class Schedule:
              "warmup_ended_by", "warmup_ended_at")
 
     def __init__(self, s: ScheduleSpec, base_lr: float, every: int):
-        if s.name == "plateau" and s.gamma >= 1.0:
-            raise ValueError(f"schedule.gamma: a plateau schedule needs a factor below 1, got {s.gamma}")
+        self.family = FAMILIES[s.name]
+        if self.family.on_validation and s.gamma >= 1.0:
+            raise ValueError(f"schedule.gamma: a {s.name} schedule needs a factor below 1, got {s.gamma}")
         self.s, self.base_lr = s, base_lr
         self.patience_evals = math.ceil(s.patience / every)
         self.warmup_done = False
@@ -65,12 +97,7 @@ class Schedule:
         s = self.s
         if self.warming(it):
             return s.warmup.lr
-        if s.name == "plateau":
-            lr = self.plateau_lr
-        elif s.name == "cosine":
-            lr = self.base_lr * 0.5 * (1 + math.cos(math.pi * it / s.total_iters))
-        else:
-            lr = self.base_lr * s.gamma ** sum(it >= m for m in s.milestones)
+        lr = self.family.lr(self, it)
         return lr * min(1.0, (it + 1) / s.warmup_iters) if s.warmup_iters else lr
 
     def observe_train_error(self, error: float) -> None:
@@ -91,15 +118,15 @@ class Schedule:
     def observe_eval(self, it: int, val_loss: float, warming: bool) -> bool:
         """The validation loss at evaluation point `it`; `warming` says whether the iteration before it ran at the
         warm-up lr. Returns whether early stopping ends the run here."""
-        if self.s.name == "plateau" and not warming:
-            self._plateau_step(val_loss)
+        if self.family.on_validation and not warming:
+            self.family.on_validation(self, val_loss)
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_val_iter = val_loss, it
             return False
         patience = self.s.early_stopping_patience
         return bool(patience) and it - self.best_val_iter >= patience
 
-    def _plateau_step(self, val_loss: float) -> None:
+    def plateau_step(self, val_loss: float) -> None:
         """ReduceLROnPlateau.step with threshold_mode "rel", no cooldown and min_lr 0, on the plateau lr alone."""
         current = float(val_loss)
         if self.s.mode == "min":
@@ -120,5 +147,22 @@ class Schedule:
         return {k: getattr(self, k) for k in self.STATE}
 
     def load_state_dict(self, state: dict) -> None:
-        for k in self.STATE:  # a checkpoint from before the warm-up's end was recorded has no warmup_ended_*
+        for k in self.STATE:  # a checkpoint may lack warmup_ended_*: they read None then
             setattr(self, k, state[k] if k in state or not k.startswith("warmup_ended") else None)
+
+
+@register_schedule(milestones=True, gamma=True)
+def multistep(sched: Schedule, it: int) -> float:
+    """The paper's: the lr times gamma at each milestone passed."""
+    return sched.base_lr * sched.s.gamma ** sum(it >= m for m in sched.s.milestones)
+
+
+@register_schedule()
+def cosine(sched: Schedule, it: int) -> float:
+    return sched.base_lr * 0.5 * (1 + math.cos(math.pi * it / sched.s.total_iters))
+
+
+@register_schedule(gamma=True, on_validation=Schedule.plateau_step)
+def plateau(sched: Schedule, it: int) -> float:
+    """ReduceLROnPlateau on the validation loss: the lr its last drop left."""
+    return sched.plateau_lr

@@ -15,19 +15,25 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from harness.core.models import ARCHS
+from harness.core.names import EXPECTED, name_problem
+from harness.core.schedule import FAMILIES
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
-TORCHVISION = "torchvision_resnet34"
+ARCH_NAMES = tuple(ARCHS)
+FAMILY_NAMES = tuple(FAMILIES)
 
 
 class ModelSpec(_Strict):
-    """`depth`, `shortcut` and `stem` left out take the architecture's own: 32, A and cifar for the paper's CIFAR
-    nets; 34, B and imagenet for torchvision's ResNet-34 (whose depth its stage layout fixes)."""
+    """`depth`, `shortcut` and `stem` left out take the architecture's own (harness.core.models.ARCHS): 32, A and
+    cifar for the paper's CIFAR nets; 34, B and imagenet for torchvision's ResNet-34 (whose stage layout fixes its
+    depth)."""
 
-    arch: Literal["resnet", "plain", "torchvision_resnet34"] = "resnet"
+    arch: Literal[ARCH_NAMES] = "resnet"
     depth: int | None = None
     shortcut: Literal["A", "B"] | None = None
     bn_on_shortcut: bool = True
@@ -38,11 +44,11 @@ class ModelSpec(_Strict):
     @field_validator("depth")
     @classmethod
     def _depth_of_the_arch(cls, depth, info: ValidationInfo):
-        if info.data.get("arch") == TORCHVISION:
-            if depth not in (None, 34):
-                raise ValueError("expected 34 (or no depth) for torchvision_resnet34: its stages of 3, 4, 6 and 3 "
-                                 "basic blocks fix it")
-            return 34
+        arch = ARCHS.get(info.data.get("arch"))
+        if arch is not None and arch.depth is not None:
+            if depth not in (None, arch.depth):
+                raise ValueError(f"expected {arch.depth} (or no depth) for {arch.name}: its stage layout fixes it")
+            return arch.depth
         if depth is None:
             return 32
         if depth < 8 or (depth - 2) % 6:
@@ -52,17 +58,19 @@ class ModelSpec(_Strict):
     @field_validator("shortcut")
     @classmethod
     def _shortcut_of_the_arch(cls, shortcut, info: ValidationInfo):
-        return shortcut or ("B" if info.data.get("arch") == TORCHVISION else "A")
+        arch = ARCHS.get(info.data.get("arch"))
+        return shortcut or (arch.shortcut if arch else "A")
 
     @field_validator("stem")
     @classmethod
     def _stem_of_the_arch(cls, stem, info: ValidationInfo):
-        if info.data.get("arch") == TORCHVISION:
-            return stem or "imagenet"
-        if stem == "imagenet":
-            raise ValueError("expected cifar (or no stem) for the CIFAR nets: an ImageNet stem is an option of "
-                             "torchvision_resnet34 only")
-        return "cifar"
+        arch = ARCHS.get(info.data.get("arch"))
+        stems = arch.stems if arch else ("cifar",)
+        if stem is not None and stem not in stems:
+            others = ", ".join(a.name for a in ARCHS.values() if stem in a.stems) or "no architecture"
+            raise ValueError(f"expected {' or '.join(stems)} (or no stem) for {info.data.get('arch')}: the {stem} "
+                             f"stem is an option of {others}")
+        return stem or stems[0]
 
 
 class OptimizerSpec(_Strict):
@@ -84,7 +92,7 @@ class WarmupSpec(_Strict):
 
 
 class ScheduleSpec(_Strict):
-    name: Literal["multistep", "plateau", "cosine"] = "multistep"
+    name: Literal[FAMILY_NAMES] = "multistep"
     total_iters: int = Field(64000, ge=1)
     milestones: list[int] = [32000, 48000]
     gamma: float = Field(0.1, gt=0, le=1)
@@ -149,7 +157,7 @@ class TuneSpec(_Strict):
     milestone_fractions: list[TuneRange] | None = [(0.3, 0.7), (0.6, 0.95)]
     gamma: TuneRange | None = (0.05, 0.5)
     warmup_iters: tuple[int, int] | None = None
-    families: list[Literal["multistep", "cosine", "plateau"]] = ["multistep"]
+    families: list[Literal[FAMILY_NAMES]] = ["multistep"]
     pruner: Literal["median", "hyperband", "none"] = "median"
 
     @field_validator("lr", "gamma")
@@ -198,6 +206,26 @@ class Spec(_Strict):
     eval_points: int = Field(32, ge=1)
     tune: TuneSpec | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _name_fits_a_path(cls, name):
+        """The name becomes the run's name and its record's file name (results/<group>/<name>-...json)."""
+        if name is not None and name_problem(name):
+            raise ValueError(EXPECTED)
+        return name
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_distinct_and_in_range(cls, seeds):
+        """A seed seeds torch's generators (64-bit) and names a run: below 2**63, and never one run twice."""
+        bad = [s for s in seeds if not 0 <= s < 2**63]
+        if bad:
+            raise ValueError(f"expected non-negative integers below 2**63 (torch's 64-bit seeds), got {bad[0]}")
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        if twice:
+            raise ValueError(f"expected distinct seeds (each is one run), got {twice[0]} more than once")
+        return seeds
+
     @field_validator("compile", mode="before")
     @classmethod
     def _compile_mode(cls, v):
@@ -211,9 +239,10 @@ class Spec(_Strict):
         refused here, rather than met by a run that cannot make its decisions."""
         if self.data.has_validation:
             return self
-        if self.schedule.name == "plateau":
-            raise ValueError(f"schedule.name: plateau steps on the validation loss, and {NO_VALIDATION}; expected "
-                             "data.val_fraction > 0, or a schedule that reads no validation loss (multistep, cosine)")
+        if FAMILIES[self.schedule.name].on_validation:
+            blind = ", ".join(f.name for f in FAMILIES.values() if not f.on_validation)
+            raise ValueError(f"schedule.name: {self.schedule.name} steps on the validation loss, and {NO_VALIDATION}; "
+                             f"expected data.val_fraction > 0, or a schedule that reads no validation loss ({blind})")
         if self.schedule.early_stopping_patience:
             raise ValueError(f"schedule.early_stopping_patience: early stopping reads the validation loss, and "
                              f"{NO_VALIDATION}; expected data.val_fraction > 0, or no early stopping")

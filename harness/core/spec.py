@@ -1,7 +1,7 @@
 """Declarative experiment specs: YAML files in, validated and resolved runs out.
 
 A spec is the single source of truth for a run; its sections are the models of harness.core.schema (re-exported here,
-where callers have always found them). This module reads spec files (one line naming file, key and what was
+so that callers import one module). This module reads spec files (one line naming file, key and what was
 expected for anything it cannot use), applies --set overrides, and resolves a spec into its runs: one per seed,
 every iteration count scaled by --budget, refused where the budget is too small for the schedule to mean what
 the spec says.
@@ -19,6 +19,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from harness.core.groups import PAPER_FILE
+from harness.core.names import name_problem
 from harness.core.schema import (  # noqa: F401 - the spec's sections, imported from here by the rest of the harness
     COMPILE_MODES,
     DataSpec,
@@ -107,7 +109,9 @@ def apply_override(raw: dict, assignment: str, file: str) -> None:
     keys = path.strip().split(".")
     node = _section(raw, keys, path, file)
     try:
-        node[keys[-1]] = yaml.safe_load(value)
+        node[keys[-1]] = _yaml(value)
+    except SpecError as e:
+        raise SpecError(f"{file}: --set {path}: {e}") from None
     except yaml.YAMLError as e:
         raise SpecError(f"{file}: --set {path}: expected a YAML value (e.g. 56, 0.1, [0, 1], true), got {value!r}: "
                         f"{getattr(e, 'problem', e)}") from None
@@ -123,6 +127,26 @@ def with_overrides(spec: Spec, overrides: dict[str, object]) -> Spec:
     return Spec.model_validate(raw)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader, refusing a key given twice in one mapping: left to itself the last one wins, and a spec
+    edited in two places trains on whichever came second without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[object, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise SpecError(f"key {key!r} given twice (line {seen[key]} and line {line}); expected each key once "
+                                "in a mapping")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml(text: str):
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader: plain data, no objects
+
+
 def _read_yaml(path: Path):
     """The YAML of a spec file, or one line saying why there is none: not text, not YAML, or no keys at all (an
     empty or all-comment file would otherwise be the default recipe, trained without a word)."""
@@ -132,7 +156,9 @@ def _read_yaml(path: Path):
         raise SpecError(f"{path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} is not UTF-8); "
                         "expected a YAML spec") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _yaml(text)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -168,6 +194,11 @@ def require_validation(spec: Spec, path: str | Path, what: str) -> None:
                         "(0: every training image trains); expected a validation split (e.g. 0.1, the paper's 45k/5k)")
 
 
+# The largest --budget: 100x the paper's schedule is far past any reproduction of it; a larger one is a typo or an
+# overflow (1e308 iterations do not fit an integer's float), never a plan.
+MAX_BUDGET = 100.0
+
+
 def scale_iters(n: int, budget: float) -> int:
     return max(1, math.floor(n * budget + 0.5))
 
@@ -201,6 +232,9 @@ def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool
     if not (budget > 0 and math.isfinite(budget)):
         raise SpecError(f"--budget: expected a positive fraction of the paper's iterations (a finite number), "
                         f"got {budget}")
+    if budget > MAX_BUDGET:
+        raise SpecError(f"--budget: expected at most {MAX_BUDGET:g} (already {MAX_BUDGET:g}x the paper's "
+                        f"iterations: 6.4 million for a 64k-iteration spec), got {budget:g}")
     path = Path(path)
     s = spec.schedule
     total = scale_iters(s.total_iters, budget)
@@ -218,8 +252,12 @@ def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool
         if s.warmup else None,
     })
     scaled = spec.model_copy(update={"schedule": sched})
-    return [RunSpec(spec=scaled, group=path.parent.name or "default", name=spec.name or path.stem, seed=seed,
-                    budget=budget, source_file=str(path)) for seed in spec.seeds]
+    group, name = path.parent.name or "default", spec.name or path.stem
+    for what, value in (("group (the spec's folder)", group), ("name (the file's stem)", name)):
+        if name_problem(value):
+            raise SpecError(f"{path}: {what}: it names the run's record file; {name_problem(value)}")
+    return [RunSpec(spec=scaled, group=group, name=name, seed=seed, budget=budget, source_file=str(path))
+            for seed in spec.seeds]
 
 
 SKIPPED_FOLDERS = {"mlruns", "__pycache__", "campaigns"}  # and hidden ones (.venv, .git): their YAML is no spec;
@@ -233,7 +271,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*.yaml") if q.name != "paper.yaml" and not any(
+            out += sorted(q for q in p.rglob("*.yaml") if q.name != PAPER_FILE.name and not any(
                 part in SKIPPED_FOLDERS or part.startswith(".") for part in q.relative_to(p).parts[:-1]))
         else:
             out.append(p)

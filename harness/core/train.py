@@ -30,6 +30,7 @@ from harness.core.data import DeviceData, normalize, train_batch
 from harness.core.models import build_model
 from harness.core.schedule import WARMUP_CHECK_EVERY, Schedule, eval_every
 from harness.core.spec import RunSpec, Spec
+from harness.core.stop import held
 from harness.errors import DataError
 
 
@@ -207,8 +208,8 @@ class Progress:
 
 def next_batch(st: LoopState, data: DeviceData, spec: Spec, gen: torch.Generator):
     """The batch of iteration st.it: the next slice of the current permutation of the training split, a new
-    permutation when too few images are left in it. Also the one call of every iteration that the tests'
-    fault injection (tests/faults) wraps to kill a run at a chosen iteration."""
+    permutation when too few images are left in it. It is the one call every iteration makes, so wrapping it stops
+    a run at a chosen iteration."""
     n, bs = len(data.y_train), spec.batch_size
     if st.perm is None or st.pos + bs > n:
         st.perm, st.pos = torch.randperm(n, device=data.y_train.device, generator=gen), 0
@@ -309,10 +310,11 @@ class Trainee:
                 "images_per_s": meter.seen / elapsed}
         stop = self.has_val and sched.observe_eval(st.it, last["val_loss"], warming)
         self.bar.show(last)
-        if self.on_eval is not None and self.on_eval(st.it, last):
-            stop = True
-        if self.checkpoint:
-            save_checkpoint(self.checkpoint, self.model, self.opt, sched, self.gen, st)
+        with held():
+            if self.on_eval is not None and self.on_eval(st.it, last):
+                stop = True
+            if self.checkpoint:
+                save_checkpoint(self.checkpoint, self.model, self.opt, sched, self.gen, st)
         meter.reset()
         if stop:
             last["stopped_early_at"] = st.it

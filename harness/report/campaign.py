@@ -10,28 +10,15 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
+from harness.core.groups import REPORTED
 from harness.errors import UserError
 from harness.tracking import store as tracking
 
-GROUPS = ("table6", "ablations", "ladder", "tuned")
-
-PAPER_FILE = Path("experiments/paper.yaml")
-
-
-
-def load_paper(path: Path = PAPER_FILE) -> dict:
-    """The paper's figures: the working directory's copy if there is one (a user may extend it), else the one in
-    this checkout, so `report` works from any directory."""
-    for p in (path, Path(__file__).resolve().parents[2] / PAPER_FILE):
-        if p.is_file():
-            return yaml.safe_load(p.read_text())
-    raise UserError(f"{path}: not found (expected the paper's Table 6 figures, as in the repository's {PAPER_FILE})")
+GROUPS = tuple(g.name for g in REPORTED)
 
 
 def load_runs(groups=GROUPS) -> pd.DataFrame:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.core.groups import REPORTED, load_paper
+from harness.core.models import ARCHS
 from harness.core.spec import load_specs
 from harness.report.campaign import (
-    GROUPS,
     campaigns,
-    load_paper,
     load_runs,
     newest_per_spec,
     paper_figure,
@@ -30,16 +30,17 @@ from harness.report.labels import campaign_label
 from harness.report.pages import ablations, ladder, table6, tuned
 from harness.report.readme import update_readme
 from harness.report.summary import write_summary
+from harness.report.tuning import write_tuning_figures
 from harness.tracking import figures as plots
 
-PAGES = {"table6": ["table6.md", "table6.csv", "error_vs_depth.png", "curves_table6.png"],
-         "ablations": ["ablations.md"], "ladder": ["ladder.md", "ladder.png"], "tuned": ["tuned.md"]}  # group -> files
+PAGES = {g.name: list(g.pages) for g in REPORTED}
 
 def report(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None,
            every: bool = False) -> int:
     """Write the pages of the campaign that `budget` and
     `data_id` name (default: that of the latest finished Table 6 run); with `every`, each campaign of the store
-    into `out`/<data>-b<budget>/, the index `out`/README.md and the campaign blocks of the README beside `out`."""
+    into `out`/<data>-b<budget>/, the index `out`/README.md, the tuning studies' figures and the campaign blocks of
+    the README beside `out`."""
     if not every:
         write_reports(out, budget, data_id)
         return 0
@@ -53,6 +54,7 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
             slug += "-" + c.data_id.split(":")[-1][:8]
         write_reports(out / slug, float(c.budget), str(c.data_id))
     print(f"report: wrote {write_index(out)}", file=sys.stderr)
+    write_tuning_figures(out)  # from the Optuna storage: tune itself logs them on its MLflow run only
     readme = out.parent / "README.md"  # the checkout's README beside reports/: its campaign blocks quote the pages
     for folder in update_readme(readme, out):
         print(f"report: rewrote {readme}'s campaign block from {out / folder}/summary.md", file=sys.stderr)
@@ -62,9 +64,9 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
 def descriptions_of_specs() -> dict[tuple[str, str], str]:
     """(group, spec name) -> the spec's description, for the "what changed" columns; an invalid spec is named by
     `table` already and only loses its description here, so a report still comes out."""
-    return {(g, path.stem): spec.description.replace("|", "/")
-            for g in GROUPS if Path("experiments", g).exists()
-            for path, spec in load_specs([f"experiments/{g}"])[0]}
+    return {(g.name, path.stem): spec.description.replace("|", "/")
+            for g in REPORTED if g.folder.exists()
+            for path, spec in load_specs([str(g.folder)])[0]}
 
 
 def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: float, official: bool, out: Path):
@@ -73,7 +75,7 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
     label = "CIFAR-10 test error (%)" if official else f"error (%), {data.split(' ')[0]}, budget {budget:g}"
     if len(tab):  # a campaign without Table 6 runs (e.g. the ladder alone) gets no Table 6 figures
         measured = {arch: (sub.depth, sub.measured_mean, sub.measured_std.fillna(0))
-                    for arch in ("ResNet", "plain") if len(sub := tab[tab.model.str.startswith(arch)])}
+                    for arch in ARCHS if len(sub := tab[tab.arch == arch])}
         depths = sorted(int(k[6:]) for k in paper["test_error"] if int(k[6:]) <= 110)
         figs = [paper_figure(paper, f"resnet{d}") for d in depths]  # means where the paper gives them, as ours are
         plots.error_vs_depth(measured, (depths, [m for m, _, _ in figs], [s or 0 for _, s, _ in figs]), label,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from harness.core.models import ARCHS
 from harness.tracking import store as tracking
 from harness.tracking.figures import Curve, History
 
@@ -34,17 +35,18 @@ def mean_curve(label: str, trains: list[History], tests: list[History]) -> Curve
 
 
 def fig6_panels(df: pd.DataFrame) -> dict[str, list[Curve]]:
-    """For each architecture of the finished Table 6 runs, one curve per depth, named with its seeds."""
+    """For each architecture drawn in Fig. 6 (its registry's panel, left to right), one curve per depth of the
+    finished Table 6 runs, named with its seeds."""
     c = tracking.client()
     t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
     panels: dict[str, list[Curve]] = {}
-    for arch in ("plain", "resnet"):
-        panels[arch] = []
-        for depth in sorted(set(t6[t6.arch == arch].depth)):
-            runs = t6[(t6.arch == arch) & (t6.depth == depth)].sort_values("seed")
+    for arch in sorted((a for a in ARCHS.values() if a.fig6_panel is not None), key=lambda a: a.fig6_panel):
+        panels[arch.name] = []
+        for depth in sorted(set(t6[t6.arch == arch.name].depth)):
+            runs = t6[(t6.arch == arch.name) & (t6.depth == depth)].sort_values("seed")
             seeds = ", ".join(map(str, runs.seed))
-            label = f"{'ResNet' if arch == 'resnet' else 'plain'}-{depth} " + (
-                f"(seed {seeds})" if len(runs) == 1 else f"(mean ± std of seeds {seeds})")
+            label = f"{arch.label}-{depth} " + (f"(seed {seeds})" if len(runs) == 1 else
+                                                f"(mean ± std of seeds {seeds})")
             hists = [[tracking.metric_history(c, rid, k) for rid in runs.run_id] for k in ("train_error", "test_error")]
-            panels[arch].append(mean_curve(label, *hists))
+            panels[arch.name].append(mean_curve(label, *hists))
     return panels

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-PAGE_ORDER = ("summary.md", "table6.md", "ablations.md", "ladder.md", "tuned.md")
+from harness.core.groups import REPORTED
+
+PAGE_ORDER = ("summary.md", *(g.pages[0] for g in REPORTED))  # a campaign's summary first
 LOST = "records are lost"
 
 

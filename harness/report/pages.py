@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.core.models import build_model, count_params
+from harness.core.models import ARCHS, build_model, count_params
 from harness.core.spec import ModelSpec
 from harness.report.campaign import fmt, noise_verdict, paper_figure, splits, summarize
 
@@ -52,15 +52,14 @@ def data_name(df: pd.DataFrame) -> str:
 def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path) -> pd.DataFrame:
     t6 = df[df.group == "table6"]
     rows = []
-    for arch in ("resnet", "plain"):
-        for depth in sorted(set(t6[t6.arch == arch].depth)):
-            runs = t6[(t6.arch == arch) & (t6.depth == depth)]
+    for arch in ARCHS.values():
+        for depth in sorted(set(t6[t6.arch == arch.name].depth)):
+            runs = t6[(t6.arch == arch.name) & (t6.depth == depth)]
             s = summarize(runs)
-            key = f"{arch}{depth}"
-            p, p_std, p_best = paper_figure(paper, key) if arch == "resnet" else (None, None, None)
+            p, p_std, p_best = paper_figure(paper, f"{arch.name}{depth}") if arch.paper else (None, None, None)
             rows.append({
-                "model": f"{'ResNet' if arch == 'resnet' else 'plain'}-{depth}", "depth": depth, "split": splits(runs),
-                "params_M": round(count_params(build_model(ModelSpec(arch=arch, depth=depth))) / 1e6, 2),
+                "model": f"{arch.label}-{depth}", "arch": arch.name, "depth": depth, "split": splits(runs),
+                "params_M": round(count_params(build_model(ModelSpec(arch=arch.name, depth=depth))) / 1e6, 2),
                 "paper_test_error": p, "paper_std": p_std, "paper_best_run": p_best,
                 "measured_mean": round(s["mean"], 2), "measured_std": round(s["std"], 2),
                 "n": s["n"], "best_seed": round(s["best"], 2),
@@ -68,7 +67,7 @@ def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
                 "best_over_training_if_selected_on_test": round(s["best_over_training"], 2),
                 "failed": s["failed"], "measured": fmt(s)})
     tab = pd.DataFrame(rows)
-    tab.drop(columns="measured").to_csv(out / "table6.csv", index=False)
+    tab.drop(columns=["measured", "arch"]).to_csv(out / "table6.csv", index=False)
     col = "CIFAR-10 test error" if official else "measured error (this data/budget)"
     # The title says what the numbers are: a short run or a subset is not a reproduction of Table 6.
     title = ("Table 6 (He et al. 2015) reproduced: CIFAR-10 test error" if official else

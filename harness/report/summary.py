@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.core.models import ARCHS
 from harness.report.campaign import GROUPS, fmt, noise_verdict, paper_figure, summarize
 from harness.report.labels import campaign_label, row_label
 from harness.report.pages import header, paper_cell
 from harness.tracking import store as tracking
 
 BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
-NAMES = {"resnet": "ResNet", "plain": "plain"}
 
 
 @dataclass(frozen=True)
@@ -33,18 +33,19 @@ class Row:
 
 
 def _order(runs: pd.DataFrame) -> list[tuple[str, str]]:
-    """(group, spec) in the groups' order; Table 6 by architecture (ResNet first) and depth."""
+    """(group, spec) in the groups' order; within a group by architecture (the registry's order) and depth."""
     keys = runs[["group", "spec", "arch", "depth"]].drop_duplicates(["group", "spec"])
-    keys = keys.assign(g=keys.group.map(GROUPS.index), a=keys.arch != "resnet")
+    archs = list(ARCHS)
+    keys = keys.assign(g=keys.group.map(GROUPS.index), a=keys.arch.map(lambda a: archs.index(a) if a in archs else 99))
     return [(r.group, r.spec) for r in keys.sort_values(["g", "a", "depth", "spec"]).itertuples()]
 
 
 def _paper(group: str, arch: str, depth: int, paper: dict) -> str:
-    if group != "table6":
+    if group != "table6" or arch not in ARCHS:
         return "— (not in the paper)"
-    if arch != "resnet":
-        return "— (curves only in Fig. 6)"
-    return paper_cell(*paper_figure(paper, f"resnet{depth}"))
+    if not ARCHS[arch].paper:
+        return "— (curves only in Fig. 6)" if ARCHS[arch].fig6_panel is not None else "— (not in the paper)"
+    return paper_cell(*paper_figure(paper, f"{arch}{depth}"))
 
 
 def train_times(runs: pd.DataFrame) -> list[tuple[float, float]]:
@@ -90,13 +91,13 @@ def depth_effects(df: pd.DataFrame) -> list[str]:
     deeper plain net ends worse, a deeper ResNet does not)."""
     t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
     lines = []
-    for arch in ("plain", "resnet"):
-        depths = sorted(set(t6[t6.arch == arch].depth))
+    for arch in sorted((a for a in ARCHS.values() if a.fig6_panel is not None), key=lambda a: a.fig6_panel):
+        depths = sorted(set(t6[t6.arch == arch.name].depth))
         if len(depths) < 2:
             continue
-        lo, hi = (t6[(t6.arch == arch) & (t6.depth == d)].test_error.to_numpy(dtype=float) for d in
+        lo, hi = (t6[(t6.arch == arch.name) & (t6.depth == d)].test_error.to_numpy(dtype=float) for d in
                   (depths[0], depths[-1]))
-        a, b = f"{NAMES[arch]}-{depths[0]}", f"{NAMES[arch]}-{depths[-1]}"
+        a, b = f"{arch.label}-{depths[0]}", f"{arch.label}-{depths[-1]}"
         lines.append(f"- {a} → {b}: {lo.mean():.2f} → {hi.mean():.2f} ({hi.mean() - lo.mean():+.2f} points; "
                      f"{noise_verdict(hi, lo, (b, a))})")
     return lines

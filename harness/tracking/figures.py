@@ -1,15 +1,18 @@
 """Figures in the look of the paper's Fig. 6: thin lines for training error, bold for test/validation.
 
-Drawing only: each function takes the numbers, writes one PNG and closes its figure, so that a long batch or a
-report of many pages holds no figure open. Where the numbers come from (a run's history, a campaign's runs) is
-the caller's business.
+Drawing only: each function takes the numbers (or an Optuna study), writes PNGs and closes its figures, so that a
+long batch or a report of many pages holds no figure open. Where the numbers come from (a run's history, a campaign's
+runs) is the caller's business.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import textwrap
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +21,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from harness.core.models import ARCHS  # noqa: E402
+
 History = list[tuple[int, float]]  # (iteration, value)
-ARCH_COLORS = {"ResNet": "C0", "plain": "C3"}
 
 
 def _save(fig, path: Path) -> None:
@@ -49,11 +53,12 @@ def learning_curve(history: dict[str, History], title: str, path: Path) -> None:
 
 def error_vs_depth(measured: dict[str, tuple[Sequence, Sequence, Sequence]],
                    paper: tuple[Sequence, Sequence, Sequence], ylabel: str, path: Path) -> None:
-    """measured: "ResNet" or "plain" -> (depths, mean errors, stds); paper: the same for the paper's ResNets."""
+    """measured: an arch's name (harness.core.models.ARCHS) -> (depths, mean errors, stds); paper: the same for
+    the paper's ResNets."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for arch, (depths, means, stds) in measured.items():
-        ax.errorbar(depths, means, yerr=stds, marker="o", color=ARCH_COLORS[arch], capsize=3,
-                    label=f"{arch} (measured)")
+        ax.errorbar(depths, means, yerr=stds, marker="o", color=ARCHS[arch].color, capsize=3,
+                    label=f"{ARCHS[arch].label} (measured)")
     depths, means, stds = paper
     ax.errorbar(depths, means, yerr=stds, fmt="k*--", capsize=3,
                 label="ResNet (paper: full data, 64k it; 110: mean ± std of its runs)")
@@ -76,23 +81,25 @@ class Curve:
 
 
 def fig6_curves(panels: dict[str, list[Curve]], ylabel: str, path: Path, title: str = "") -> None:
-    """The paper's Fig. 6: panels "plain" (left) and "resnet" (right), one colour per depth; thin dashed for train,
-    bold for test, a shaded band of ± one std over seeds around the test line where there are seeds to have one."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6 if title else 4), dpi=100, sharey=True)
-    for ax, arch in zip(axes, ("plain", "resnet"), strict=True):
-        for i, c in enumerate(panels.get(arch, [])):
+    """The paper's Fig. 6: one panel per arch, left to right in the order of `panels` (arch name -> its curves),
+    one colour per depth; thin dashed for train, bold for test, a shaded band of ± one std over seeds around the
+    test line where there are seeds to have one."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6 if title else 4), dpi=100, sharey=True,
+                             squeeze=False)
+    for ax, (arch, curves) in zip(axes[0], panels.items(), strict=True):
+        for i, c in enumerate(curves):
             ax.plot([s for s, _ in c.train], [v for _, v in c.train], lw=0.8, ls="--", color=f"C{i}")
             ax.plot([s for s, _ in c.test], [v for _, v in c.test], lw=2.0, color=f"C{i}", label=c.label)
             if c.test_std:
                 ax.fill_between([s for s, _ in c.test], [v - d for (_, v), d in zip(c.test, c.test_std, strict=True)],
                                 [v + d for (_, v), d in zip(c.test, c.test_std, strict=True)], color=f"C{i}",
                                 alpha=0.2, lw=0)
-        ax.set_title(f"{'plain' if arch == 'plain' else 'ResNet'} (thin dashed: train, bold: test)", fontsize=9)
+        ax.set_title(f"{ARCHS[arch].label} (thin dashed: train, bold: test)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    axes[0].set_ylabel(ylabel)
+    axes[0][0].set_ylabel(ylabel)
     if title:  # a campaign's label is long: wrapped, so that no word leaves the figure
         fig.suptitle(textwrap.fill(title, 150), fontsize=9)
     _save(fig, path)
@@ -110,3 +117,44 @@ def ladder_bars(names: list[str], means: list[float], stds: list[float], ylabel:
     ax.set_ylabel(ylabel)
     ax.set_title("Why the gap: one factor per rung (Δ vs previous rung)", fontsize=9)
     _save(fig, path)
+
+
+STUDY_FIGURES = ("optimization_history", "param_importances", "parallel_coordinate")
+
+
+@contextmanager
+def known_plot_warnings():
+    """Optuna's plots warn where a small study cannot fill them: Optuna 5's PED-ANOVA importance (its default
+    evaluator) with a parameter regime of fewer than 2 trials or with too few trials to tell its quantiles apart,
+    matplotlib expanding equal y limits (a history of one value), and the plots' own ExperimentalWarning (used
+    knowingly). The plots are still drawn; these warnings, matched by message or category, are silenced around
+    the plots only."""
+    from optuna.exceptions import ExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=ExperimentalWarning)
+        warnings.filterwarnings("ignore", r"Some regimes for parameter .* have less than \d+ trials", UserWarning)
+        warnings.filterwarnings("ignore", r"Target and region quantiles select the same set of trials", UserWarning)
+        warnings.filterwarnings("ignore", r"Attempting to set identical low and high ylims", UserWarning)
+        yield
+
+
+def study_figures(study, out: Path) -> list[Path]:
+    """Optuna's optimization history, parameter importances and parallel coordinates as PNGs in `out`; returns
+    those drawn. One that cannot be drawn yet (importances need two finished trials) is said and skipped."""
+    from optuna.visualization import matplotlib as ovm
+
+    out.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for name in STUDY_FIGURES:
+        try:
+            with known_plot_warnings():
+                ax = getattr(ovm, f"plot_{name}")(study)
+                fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
+                fig.set_size_inches(8, 5)
+                fig.set_dpi(100)
+                _save(fig, out / f"{name}.png")
+            drawn.append(out / f"{name}.png")
+        except (ValueError, RuntimeError) as e:
+            print(f"tune: no {name} plot of study '{study.study_name}' ({e})", file=sys.stderr)
+    return drawn

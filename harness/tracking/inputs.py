@@ -9,42 +9,27 @@ Source, Dataset and Model columns of the runs list, run filtering by dataset and
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
+
+from harness.core.groups import load_paper, note_of, paper_file
 
 NOTE = "mlflow.note.content"  # the description MLflow's UI shows and edits, for experiments and runs alike
-MODEL_NAME = "model"  # runs:/<run_id>/model
+MODEL_NAME = "model"  # the model folder of a `run --offline` record
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"  # torchvision's tgz_md5 of that archive
-PAPER_FILE = Path(__file__).resolve().parents[1] / "experiments" / "paper.yaml"
-
-GROUPS = {
-    "table6": "He et al. 2015 Table 6 reproduced: the paper's CIFAR-10 ResNets and plain nets with its recipe "
-              "(SGD 0.1, momentum 0.9, wd 1e-4, /10 at 32k and 48k, 64k iterations, batch 128).",
-    "ablations": "One change each against the table6 recipe (optimizer, shortcut, augmentation, dtype, split, "
-                 "schedule), to see which part of the recipe the result depends on.",
-    "ladder": "From the seed log's setup to the paper's recipe one change per rung: each rung's run says what it "
-              "changes, so the gap to Table 6 is split over the changes.",
-    "tuning": "Optuna studies over the learning-rate schedule, scored on the validation split only (the test "
-              "split is never read): one parent run per study, its trials as child runs.",
-    "tuned": "The best schedule of a tuning study exported as a spec and trained once like table6, the only time "
-             "it meets the test set.",
-}
 
 
 def experiment_note(group: str) -> str:
     """What the group is; table6 adds the paper's figures (experiments/paper.yaml) it is compared with."""
-    note = GROUPS.get(group, f"Runs of the specs in experiments/{group}.")
-    if group == "table6" and PAPER_FILE.is_file():
-        paper = yaml.safe_load(PAPER_FILE.read_text())
+    note = note_of(group)
+    if group == "table6" and paper_file() is not None:
+        paper = load_paper()
         figures = ", ".join(f"{k} {v}%" for k, v in paper.get("test_error", {}).items())
         note += f"\n\nPaper's test error ({paper.get('source', 'He et al. 2015')}): {figures}."
         if "resnet110_mean_std" in paper:
@@ -53,23 +38,55 @@ def experiment_note(group: str) -> str:
     return note
 
 
-def dataset(x: np.ndarray, y: np.ndarray, data_id: str, sizes: dict[str, int]) -> dict[str, str]:
-    """The run's data as an MLflow dataset (name, digest, source, schema, profile), as a plain dict so that an
-    offline record carries it to `import`. The digest is the file's SHA-256 prefix already in the data id, so
-    nothing is hashed again; the profile holds the split sizes the run trained, validated and tested on."""
-    import mlflow.data
+def _source(data_id: str):
+    """(name, digest, MLflow dataset source) of a data id. The digest is the file's SHA-256 prefix already in the
+    data id, so nothing is hashed again; a cifar-10-batches-py folder holds torchvision's copy of the official
+    archive, named by its URL and md5."""
     from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 
     name, _, digest = data_id.partition(":")
     if digest:  # an .npz: name is the file's name
-        source = LocalArtifactDatasetSource(name)
-    else:  # a cifar-10-batches-py folder holds torchvision's copy of the official archive
-        source, digest = HTTPDatasetSource(CIFAR10_URL), CIFAR10_MD5[:16]
+        return name, digest, LocalArtifactDatasetSource(name)
+    return name, CIFAR10_MD5[:16], HTTPDatasetSource(CIFAR10_URL)
+
+
+def _sizes_profile(sizes: dict[str, int]) -> dict[str, int]:
+    return {f"{k}_size": v for k, v in sizes.items()}
+
+
+def dataset(x: np.ndarray, y: np.ndarray, data_id: str, sizes: dict[str, int]) -> dict[str, str]:
+    """The run's data as an MLflow dataset (name, digest, source, schema, profile), as a plain dict so that an
+    offline record carries it to `import`; the profile holds the split sizes the run trained, validated and
+    tested on."""
+    import mlflow.data
+
+    name, digest, source = _source(data_id)
     ds = mlflow.data.from_numpy(x, source=source, targets=y, name=name, digest=digest)
     out = ds.to_dict()
-    out["profile"] = json.dumps({**json.loads(out.get("profile") or "{}"), **{f"{k}_size": v for k, v in
-                                                                            sizes.items()}})
+    out["profile"] = json.dumps({**json.loads(out.get("profile") or "{}"), **_sizes_profile(sizes)})
     return out
+
+
+def dataset_of_id(data_id: str, sizes: dict[str, int]) -> dict[str, str | None]:
+    """The same dataset from the data id and split sizes alone (no schema), for a record that predates datasets
+    in records (format 1)."""
+    name, digest, source = _source(data_id)
+    return {"name": name, "digest": digest, "source_type": source._get_source_type(), "source": source.to_json(),
+            "schema": None, "profile": json.dumps(_sizes_profile(sizes))}
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """SHA-256 of the final weights (every state_dict tensor's name, dtype, shape and bytes, in order), which a
+    record names (tag weights_sha256) so that weights kept elsewhere can be matched to their run; it does not
+    depend on the file format the model is saved in."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in ready(model).state_dict().items():
+        t = v.detach().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def log_run_inputs(c, run_id: str, ds: dict[str, str] | None) -> None:
@@ -84,34 +101,20 @@ def log_run_inputs(c, run_id: str, ds: dict[str, str] | None) -> None:
 
 
 def _model_kwargs(model: torch.nn.Module) -> dict:
-    """A signature (normalized NCHW images in the weights' dtype in, 10 logits out) written from the shapes, and no
-    input example: MLflow reloads and runs the model on an example at every log (0.5 s to 9 s a run on a busy CPU,
-    against 0.3 s without), and the test of the logged model checks more. The pip requirements are given, not
-    inferred: inference imports and pip-resolves the environment (slow, may reach the network). Pickled, not
-    MLflow's default pt2: torch.export takes seconds and fixes the batch size to the example's; the pickle loads
-    wherever `harness` is importable (the model classes are harness.core.models')."""
+    """torch.export's pt2, so the model loads wherever mlflow and torch are installed (no `harness`, no pickle: a
+    loaded file runs no code), with a signature (normalized NCHW images in the weights' dtype in, 10 logits out)
+    and an input example of two blank images, enough to keep the batch dimension dynamic, small to store; MLflow's
+    check of it by reloading the model at every log is skipped (the test of the logged model checks more). The
+    pip requirements are given, not inferred: inference imports and pip-resolves the environment (slow, may reach
+    the network)."""
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
     dtype = np.dtype(np.float64 if next(model.parameters()).dtype == torch.float64 else np.float32)
     signature = ModelSignature(inputs=Schema([TensorSpec(dtype, (-1, 3, 32, 32))]),
                                outputs=Schema([TensorSpec(dtype, (-1, 10))]))
-    return {"signature": signature, "serialization_format": "pickle",
-            "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}"]}
-
-
-@contextmanager
-def pickle_chosen():
-    """MLflow warns on every pickled model that pickle runs code when loaded; we chose it knowingly (see
-    _model_kwargs), so that one warning is dropped around our calls and every other MLflow warning stays."""
-    log = logging.getLogger("mlflow.pytorch")
-    drop = logging.Filter()
-    drop.filter = lambda record: "Pickle or CloudPickle" not in record.getMessage()
-    log.addFilter(drop)
-    try:
-        yield
-    finally:
-        log.removeFilter(drop)
+    return {"signature": signature, "serialization_format": "pt2", "input_example": np.zeros((2, 3, 32, 32), dtype),
+            "pip_requirements": [f"torch=={torch.__version__.split('+')[0]}", "mlflow"]}
 
 
 def ready(model: torch.nn.Module) -> torch.nn.Module:
@@ -121,19 +124,28 @@ def ready(model: torch.nn.Module) -> torch.nn.Module:
     return model.cpu().eval()
 
 
-def log_final_model(c, run_id: str, model: torch.nn.Module) -> float:
-    """The final weights as the run's MLflow PyTorch model, `runs:/<run_id>/model`; returns the seconds it took.
-    The logged model is made in the run's experiment first: left to itself, log_model puts it in the process's
-    active experiment (Default), where `runs:/` does not look for it."""
+def model_name(params: dict[str, str]) -> str:
+    """The logged model's name, one a registry takes as it is: the architecture and depth (`resnet32`, `plain20`,
+    `torchvision_resnet34`), from the run's params."""
+    arch, depth = params.get("model.arch", "model"), params.get("model.depth", "")
+    return arch if arch.endswith(depth) else f"{arch}{depth}"
+
+
+def log_final_model(c, run_id: str, model: torch.nn.Module, name: str = MODEL_NAME) -> float:
+    """The final weights as the run's MLflow PyTorch model `name` (`runs:/<run_id>/<name>`); returns the seconds
+    it took. The logged model is made in the run's experiment first: left to itself, log_model puts it in the
+    process's active experiment (Default), where `runs:/` does not look for it."""
+    t0 = time.perf_counter()
+    _log_model(c, run_id, ready(model), name)
+    return time.perf_counter() - t0
+
+
+def _log_model(c, run_id: str, model: torch.nn.Module, name: str) -> None:
     import mlflow.pytorch
 
-    t0 = time.perf_counter()
-    model = ready(model)
-    made = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=MODEL_NAME, source_run_id=run_id)
-    with pickle_chosen():
-        mlflow.pytorch.log_model(model, name=MODEL_NAME, run_id=run_id, model_id=made.model_id,
-                                 **_model_kwargs(model))
-    return time.perf_counter() - t0
+    made = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id)
+    mlflow.pytorch.log_model(model, name=name, run_id=run_id, model_id=made.model_id, validate_serving_input=False,
+                             **_model_kwargs(model))
 
 
 def save_final_model(path: Path, model: torch.nn.Module) -> None:
@@ -144,14 +156,41 @@ def save_final_model(path: Path, model: torch.nn.Module) -> None:
     model = ready(model)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    with pickle_chosen():
-        mlflow.pytorch.save_model(model, str(tmp), **_model_kwargs(model))
+    mlflow.pytorch.save_model(model, str(tmp), **_model_kwargs(model))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
 
 
-def import_final_model(c, run_id: str, path: Path) -> None:
-    """Log an offline run's saved MLflow model on its imported run, as `execute` logs a model."""
+def import_final_model(c, run_id: str, path: Path, name: str) -> None:
+    """Log an offline run's saved MLflow model on its imported run, as `execute` logs a model (an exported
+    program is already on the CPU and in eval mode)."""
     import mlflow.pytorch
 
-    log_final_model(c, run_id, mlflow.pytorch.load_model(str(path)))
+    _log_model(c, run_id, mlflow.pytorch.load_model(str(path)), name)
+
+
+SYSTEM_METRICS = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch; here on unless set false
+
+
+def system_metrics(run_id: str, uri: str):
+    """MLflow's system-metrics monitor on the run (CPU, memory, disk, network and, where pynvml sees one, GPU
+    utilisation, as `system/...` metrics every few seconds from a thread of its own), or None where it is off
+    (`run --no-system-metrics`, or MLflow's variable set false) or psutil is missing. MLflow reads its variable
+    only in fluent runs; the harness logs through MlflowClient, so it starts the monitor itself."""
+    if os.environ.get(SYSTEM_METRICS, "true").lower() in ("false", "0", "no"):
+        return None
+    try:
+        import psutil  # noqa: F401 - what MLflow's CPU and memory monitor reads
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+    except ImportError:
+        return None
+    monitor = SystemMetricsMonitor(run_id, sampling_interval=2, samples_before_logging=1, resume_logging=True,
+                                   tracking_uri=uri)
+    monitor.start()
+    return monitor
+
+
+def stop(monitor) -> None:
+    """Its last samples logged, its thread gone, before the run is marked ended."""
+    if monitor is not None:
+        monitor.finish()

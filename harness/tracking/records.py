@@ -14,19 +14,26 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
+import yaml
+
+from harness.core.names import inside, name_problem
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
-from harness.tracking.sinks import log, log_curve
+from harness.tracking.sinks import content_digest, log, log_curve, meaningful
 
-FORMAT = 1
+FORMAT = 2  # 2 adds start_time, end_time, dataset and MLflow's description and source tags; 1 is still read
+FORMATS = (1, 2)
 RESULTS = Path(os.environ.get("HARNESS_RESULTS", "results"))
-SUMMARY_KEYS = ("final_iteration", "train_seconds", "mlflow_log_seconds", "stopped_early_at",
-                "wall_seconds_this_attempt")  # logged once at the end of a run, not at each evaluation point
+SUMMARY_KEYS = tuple(tracking.metric_name(k) for k in ("final_iteration", "train_seconds", "mlflow_log_seconds",
+                                                       "model_log_seconds", "stopped_early_at",
+                                                       "wall_seconds_this_attempt"))  # logged once, at the end
+KEPT_MLFLOW_TAGS = (mlflow_inputs.NOTE, "mlflow.source.")  # the description and the Source column; not mlflow.user
 REQUIRED = {"group": str, "run_name": str, "status": str, "tags": dict, "params": dict, "spec_yaml": str,
             "history": list, "summary": dict}
 DROPPED_TAGS = ("imported_from",)  # where a record came from is this machine's business, not the run's
@@ -36,10 +43,13 @@ def record_of(c, run) -> dict:
     """The record of one MLflow run, as `run --offline` writes it, plus `format`."""
     import mlflow
 
-    tags = {k: v for k, v in run.data.tags.items() if not k.startswith("mlflow.") and k not in DROPPED_TAGS}
+    tags = {k: v for k, v in run.data.tags.items()
+            if (not k.startswith("mlflow.") or k.startswith(KEPT_MLFLOW_TAGS)) and k not in DROPPED_TAGS}
     by_step: dict[int, dict] = {}
     summary, final = {}, {}
     for key in sorted(run.data.metrics):
+        if key.startswith("system/"):  # the machine's load while it trained: the store's, not the record's
+            continue
         if key in SUMMARY_KEYS:
             summary[key] = run.data.metrics[key]
             continue
@@ -47,14 +57,41 @@ def record_of(c, run) -> dict:
             by_step.setdefault(step, {"step": step})[key] = value
         final[key] = run.data.metrics[key]
     exp = c.get_experiment(run.info.experiment_id)
-    return {"format": FORMAT, "group": exp.name, "run_name": run.info.run_name, "status": run.info.status,
+    rec = {"format": FORMAT, "group": exp.name, "run_name": run.info.run_name, "status": run.info.status,
             "tags": tags, "params": dict(run.data.params),
             "spec_yaml": mlflow.artifacts.load_text(f"{run.info.artifact_uri}/spec.yaml"),
-            "history": [by_step[s] for s in sorted(by_step)], "summary": summary, "final": final}
+            "history": [by_step[s] for s in sorted(by_step)], "summary": summary, "final": final,
+            "start_time": run.info.start_time, "end_time": run.info.end_time, "dataset": _dataset_of(run)}
+    return {**rec, "digest": content_digest(rec)}
+
+
+def _dataset_of(run) -> dict | None:
+    """The run's training dataset input as the dict mlflow_inputs.dataset makes, or None."""
+    for d in run.inputs.dataset_inputs if run.inputs else ():
+        ds = d.dataset
+        return {"name": ds.name, "digest": ds.digest, "source_type": ds.source_type, "source": ds.source,
+                "schema": ds.schema, "profile": ds.profile}
+    return None
 
 
 def record_path(root: Path, record: dict) -> Path:
-    return root / record["group"] / f"{record['run_name']}-{record['tags']['spec_hash']}.json"
+    """results/<group>/<run_name>-<spec_hash>.json; a field that would climb out of `root` (a name of the store
+    or of a record, never checked by MLflow) is one line instead of a file written elsewhere."""
+    for field, value in path_fields(record):
+        if name_problem(value):
+            raise UserError(f"{root}: run {record.get('run_name')!r}: {field}: it names the record's file; "
+                            f"{name_problem(value)}")
+    path = root / record["group"] / f"{record['run_name']}-{record['tags']['spec_hash']}.json"
+    if not inside(root, path):
+        raise UserError(f"{path}: outside {root}/ (a link in the way?); expected a record file under it")
+    return path
+
+
+def path_fields(record: dict) -> list[tuple[str, object]]:
+    """The fields of a record that its file name is made of."""
+    tags = record.get("tags") if isinstance(record.get("tags"), dict) else {}
+    return [("group", record.get("group")), ("run_name", record.get("run_name")), ("tags.spec_hash",
+                                                                                    tags.get("spec_hash"))]
 
 
 def dumps(record: dict) -> str:
@@ -111,13 +148,20 @@ def check_record(path: Path) -> None:
         raise UserError(f"{path}: expected a JSON run record (docs/results.md): {e}") from None
     if not isinstance(rec, dict):
         raise UserError(f"{path}: expected a JSON object (a run record, docs/results.md)")
-    if rec.get("format", FORMAT) != FORMAT:
-        raise UserError(f"{path}: format: expected {FORMAT}, found {rec['format']!r} (a newer harness wrote it?)")
+    if rec.get("format", FORMAT) not in FORMATS:
+        raise UserError(f"{path}: format: expected {' or '.join(map(str, FORMATS))}, found {rec['format']!r} (a "
+                        "newer harness wrote it?)")
     for key, kind in REQUIRED.items():
         if not isinstance(rec.get(key), kind):
             raise UserError(f"{path}: {key}: expected a {kind.__name__}, found {type(rec.get(key)).__name__}")
     if not rec["tags"].get("spec_hash"):
         raise UserError(f"{path}: tags.spec_hash: expected the run's spec hash (16 hex digits)")
+    for field, value in path_fields(rec):
+        if name_problem(value):
+            raise UserError(f"{path}: {field}: it becomes a path when the store is exported; {name_problem(value)}")
+    if "digest" in rec and rec["digest"] != content_digest(rec):
+        raise UserError(f"{path}: digest: the content no longer matches it (edited by hand?); expected the record "
+                        "as its run wrote it: export it again from the run's store, or rerun the run")
 
 
 def record_files(paths: list[Path]) -> list[Path]:
@@ -147,40 +191,94 @@ def import_results(paths: list[Path] = (RESULTS,)) -> int:
     return 0
 
 
+def _sizes(data: str) -> dict[str, int]:
+    """{'train': 4068, ...} from a run's `data` tag ('cifar10-mini.npz train=4068 val=0 test=1017')."""
+    return {k: int(v) for k, v in re.findall(r"\b(train|val|test)=(\d+)", data)}
+
+
+def as_current(rec: dict) -> dict:
+    """A format-1 record as format 2 holds it: bookkeeping metrics under timing/, only the params that mean
+    something, the description (the resolved spec's) and source tags MLflow shows, and the dataset from the data
+    id. Its times are not known; import_record takes them from its train_seconds."""
+    if rec.get("format", FORMAT) >= 2:
+        return rec
+
+    def renamed(d: dict) -> dict:
+        return {tracking.metric_name(k): v for k, v in d.items()}
+
+    tags = dict(rec["tags"])
+    if description := (yaml.safe_load(rec["spec_yaml"]) or {}).get("description"):
+        tags.setdefault(mlflow_inputs.NOTE, description)
+    tags.setdefault("mlflow.source.type", "LOCAL")
+    tags.setdefault("mlflow.source.name", "python -m harness")
+    if commit := tags.get("git_commit", "").removesuffix("-dirty"):
+        tags.setdefault("mlflow.source.git.commit", commit)
+    dataset = rec.get("dataset") or mlflow_inputs.dataset_of_id(tags["data_id"], _sizes(tags.get("data", "")))
+    return {**rec, "format": FORMAT, "tags": tags, "params": meaningful(rec["params"]), "dataset": dataset,
+            "history": [renamed(h) for h in rec["history"]], "summary": renamed(rec["summary"]),
+            "final": renamed(rec.get("final", {}))}
+
+
+def _times(rec: dict) -> tuple[int, int]:
+    """(start, end) in ms: the record's, else (format 1) ending now after its training time."""
+    if rec.get("start_time") and rec.get("end_time"):
+        return int(rec["start_time"]), int(rec["end_time"])
+    seconds = rec["summary"].get(tracking.metric_name("train_seconds")) or 0
+    end = int(time.time() * 1000)
+    return end - int(seconds * 1000), end
+
+
+def _metrics(rec: dict, start: int, end: int) -> list:
+    """The history and summary as MLflow metrics, each evaluation point timed where it fell between start and
+    end (MLflow's charts against wall time then look as they did when the run trained)."""
+    from mlflow.entities import Metric
+
+    history = rec["history"]
+    last = history[-1]["step"] if history else 0
+
+    def at(step: int) -> int:
+        return start + (end - start) * step // last if last else end
+
+    metrics = [Metric(k, float(v), at(h["step"]), h["step"]) for h in history for k, v in h.items() if k != "step"]
+    return metrics + [Metric(k, float(v), end, last) for k, v in rec["summary"].items()]
+
+
 def import_record(record_path: Path) -> str:
-    """Log one offline record into the MLflow store as the run `execute` would have made; idempotent."""
-    from mlflow.entities import Metric, Param
+    """Log one record (results/ or `run --offline`) into the MLflow store as the run `execute` would have made,
+    with its start and end time, description, source and dataset; idempotent."""
+    from mlflow.entities import Param
 
     try:
-        rec = json.loads(record_path.read_text())
-        tags, history, group = rec["tags"], rec["history"], rec["group"]
+        rec = as_current(json.loads(record_path.read_text()))
+        tags, group = rec["tags"], rec["group"]
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{record_path}: expected a record.json written by `run --offline` ({e})") from e
+    if "digest" not in rec:
+        log(f"{record_path}: no digest (written before records carried one): its content is imported unchecked")
     c = tracking.client()
     exp_id = tracking.experiment_id(c, group)
     existing = tracking.find_run(c, exp_id, tags["spec_hash"])
     if existing is not None and existing.info.status == "FINISHED":
         log(f"{rec['run_name']}: already FINISHED in MLflow (run {existing.info.run_id}); not imported again")
         return "skipped"
-    r = c.create_run(exp_id, run_name=rec["run_name"], tags={**tags, "imported_from": str(record_path)})
-    run_id = r.info.run_id
-    ts = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), ts, h["step"]) for h in history for k, v in h.items() if k != "step"]
-    last_step = history[-1]["step"] if history else 0
-    metrics += [Metric(k, float(v), ts, last_step) for k, v in rec["summary"].items()]
+    start, end = _times(rec)
+    run_id = c.create_run(exp_id, start_time=start, run_name=rec["run_name"],
+                          tags={**tags, "imported_from": str(record_path)}).info.run_id
+    metrics = _metrics(rec, start, end)
     params = [Param(k, v) for k, v in rec["params"].items()]
     for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
         c.log_batch(run_id, metrics=metrics[i:i + 1000], params=params if i == 0 else [])
     c.log_text(run_id, rec["spec_yaml"], "spec.yaml")
     mlflow_inputs.log_run_inputs(c, run_id, rec.get("dataset"))
     if (record_path.parent / mlflow_inputs.MODEL_NAME / "MLmodel").exists():
-        mlflow_inputs.import_final_model(c, run_id, record_path.parent / mlflow_inputs.MODEL_NAME)
+        mlflow_inputs.import_final_model(c, run_id, record_path.parent / mlflow_inputs.MODEL_NAME,
+                                         mlflow_inputs.model_name(rec["params"]))
     if rec["status"] == "FINISHED":
         log_curve(c, run_id, f"{rec['run_name']} ({tags['data']}, budget {tags['budget']})")
     else:
         for k in ("failure", "failure_message"):
             c.set_tag(run_id, k, rec["final"].get(k, ""))
-    c.set_terminated(run_id, rec["status"])
+    c.set_terminated(run_id, rec["status"], end_time=end)
     log(f"{rec['run_name']}: imported as MLflow run {run_id} ({rec['status']}) in experiment '{group}' "
         f"from {record_path}")
     return "imported"

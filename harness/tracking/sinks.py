@@ -9,6 +9,7 @@ and handed back as a status, not an exception.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import yaml
 
 from harness.core.data import Arrays, DeviceData
 from harness.core.devices import device_name
+from harness.core.schedule import eval_every
 from harness.core.spec import RunSpec, flatten
 from harness.core.train import Diverged
 from harness.errors import UserError
@@ -31,19 +33,28 @@ from harness.tracking import store as tracking
 from harness.tracking.figures import learning_curve
 
 
+def content_digest(record: dict) -> str:
+    """sha256 of a run record's canonical JSON (sorted keys, no spaces), every field but `digest` itself, so that
+    the numbers, the spec, the tags' git_commit and data_id and the rest are all tied to it: a record changed by
+    hand no longer matches. It is no signature: whoever edits a record on purpose can recompute it."""
+    body = {k: v for k, v in record.items() if k != "digest"}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
 def log_eval_point(run: RunSpec, step: int, metrics: dict[str, float]) -> None:
     """One line per evaluation point where there is no progress bar (--no-progress, --jobs, a group, a GPU log)."""
-    log(f"{run.run_name} it {step}: train_loss {metrics['train_loss']:.3f}{_val(metrics)} "
-        f"{metrics['images_per_s']:.0f} img/s")
+    log(f"{run.run_name} it {step}/{run.spec.schedule.total_iters}: train_loss {metrics['train_loss']:.3f}"
+        f"{_errors(metrics)} {metrics['images_per_s']:.0f} img/s")
 
 
-def _val(metrics: dict) -> str:
-    """' val_error X%', or nothing for a run without a validation split (data.val_fraction 0)."""
-    return f" val_error {metrics['val_error']:.2f}%" if "val_error" in metrics else ""
+def _errors(metrics: dict) -> str:
+    """' test_error X% val_error Y%', each where it was measured (no validation split under data.val_fraction 0, no
+    test split while tuning)."""
+    return "".join(f" {k} {metrics[k]:.2f}%" for k in ("test_error", "val_error") if k in metrics)
 
 
 def resolved_yaml(run: RunSpec) -> str:
@@ -52,10 +63,28 @@ def resolved_yaml(run: RunSpec) -> str:
     return yaml.safe_dump(body, sort_keys=False)
 
 
+UNUSED = {"optimizer.name": {"sgd": ("betas",), "adam": ("momentum", "nesterov")},
+          "schedule.name": {"multistep": ("patience", "mode"), "plateau": ("milestones",),
+                            "cosine": ("milestones", "gamma", "patience", "mode")}}  # fields the choice ignores
+
+
+def meaningful(flat: dict[str, str]) -> dict[str, str]:
+    """The params that mean something for this run, so the runs table compares what differs: no field the
+    optimizer or schedule ignores (`betas` under SGD), no unset (None) field, none of the spec's labels (its
+    name is the spec_name tag, `heavy` a batch option)."""
+    dropped = {f"{key.split('.')[0]}.{f}" for key, by in UNUSED.items() for f in by.get(flat.get(key), ())}
+    return {k: v for k, v in flat.items() if k not in dropped and k not in ("name", "heavy") and v != "None"}
+
+
 def run_params(run: RunSpec) -> dict[str, str]:
     flat = flatten(run.spec.model_dump(mode="json", exclude={"seeds", "description", "tune"}))
     flat.update(seed=run.seed, budget=run.budget)
-    return {k: str(v) for k, v in flat.items()}
+    return meaningful({k: str(v) for k, v in flat.items()})
+
+
+def _named(metrics: dict) -> dict:
+    """Metrics under the names MLflow holds them by (bookkeeping under timing/), as a record keeps them."""
+    return {tracking.metric_name(k): v for k, v in metrics.items()}
 
 
 def log_curve(c, run_id: str, title: str) -> None:
@@ -79,8 +108,8 @@ def run_dataset(arrays: Arrays, data: DeviceData) -> dict[str, str]:
 
 
 def _ending(run: RunSpec, status: str, wall: float, final: dict, data: DeviceData, where: str = "") -> str:
-    return (f"{run.run_name}: {status} in {wall:.0f}s{where}: test_error {final.get('test_error', float('nan')):.2f}%"
-            f"{_val(final)} ({data.description}, budget {run.budget:g})")
+    return (f"{run.run_name}: {status} in {wall:.0f}s{where}:{_errors(final) or ' no error measured'} "
+            f"({data.description}, budget {run.budget:g})")
 
 
 class ToMlflow:
@@ -97,6 +126,7 @@ class ToMlflow:
         self.existing = None
         self.run_id = ""
         self.log_seconds = 0.0
+        self.monitor = None  # MLflow's system-metrics thread while the run trains
 
     def settled(self) -> str | None:
         """'skipped' for a FINISHED run and 'diverged' for one that diverged before: neither trains again without
@@ -125,6 +155,7 @@ class ToMlflow:
             at = f"iteration checkpoint {self.checkpoint.name}" if self.checkpoint.exists() else \
                 "the start (no checkpoint yet)"
             log(f"{run.run_name}: resuming MLflow run {self.run_id} ({self.existing.info.status}) from {at}")
+            self.monitor = mlflow_inputs.system_metrics(self.run_id, tracking.tracking_uri())
             return
         self.checkpoint.unlink(missing_ok=True)
         r = c.create_run(self.exp_id, run_name=run.run_name,
@@ -133,8 +164,10 @@ class ToMlflow:
         c.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(run).items()])
         c.log_text(self.run_id, resolved_yaml(run), "spec.yaml")
         mlflow_inputs.log_run_inputs(c, self.run_id, run_dataset(self.arrays, data))
+        self.monitor = mlflow_inputs.system_metrics(self.run_id, tracking.tracking_uri())
         log(f"{run.run_name}: MLflow run {self.run_id} in experiment '{run.group}' on {device_name(self.device)}, "
-            f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations)")
+            f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations, evaluated every "
+            f"{eval_every(run.spec.schedule.total_iters, run.spec.eval_points)})")
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> bool:
         self.log_seconds += tracking.log_metrics(self.c, self.run_id, metrics, step)
@@ -154,9 +187,12 @@ class ToMlflow:
             summary["stopped_early_at"] = final["stopped_early_at"]
         if "warmup_ended_by" in final:  # "cap": the safety cap, not the training error, ended the ResNet-110 warm-up
             c.set_tag(run_id, "warmup_ended_by", f"{final['warmup_ended_by']} at iteration {final['warmup_ended_at']}")
-        summary["model_log_seconds"] = mlflow_inputs.log_final_model(c, run_id, model)
+        c.set_tag(run_id, "weights_sha256", mlflow_inputs.weights_sha256(model))
+        summary["model_log_seconds"] = mlflow_inputs.log_final_model(c, run_id, model,
+                                                                     mlflow_inputs.model_name(run_params(self.run)))
         tracking.log_metrics(c, run_id, summary, final["iterations"])
         log_curve(c, run_id, f"{self.run.run_name} ({data.description}, budget {self.run.budget:g})")
+        mlflow_inputs.stop(self.monitor)
         c.set_terminated(run_id, "FINISHED")
         self.checkpoint.unlink(missing_ok=True)
         log(_ending(self.run, "FINISHED", wall, final, data, self.where))
@@ -172,12 +208,14 @@ class ToMlflow:
             said = f"FAILED with {message}"
         self.c.set_tag(self.run_id, "failure", kind)
         self.c.set_tag(self.run_id, "failure_message", message[:5000])
+        mlflow_inputs.stop(self.monitor)
         self.c.set_terminated(self.run_id, "FAILED")
         log(f"{self.run.run_name}: {said}")
         return "diverged" if kind == "diverged" else "failed"
 
     def killed(self) -> None:
         """Ctrl-C: KILLED, the checkpoint kept; the next run of the spec resumes it."""
+        mlflow_inputs.stop(self.monitor)
         self.c.set_terminated(self.run_id, "KILLED")
 
 
@@ -193,7 +231,7 @@ class ToFolder:
         self.folder = out / run.spec_hash(arrays.data_id)
         self.record, self.history = self.folder / "record.json", self.folder / "history.jsonl"
         self.checkpoint = self.folder / "checkpoint.pt"
-        self.t0 = time.perf_counter()
+        self.t0, self.started = time.perf_counter(), int(time.time() * 1000)
 
     def settled(self) -> str | None:
         if self.force:  # start afresh, as ToMlflow does under --force
@@ -214,7 +252,7 @@ class ToFolder:
         log(f"{run.run_name}: offline run into {self.folder} on {device_name(self.device)}, {data.description}, "
             f"budget {run.budget:g} ({run.spec.schedule.total_iters} iterations)"
             + (", resuming" if self.checkpoint.exists() else ""))
-        self.t0 = time.perf_counter()
+        self.t0, self.started = time.perf_counter(), int(time.time() * 1000)
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> bool:
         with self.history.open("a") as f:
@@ -249,13 +287,16 @@ class ToFolder:
         if self.history.exists():  # a resumed run may repeat the evaluation it was killed after: keep the last
             for point in map(json.loads, self.history.read_text().splitlines()):
                 by_step[point["step"]] = point
-        record = {"group": run.group, "run_name": run.run_name, "status": status,
-                  "tags": run_tags(run, self.arrays, data.description, self.device), "params": run_params(run),
-                  "spec_yaml": resolved_yaml(run), "dataset": run_dataset(self.arrays, data),
-                  "history": [by_step[k] for k in sorted(by_step)],
-                  "summary": {"final_iteration": final.get("iterations", 0),
-                              "train_seconds": final.get("train_seconds", 0), "wall_seconds_this_attempt": wall},
-                  "final": final}
+        tags = run_tags(run, self.arrays, data.description, self.device)
+        if model is not None:
+            tags["weights_sha256"] = mlflow_inputs.weights_sha256(model)
+        summary = {"final_iteration": final.get("iterations", 0), "train_seconds": final.get("train_seconds", 0),
+                   "wall_seconds_this_attempt": wall}
+        record = {"format": 2, "group": run.group, "run_name": run.run_name, "status": status, "tags": tags,
+                  "params": run_params(run), "spec_yaml": resolved_yaml(run), "dataset": run_dataset(self.arrays, data),
+                  "history": [_named(by_step[k]) for k in sorted(by_step)], "summary": _named(summary),
+                  "final": final, "start_time": self.started, "end_time": int(time.time() * 1000)}
+        record["digest"] = content_digest(record)
         if model is not None:
             mlflow_inputs.save_final_model(self.folder / mlflow_inputs.MODEL_NAME, model)
         tmp = self.folder / "record.json.tmp"

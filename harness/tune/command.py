@@ -20,11 +20,10 @@ from harness.core.schedule import eval_every
 from harness.core.spec import RunSpec, Spec, TuneSpec, load_spec, require_validation, resolve_runs, with_overrides
 from harness.errors import UserError
 from harness.tracking import store as tracking
+from harness.tune.progress import TrialsProgress
 from harness.tune.study import (
     export,
     finished,
-    known_experimental,
-    known_plot_warnings,
     load_study,
     make_pruner,
     open_storage,
@@ -51,7 +50,7 @@ class TuneOptions:
     workers: int
     heartbeat: int
     seed: int
-    plots: str
+    plots: str | None  # None: the plots go to the parent run only
     overrides: tuple[str, ...] = ()
     device: str | None = None
     export: str | None = None
@@ -88,6 +87,7 @@ class Objective:
         self.c = tracking.client()
         self.exp_id = tracking.experiment_id(self.c, EXPERIMENT)
         self.parent = _parent_run(self.c, self.exp_id, o.study, o.spec, o.budget)
+        self.bars = o.workers == 1 and sys.stderr.isatty()  # K workers' bars would interleave
 
     def data(self, spec: Spec):
         from harness.core.data import to_device
@@ -98,17 +98,25 @@ class Objective:
             self.cache[key] = to_device(self.arrays, spec.data, self.device, param_dtype(spec))
         return self.cache[key]
 
-    def child_run(self, trial, description: str) -> str:
+    def child_run(self, trial, data, overrides: dict) -> str:
+        """The trial's MLflow run: its params under the spec's dotted names (what it overrides), the dataset
+        input and a description, as a run of `run` has them."""
         from mlflow.entities import Param
 
         from harness.core.devices import device_name
+        from harness.tracking import inputs
 
         o = self.o
         child = self.c.create_run(self.exp_id, run_name=f"{o.study}-t{trial.number}", tags={
             "mlflow.parentRunId": self.parent, "study_name": o.study, "trial_number": str(trial.number),
-            "role": "trial", "budget": f"{o.budget:g}", "data": description, "device": device_name(self.device),
-            "sampler_seed": str(self.seed), "git_commit": tracking.git_commit()}).info.run_id
-        self.c.log_batch(child, params=[Param(k, str(v)) for k, v in trial.params.items()])
+            "role": "trial", "budget": f"{o.budget:g}", "data": data.description, "device": device_name(self.device),
+            "sampler_seed": str(self.seed), "git_commit": tracking.git_commit(), **tracking.source_tags(),
+            inputs.NOTE: f"Trial {trial.number} of Optuna study '{o.study}' ({o.spec}, budget {o.budget:g}), "
+                         "scored on the validation split: " + ", ".join(f"{k}={v}" for k, v in overrides.items())
+            }).info.run_id
+        self.c.log_batch(child, params=[Param(k, str(v)) for k, v in overrides.items()])
+        inputs.log_run_inputs(self.c, child, inputs.dataset(self.arrays.x_train, self.arrays.y_train,
+                                                            self.arrays.data_id, data.sizes))
         trial.set_user_attr("mlflow_run_id", child)
         trial.set_user_attr("budget", o.budget)  # what --export labels the tuned spec with
         return child
@@ -124,21 +132,25 @@ class Objective:
 
         from harness.core.train import Diverged, train
 
-        spec = with_overrides(self.base, suggest(trial, self.t, self.base))
+        overrides = suggest(trial, self.t, self.base)
+        spec = with_overrides(self.base, overrides)
         # milestones sampled close together may merge at a small budget, as they always have for trials
         run: RunSpec = resolve_runs(self.o.spec, spec, self.o.budget, check_budget=False)[0]
         data = self.data(spec)
-        child = self.child_run(trial, data.description)
+        child = self.child_run(trial, data, overrides)
 
         def on_eval(step: int, m: dict) -> bool:
             tracking.log_metrics(self.c, child, m, step)
+            if not self.bars:
+                print(f"trial {trial.number} it {step}/{run.spec.schedule.total_iters}: val_error "
+                      f"{m['val_error']:.2f}%", file=sys.stderr, flush=True)
             trial.report(m["val_error"], step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at iteration {step} (val_error {m['val_error']:.2f})")
             return False
 
         try:
-            final, _ = train(run, data, self.device, checkpoint=None, on_eval=on_eval, progress=False,
+            final, _ = train(run, data, self.device, checkpoint=None, on_eval=on_eval, progress=self.bars,
                              evaluate_test=False)
         except optuna.TrialPruned:
             self.end(child, "pruned", "KILLED")
@@ -150,8 +162,6 @@ class Objective:
             self.end(child, "failed", "FAILED")
             raise
         self.end(child, "complete", "FINISHED")
-        print(f"trial {trial.number}: val_error {final['val_error']:.2f} {trial.params}", file=sys.stderr,
-              flush=True)
         return final["val_error"]
 
 
@@ -176,8 +186,10 @@ def run_worker(o: TuneOptions, arrays, left: int, seed: int) -> None:
     study = optuna.create_study(study_name=o.study, storage=storage, direction="minimize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
                                 pruner=make_pruner(t, total, eval_every(total, base.eval_points)))
-    study.optimize(Objective(o, base, arrays, device, seed), n_trials=left, catch=(RuntimeError,),
-                   callbacks=[MaxTrialsCallback(o.trials, states=(TrialState.COMPLETE, TrialState.PRUNED))])
+    objective = Objective(o, base, arrays, device, seed)
+    with TrialsProgress(o.study, o.trials, finished(study), objective.bars) as progress:
+        study.optimize(objective, n_trials=left, catch=(RuntimeError,), callbacks=[
+            MaxTrialsCallback(o.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), progress])
 
 
 def _worker_places(device_arg: str | None, workers: int) -> list[tuple[str, dict[str, str]]]:
@@ -246,30 +258,20 @@ def _fail_dead_trials(c, exp_id: str, study_name: str, trials) -> None:
             c.set_terminated(r.info.run_id, "FAILED")
 
 
-def _plots(c, parent: str, study, out: Path) -> None:
-    """Optuna's plots as PNGs in `out`, logged on the parent run; one that cannot be drawn yet is said and skipped."""
-    out.mkdir(parents=True, exist_ok=True)
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
+def _plots(c, parent: str, study, out: Path | None = None) -> None:
+    """Optuna's plots as artifacts of the study's parent run (folder `optuna`), and into `out` only where --plots
+    names one: reports/tuning/ is `report`'s to write, from the Optuna storage."""
+    import tempfile
 
-    for name, fn in (("optimization_history", ovm.plot_optimization_history),
-                     ("param_importances", ovm.plot_param_importances),
-                     ("parallel_coordinate", ovm.plot_parallel_coordinate)):
-        try:
-            with known_experimental(), known_plot_warnings():
-                ax = fn(study)
-                fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
-                fig.set_size_inches(8, 5)
-                fig.tight_layout()
-                fig.savefig(out / f"{name}.png", dpi=100)
-            plt.close(fig)
-            c.log_artifact(parent, str(out / f"{name}.png"), "optuna")
-        except (ValueError, RuntimeError) as e:  # e.g. importances need two finished trials
-            print(f"tune: no {name} plot ({e})", file=sys.stderr)
+    from harness.tracking.figures import study_figures
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for path in study_figures(study, out or Path(tmp)):
+            c.log_artifact(parent, str(path), "optuna")
 
 
-def finish(study, spec_path: str, budget: float, plots: str) -> dict:
-    """Tag the best trial, save and log Optuna's plots, return the summary."""
+def finish(study, spec_path: str, budget: float, plots: str | None) -> dict:
+    """Tag the best trial, log Optuna's plots on the parent run (and into --plots), return the summary."""
     from optuna.trial import TrialState
 
     name = study.study_name
@@ -288,7 +290,7 @@ def finish(study, spec_path: str, budget: float, plots: str) -> dict:
         tracking.log_metrics(c, parent, {"best_val_error": best.value, "n_trials": len(trials),
                                          "n_pruned": count.get("pruned", 0)}, 0)
         c.set_tag(parent, "best_trial", str(best.number))
-        _plots(c, parent, study, Path(plots) / name)
+        _plots(c, parent, study, Path(plots) / name if plots else None)
     c.set_terminated(parent, "FINISHED")  # a later `tune` of the same study reopens nothing: it logs to it again
     return summary
 

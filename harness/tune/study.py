@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.core.schedule import FAMILIES
 from harness.core.spec import Spec, TuneSpec, with_overrides
 from harness.errors import UserError
 from harness.tracking import store as tracking
@@ -22,26 +23,14 @@ from harness.tracking import store as tracking
 
 @contextmanager
 def known_experimental():
-    """Optuna warns (ExperimentalWarning) on every use of an API it marks experimental. We use two knowingly:
-    RDBStorage's heartbeat_interval (how a killed worker's trial gets failed) and the matplotlib plots; their
-    warnings are silenced around those calls only, so an experimental API we did not choose still warns."""
+    """Optuna warns (ExperimentalWarning) on every use of an API it marks experimental. We use RDBStorage's
+    heartbeat_interval (how a killed worker's trial gets failed) and Study.set_metric_names knowingly (the plots
+    silence their own in harness.tracking.figures); their warnings are silenced around those calls only, so an
+    experimental API we did not choose still warns."""
     from optuna.exceptions import ExperimentalWarning
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ExperimentalWarning)
-        yield
-
-
-@contextmanager
-def known_plot_warnings():
-    """Optuna's plots warn where a small study cannot fill them: Optuna 5's PED-ANOVA importance (its default
-    evaluator) with a parameter regime of fewer than 2 trials or with too few trials to tell its quantiles apart,
-    and matplotlib expanding equal y limits (a history of one value). The plots are still drawn; these warnings,
-    matched by message, are silenced around the plots only."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", r"Some regimes for parameter .* have less than \d+ trials", UserWarning)
-        warnings.filterwarnings("ignore", r"Target and region quantiles select the same set of trials", UserWarning)
-        warnings.filterwarnings("ignore", r"Attempting to set identical low and high ylims", UserWarning)
         yield
 
 
@@ -88,7 +77,7 @@ def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
     """Create the study and record on it what its trials run at (`ran_at`: budget, data_id, data, spec,
     overrides), or check that a resumed one matches: validation errors at different budgets or on different data
     do not compare, and a study mixing them would crown the longest-trained trial rather than the best schedule.
-    A study from before these were recorded takes them from the call that resumes it."""
+    A study that lacks them takes them from the call that resumes it."""
     import optuna
 
     study = optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="minimize",
@@ -96,6 +85,9 @@ def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
     if "budget" not in study.user_attrs:
         for key, value in ran_at.items():
             study.set_user_attr(key, value)
+    if study.metric_names is None:  # the objective's name in optuna-dashboard and trials_dataframe
+        with known_experimental():
+            study.set_metric_names(["val_error"])
     ran = study.user_attrs  # read back: of two processes creating the study at once, the first to record wins
     budget, data_id = ran_at["budget"], ran_at["data_id"]
     if ran["budget"] != budget:
@@ -144,12 +136,13 @@ def suggest(trial, t: TuneSpec, base: Spec) -> dict:
     if t.lr:
         p["optimizer.lr"] = trial.suggest_float("lr", *t.lr, log=True)
     total = base.schedule.total_iters
-    if family == "multistep" and t.milestone_fractions:
+    traits = FAMILIES[family]
+    if traits.milestones and t.milestone_fractions:
         fr = [trial.suggest_float(f"milestone_{i}", *r) for i, r in enumerate(t.milestone_fractions)]
         p["schedule.milestones"] = sorted({max(1, min(total - 1, round(f * total))) for f in fr})
-    elif family != "multistep":
+    elif not traits.milestones:
         p["schedule.milestones"] = []
-    if t.gamma and family != "cosine":
+    if t.gamma and traits.gamma:
         p["schedule.gamma"] = trial.suggest_float("gamma", *t.gamma, log=True)
     if t.warmup_iters:
         p["schedule.warmup_iters"] = trial.suggest_int("warmup_iters", *t.warmup_iters)
