@@ -86,7 +86,7 @@ def test_make_cpu_table_runs_this_campaign_then_the_report_from_results():
     out = subprocess.run(["make", "-n", "cpu-table", "STAMP=Makefile"], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     data = "../shared/data/cifar10-full.npz" if (ROOT / "../shared/data/cifar10-full.npz").is_file() else "data"
-    assert f"-m harness table --campaign experiments/campaigns/cpu-b1_32.yaml --data {data} " in out, out
+    assert f"-m harness table --publish --campaign experiments/campaigns/cpu-b1_32.yaml --data {data} " in out, out
     assert "harness results import results" in out and "harness report --all" in out
     other = subprocess.run(["make", "-n", "cpu-table", "STAMP=Makefile", "DATA=elsewhere"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout
