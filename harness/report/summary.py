@@ -56,9 +56,9 @@ def train_times(runs: pd.DataFrame) -> list[tuple[float, float]]:
     for r in runs[runs.status == "FINISHED"].itertuples():
         run = c.get_run(r.run_id)
         m, p = run.data.metrics, run.data.params
-        if m.get("train_seconds"):
-            out.append((m["train_seconds"], m.get("final_iteration", 0) * int(p.get("batch_size", 0))
-                        / m["train_seconds"]))
+        seconds, iters = (m.get(tracking.metric_name(k), 0) for k in ("train_seconds", "final_iteration"))
+        if seconds:
+            out.append((seconds, iters * int(p.get("batch_size", 0)) / seconds))
     return out
 
 
