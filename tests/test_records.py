@@ -22,7 +22,8 @@ def runs_by_hash() -> dict[str, tuple]:
     for exp in c.search_experiments():
         for r in c.search_runs([exp.experiment_id]):
             tags = {k: v for k, v in r.data.tags.items() if not k.startswith("mlflow.") and k != "imported_from"}
-            out[tags["spec_hash"]] = (r.info.status, r.info.run_name, r.data.metrics, tags, r.data.params)
+            metrics = {k: v for k, v in r.data.metrics.items() if not k.startswith("system/")}  # not in records
+            out[tags["spec_hash"]] = (r.info.status, r.info.run_name, metrics, tags, r.data.params)
     return out
 
 
