@@ -56,7 +56,8 @@ def train_times(runs: pd.DataFrame) -> list[tuple[float, float]]:
     for r in runs[runs.status == "FINISHED"].itertuples():
         run = c.get_run(r.run_id)
         m, p = run.data.metrics, run.data.params
-        seconds, iters = (m.get(tracking.metric_name(k), 0) for k in ("train_seconds", "final_iteration"))
+        # A store written before bookkeeping moved under timing/ holds the bare names.
+        seconds, iters = (m.get(tracking.metric_name(k), m.get(k, 0)) for k in ("train_seconds", "final_iteration"))
         if seconds:
             out.append((seconds, iters * int(p.get("batch_size", 0)) / seconds))
     return out
