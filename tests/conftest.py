@@ -83,10 +83,13 @@ def net_prefix() -> list[str]:
 
 
 @pytest.fixture()
-def postgres_db(net_prefix, free_port):
-    """A throw-away PostgreSQL server on loopback (Debian's packages; .ci/run installs them), one database
-    `harness` in it; yields its SQLAlchemy URL and stops the server (pg_ctl, by its data folder) even on failure."""
+def postgres_db(net_prefix, free_port, monkeypatch):
+    """A throw-away PostgreSQL server on loopback (Debian's packages; .ci/run installs them) that takes a password
+    (scram-sha-256), one database `harness` in it; yields its SQLAlchemy URL, which holds no password: clients
+    find it in the .pgpass file PGPASSFILE names (set for this test and its subprocesses). Stops the server
+    (pg_ctl, by its data folder) even on failure."""
     import glob
+    import secrets
     import shutil
     import subprocess
     import tempfile
@@ -96,20 +99,31 @@ def postgres_db(net_prefix, free_port):
         pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql; .ci/run does this)")
     bindir = Path(bins[-1]).parent
     data = Path(tempfile.mkdtemp(prefix="harness-pg-"))  # pytest's tmp dirs are closed to other users
+    secret = Path(tempfile.mkdtemp(prefix="harness-pgpw-"))
     as_pg = net_prefix + (["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else [])  # not as root
+    password = secrets.token_hex(16)
+    (secret / "pw").write_text(password + "\n")
     if os.geteuid() == 0:
         shutil.chown(data, "postgres")
-    subprocess.run(as_pg + [str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                   check=True, capture_output=True)
+        shutil.chown(secret, "postgres")
+        shutil.chown(secret / "pw", "postgres")
+    subprocess.run(as_pg + [str(bindir / "initdb"), "-D", str(data), "-A", "scram-sha-256", "-U", "postgres",
+                            f"--pwfile={secret / 'pw'}"], check=True, capture_output=True)
+    (secret / "pw").unlink()
     port = free_port()
+    pgpass = secret / "pgpass"
+    pgpass.write_text(f"127.0.0.1:{port}:*:postgres:{password}\n")
+    pgpass.chmod(0o600)  # libpq ignores a password file others can read
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
     subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-w", "-l", str(data / "log"), "-o",
                             f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"], check=True,
                    capture_output=True)
     try:
-        subprocess.run(as_pg + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                                "harness"], check=True, capture_output=True)
+        subprocess.run(net_prefix + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                                     "harness"], check=True, capture_output=True, env=_env_with(PGPASSFILE=pgpass))
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/harness"
     finally:
         subprocess.run(as_pg + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(secret, ignore_errors=True)

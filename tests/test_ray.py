@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -160,22 +161,34 @@ def _wait_log(path: Path, text: str, proc: subprocess.Popen, timeout: float = 12
 
 @pytest.fixture()
 def mlflow_server(postgres_db, netns, tmp_path, free_port, ray_env):
-    """`mlflow server` on PostgreSQL, on loopback, its artifacts in a folder every (loopback) node reaches."""
+    """`mlflow server` behind MLflow's basic-auth app, on PostgreSQL (password from PGPASSFILE), on loopback, its
+    artifacts in a folder every (loopback) node reaches; yields its URL, the database URL and the login's env."""
     port = free_port()
     path = tmp_path / "mlflow-server.log"
-    p = subprocess.Popen(netns + [PY, "-m", "mlflow", "server", "--backend-store-uri", postgres_db,
-                                  "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host",
+    login = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(16)}
+    conf = tmp_path / "basic_auth.ini"
+    conf.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path}/auth.db\n"
+                    "admin_username = admin\nauth_cache_ttl_seconds = 3600\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    p = subprocess.Popen(netns + [PY, "-m", "mlflow", "server", "--app-name", "basic-auth", "--backend-store-uri",
+                                  postgres_db, "--artifacts-destination", (tmp_path / "artifacts").as_uri(), "--host",
                                   "127.0.0.1", "--port", str(port), "--workers", "1"],
-                         env=ray_env(), stdout=path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+                         env=ray_env(MLFLOW_AUTH_CONFIG_PATH=conf, MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16),
+                                  MLFLOW_AUTH_ADMIN_PASSWORD=login["MLFLOW_TRACKING_PASSWORD"]),
+                         stdout=path.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_log(path, "Application startup complete", p)
-        yield f"http://127.0.0.1:{port}", postgres_db
+        _wait_log(path, "Application startup complete", p, timeout=240)
+        uri = f"http://127.0.0.1:{port}"
+        # the login's first check (PBKDF2) takes seconds on a busy CPU; cached, the driver's 5 s check of the store
+        # and every later request skip it
+        subprocess.run(netns + [PY, "-c", LOGGED_IN, uri], env=ray_env(**login), check=True, timeout=300)
+        yield uri, postgres_db, login
     finally:
         _kill_tree(p)
 
 
 def _ray_node(netns: list[str], tmp_path: Path, temp: str, name: str, head_port: int, head: bool, ray_env,
-              free_port):
+              free_port, token: Path):
     args = netns + [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
             "--resources", json.dumps({name: 1}), "--object-store-memory", str(200 << 20)]
     for port in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--metrics-export-port",
@@ -187,20 +200,28 @@ def _ray_node(netns: list[str], tmp_path: Path, temp: str, name: str, head_port:
     else:
         args += ["--address", f"127.0.0.1:{head_port}"]
     log = (tmp_path / f"ray-{name}.log").open("w")
-    # no token: nothing but this namespace's `lo` reaches the cluster
-    return subprocess.Popen(args, env=ray_env(RAY_AUTH_MODE="disabled"), stdout=log, stderr=log, start_new_session=True)
+    return subprocess.Popen(args, env=ray_env(**_ray_auth(token)), stdout=log, stderr=log, start_new_session=True)
+
+
+def _ray_auth(token: Path) -> dict[str, str]:
+    """Ray's token authentication, as every node and the driver have it (docs/cluster.md)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
 @pytest.fixture()
 def ray_cluster(netns, tmp_path, free_port, ray_env):
-    """A head node (custom resource `head`) and a worker node (`worker`), one CPU each, on 127.0.0.1."""
+    """A head node (custom resource `head`) and a worker node (`worker`), one CPU each, on 127.0.0.1, with token
+    authentication on (the token in a file only its owner reads)."""
     port = free_port()
     temp = tempfile.mkdtemp(prefix="hr-")  # Ray's socket paths must stay under 108 bytes
-    nodes = {"head": _ray_node(netns, tmp_path, temp, "head", port, True, ray_env, free_port)}
+    token = tmp_path / "ray-token"
+    token.write_text(secrets.token_hex(32))
+    token.chmod(0o600)
+    nodes = {"head": _ray_node(netns, tmp_path, temp, "head", port, True, ray_env, free_port, token)}
     try:
         _wait_log(tmp_path / "ray-head.log", "block forever", nodes["head"])  # a worker gives a head 30 s, no more
-        nodes["worker"] = _ray_node(netns, tmp_path, temp, "worker", port, False, ray_env, free_port)
-        yield f"127.0.0.1:{port}", nodes
+        nodes["worker"] = _ray_node(netns, tmp_path, temp, "worker", port, False, ray_env, free_port, token)
+        yield f"127.0.0.1:{port}", nodes, token
     finally:
         for p in reversed(nodes.values()):
             _kill_tree(p)
@@ -213,8 +234,8 @@ def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_serv
     """`table --address`: one run lands on each node (one CPU each); the worker node is killed once its run has
     a checkpoint, Ray retries the task on the head, which takes over the run's claim (its holder is gone) and
     resumes it from the shared checkpoint to the numbers of an uninterrupted run on one thread."""
-    uri, pg = mlflow_server
-    address, nodes = ray_cluster
+    uri, pg, login = mlflow_server
+    address, nodes, token = ray_cluster
     netns = net_prefix
     spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]")
                       .replace("total_iters: 12", "total_iters: 200").replace("milestones: [8, 10]",
@@ -234,7 +255,7 @@ def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_serv
     p = subprocess.Popen(netns + [PY, "-m", "harness", "table", str(spec.parent), "--data", str(mini),
                                   "--no-report", "--no-progress", "--address", address, "--checkpoint-dir",
                                   str(shared), "--claims-db", pg],
-                         env=ray_env(MLFLOW_TRACKING_URI=uri, HARNESS_CLAIM_TIMEOUT=30, RAY_AUTH_MODE="disabled"),
+                         env=ray_env(MLFLOW_TRACKING_URI=uri, HARNESS_CLAIM_TIMEOUT=30, **_ray_auth(token), **login),
                          cwd=tmp_path, stderr=(tmp_path / "driver.log").open("w"), start_new_session=True)
     try:
         found = subprocess.run(netns + [PY, "-c", WORKER_CLAIM, pg], env=ray_env(), capture_output=True, text=True,
@@ -252,14 +273,57 @@ def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_serv
     finally:
         _kill_tree(p)
     assert "finished on head" in err, err[-5000:]
-    runs = json.loads(subprocess.run(netns + [PY, "-c", READ_RUNS, uri], env=ray_env(), capture_output=True, text=True,
-                                     check=True).stdout)
+    runs = json.loads(subprocess.run(netns + [PY, "-c", READ_RUNS, uri], env=ray_env(**login), capture_output=True,
+                                     text=True, check=True).stdout)
+    _outsiders_are_refused(netns, address, uri, pg, tmp_path, ray_env)
     assert set(runs) == set(reference) == {"tiny-s0", "tiny-s1"}, runs  # no run made twice
     for name, r in runs.items():  # steps_once: resumed from its checkpoint, not from the start
         assert r["status"] == "FINISHED" and r["device"].endswith("x1 threads") and r["steps_once"], (name, r)
         assert r["final"] == reference[name], name  # bit-exact after the resume on the other node
     assert not list(shared.glob("*.pt"))
 
+
+def _outsiders_are_refused(netns: list[str], address: str, uri: str, pg: str, tmp_path: Path, ray_env) -> None:
+    """A client without the Ray token, without the MLflow login, without the PostgreSQL password: each refused."""
+    bare = {k: v for k, v in ray_env(HOME=tmp_path / "nobody").items()
+            if not k.startswith(("RAY_AUTH", "MLFLOW_TRACKING_", "PGPASS"))}
+    tries = {"ray": (OUTSIDER_RAY, "InvalidAuthToken"), "mlflow": (OUTSIDER_MLFLOW, "HTTP 401"),
+             "postgresql": (OUTSIDER_PG, "no password supplied")}
+    for name, (code, refusal) in tries.items():
+        arg = {"ray": address, "mlflow": uri, "postgresql": pg}[name]
+        p = subprocess.run(netns + [PY, "-c", code, arg], env={**bare, "RAY_AUTH_MODE": "disabled"},
+                           capture_output=True, text=True, timeout=180)
+        out = p.stdout + p.stderr
+        print(f"{name} without credentials: exit {p.returncode}: {out.strip().splitlines()[-1][:300]}")
+        assert p.returncode != 0 and refusal in out and "LET IN" not in out, (name, out[-3000:])
+
+
+LOGGED_IN = """
+import sys
+from harness.tracking.store import check_store
+check_store(sys.argv[1], timeout=280)
+"""
+
+OUTSIDER_RAY = """
+import sys, ray
+ray.init(address=sys.argv[1], logging_level="ERROR")
+print("LET IN", ray.cluster_resources())
+"""
+
+OUTSIDER_MLFLOW = """
+import sys, urllib.error, urllib.request
+try:
+    urllib.request.urlopen(sys.argv[1] + "/api/2.0/mlflow/experiments/search?max_results=1", timeout=60)
+    print("LET IN")
+except urllib.error.HTTPError as e:
+    sys.exit(f"HTTP {e.code}")
+"""
+
+OUTSIDER_PG = """
+import sys, sqlalchemy as sa
+with sa.create_engine(sys.argv[1]).connect() as con:
+    print("LET IN", con.execute(sa.text("SELECT 1")).scalar())
+"""
 
 WORKER_CLAIM = """
 import sys, time

@@ -112,7 +112,7 @@ def test_download_offline_is_one_line_and_leaves_nothing(tmp_path, env_with, wri
                    MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     p = subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", "data", "--download"],
                        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    lines = p.stderr.strip().splitlines()
+    lines = [ln for ln in p.stderr.strip().splitlines() if not ln.startswith("run: ")]  # the progress line before
     assert p.returncode == 2 and len(lines) == 1, p.stderr
     assert lines[0].startswith("error: data: no CIFAR-10 here and the download failed (no internet? URLError")
     assert lines[0].endswith("put cifar-10-batches-py/ in data/ or pass DATA=path/to.npz (make), --data (harness)")

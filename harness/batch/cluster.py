@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import sys
 import uuid
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ from harness.tracking import claims
 from harness.tracking import store as tracking
 
 ENV = ("MLFLOW_TRACKING_URI", "HARNESS_CHECKPOINT_DIR", "HARNESS_CLAIMS_DB", "HARNESS_CLAIM_TIMEOUT",
-       "HARNESS_GIT_COMMIT")
+       "HARNESS_GIT_COMMIT", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PGPASSFILE")
+# what a task needs to reach the store and the claims: the mlflow server's basic-auth login and where PostgreSQL's
+# password file is (never the password on a command line); only holders of the Ray token read a task's environment
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,19 @@ def import_ray():
     return ray
 
 
+def embedded_token() -> None:
+    """Embedded Ray with token authentication: a fresh 256-bit token in this process's environment (inherited by
+    the Ray processes it starts, written to no file), so that a port Ray opens lets in only this command's own."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(32))
+    from ray._raylet import Config
+
+    Config.initialize("")  # Ray read its config at import; ray's own token switch re-reads it so, too
+
+
 def check_shared(offline: str | None) -> None:
-    """On a cluster: refuse a store or claim database that only this node can open, before Ray starts."""
+    """On a cluster: refuse a store or claim database that only this node can open, and a Ray cluster joined
+    without token authentication (anyone who reaches a Ray port runs code on it), before Ray starts."""
     local = "only this node can open it; on a cluster use an `mlflow server --backend-store-uri postgresql://...` " \
             "that every node reaches (MLFLOW_TRACKING_URI=http://HOST:PORT) and --claims-db postgresql://..."
     uri = tracking.tracking_uri()
@@ -61,6 +75,11 @@ def check_shared(offline: str | None) -> None:
         raise UserError(f"--address: MLFLOW_TRACKING_URI {uri} is a local store: {local}")
     if not offline and claims.claims_db(uri).startswith("sqlite:"):
         raise UserError(f"--address: --claims-db {claims.claims_db(uri)} is a local SQLite file: {local}")
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if mode.lower() != "token":
+        raise UserError(f"--address: RAY_AUTH_MODE is {mode or 'unset'}: expected RAY_AUTH_MODE=token with the "
+                        "cluster's token in RAY_AUTH_TOKEN_PATH (or ~/.ray/auth_token) on every node and here "
+                        "(docs/cluster.md); without it anyone who reaches a Ray port runs code on the cluster")
 
 
 def check_reached(ray, folder: Path) -> None:
@@ -117,6 +136,8 @@ def run_units(units: list[list[RunSpec]], arrays: Arrays, device: torch.device, 
               force: bool, offline: str | None, on_done) -> None:
     """Submit every unit, call `on_done(unit, statuses, node)` as each ends; Ctrl-C cancels what is queued,
     interrupts what is running (its runs are marked KILLED) and raises KeyboardInterrupt."""
+    if not cluster.address:
+        embedded_token()
     ray = import_ray()
     threads, share, dev = start(ray, cluster, jobs, device)
     try:
