@@ -138,7 +138,11 @@ def cmd_tune(a) -> int:
 def cmd_table(a) -> int:
     from harness.batch.table import table
 
-    code, data_id = table(a.folders, batch_options(a), a.overrides, a.budget, a.include_heavy)
+    if a.campaign and (a.folders or a.budget is not None):
+        raise UserError(f"{a.campaign}: --campaign names its specs and budget itself; expected no spec folders and "
+                        f"no --budget with it, got {' '.join(a.folders) or '--budget ' + format(a.budget, 'g')}")
+    code, data_id = table(a.folders, batch_options(a), a.overrides, 1.0 if a.budget is None else a.budget,
+                          a.include_heavy, a.campaign)
     if not a.publish:
         print("table: records stay in the MLflow store (--publish: also results/, reports/)", file=sys.stderr)
         return code
@@ -288,6 +292,10 @@ def _table_parser(sub) -> None:
     t.add_argument("folders", nargs="*", help="spec folders (default: experiments/table6 ablations ladder tuned)")
     _set_and_budget_args(t)
     _data_and_device_args(t)
+    t.add_argument("--campaign", metavar="FILE", default=None,
+                   help="run the campaign FILE instead (experiments/campaigns/*.yaml: its budget, overrides and "
+                        "ordered specs and seeds); --set adds overrides, folders and --budget are refused")
+    t.set_defaults(budget=None)  # 1.0 unless --campaign, whose file says its budget
     t.add_argument("--include-heavy", action="store_true", help="also run specs marked heavy (ResNet-1202)")
     _publish_arg(t, " and the reports (`report --all`; what `make reproduce-table` does)")
     t.add_argument("--no-report", action="store_true", help="with --publish: do not write the reports afterwards")

@@ -14,8 +14,9 @@ from typing import NamedTuple
 import torch
 
 from harness.batch.cost import gflops_on_data, seconds_per_gflop
-from harness.batch.dispatch import Told, collect_runs, run_batch
+from harness.batch.dispatch import Collected, Told, collect_runs, run_batch
 from harness.batch.options import BatchOptions
+from harness.core.campaign_file import campaign_runs
 from harness.core.data import Arrays
 from harness.core.groups import GROUPS
 from harness.core.spec import RunSpec
@@ -46,12 +47,26 @@ def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunS
           f"ETA {eta / 60:.0f} min on {device} one run at a time (measured {1 / spg if spg else 0:.1f} GFLOP/s "
           "training rate; each finished run re-estimates the time left from the batch's own rate)",
           file=sys.stderr, flush=True)
+    if todo:
+        print(f"plan: to do, in this order: {', '.join(f'{r.group}/{r.run_name}' for r in todo)}", file=sys.stderr)
     return todo
 
 
 def table(folders: list[str], o: BatchOptions, overrides: list[str] = (), budget: float = 1.0,
-          include_heavy: bool = False) -> TableResult:
-    """Train what is left of `folders` (default: DEFAULT_FOLDERS, those that exist)."""
+          include_heavy: bool = False, campaign: str | None = None) -> TableResult:
+    """Train what is left of `folders` (default: DEFAULT_FOLDERS, those that exist), or of the campaign file
+    `campaign` (harness.core.campaign_file: its budget, overrides, specs and seeds, in its order)."""
+    found = Collected(campaign_runs(campaign, overrides), [], 1) if campaign else \
+        _folder_runs(folders, overrides, budget, include_heavy)
+    for e in found.errors:
+        print(f"error: {e}", file=sys.stderr)
+    bad = len(found.errors)
+    note = f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else ""
+    batch = run_batch(found.runs, o, Told(lambda r: f"{r.group}/{r.run_name}", "table", note), plan)
+    return TableResult(2 if bad else 0 if batch.all_done else 1, batch.data_id)
+
+
+def _folder_runs(folders: list[str], overrides: list[str], budget: float, include_heavy: bool) -> Collected:
     missing = [f for f in folders if not Path(f).exists()]  # named ones must exist; experiments/tuned need not
     if missing:
         raise SpecError(f"{missing[0]}: spec folder not found (expected a folder of .yaml specs or a spec file)")
@@ -59,9 +74,4 @@ def table(folders: list[str], o: BatchOptions, overrides: list[str] = (), budget
     found = collect_runs([f for f in folders if Path(f).exists()], overrides, budget, include_heavy)
     if not found.files:
         raise SpecError(f"{' '.join(folders)}: no spec files found (expected folders of .yaml specs)")
-    for e in found.errors:
-        print(f"error: {e}", file=sys.stderr)
-    bad = len(found.errors)
-    note = f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else ""
-    batch = run_batch(found.runs, o, Told(lambda r: f"{r.group}/{r.run_name}", "table", note), plan)
-    return TableResult(2 if bad else 0 if batch.all_done else 1, batch.data_id)
+    return found

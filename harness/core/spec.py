@@ -271,7 +271,8 @@ def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool
             for seed in spec.seeds]
 
 
-SKIPPED_FOLDERS = {"mlruns", "__pycache__"}  # and hidden ones (.venv, .git): their YAML is no spec
+SKIPPED_FOLDERS = {"mlruns", "__pycache__", "campaigns"}  # and hidden ones (.venv, .git): their YAML is no spec;
+# experiments/campaigns/ holds campaign files (harness.core.campaign_file), lists of specs
 
 
 def expand_paths(paths: list[str]) -> list[Path]:

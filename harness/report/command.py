@@ -23,12 +23,15 @@ from harness.report.campaign import (
     newest_per_spec,
     pick_campaign,
 )
+from harness.report.curves import fig6_panels
 from harness.report.index import write_index
+from harness.report.labels import campaign_label
 from harness.report.pages import ablations, is_cifar10, ladder, table6, tuned
+from harness.report.readme import update_readme
 from harness.report.stats import paper_figure
+from harness.report.summary import write_summary
 from harness.report.tuning import write_tuning_figures
 from harness.tracking import figures as plots
-from harness.tracking import store as tracking
 
 PAGES = {g.name: list(g.pages) for g in REPORTED}
 
@@ -36,7 +39,8 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
            every: bool = False) -> int:
     """Write the pages of the campaign that `budget` and
     `data_id` name (default: that of the latest finished Table 6 run); with `every`, each campaign of the store
-    into `out`/<data>-b<budget>/, the index `out`/README.md and the tuning studies' figures."""
+    into `out`/<data>-b<budget>/, the index `out`/README.md, the tuning studies' figures and the campaign blocks of
+    the README beside `out`."""
     if not every:
         write_reports(out, budget, data_id)
         return 0
@@ -51,6 +55,9 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
         write_reports(out / slug, float(c.budget), str(c.data_id))
     print(f"report: wrote {write_index(out)}", file=sys.stderr)
     write_tuning_figures(out)  # from the Optuna storage: tune itself logs them on its MLflow run only
+    readme = out.parent / "README.md"  # the checkout's README beside reports/: its campaign blocks quote the pages
+    for folder in update_readme(readme, out):
+        print(f"report: rewrote {readme}'s campaign block from {out / folder}/summary.md", file=sys.stderr)
     return 0
 
 
@@ -73,25 +80,12 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
         figs = [paper_figure(paper, f"resnet{d}") for d in depths]  # means where the paper gives them, as ours are
         plots.error_vs_depth(measured, (depths, [m for m, _, _ in figs], [s or 0 for _, s, _ in figs]), label,
                              out / "error_vs_depth.png")
-        plots.fig6_curves(fig6_histories(df), label, out / "curves_table6.png")
+        t6 = df[df.group == "table6"]
+        plots.fig6_curves(fig6_panels(df), "test error (%)" if official else label, out / "curves_table6.png",
+                          f"Fig. 6 (He et al. 2015) rerun on {campaign_label(list(t6.data), budget)}")
     if bars:
         plots.ladder_bars([n for n, _ in bars], [s.mean for _, s in bars],
                           [0 if math.isnan(s.std) else s.std for _, s in bars], label, out / "ladder.png")
-
-
-def fig6_histories(df: pd.DataFrame) -> dict[str, list[tuple[str, list, list]]]:
-    """For each architecture of the finished Table 6 runs, one line per depth: the run of its lowest seed, named
-    in the legend, with its train and test error histories."""
-    c = tracking.client()
-    t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
-    panels = {}
-    for arch in sorted((a for a in ARCHS.values() if a.fig6_panel is not None), key=lambda a: a.fig6_panel):
-        panels[arch.name] = []
-        for depth in sorted(set(t6[t6.arch == arch.name].depth)):
-            run = t6[(t6.arch == arch.name) & (t6.depth == depth)].sort_values("seed").iloc[0]
-            train, test = (tracking.metric_history(c, run.run_id, k) for k in ("train_error", "test_error"))
-            panels[arch.name].append((f"{arch.name}-{depth} (seed {run.seed})", train, test))
-    return panels
 
 
 def made_from(md: Path) -> str:
@@ -125,6 +119,7 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
     if tuned(df, paper, budget, official, out, desc):
         written += PAGES["tuned"]
     figures(df, tab, bars, paper, budget, official, out)
+    written.insert(0, write_summary(df, paper, budget, official, out).name)
     print(f"report: wrote {out}/{', '.join(written)} ({len(df)} runs, budget {budget:g}, {data_id})",
           file=sys.stderr)
     say_what_was_left(out, written, budget, data_id)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from harness.core.groups import REPORTED
 
-PAGE_ORDER = tuple(g.pages[0] for g in REPORTED)
+PAGE_ORDER = ("summary.md", *(g.pages[0] for g in REPORTED))  # a campaign's summary first
 LOST = "records are lost"
 
 

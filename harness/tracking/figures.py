@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 import sys
+import textwrap
 import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -68,20 +70,38 @@ def error_vs_depth(measured: dict[str, tuple[Sequence, Sequence, Sequence]],
     _save(fig, path)
 
 
-def fig6_curves(panels: dict[str, list[tuple[str, History, History]]], ylabel: str, path: Path) -> None:
-    """The paper's Fig. 6: one panel per arch, left to right in the order of `panels` (arch name -> a list of
-    (label, train error history, test error history)), one colour per line; thin dashed for train, bold for test."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), dpi=100, sharey=True, squeeze=False)
-    for ax, (arch, lines) in zip(axes[0], panels.items(), strict=True):
-        for i, (label, train, test) in enumerate(lines):
-            for h, lw, ls, name in ((train, 0.8, "--", None), (test, 2.0, "-", label)):
-                ax.plot([s for s, _ in h], [v for _, v in h], lw=lw, ls=ls, color=f"C{i}", label=name)
+@dataclass(frozen=True)
+class Curve:
+    """One line pair of Fig. 6: train and test error against iteration, each the mean over the seeds a label
+    names, with the test error's std over seeds at each point (empty for one seed: no band is drawn)."""
+    label: str
+    train: History
+    test: History
+    test_std: tuple[float, ...] = ()
+
+
+def fig6_curves(panels: dict[str, list[Curve]], ylabel: str, path: Path, title: str = "") -> None:
+    """The paper's Fig. 6: one panel per arch, left to right in the order of `panels` (arch name -> its curves),
+    one colour per depth; thin dashed for train, bold for test, a shaded band of ± one std over seeds around the
+    test line where there are seeds to have one."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6 if title else 4), dpi=100, sharey=True,
+                             squeeze=False)
+    for ax, (arch, curves) in zip(axes[0], panels.items(), strict=True):
+        for i, c in enumerate(curves):
+            ax.plot([s for s, _ in c.train], [v for _, v in c.train], lw=0.8, ls="--", color=f"C{i}")
+            ax.plot([s for s, _ in c.test], [v for _, v in c.test], lw=2.0, color=f"C{i}", label=c.label)
+            if c.test_std:
+                ax.fill_between([s for s, _ in c.test], [v - d for (_, v), d in zip(c.test, c.test_std, strict=True)],
+                                [v + d for (_, v), d in zip(c.test, c.test_std, strict=True)], color=f"C{i}",
+                                alpha=0.2, lw=0)
         ax.set_title(f"{ARCHS[arch].label} (thin dashed: train, bold: test)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     axes[0][0].set_ylabel(ylabel)
+    if title:  # a campaign's label is long: wrapped, so that no word leaves the figure
+        fig.suptitle(textwrap.fill(title, 150), fontsize=9)
     _save(fig, path)
 
 

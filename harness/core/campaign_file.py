@@ -1,0 +1,73 @@
+"""A campaign file: one budget, the overrides every run shares, and the ordered list of specs and seeds.
+
+A campaign is a reproducible unit of work (`experiments/campaigns/*.yaml`, run by `table --campaign FILE`): the
+file says exactly which runs it is, so a fresh machine reruns the same runs in the same order, and a store that
+already holds them reports them as done. Each entry resolves as `run SPEC --budget B --set O... --set seeds=[S]`
+would, so its runs keep the spec_hash those commands give them (the seeds list is not part of the hash, the seed
+is). Unknown keys are refused, as in a spec: a misspelt key must not quietly drop a run from the campaign.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.core.spec import RunSpec, _first_error, _yaml, load_spec, resolve_runs
+from harness.errors import SpecError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CampaignEntry(_Strict):
+    spec: str  # a spec file, relative to the working directory (the repository root)
+    seeds: list[int] = Field(min_length=1)
+
+
+class Campaign(_Strict):
+    description: str = ""
+    budget: float = Field(gt=0)
+    overrides: list[str] = []  # `--set KEY=VALUE` of every run, in order, before the entry's seeds
+    runs: list[CampaignEntry] = Field(min_length=1)
+
+
+def load_campaign(path: str | Path) -> Campaign:
+    """The campaign file at `path`, or one line naming the file, the key and what was expected."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: campaign file not found (expected a YAML file with budget, overrides and runs)")
+    try:
+        raw = _yaml(path.read_text())  # a key given twice is refused, as in a spec
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: not a valid YAML campaign file: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: <top level>: expected a mapping with budget, overrides and runs")
+    try:
+        return Campaign.model_validate(raw)
+    except ValidationError as e:
+        # An unknown key first: a misspelt `seed` is also a missing `seeds`, and the misspelling is the news.
+        err = min(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
+        if err["type"] == "extra_forbidden":  # spec.py's message would list a spec's keys, not a campaign's
+            keys = sorted(CampaignEntry.model_fields if len(err["loc"]) > 1 else Campaign.model_fields)
+            raise SpecError(f"{path}: {'.'.join(map(str, err['loc']))}: unknown key (expected one of: "
+                            f"{', '.join(keys)})") from None
+        raise SpecError(f"{path}: {_first_error(e)}") from None
+
+
+def campaign_runs(path: str | Path, extra: list[str] = ()) -> list[RunSpec]:
+    """Every run of the campaign at `path`, in the file's order; `extra` overrides follow the file's own."""
+    camp = load_campaign(path)
+    runs: list[RunSpec] = []
+    for i, entry in enumerate(camp.runs):
+        if not Path(entry.spec).is_file():
+            raise SpecError(f"{path}: runs.{i}.spec: {entry.spec}: spec file not found (expected a path to a spec, "
+                            "relative to the repository root)")
+        spec = load_spec(entry.spec, [*camp.overrides, *extra, f"seeds={json.dumps(entry.seeds)}"])
+        runs += resolve_runs(entry.spec, spec, camp.budget)
+    return runs

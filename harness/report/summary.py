@@ -1,0 +1,137 @@
+"""summary.md: a campaign on one page, every run of it in one table beside the paper's figure, each row naming
+the data and budget its number came from (the honesty column), with the depth effects and the Fig. 6 curves.
+
+The table sits between two markers so that README.md quotes it as generated (harness.report.readme) rather
+than as typed: a figure typed twice drifts from its records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.core.models import ARCHS
+from harness.report.campaign import GROUPS, fmt, noise_verdict, paper_figure, summarize
+from harness.report.labels import campaign_label, row_label
+from harness.report.pages import header, paper_cell
+from harness.tracking import store as tracking
+
+BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
+
+
+@dataclass(frozen=True)
+class Row:
+    spec: str  # group/spec, e.g. table6/resnet20
+    seeds: str  # the finished seeds, e.g. "0, 1, 2"
+    measured: str  # final-iteration error: mean ± std (n), naming failed and unfinished runs
+    paper: str  # the paper's figure for this model, or why there is none
+    source: str  # the data and budget the measured number came from
+    speed: str  # training minutes and images/s per run on the machine it ran on, the mean over its seeds
+
+
+def _order(runs: pd.DataFrame) -> list[tuple[str, str]]:
+    """(group, spec) in the groups' order; within a group by architecture (the registry's order) and depth."""
+    keys = runs[["group", "spec", "arch", "depth"]].drop_duplicates(["group", "spec"])
+    archs = list(ARCHS)
+    keys = keys.assign(g=keys.group.map(GROUPS.index), a=keys.arch.map(lambda a: archs.index(a) if a in archs else 99))
+    return [(r.group, r.spec) for r in keys.sort_values(["g", "a", "depth", "spec"]).itertuples()]
+
+
+def _paper(group: str, arch: str, depth: int, paper: dict) -> str:
+    if group != "table6" or arch not in ARCHS:
+        return "— (not in the paper)"
+    if not ARCHS[arch].paper:
+        return "— (curves only in Fig. 6)" if ARCHS[arch].fig6_panel is not None else "— (not in the paper)"
+    return paper_cell(*paper_figure(paper, f"{arch}{depth}"))
+
+
+def train_times(runs: pd.DataFrame) -> list[tuple[float, float]]:
+    """(train seconds, training images/s) of each finished run, from its record's summary metrics; evaluations
+    are not in train_seconds."""
+    c = tracking.client()
+    out = []
+    for r in runs[runs.status == "FINISHED"].itertuples():
+        run = c.get_run(r.run_id)
+        m, p = run.data.metrics, run.data.params
+        # A store written before bookkeeping moved under timing/ holds the bare names.
+        seconds, iters = (m.get(tracking.metric_name(k), m.get(k, 0)) for k in ("train_seconds", "final_iteration"))
+        if seconds:
+            out.append((seconds, iters * int(p.get("batch_size", 0)) / seconds))
+    return out
+
+
+def _speed(times: list[tuple[float, float]]) -> str:
+    if not times:
+        return "—"
+    return f"{np.mean([t for t, _ in times]) / 60:.1f} min, {np.mean([v for _, v in times]):.0f} img/s"
+
+
+def title_tags(df: pd.DataFrame) -> list[str]:
+    """The `data` tags a campaign is named by: its Table 6 runs' where it has any (all 50k images), else all."""
+    return list(df[df.group == "table6"].data) or list(df.data)
+
+
+def rows(df: pd.DataFrame, paper: dict, budget: float) -> list[Row]:
+    tags = title_tags(df)
+    out = []
+    for group, spec in _order(df):
+        runs = df[(df.group == group) & (df.spec == spec)]
+        first = runs.iloc[0]
+        done = runs[runs.status == "FINISHED"].sort_values("seed")
+        out.append(Row(f"{group}/{spec}", ", ".join(map(str, done.seed)) or "—", fmt(summarize(runs)),
+                       _paper(group, first.arch, int(first.depth), paper),
+                       row_label(str(first.data), tags, budget), _speed(train_times(runs))))
+    return out
+
+
+def depth_effects(df: pd.DataFrame) -> list[str]:
+    """Shallowest against deepest Table 6 net of each architecture, with its seed noise: the claim of Fig. 6 (a
+    deeper plain net ends worse, a deeper ResNet does not)."""
+    t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
+    lines = []
+    for arch in sorted((a for a in ARCHS.values() if a.fig6_panel is not None), key=lambda a: a.fig6_panel):
+        depths = sorted(set(t6[t6.arch == arch.name].depth))
+        if len(depths) < 2:
+            continue
+        lo, hi = (t6[(t6.arch == arch.name) & (t6.depth == d)].test_error.to_numpy(dtype=float) for d in
+                  (depths[0], depths[-1]))
+        a, b = f"{arch.label}-{depths[0]}", f"{arch.label}-{depths[-1]}"
+        lines.append(f"- {a} → {b}: {lo.mean():.2f} → {hi.mean():.2f} ({hi.mean() - lo.mean():+.2f} points; "
+                     f"{noise_verdict(hi, lo, (b, a))})")
+    return lines
+
+
+def block(df: pd.DataFrame, paper: dict, budget: float) -> list[str]:
+    """The table and the depth effects, between the markers README.md copies them by."""
+    lines = [BEGIN, f"**{campaign_label(title_tags(df), budget)}**", "",
+             "| run | seeds | ours: final test error (%), mean ± std (n) | paper (all 50k, 64k iterations) | "
+             "ours from (data, budget) | training per run (images/s) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r.spec} | {r.seeds} | {r.measured} | {r.paper} | {r.source} | {r.speed} |"
+              for r in rows(df, paper, budget)]
+    times = train_times(df)
+    devices = ", ".join(sorted(set(df[df.status == "FINISHED"].device)))
+    if times:
+        runs = f"these {len(times)} runs" if len(times) > 1 else "this run"
+        lines += ["", f"Training time of {runs}: {sum(t for t, _ in times) / 3600:.1f} h in all on "
+                  f"{devices} (their records' train_seconds; the test evaluations come on top)."]
+    if effects := depth_effects(df):
+        lines += ["", "Depth, final test error (Fig. 6: a deeper plain net ends worse, a deeper ResNet does not):",
+                  *effects]
+    return [*lines, END]
+
+
+def write_summary(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path) -> Path:
+    title = campaign_label(title_tags(df), budget)
+    lines = [header(title, df, budget, official, paper).rstrip("\n"), "", *block(df, paper, budget)]
+    if (df.group == "table6").any():  # figures() drew this campaign's curves
+        lines += ["", "Fig. 6 in this campaign: test error (bold; shaded: ± one std over seeds where there are "
+                  "several) and train error (thin dashed) against iteration, plain nets left, ResNets right.", "",
+                  "![Fig. 6 curves](curves_table6.png)"]
+    pages = [p for p in ("table6.md", "ablations.md", "ladder.md", "tuned.md") if (out / p).is_file()]
+    lines += ["", "Pages: " + ", ".join(f"[{p}]({p})" for p in pages)] if pages else []
+    path = out / "summary.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

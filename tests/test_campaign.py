@@ -1,0 +1,93 @@
+"""Campaign files (`table --campaign FILE`): the same runs, hashes and order as the `run` commands they stand for."""
+
+import pytest
+import yaml
+
+from harness.batch.dispatch import collect_runs
+from harness.cli import main
+from harness.core.campaign_file import campaign_runs, load_campaign
+from harness.core.spec import expand_paths
+
+from .helpers import ROOT, TINY
+
+CPU = ROOT / "experiments/campaigns/cpu-b1_32.yaml"
+FULL_ID = "cifar10-full.npz:a44cc18e4ad961b5"  # the data id of ../shared/data/cifar10-full.npz
+
+
+def test_the_cpu_campaign_resolves_to_the_hashes_of_its_run_commands(monkeypatch):
+    """Each entry is `run SPEC --budget 0.03125 --set eval_points=8 --set 'seeds=[S]'`: the same spec_hash, so
+    a store holding the runs those commands made reports them as done."""
+    monkeypatch.chdir(ROOT)
+    runs = campaign_runs(CPU)
+    camp = load_campaign(CPU)
+    assert [f"{r.group}/{r.name}-s{r.seed}" for r in runs][:6] == [
+        "table6/resnet20-s0", "table6/plain20-s0", "table6/resnet56-s0", "table6/plain56-s0",
+        "ablations/torchvision_resnet34-s0", "ablations/baseline-s0"]
+    assert len(runs) == 14 and {r.budget for r in runs} == {0.03125}
+    assert {(r.spec.eval_points, r.spec.schedule.total_iters, tuple(r.spec.schedule.milestones)) for r in runs} \
+        == {(8, 2000, (1000, 1500))}
+    for entry, r in zip(camp.runs, runs, strict=True):
+        by_hand = collect_runs([entry.spec], ["eval_points=8", f"seeds=[{entry.seeds[0]}]"], 0.03125).runs
+        assert [x.spec_hash(FULL_ID) for x in by_hand] == [r.spec_hash(FULL_ID)], entry
+    assert runs[0].spec_hash(FULL_ID) == "d693b0f8852db80c"  # the lead's table6/resnet20 s0 run of this campaign
+    assert not [p for p in expand_paths(["experiments"]) if "campaigns" in p.parts]  # a campaign is not a spec
+
+
+@pytest.mark.slow
+def test_a_campaign_skips_what_its_run_commands_finished(store, mini, capsys, write_spec):
+    exp = store.parent / "experiments"
+    spec = write_spec(exp / "table6", "resnet8")
+    write_spec(exp / "table6", "plain8", TINY.replace("arch: resnet", "arch: plain"))
+    camp = exp / "campaigns" / "tiny.yaml"
+    camp.parent.mkdir()
+    camp.write_text(yaml.safe_dump({"budget": 0.5, "overrides": ["eval_points=2"], "runs": [
+        {"spec": "experiments/table6/resnet8.yaml", "seeds": [1]},
+        {"spec": "experiments/table6/plain8.yaml", "seeds": [0]}]}))
+    assert main(["run", str(spec.relative_to(store.parent)), "--data", str(mini), "--budget", "0.5", "--set",
+                 "eval_points=2", "--set", "seeds=[1]", "--no-progress", "--publish"]) == 0
+    capsys.readouterr()
+    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--publish",
+                 "--no-report"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: 2 runs in total, 1 already done, 1 to do; ETA" in err, err
+    assert "plan: to do, in this order: table6/plain8-s0-b0.5\n" in err
+    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--no-report"]) == 0
+    assert "plan: 2 runs in total, 2 already done, 0 to do" in capsys.readouterr().err
+    assert sorted(p.name.rsplit("-", 1)[0] for p in (store.parent / "results/table6").glob("*.json")) == [
+        "plain8-s0-b0.5", "resnet8-s1-b0.5"]  # exported after each command
+
+
+def test_a_bad_campaign_file_is_one_line(store, mini, capsys, write_spec):
+    camp = store.parent / "c.yaml"
+    write_spec(store.parent / "experiments" / "table6", "resnet8")
+    cases = {
+        "budget: 0.5\nruns: [{spec: experiments/table6/resnet8.yaml, seed: [0]}]\n":
+            "c.yaml: runs.0.seed: unknown key (expected one of: seeds, spec)",
+        "budget: 0.5\nrun: []\n": "c.yaml: run: unknown key (expected one of: budget, description, overrides, runs)",
+        "budget: 0.5\nruns: [{spec: experiments/table6/nope.yaml, seeds: [0]}]\n":
+            "c.yaml: runs.0.spec: experiments/table6/nope.yaml: spec file not found",
+        "budget: -1\nruns: [{spec: experiments/table6/resnet8.yaml, seeds: [0]}]\n": "c.yaml: budget: ",
+        "budget: 0.5\nbudget: 1\nruns: []\n": "c.yaml: key 'budget' given twice (line 1 and line 2)",
+    }
+    for text, message in cases.items():
+        camp.write_text(text)
+        assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-report"]) == 2, text
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert main(["table", "--campaign", str(camp), "--budget", "0.5", "--data", str(mini)]) == 2
+    assert "expected no spec folders and no --budget with it, got --budget 0.5" in capsys.readouterr().err
+    assert not (store.parent / "results").exists()
+
+
+def test_make_cpu_table_runs_this_campaign_then_the_report_from_results():
+    """`make -n`: the commands only. DATA defaults to the full CIFAR-10 beside the checkout where there is one."""
+    import subprocess
+
+    out = subprocess.run(["make", "-n", "cpu-table", "STAMP=Makefile"], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    data = "../shared/data/cifar10-full.npz" if (ROOT / "../shared/data/cifar10-full.npz").is_file() else "data"
+    assert f"-m harness table --publish --campaign experiments/campaigns/cpu-b1_32.yaml --data {data} " in out, out
+    assert "harness results import results" in out and "harness report --all" in out
+    other = subprocess.run(["make", "-n", "cpu-table", "STAMP=Makefile", "DATA=elsewhere"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout
+    assert "--data elsewhere --download" in other, other
