@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "harness"
-LAYER = {"errors": 0, "core": 1, "tracking": 2, "batch": 3, "tune": 3, "bench": 3, "report": 3, "cli": 4,
+LAYER = {"errors": 0, "core": 1, "parser": 0, "tracking": 2, "batch": 3, "tune": 3, "bench": 3, "report": 3, "cli": 4,
          "__main__": 4, "__init__": 0}
 COMMANDS = {"batch", "tune", "bench", "report"}
 
