@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from harness.core.models import ARCHS
-from harness.report.campaign import GROUPS, fmt, noise_verdict, paper_figure, summarize
+from harness.report.campaign import GROUPS
 from harness.report.labels import campaign_label, row_label
 from harness.report.pages import header, paper_cell
+from harness.report.stats import fmt, noise_verdict, paper_figure, summarize
 from harness.tracking import store as tracking
 
 BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
