@@ -84,7 +84,8 @@ def run_batch(runs: list[RunSpec], o: BatchOptions, told: Told = Told(), plan: P
     if o.cluster.address:
         check_shared(o)
     dev = pick_device(o.device)  # a bad --device is one line, before anything is said or loaded
-    print(f"{told.title or 'run'}: {len(runs)} run(s); loading {o.data}", file=sys.stderr, flush=True)  # at once
+    if sys.stderr.isatty():  # a user waiting at a terminal sees the command at work at once; a log gets its lines
+        print(f"{told.title or 'run'}: {len(runs)} run(s); loading {o.data}", file=sys.stderr, flush=True)
     arrays = load_arrays(o.data, download=o.download)
     check_batch_fits(runs, arrays)  # every run's batch against its split of this data, before any MLflow run
     o = replace(o, group=check_group(o.group, o.jobs, dev, cluster=bool(o.cluster.address)))
