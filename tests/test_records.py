@@ -80,7 +80,8 @@ def test_results_round_trip_and_reports_from_results_alone(store, mini, monkeypa
     assert main(["report", "--all", "--out", "B"]) == 0
     a, b = pages(store.parent / "A"), pages(store.parent / "B")
     assert sorted(a) == ["README.md", "cifar10-mini-b1/curves_table6.png", "cifar10-mini-b1/error_vs_depth.png",
-                         "cifar10-mini-b1/ladder.md", "cifar10-mini-b1/ladder.png", "cifar10-mini-b1/table6.csv",
+                         "cifar10-mini-b1/ladder.md", "cifar10-mini-b1/ladder.png", "cifar10-mini-b1/summary.md",
+                         "cifar10-mini-b1/table6.csv",
                          "cifar10-mini-b1/table6.md"]
     assert a == b  # the report from results/ alone is the report from the original store, date lines aside
     lad = a["cifar10-mini-b1/ladder.md"].decode()
