@@ -161,7 +161,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(stor
     assert p.returncode == 143, err
     assert "terminated (SIGTERM): the same command resumes killed runs" in err and "Traceback" not in err, err
     c, killed = _only_run()
-    assert killed.info.status == "KILLED" and list((store / "checkpoints").glob("*.pt"))
+    assert killed.info.status == "KILLED" and list((store / "checkpoints").glob("*.pt")), (killed.info.status, err)
 
     done = subprocess.run(cmd, env=env, cwd=store.parent, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "resuming MLflow run" in done.stderr, done.stderr
