@@ -23,6 +23,23 @@ def checkout_results_untouched():
     assert not added, f"tests wrote run records into the checkout: {[str(a) for a in added]}"
 
 
+@pytest.fixture(autouse=True)
+def mlflow_store_of_this_test(monkeypatch):
+    """Each test reaches the store its environment names. An in-process command calls `mlflow.set_tracking_uri`,
+    which is global and also writes MLFLOW_TRACKING_URI into os.environ: without this, a later test's
+    `MlflowClient()` would read the earlier test's store."""
+    from mlflow.tracking._tracking_service import utils
+
+    monkeypatch.setattr(utils, "_tracking_uri", None)
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    utils._tracking_uri = None
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
+
+
 @pytest.fixture(scope="session")
 def mini() -> Path:
     assert MINI.is_file(), f"{MINI} is missing: tests need ../shared/data/cifar10-mini.npz beside the checkout"
