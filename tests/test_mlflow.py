@@ -206,3 +206,34 @@ def test_tune_plots_of_a_small_study_are_drawn_without_warnings(store, tmp_path)
         _plots(c, parent, study, tmp_path / "plots")
     assert [str(w.message) for w in seen if issubclass(w.category, UserWarning)] == []
     assert {"optimization_history.png", "parallel_coordinate.png"} <= {p.name for p in (tmp_path / "plots").iterdir()}
+
+
+def test_two_runs_that_log_one_dataset_at_once_both_get_it(store, monkeypatch):
+    """Runs of one batch (--jobs) start together and log the same dataset: MLflow looks it up, misses it in both,
+    and the second insert breaks the datasets table's unique key (seen with 4 processes on one SQLite store). The
+    fault is injected as MLflow raises it, after the other run's insert; the run still gets its dataset input."""
+    from mlflow.exceptions import MlflowException
+
+    from harness.tracking.inputs import log_run_inputs
+    from harness.tracking.store import client
+
+    c = client()
+    exp = c.create_experiment("t")
+    first, second = c.create_run(exp).info.run_id, c.create_run(exp).info.run_id
+    ds = {"name": "cifar10-mini.npz", "digest": "0123abcd", "source_type": "local", "source": "mini.npz"}
+    original, raced = MlflowClient.log_inputs, []
+
+    def racing(self, run_id, datasets=None, models=None):
+        if not raced:  # the other run's insert lands between this one's lookup and insert
+            raced.append(run_id)
+            original(self, second, datasets=datasets)
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                  "datasets.name, datasets.digest")
+        return original(self, run_id, datasets=datasets, models=models)
+
+    monkeypatch.setattr(MlflowClient, "log_inputs", racing)
+    log_run_inputs(c, first, ds)
+    got = {r: [d.dataset.digest for d in c.get_run(r).inputs.dataset_inputs] for r in (first, second)}
+    assert raced == [first] and got == {first: ["0123abcd"], second: ["0123abcd"]}, got
+    with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found|No run"):
+        log_run_inputs(c, "0" * 32, ds)  # any other error still raises

@@ -292,7 +292,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
 
     p = run(uri, 2, OMP_NUM_THREADS=2)
     assert p.returncode == 0 and p.stderr.count("resuming MLflow run") == 2, p.stderr
-    assert "tiny-s1 it 16: train_loss" in p.stderr  # a line per evaluation point stands in for the bars
+    assert "tiny-s1 it 16/16: train_loss" in p.stderr  # a line per evaluation point stands in for the bars
     resumed = finals(uri)
     assert set(resumed) == set(reference) == {"tiny-s0", "tiny-s1"}
     for name, (status, device, metrics) in resumed.items():

@@ -154,10 +154,17 @@ def _collect(ray, refs: dict, on_done) -> None:
                 done = ray.get(ready[0])
                 on_done(refs[ready[0]], done.statuses, done.node)
             except ray.exceptions.RayError as e:  # e.g. retries spent on dead nodes: the runs resume later
-                cause = str(e).strip().splitlines()[0][:300]
-                on_done(refs[ready[0]], [Status.FAILED] * len(refs[ready[0]]), f"nowhere ({type(e).__name__}: {cause})")
+                on_done(refs[ready[0]], [Status.FAILED] * len(refs[ready[0]]), f"nowhere ({_why(e)})")
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref)  # queued: never start; running: a KeyboardInterrupt marks the run KILLED
         ray.wait(pending, num_returns=len(pending), timeout=30)
         raise
+
+
+def _why(e: Exception) -> str:
+    """What failed, in one line: a task's own exception (a RayTaskError's first line is only Ray's header naming the
+    task), or Ray's error where the task never ran (a dead node, a dead worker)."""
+    cause = getattr(e, "cause", None) or e
+    lines = str(cause).strip().splitlines() or [""]
+    return f"{type(cause).__name__}{' in the task' if cause is not e else ''}: {lines[0][:300]}"

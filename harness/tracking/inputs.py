@@ -94,10 +94,20 @@ def log_run_inputs(c, run_id: str, ds: dict[str, str] | None) -> None:
     if not ds:
         return
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     keys = ("name", "digest", "source_type", "source", "schema", "profile")
-    c.log_inputs(run_id, datasets=[DatasetInput(Dataset(**{k: ds.get(k) for k in keys}),
-                                                tags=[InputTag("mlflow.data.context", "training")])])
+    inputs = [DatasetInput(Dataset(**{k: ds.get(k) for k in keys}), tags=[InputTag("mlflow.data.context", "training")])]
+    for attempt in range(3):
+        try:
+            c.log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as e:
+            # MLflow looks the dataset up, then inserts it: runs of one batch (--jobs) starting together both miss
+            # it and the second insert breaks the table's unique key. That attempt is rolled back; the next one
+            # finds the dataset the other run wrote and links to it.
+            if attempt == 2 or "unique" not in str(e).lower():
+                raise
 
 
 def _model_kwargs(model: torch.nn.Module) -> dict:
