@@ -3,6 +3,7 @@ server on PostgreSQL and a shared checkpoint folder, whose worker node is killed
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import secrets
@@ -93,6 +94,22 @@ def test_a_cluster_refuses_a_store_only_one_node_can_see(store, mini, tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is a local store" in err[0] and "postgresql://" in err[0], err
     assert not store.exists()  # nothing ran, nothing created
+
+
+def test_embedded_ray_listens_on_loopback_only(ray_env):
+    """`--jobs N` starts Ray on this machine: every port its processes open (GCS, raylet, the driver, a worker)
+    listens on loopback, so a batch on one machine opens nothing to the network (Ray's default is every interface)."""
+    p = subprocess.run([PY, "-c", LISTENERS], env=ray_env(), capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    found = [line.rsplit(" ", 1) for line in p.stdout.splitlines()]
+    assert {"gcs_server", "raylet"} <= {name for name, _ in found}, p.stdout  # the check sees Ray's servers
+    outside = [(name, ip) for name, ip in found if not _loopback(ip)]
+    assert not outside, p.stdout
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
 
 
 def test_jobs_without_ray_installed_is_one_line(store, mini, tmp_path, capsys, monkeypatch, write_spec):
@@ -297,6 +314,25 @@ def _outsiders_are_refused(netns: list[str], address: str, uri: str, pg: str, tm
         print(f"{name} without credentials: exit {p.returncode}: {out.strip().splitlines()[-1][:300]}")
         assert p.returncode != 0 and refusal in out and "LET IN" not in out, (name, out[-3000:])
 
+
+LISTENERS = """
+import psutil, torch
+from harness.batch import cluster
+from harness.batch.options import LOCAL
+cluster.embedded_token()
+ray = cluster.import_ray()
+cluster.start(ray, LOCAL, 2, torch.device("cpu"))
+ray.get(ray.remote(lambda: 0).remote())  # a worker process listens too
+me = psutil.Process()
+for p in [me, *me.children(recursive=True)]:
+    try:
+        for c in p.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN:
+                print(p.name(), c.laddr.ip)
+    except psutil.Error:
+        pass
+ray.shutdown()
+"""
 
 LOGGED_IN = """
 import sys

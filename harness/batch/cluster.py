@@ -10,6 +10,7 @@ never trains into a place only one node can see.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import secrets
@@ -28,6 +29,7 @@ from harness.errors import UserError
 from harness.tracking import store as tracking
 from harness.tracking.status import Status
 
+LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 ENV = ("MLFLOW_TRACKING_URI", "HARNESS_CLAIM_TIMEOUT", "HARNESS_GIT_COMMIT", "MLFLOW_TRACKING_USERNAME",
        "MLFLOW_TRACKING_PASSWORD", "PGPASSFILE")
 # set by a user, what a task needs to reach the store and the claims: the mlflow server's basic-auth login and where
@@ -96,6 +98,27 @@ def check_reached(ray, folder: Path) -> None:
                         "folder every node mounts at the same path (e.g. NFS)")
 
 
+@contextlib.contextmanager
+def on_loopback():
+    """Embedded Ray on loopback only: a batch on one machine opens no port to the network. Ray turns the node address
+    127.0.0.1 into the host's own address, and its GCS, raylet and workers then listen on every interface, unless its
+    switch for a machine that is no cluster (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0) is off while it starts; the processes
+    it starts keep their copy of it, and a later `--address` batch in this process gets Ray's default back."""
+    from ray._private import ray_constants
+
+    before = os.environ.get(LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOOPBACK_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False  # Ray read the variable at its import, which may have come first
+    try:
+        yield
+    finally:
+        if before[0] is None:
+            os.environ.pop(LOOPBACK_SWITCH, None)
+        else:
+            os.environ[LOOPBACK_SWITCH] = before[0]
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+
+
 def start(ray, cluster: Cluster, jobs: int, device: torch.device) -> tuple[int, float, str]:
     """Start Ray embedded or join `cluster.address`; returns each unit's CPU threads, GPU share and device."""
     env = {k: os.environ[k] for k in ENV if os.environ.get(k)}
@@ -109,8 +132,8 @@ def start(ray, cluster: Cluster, jobs: int, device: torch.device) -> tuple[int, 
     if cluster.address:
         ray.init(address=cluster.address, **common)
     else:
-        # on loopback: a batch on one machine opens no port to the network
-        ray.init(num_cpus=threads * jobs, num_gpus=gpus, _node_ip_address="127.0.0.1", **common)
+        with on_loopback():
+            ray.init(num_cpus=threads * jobs, num_gpus=gpus, _node_ip_address="127.0.0.1", **common)
     return threads, share, "cuda" if share else str(device)
 
 
