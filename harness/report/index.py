@@ -53,7 +53,7 @@ def folder_entry(folder: Path) -> tuple[tuple, str] | None:
     lost = " **Records lost: this page cannot be rebuilt.**" if f["lost"] == "True" else ""
     figure = resnet32_figure(folder)
     line = (f"- **{folder.name}/**: {f['title']}. Budget {f.get('Budget', '?')}, data {f.get('Data', '?')}, "
-            f"device {f.get('Device', '?')}, {f.get('Date', '?').split(' (')[0]}."
+            f"device {f.get('Device', '?')}, {_date(f.get('Date', '?'))}."
             f"{' ' + figure + '.' if figure else ''}{lost} Pages: {links}")
     official = f.get("Measured", "").startswith("CIFAR-10 test error")  # full data, official test set, budget 1
     return (-budget, not official, folder.name), line
@@ -72,3 +72,9 @@ def write_index(out: Path) -> Path:
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _date(field: str) -> str:
+    """A page's date as the index says it: the day, or that its records keep none."""
+    day = field.split(" (")[0]
+    return "date unknown (records without run times)" if day == "unknown" else day

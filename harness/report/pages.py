@@ -82,7 +82,8 @@ def header(title: str, df: pd.DataFrame, budget: float, official: bool, paper: d
 
 
 def finished_on(df: pd.DataFrame) -> str:
-    """The day the page's newest run ended (UTC): a page rebuilt from the same records reads the same."""
+    """The day the page's newest run ended (UTC): a page rebuilt from the same records reads the same. Runs whose
+    records keep no times (format 1) count for none."""
     end = int(df.end_time.max()) if "end_time" in df and len(df) else 0
     return dt.datetime.fromtimestamp(end / 1000, dt.timezone.utc).date().isoformat() if end else "unknown"
 

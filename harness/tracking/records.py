@@ -37,7 +37,8 @@ SUMMARY_KEYS = tuple(tracking.metric_name(k) for k in ("final_iteration", "train
 KEPT_MLFLOW_TAGS = (mlflow_inputs.NOTE, "mlflow.source.")  # the description and the Source column; not mlflow.user
 REQUIRED = {"group": str, "run_name": str, "status": str, "tags": dict, "params": dict, "spec_yaml": str,
             "history": list, "summary": dict}
-DROPPED_TAGS = ("imported_from",)  # where a record came from is this machine's business, not the run's
+TIMES_TAG = "run_times"  # on a run imported from a record that kept no start and end: MLflow's are the import's
+DROPPED_TAGS = ("imported_from", TIMES_TAG)  # where a record came from is this machine's business, not the run's
 
 
 def record_of(c, run) -> dict:
@@ -62,8 +63,15 @@ def record_of(c, run) -> dict:
             "tags": tags, "params": dict(run.data.params),
             "spec_yaml": mlflow.artifacts.load_text(f"{run.info.artifact_uri}/spec.yaml"),
             "history": [by_step[s] for s in sorted(by_step)], "summary": summary, "final": final,
-            "start_time": run.info.start_time, "end_time": run.info.end_time, "dataset": _dataset_of(run)}
+            "dataset": _dataset_of(run), **_times_of(run)}
     return {**rec, "digest": content_digest(rec)}
+
+
+def _times_of(run) -> dict:
+    """The run's start and end, or none where they are an import's (a record written before records kept them)."""
+    if TIMES_TAG in run.data.tags:
+        return {"start_time": None, "end_time": None}
+    return {"start_time": run.info.start_time, "end_time": run.info.end_time}
 
 
 def _dataset_of(run) -> dict | None:
@@ -259,8 +267,10 @@ def import_record(record_path: Path) -> Status:
         log(f"{rec['run_name']}: already FINISHED in MLflow (run {existing.info.run_id}); not imported again")
         return Status.SKIPPED
     start, end = _times(rec)
+    unrecorded = {} if rec.get("start_time") and rec.get("end_time") else \
+        {TIMES_TAG: "unrecorded: the record keeps none, the run's start and end are those of its import"}
     run_id = c.create_run(exp_id, start_time=start, run_name=rec["run_name"],
-                          tags={**tags, "imported_from": str(record_path)}).info.run_id
+                          tags={**tags, "imported_from": str(record_path), **unrecorded}).info.run_id
     metrics = _metrics(rec, start, end)
     params = [Param(k, v) for k, v in rec["params"].items()]
     for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
