@@ -186,6 +186,7 @@ def test_tune_plots_of_a_small_study_are_drawn_without_warnings(store, tmp_path)
     quiet under Optuna 5 as under 4 (where matplotlib's equal-ylim warning shows too)."""
     import warnings
 
+    import matplotlib
     import optuna
 
     from harness.tracking import store as tracking
@@ -201,10 +202,13 @@ def test_tune_plots_of_a_small_study_are_drawn_without_warnings(store, tmp_path)
     study.optimize(objective, n_trials=2)
     c = tracking.client()
     parent = c.create_run(tracking.experiment_id(c, "tuning")).info.run_id
+    style = {k: matplotlib.rcParams[k] for k in ("axes.facecolor", "axes.grid", "axes.prop_cycle")}
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         _plots(c, parent, study, tmp_path / "plots")
     assert [str(w.message) for w in seen if issubclass(w.category, UserWarning)] == []
+    # Optuna draws in its ggplot style; the campaign figures a later `report` draws in this process keep theirs
+    assert {k: matplotlib.rcParams[k] for k in style} == style
     assert {"optimization_history.png", "parallel_coordinate.png"} <= {p.name for p in (tmp_path / "plots").iterdir()}
 
 

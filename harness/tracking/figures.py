@@ -148,7 +148,7 @@ def study_figures(study, out: Path) -> list[Path]:
     drawn = []
     for name in STUDY_FIGURES:
         try:
-            with known_plot_warnings():
+            with known_plot_warnings(), matplotlib.rc_context():  # Optuna sets its style for the whole process
                 ax = getattr(ovm, f"plot_{name}")(study)
                 fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
                 fig.set_size_inches(8, 5)
