@@ -66,7 +66,7 @@ tune: $(STAMP)
 	$(PY) -m harness tune $(TUNE_SPEC) --trials $(TRIALS) --data $(DATA) --budget $(TUNE_BUDGET) \
 	    --export $(TUNE_EXPORT) $(ARGS)
 
-# The local store's finished runs into results/ (run and table do this themselves after each batch).
+# The local store's finished runs into results/ (run and table given --publish write each run's record as it finishes).
 results: $(STAMP)
 	$(PY) -m harness results export
 

@@ -31,6 +31,7 @@ from harness.core.devices import check_jobs, pick_device
 from harness.core.spec import RunSpec, load_specs, resolve_runs
 from harness.errors import SpecError, UserError
 from harness.tracking import store as tracking
+from harness.tracking.records import export_run
 from harness.tracking.status import DONE, Status, summary
 
 Label = Callable[[RunSpec], str]
@@ -127,7 +128,14 @@ def _in_this_process(runs: list[RunSpec], arrays: Arrays, device: torch.device, 
         status = workers.execute_one(r, arrays, device, o)
         counts[status] += 1
         rate.done(r, status)
+        publish(r, status, o, arrays.data_id)
     return counts
+
+
+def publish(r: RunSpec, status: Status, o: BatchOptions, data_id: str) -> None:
+    """With --publish, a run's record goes to results/ the moment it finishes, not when the whole batch ends."""
+    if o.publish is not None and o.offline is None and status == Status.FINISHED:
+        export_run(o.publish, r.group, r.spec_hash(data_id))
 
 
 def check_group(group: int | None, jobs: int, device: torch.device, cluster: bool = False) -> int:
@@ -156,6 +164,7 @@ def _in_groups(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: Bat
         for r, status in zip(g, execute_group(g, arrays, device, o), strict=True):
             counts[status] += 1
             rate.done(r, status)
+            publish(r, status, o, arrays.data_id)
     return counts
 
 
@@ -173,6 +182,7 @@ def _on_ray(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchO
             done[0] += 1
             counts[status] += 1
             rate.done(r, status)
+            publish(r, status, o, arrays.data_id)
             where = f" on {node}" if o.cluster.address or status == Status.FAILED else ""
             print(f"[{done[0]}/{len(runs)}] {label(r)}: {status}{where} ({rate.line()})", file=sys.stderr, flush=True)
 

@@ -36,3 +36,4 @@ class BatchOptions:
     cluster: Cluster = LOCAL
     places: Places = BESIDE_THE_STORE
     system_metrics: bool = True  # MLflow samples the machine while a run trains (system/... metrics)
+    publish: Path | None = None  # results/: each run's record written there as soon as it finishes

@@ -149,6 +149,19 @@ def export_results(out: Path) -> int:
     return written
 
 
+def export_run(out: Path, group: str, spec_hash: str) -> Path | None:
+    """One run's record into `out` as soon as it has FINISHED (`--publish`): a long batch whose store goes with its
+    machine keeps every run it finished. Returns the record's path, or None where the run did not finish."""
+    c = tracking.client()
+    run = tracking.find_run(c, tracking.experiment_id(c, group), spec_hash)
+    if run is None or run.info.status != "FINISHED":
+        return None
+    rec = record_of(c, run)
+    if write_record(out, rec):
+        print(f"results: wrote {record_path(out, rec)}", file=sys.stderr, flush=True)
+    return record_path(out, rec)
+
+
 def check_record(path: Path) -> None:
     """One `error:` line naming the file, the key and what was expected; nothing is imported from a bad file."""
     try:
