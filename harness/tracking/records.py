@@ -157,9 +157,10 @@ def export_run(out: Path, group: str, spec_hash: str) -> Path | None:
     if run is None or run.info.status != "FINISHED":
         return None
     rec = record_of(c, run)
+    path = record_path(out, rec)
     if write_record(out, rec):
-        print(f"results: wrote {record_path(out, rec)}", file=sys.stderr, flush=True)
-    return record_path(out, rec)
+        print(f"results: wrote {path}", file=sys.stderr, flush=True)
+    return path
 
 
 def check_record(path: Path) -> None:
