@@ -15,7 +15,7 @@ from harness.core.groups import load_paper
 from harness.report import pages
 from harness.report.campaign import split_of
 from harness.report.pages import paper_cell
-from harness.report.stats import paper_figure
+from harness.report.stats import noise_verdict, paper_figure
 
 from .helpers import ROOT, TINY
 
@@ -90,6 +90,12 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
         "the ablations' 45k/5k split; 3661/407), " in ab and "| baseline |" not in ab  # the ablations' split
     lad = (out / "ladder.md").read_text()
     assert "| 0_seed |" in lad and "| paper_resnet32 |" in lad
+    summary = (out / "summary.md").read_text()  # the ablations' effects, the diverged one in its table row only
+    assert "against the ablations' baseline (ablations/baseline, trained on 3661/407):\n- fc_relu (ReLU after the " \
+        "fc layer): " in summary, summary
+    assert re.search(r"- fc_relu \(ReLU after the fc layer\): (\d+\.\d\d) vs (\d+\.\d\d) \([+-]\d+\.\d\d points; "
+                     r"noise unknown: n=1 in this row, n=1 in the baseline\)\n<!-- summary:end -->", summary), summary
+    assert "- a_diverges" not in summary
 
     # Rerun: the plan sees everything done (the diverged run is not retried) and trains nothing.
     (exp / "ablations" / "bad_spec.yaml").unlink()
@@ -130,6 +136,19 @@ def test_paper_column_sets_resnet110s_mean_beside_our_mean():
     assert paper_figure(paper, "resnet110") == (6.61, 0.16, 6.43)
     assert paper_cell(*paper_figure(paper, "resnet110")) == "6.61 ± 0.16 (best 6.43)"
     assert paper_cell(*paper_figure(paper, "resnet32")) == "7.51"
+
+
+def test_a_single_seed_is_judged_against_the_seed_spread_of_the_other_side():
+    # Three seeds of a shallow net (std 0.65) and one of a deep one: Student's pooled t-test, 2 degrees of freedom.
+    shallow, deep = np.array([28.2, 28.9, 27.6]), np.array([41.4])
+    t = (41.4 - shallow.mean()) / (shallow.std(ddof=1) * np.sqrt(1 + 1 / 3))  # 17.5 by hand
+    assert 17 < t < 18  # p = 2 * t.sf(17.5, 2) = 0.003
+    assert noise_verdict(deep, shallow, ("ResNet-56", "ResNet-20")) == \
+        "outside seed noise (p=0.00), taking ResNet-20's seed spread for ResNet-56 (n=1)"
+    assert noise_verdict(shallow, np.array([28.5]), ("ResNet-20", "ResNet-32")) == \
+        "within seed noise (p=0.76), taking ResNet-20's seed spread for ResNet-32 (n=1)"  # t = 0.35
+    assert noise_verdict(np.array([28.5]), np.array([41.4])) == "noise unknown: n=1 in this row, n=1 in the baseline"
+    assert noise_verdict(shallow, shallow + 2) == "outside seed noise (p=0.02)"  # Welch where both have seeds
 
 
 def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, write_spec):

@@ -119,7 +119,7 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
     if tuned(df, paper, budget, official, out, desc):
         written += PAGES["tuned"]
     figures(df, tab, bars, paper, budget, official, out)
-    written.insert(0, write_summary(df, paper, budget, official, out).name)
+    written.insert(0, write_summary(df, paper, budget, official, out, desc).name)
     print(f"report: wrote {out}/{', '.join(written)} ({len(df)} runs, budget {budget:g}, {data_id})",
           file=sys.stderr)
     say_what_was_left(out, written, budget, data_id)

@@ -56,17 +56,27 @@ def fmt(s: Summary) -> str:
 
 
 def noise_verdict(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("this row", "the baseline")) -> str:
-    """Welch's t-test over seeds; with fewer than two seeds on either side, noise cannot be judged. The verdict
-    names the side that lacks seeds: a bare "n<2" in a row whose own n is 2 reads as a mistake."""
-    short = [f"n={len(x)} in {name}" for name, x in zip(names, (a, b), strict=True) if len(x) < 2]
-    if short:
+    """Welch's t-test over seeds where both sides have two or more. Where one side has a single seed, its seed
+    spread is unknown and the other side's stands for both: Student's t-test with the pooled variance (a single
+    run adds nothing to it), so a campaign that gave seeds to its shallow nets only still judges their depth
+    effect, and says whose spread it assumed. With one seed on both sides (or none), noise cannot be judged; the
+    verdict names the side that lacks seeds: a bare "n<2" in a row whose own n is 2 reads as a mistake."""
+    sizes = (len(a), len(b))
+    if min(sizes) == 0 or max(sizes) < 2:
+        short = [f"n={len(x)} in {name}" for name, x in zip(names, (a, b), strict=True) if len(x) < 2]
         return f"noise unknown: {', '.join(short)}"
-    from scipy.stats import ttest_ind
-
     if np.std(a) == 0 and np.std(b) == 0:
-        return "outside noise" if a.mean() != b.mean() else "identical"
-    p = ttest_ind(a, b, equal_var=False).pvalue
-    return f"{'outside' if p < 0.05 else 'within'} seed noise (p={p:.2f})"
+        verdict = "outside noise" if a.mean() != b.mean() else "identical"
+    else:
+        from scipy.stats import ttest_ind
+
+        # Student's pooled test where one side is a single run: its deviation is 0 and adds no degree of freedom.
+        p = ttest_ind(a, b, equal_var=min(sizes) < 2).pvalue
+        verdict = f"{'outside' if p < 0.05 else 'within'} seed noise (p={p:.2f})"
+    if min(sizes) == 1:
+        single, spread = (names[0], names[1]) if sizes[0] == 1 else (names[1], names[0])
+        return f"{verdict}, taking {spread}'s seed spread for {single} (n=1)"
+    return verdict
 
 
 def paper_figure(paper: dict, key: str) -> tuple[float | None, float | None, float | None]:

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from harness.core.models import ARCHS
-from harness.report.campaign import GROUPS
+from harness.report.campaign import GROUPS, splits
 from harness.report.labels import campaign_label, row_label
-from harness.report.pages import header, paper_cell
+from harness.report.pages import ABLATION_BASELINE, compare_rows, header, paper_cell, runs_of
 from harness.report.stats import fmt, noise_verdict, paper_figure, summarize
 from harness.tracking import store as tracking
 
@@ -105,8 +105,25 @@ def depth_effects(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def block(df: pd.DataFrame, paper: dict, budget: float) -> list[str]:
-    """The table and the depth effects, between the markers README.md copies them by."""
+def ablation_effects(df: pd.DataFrame, descriptions: dict) -> list[str]:
+    """Each finished ablation against the ablations' baseline (their own 45k/5k split), with its seed noise: one
+    factor's cost, e.g. the ImageNet stem's, in the campaign's own figures."""
+    base = runs_of(df, ABLATION_BASELINE)
+    done = df[(df.group == "ablations") & (df.status == "FINISHED")]
+    names = sorted(set(done.spec) - {ABLATION_BASELINE[1]})
+    if base.empty or not names:
+        return []
+    b = summarize(base)
+    lines = []
+    for r in compare_rows(df[df.group == "ablations"], base, names):
+        what = descriptions.get(("ablations", r.name), "")
+        lines.append(f"- {r.name}{f' ({what})' if what else ''}: {r.s.mean:.2f} vs {b.mean:.2f} "
+                     f"({r.delta:+.2f} points; {r.noise})")
+    return lines
+
+
+def block(df: pd.DataFrame, paper: dict, budget: float, descriptions: dict) -> list[str]:
+    """The table, the depth effects and the ablations' effects, between the markers README.md copies them by."""
     lines = [BEGIN, f"**{campaign_label(title_tags(df), budget)}**", "",
              "| run | seeds | ours: final test error (%), mean ± std (n) | paper (all 50k, 64k iterations) | "
              "ours from (data, budget) | training per run (images/s) |", "|---|---|---|---|---|---|"]
@@ -121,12 +138,17 @@ def block(df: pd.DataFrame, paper: dict, budget: float) -> list[str]:
     if effects := depth_effects(df):
         lines += ["", "Depth, final test error (Fig. 6: a deeper plain net ends worse, a deeper ResNet does not):",
                   *effects]
+    if effects := ablation_effects(df, descriptions):
+        split = splits(runs_of(df, ABLATION_BASELINE))
+        lines += ["", f"One factor away from the paper's ResNet-32 recipe, final test error against the ablations' "
+                  f"baseline ({ABLATION_BASELINE[0]}/{ABLATION_BASELINE[1]}, trained on {split}):", *effects]
     return [*lines, END]
 
 
-def write_summary(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path) -> Path:
+def write_summary(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path,
+                  descriptions: dict) -> Path:
     title = campaign_label(title_tags(df), budget)
-    lines = [header(title, df, budget, official, paper).rstrip("\n"), "", *block(df, paper, budget)]
+    lines = [header(title, df, budget, official, paper).rstrip("\n"), "", *block(df, paper, budget, descriptions)]
     if (df.group == "table6").any():  # figures() drew this campaign's curves
         lines += ["", "Fig. 6 in this campaign: test error (bold; shaded: ± one std over seeds where there are "
                   "several) and train error (thin dashed) against iteration, plain nets left, ResNets right.", "",
