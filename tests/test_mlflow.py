@@ -21,7 +21,7 @@ from harness.core.data import load_arrays, to_device
 from harness.core.spec import load_spec
 from harness.core.train import param_dtype
 from harness.errors import UserError
-from harness.tracking.store import check_store
+from harness.tracking.store import check_store, environ
 
 from .helpers import ROOT, TINY
 
@@ -48,6 +48,15 @@ def test_an_unreachable_store_is_one_line_and_exit_2_in_seconds(command, tmp_pat
     assert len(lines) == 1 and lines[0].startswith(f"error: MLFLOW_TRACKING_URI={DEAD}: "), p.stderr
     assert "refused" in lines[0].lower() and took < 60, (took, lines)
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "j.log").exists()  # nothing half-written
+
+
+def test_a_switch_set_for_one_block_is_restored_or_removed_after_it(monkeypatch):
+    monkeypatch.setenv("HARNESS_TEST_KEPT", "before")
+    monkeypatch.delenv("HARNESS_TEST_NEW", raising=False)
+    with contextlib.suppress(RuntimeError), environ(HARNESS_TEST_KEPT="inside", HARNESS_TEST_NEW="inside"):
+        assert (os.environ["HARNESS_TEST_KEPT"], os.environ["HARNESS_TEST_NEW"]) == ("inside", "inside")
+        raise RuntimeError  # a failing block restores them too
+    assert os.environ["HARNESS_TEST_KEPT"] == "before" and "HARNESS_TEST_NEW" not in os.environ
 
 
 def test_an_unreachable_database_is_one_line():

@@ -153,6 +153,7 @@ def test_publish_writes_each_record_as_its_run_finishes(store, mini, env_with, w
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]  # killed in b_long, before the batch's own export
     records = [json.loads(f.read_text()) for f in (store.parent / "results").rglob("*.json")]
     assert [(r["run_name"], r["status"]) for r in records] == [("a_short-s0", "FINISHED")], p.stderr[-3000:]
+    assert "results: wrote " in p.stderr and "Downloading artifacts" not in p.stderr, p.stderr[-3000:]  # --no-progress
 
 
 def test_readme_figures_are_the_reports():

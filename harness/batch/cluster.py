@@ -106,17 +106,13 @@ def on_loopback():
     it starts keep their copy of it, and a later `--address` batch in this process gets Ray's default back."""
     from ray._private import ray_constants
 
-    before = os.environ.get(LOOPBACK_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOOPBACK_SWITCH] = "0"
+    before = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False  # Ray read the variable at its import, which may have come first
     try:
-        yield
+        with tracking.environ(**{LOOPBACK_SWITCH: "0"}):
+            yield
     finally:
-        if before[0] is None:
-            os.environ.pop(LOOPBACK_SWITCH, None)
-        else:
-            os.environ[LOOPBACK_SWITCH] = before[0]
-        ray_constants.ENABLE_RAY_CLUSTER = before[1]
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 def start(ray, cluster: Cluster, jobs: int, device: torch.device) -> tuple[int, float, str]:

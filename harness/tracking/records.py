@@ -43,7 +43,6 @@ DROPPED_TAGS = ("imported_from", TIMES_TAG)  # where a record came from is this 
 
 def record_of(c, run) -> dict:
     """The record of one MLflow run, as `run --offline` writes it, plus `format`."""
-    import mlflow
 
     tags = {k: v for k, v in run.data.tags.items()
             if (not k.startswith("mlflow.") or k.startswith(KEPT_MLFLOW_TAGS)) and k not in DROPPED_TAGS}
@@ -61,10 +60,20 @@ def record_of(c, run) -> dict:
     exp = c.get_experiment(run.info.experiment_id)
     rec = {"format": FORMAT, "group": exp.name, "run_name": run.info.run_name, "status": run.info.status,
             "tags": tags, "params": dict(run.data.params),
-            "spec_yaml": mlflow.artifacts.load_text(f"{run.info.artifact_uri}/spec.yaml"),
+            "spec_yaml": _spec_yaml(run),
             "history": [by_step[s] for s in sorted(by_step)], "summary": summary, "final": final,
             "dataset": _dataset_of(run), **_times_of(run)}
     return {**rec, "digest": content_digest(rec)}
+
+
+def _spec_yaml(run) -> str:
+    """The run's spec.yaml artifact. MLflow draws a progress bar for each download, even of this 1 kB file, and
+    reads its switch from the environment at each one: the switch is off for this download only, so a batch's
+    log (`--no-progress`) does not get a bar per record it publishes."""
+    import mlflow
+
+    with tracking.environ(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        return mlflow.artifacts.load_text(f"{run.info.artifact_uri}/spec.yaml")
 
 
 def _times_of(run) -> dict:
@@ -137,7 +146,6 @@ def export_results(out: Path) -> int:
     if db is not None and not db.is_file():  # reading must not create an empty store
         print(f"results: no MLflow store at {db}; nothing to export", file=sys.stderr)
         return 0
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per run's spec.yaml is noise
     c = tracking.client()
     records = {}
     for run in finished_runs(c):

@@ -7,6 +7,7 @@ plain file store, so the default is SQLite with artifacts in a folder beside it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,22 @@ DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 
 def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_URI)
+
+
+@contextlib.contextmanager
+def environ(**values: str):
+    """Environment variables set for one block, and each restored (or removed) after it: MLflow and Ray read some
+    switches from the environment at each use, and a switch meant for one call must not outlive it."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def sqlite_file(uri: str | None = None) -> Path | None:
