@@ -138,7 +138,7 @@ def test_the_logged_model_loads_where_harness_cannot_be_imported(store, mini, tm
 
 
 @pytest.mark.slow
-def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(store, mini, tmp_path, capsys, write_spec,
+def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(store, mini, tmp_path, write_spec,
                                                                               env_with, free_port):
     spec = write_spec(tmp_path / "experiments" / "table6", "tiny", "description: depth 8, a test\n" + FAST)
     other = write_spec(tmp_path / "experiments" / "ablations", "tiny_offline", FAST.replace("[0]", "[1]"))
@@ -162,10 +162,6 @@ def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(st
                                             "filter": "dataset.name = 'cifar10-mini.npz'"})
         exp = _get(base, "experiments/get-by-name", experiment_name="table6")["experiment"]
         imported = _get(base, "runs/get", run_id=runs["ablations"].info.run_id)["run"]
-    with capsys.disabled():
-        print("\nREST runs/get (dataset, source, model):", json.dumps(
-            {"dataset_input": ds, "source_tags": {k: v for k, v in tags.items() if k.startswith("mlflow.")},
-             "model_output": out, "logged_model": model["info"]}, indent=1))
     assert tags["mlflow.source.type"] == "LOCAL" and len(tags["mlflow.source.git.commit"]) >= 7
     assert tags["mlflow.note.content"] == "depth 8, a test"
     assert ds["dataset"]["name"] == "cifar10-mini.npz" and ds["dataset"]["digest"] == tags["data_id"].split(":")[1]
