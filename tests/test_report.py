@@ -192,7 +192,8 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, w
     assert row.best_seed <= row.measured_mean
     lad = (out / "ladder.md").read_text()
     assert re.search(r"\| 3_multistep \|  \| 3661/407 \| \d+\.\d\d \(n=1\) \|", lad), lad  # a rerun replaces its run
-    assert re.search(r"\| paper_resnet32 \| .* \| noise unknown: n=1 in the previous rung \|", lad), lad
+    assert re.search(r"\| paper_resnet32 \| .* \| (within|outside) seed noise \(p=\d\.\d\d\), taking this rung's seed "
+                     r"spread for the previous rung \(n=1\) \|", lad), lad  # two seeds against one
     assert "the ladder runs backwards" not in lad  # that reading is of a short run, and this is budget 1
     ladder_before = (out / "ladder.md").read_bytes()
 
