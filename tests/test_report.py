@@ -91,10 +91,10 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     lad = (out / "ladder.md").read_text()
     assert "| 0_seed |" in lad and "| paper_resnet32 |" in lad
     summary = (out / "summary.md").read_text()  # the ablations' effects, the diverged one in its table row only
-    assert "against the ablations' baseline (ablations/baseline, trained on 3661/407):\n- fc_relu (ReLU after the " \
-        "fc layer): " in summary, summary
-    assert re.search(r"- fc_relu \(ReLU after the fc layer\): (\d+\.\d\d) vs (\d+\.\d\d) \([+-]\d+\.\d\d points; "
-                     r"noise unknown: n=1 in this row, n=1 in the baseline\)\n<!-- summary:end -->", summary), summary
+    assert "against the ablations' baseline (ablations/baseline, trained on 3661/407):\n- fc_relu — ReLU after the " \
+        "fc layer: " in summary, summary
+    assert re.search(r"- fc_relu — ReLU after the fc layer: (\d+\.\d\d) vs (\d+\.\d\d) \([+-]\d+\.\d\d points; "
+                     r"noise unknown: n=1 in fc_relu, n=1 in the baseline\)\n<!-- summary:end -->", summary), summary
     assert "- a_diverges" not in summary
 
     # Rerun: the plan sees everything done (the diverged run is not retried) and trains nothing.

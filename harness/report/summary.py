@@ -117,8 +117,8 @@ def ablation_effects(df: pd.DataFrame, descriptions: dict) -> list[str]:
     lines = []
     for r in compare_rows(df[df.group == "ablations"], base, names):
         what = descriptions.get(("ablations", r.name), "")
-        lines.append(f"- {r.name}{f' ({what})' if what else ''}: {r.s.mean:.2f} vs {b.mean:.2f} "
-                     f"({r.delta:+.2f} points; {r.noise})")
+        lines.append(f"- {r.name}{f' — {what}' if what else ''}: {r.s.mean:.2f} vs {b.mean:.2f} "
+                     f"({r.delta:+.2f} points; {noise_verdict(r.s.values, b.values, (r.name, 'the baseline'))})")
     return lines
 
 
