@@ -15,6 +15,7 @@ import pandas as pd
 from harness.core.groups import REPORTED
 from harness.errors import UserError
 from harness.tracking import store as tracking
+from harness.tracking.inputs import NOTE
 from harness.tracking.records import TIMES_TAG
 
 GROUPS = tuple(g.name for g in REPORTED)
@@ -43,13 +44,21 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
                 "split": split_of(t.get("data", "")),
                 "status": r.info.status, "failure": t.get("failure", ""), "official": t.get("official_test_set"),
                 "arch": p.get("model.arch"), "depth": int(p.get("model.depth", 0)),
-                "description": "", "start_time": r.info.start_time or 0,
+                "description": t.get(NOTE, "").replace("|", "/"), "start_time": r.info.start_time or 0,
                 "end_time": 0 if TIMES_TAG in t else (r.info.end_time or 0),  # an import's time dates no page
                 "test_error": m.get("test_error", math.nan), "val_error": m.get("val_error", math.nan),
                 "train_error": m.get("train_error", math.nan),
                 "best_test_error_over_training": min((v for _, v in hist), default=math.nan),
             })
     return pd.DataFrame(rows)
+
+
+def descriptions(df: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(group, spec name) -> the description its newest run trained under (its `mlflow.note.content`, which the
+    record keeps), for the "what changed" columns: the pages come from the runs alone, so `make report` on a fresh
+    clone writes them as they were, whatever the spec files say now."""
+    ordered = df.sort_values("start_time") if len(df) else df
+    return {(r.group, r.spec): r.description for r in ordered.itertuples() if r.description}
 
 
 def split_of(data: str) -> str:

@@ -16,9 +16,9 @@ import pandas as pd
 
 from harness.core.groups import REPORTED, load_paper
 from harness.core.models import ARCHS
-from harness.core.spec import load_specs
 from harness.report.campaign import (
     campaigns,
+    descriptions,
     load_runs,
     newest_per_spec,
     pick_campaign,
@@ -61,14 +61,6 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
     return 0
 
 
-def descriptions_of_specs() -> dict[tuple[str, str], str]:
-    """(group, spec name) -> the spec's description, for the "what changed" columns; an invalid spec is named by
-    `table` already and only loses its description here, so a report still comes out."""
-    return {(g.name, path.stem): spec.description.replace("|", "/")
-            for g in REPORTED if g.folder.exists()
-            for path, spec in load_specs([str(g.folder)])[0]}
-
-
 def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: float, official: bool, out: Path):
     """Error vs depth and the Fig. 6 curves of the Table 6 runs (where the campaign has any), the ladder's bars."""
     data = sorted(set(df.data))[0] if len(df) else ""
@@ -105,7 +97,7 @@ def write_reports(out: Path = Path("reports"), budget: float | None = None, data
     official = is_cifar10(df[df.group == "table6"])  # from what the runs trained on, not their tags alone
     paper = load_paper()
     out.mkdir(parents=True, exist_ok=True)
-    desc = descriptions_of_specs()
+    desc = descriptions(df)
     tab, bars, written = pd.DataFrame(), [], []
     if (df.group == "table6").any():
         tab = table6(df, paper, budget, official, out)
