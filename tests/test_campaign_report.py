@@ -3,11 +3,13 @@
 import re
 import shutil
 
+import pandas as pd
 import pytest
 
 from harness.cli import main
 from harness.report.curves import mean_curve
 from harness.report.labels import budget_words, campaign_label, row_label
+from harness.report.summary import depth_effects
 
 from .helpers import ROOT
 
@@ -70,3 +72,15 @@ def test_make_report_rewrites_the_campaign_block_of_the_readme(tmp_path, monkeyp
     before = text
     assert main(["report", "--all"]) == 0  # a second report: the same block, byte for byte
     assert readme.read_text() == before
+
+
+def test_depth_effects_judge_the_deepest_against_the_shallowest_and_list_the_depths_between():
+    rows = [("resnet", 20, 28.2), ("resnet", 20, 28.9), ("resnet", 20, 27.6), ("resnet", 32, 38.0),
+            ("resnet", 56, 41.4), ("plain", 20, 27.5), ("plain", 56, 68.5)]
+    df = pd.DataFrame([{"group": "table6", "status": "FINISHED", "arch": a, "depth": d, "test_error": e}
+                       for a, d, e in rows] + [{"group": "table6", "status": "FAILED", "arch": "plain", "depth": 32,
+                                                "test_error": 90.0}])  # a failed run is no depth
+    assert depth_effects(df) == [
+        "- plain-20 → plain-56: 27.50 → 68.50 (+41.00 points; noise unknown: n=1 in plain-56, n=1 in plain-20)",
+        "- ResNet-20 → ResNet-56: 28.23 → 41.40 (+13.17 points; outside seed noise (p=0.00), taking ResNet-20's seed "
+        "spread for ResNet-56 (n=1)); depth 20, 32, 56: 28.23, 38.00, 41.40"]

@@ -90,18 +90,20 @@ def rows(df: pd.DataFrame, paper: dict, budget: float) -> list[Row]:
 
 def depth_effects(df: pd.DataFrame) -> list[str]:
     """Shallowest against deepest Table 6 net of each architecture, with its seed noise: the claim of Fig. 6 (a
-    deeper plain net ends worse, a deeper ResNet does not)."""
+    deeper plain net ends worse, a deeper ResNet does not); with the depths between, whether the trend is one."""
     t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
     lines = []
     for arch in sorted((a for a in ARCHS.values() if a.fig6_panel is not None), key=lambda a: a.fig6_panel):
         depths = sorted(set(t6[t6.arch == arch.name].depth))
         if len(depths) < 2:
             continue
-        lo, hi = (t6[(t6.arch == arch.name) & (t6.depth == d)].test_error.to_numpy(dtype=float) for d in
-                  (depths[0], depths[-1]))
+        errors = {d: t6[(t6.arch == arch.name) & (t6.depth == d)].test_error.to_numpy(dtype=float) for d in depths}
+        lo, hi = errors[depths[0]], errors[depths[-1]]
         a, b = f"{arch.label}-{depths[0]}", f"{arch.label}-{depths[-1]}"
+        between = (f"; depth {', '.join(map(str, depths))}: {', '.join(f'{e.mean():.2f}' for e in errors.values())}"
+                   if len(depths) > 2 else "")
         lines.append(f"- {a} → {b}: {lo.mean():.2f} → {hi.mean():.2f} ({hi.mean() - lo.mean():+.2f} points; "
-                     f"{noise_verdict(hi, lo, (b, a))})")
+                     f"{noise_verdict(hi, lo, (b, a))}){between}")
     return lines
 
 
