@@ -108,15 +108,16 @@ def depth_effects(df: pd.DataFrame) -> list[str]:
 
 
 def ablation_effects(df: pd.DataFrame, descriptions: dict) -> list[str]:
-    """Each finished ablation against the ablations' baseline (their own 45k/5k split), with its seed noise: one
-    factor's cost, e.g. the ImageNet stem's, in the campaign's own figures."""
+    """Each finished ablation against the ablations' baseline (their own 45k/5k split), with its seed noise, under
+    a line naming that baseline: one factor's cost, e.g. the ImageNet stem's, in the campaign's own figures."""
     base = runs_of(df, ABLATION_BASELINE)
     done = df[(df.group == "ablations") & (df.status == "FINISHED")]
     names = sorted(set(done.spec) - {ABLATION_BASELINE[1]})
     if base.empty or not names:
         return []
     b = summarize(base)
-    lines = []
+    lines = ["", f"One factor away from the paper's ResNet-32 recipe, final test error against the ablations' "
+             f"baseline ({ABLATION_BASELINE[0]}/{ABLATION_BASELINE[1]}, trained on {splits(base)}):"]
     for r in compare_rows(df[df.group == "ablations"], base, names):
         what = descriptions.get(("ablations", r.name), "")
         lines.append(f"- {r.name}{f' — {what}' if what else ''}: {r.s.mean:.2f} vs {b.mean:.2f} "
@@ -140,11 +141,7 @@ def block(df: pd.DataFrame, paper: dict, budget: float, descriptions: dict) -> l
     if effects := depth_effects(df):
         lines += ["", "Depth, final test error (Fig. 6: a deeper plain net ends worse, a deeper ResNet does not):",
                   *effects]
-    if effects := ablation_effects(df, descriptions):
-        split = splits(runs_of(df, ABLATION_BASELINE))
-        lines += ["", f"One factor away from the paper's ResNet-32 recipe, final test error against the ablations' "
-                  f"baseline ({ABLATION_BASELINE[0]}/{ABLATION_BASELINE[1]}, trained on {split}):", *effects]
-    return [*lines, END]
+    return [*lines, *ablation_effects(df, descriptions), END]
 
 
 def write_summary(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path,

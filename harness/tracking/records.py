@@ -43,7 +43,6 @@ DROPPED_TAGS = ("imported_from", TIMES_TAG)  # where a record came from is this 
 
 def record_of(c, run) -> dict:
     """The record of one MLflow run, as `run --offline` writes it, plus `format`."""
-
     tags = {k: v for k, v in run.data.tags.items()
             if (not k.startswith("mlflow.") or k.startswith(KEPT_MLFLOW_TAGS)) and k not in DROPPED_TAGS}
     by_step: dict[int, dict] = {}
