@@ -87,7 +87,7 @@ def cmd_table(a) -> int:
         raise UserError(f"{a.campaign}: --campaign names its specs and budget itself; expected no spec folders and "
                         f"no --budget with it, got {' '.join(a.folders) or '--budget ' + format(a.budget, 'g')}")
     code, data_id = table(a.folders, batch_options(a), a.overrides, 1.0 if a.budget is None else a.budget,
-                          a.include_heavy, a.campaign)
+                          a.include_heavy, a.campaign, results_dir())
     if not a.publish:
         print("table: records stay in the MLflow store (--publish: also results/, reports/)", file=sys.stderr)
         return code

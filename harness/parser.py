@@ -20,8 +20,8 @@ DATA_HELP = (f"an .npz (x_train, y_train, x_test, y_test) or a folder with cifar
              f"{DEFAULT_DATA!r}, set by $HARNESS_DATA)")
 DEVICE_HELP = "cpu, cuda or cuda:N (default: cuda if PyTorch sees a GPU, else cpu)"
 SET_HELP = "override a spec field, e.g. --set model.depth=56 or --set 'seeds=[0,1]' (a YAML value; repeatable)"
-BUDGET_HELP = ("fraction of the paper's iterations (1.0 = 64k, 0.001 = 64); milestones, patience and warm-up "
-               "scale with it")
+BUDGET_HELP = ("fraction of the paper's iterations (1.0 = 64k, 0.001 = 64); milestones and the warm-up ramp "
+               "scale with it, plateau and early-stopping patience do not")
 
 
 def _set_and_budget_args(p: argparse.ArgumentParser, budget: float = 1.0, budget_help: str = BUDGET_HELP) -> None:
@@ -140,7 +140,8 @@ def _validate_parser(sub) -> None:
 
 def _bench_parser(sub) -> None:
     b = sub.add_parser("bench", help="training throughput: DataLoader loop vs ours, MLflow overhead")
-    b.add_argument("--model", default="resnet20", help="resnet20, resnet32, ... (CIFAR ResNet of that depth)")
+    b.add_argument("--model", default="resnet20",
+                   help="resnetN or plainN (CIFAR nets of depth 6n+2: resnet20, plain32, ...), torchvision_resnet34")
     b.add_argument("--iters", type=int, default=10, help="timed iterations per variant")
     b.add_argument("--warmup", type=int, default=3, help="untimed iterations per variant")
     b.add_argument("--batch-size", type=int, default=128)
@@ -176,6 +177,8 @@ def _table_parser(sub) -> None:
                         "ordered specs and seeds); --set adds overrides, folders and --budget are refused")
     t.set_defaults(budget=None)  # 1.0 unless --campaign, whose file says its budget
     t.add_argument("--include-heavy", action="store_true", help="also run specs marked heavy (ResNet-1202)")
+    t.add_argument("--force", action="store_true",
+                   help="train every run again, even one the store or results/ (a committed record) holds finished")
     _publish_arg(t, " and the reports (`report --all`; what `make reproduce-table` does)")
     t.add_argument("--no-report", action="store_true", help="with --publish: do not write the reports afterwards")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")

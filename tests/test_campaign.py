@@ -1,5 +1,7 @@
 """Campaign files (`table --campaign FILE`): the same runs, hashes and order as the `run` commands they stand for."""
 
+import shutil
+
 import pytest
 import yaml
 
@@ -55,6 +57,45 @@ def test_a_campaign_skips_what_its_run_commands_finished(store, mini, capsys, wr
     assert "plan: 2 runs in total, 2 already done, 0 to do" in capsys.readouterr().err
     assert sorted(p.name.rsplit("-", 1)[0] for p in (store.parent / "results/table6").glob("*.json")) == [
         "plain8-s0-b0.5", "resnet8-s1-b0.5"]  # exported after each command
+    # A fresh machine: no store, the committed records only. Nothing is trained again, unless --force.
+    shutil.rmtree(store)
+    store.mkdir()
+    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--no-report"]) == 0
+    err = capsys.readouterr().err
+    assert "plan: 2 runs in total, 2 already done (2 of them by their records in results/), 0 to do" in err, err
+    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--no-report",
+                 "--force"]) == 0
+    assert "plan: 2 runs in total, 0 already done, 2 to do" in capsys.readouterr().err
+
+
+def test_a_variant_is_one_line_of_a_campaign_with_its_own_set_name_and_budget(tmp_path, monkeypatch, write_spec):
+    """An entry's `set` and `budget` resolve as `run SPEC --budget B --set ...` would (the same hash), under the
+    entry's own name, and its description says what the variant changed."""
+    monkeypatch.chdir(tmp_path)
+    write_spec(tmp_path / "experiments" / "table6", "resnet8")
+    camp = tmp_path / "c.yaml"
+    camp.write_text(yaml.safe_dump({"budget": 0.5, "overrides": ["eval_points=2"], "runs": [
+        {"spec": "experiments/table6/resnet8.yaml", "seeds": [0]},
+        {"spec": "experiments/table6/resnet8.yaml", "seeds": [0], "name": "resnet8_flip", "budget": 1.0,
+         "set": ["data.augment=flip", "batch_size=16"]}]}))
+    plain, variant = campaign_runs(camp)
+    assert (plain.run_name, variant.run_name) == ("resnet8-s0-b0.5", "resnet8_flip-s0")
+    assert (variant.spec.data.augment, variant.spec.batch_size, variant.spec.schedule.total_iters) == ("flip", 16, 12)
+    assert variant.spec.description.endswith("This variant: data.augment=flip; batch_size=16")
+    (by_hand,) = collect_runs(["experiments/table6/resnet8.yaml"], ["eval_points=2", "data.augment=flip",
+                                                                     "batch_size=16", "seeds=[0]"], 1.0).runs
+    assert by_hand.spec_hash(FULL_ID) == variant.spec_hash(FULL_ID) != plain.spec_hash(FULL_ID)
+
+
+def test_the_why_campaign_runs_about_22_epochs_each_in_its_slices_order(monkeypatch):
+    """experiments/campaigns/cpu-why.yaml: every run sees 1.024 M images (batch 128 at 1/8, batch 256 at 1/16);
+    the augmentation slice first, on the log's net and recipe."""
+    monkeypatch.chdir(ROOT)
+    runs = campaign_runs(ROOT / "experiments/campaigns/cpu-why.yaml")
+    assert {r.spec.batch_size * r.spec.schedule.total_iters for r in runs} == {1_024_000}
+    assert [(r.name, r.seed, r.spec.data.augment) for r in runs[:3]] == [
+        ("adam_no_augment", 0, "none"), ("adam", 0, "flip"), ("adam_crop_flip", 0, "crop_flip")]
+    assert len({(r.group, r.run_name) for r in runs}) == len(runs)  # no two runs share a record file name
 
 
 def test_a_bad_campaign_file_is_one_line(store, mini, capsys, write_spec):
@@ -62,12 +103,23 @@ def test_a_bad_campaign_file_is_one_line(store, mini, capsys, write_spec):
     write_spec(store.parent / "experiments" / "table6", "resnet8")
     cases = {
         "budget: 0.5\nruns: [{spec: experiments/table6/resnet8.yaml, seed: [0]}]\n":
-            "c.yaml: runs.0.seed: unknown key (expected one of: seeds, spec)",
+            "c.yaml: runs.0.seed: unknown key (expected one of: budget, name, seeds, set, spec)",
         "budget: 0.5\nrun: []\n": "c.yaml: run: unknown key (expected one of: budget, description, overrides, runs)",
         "budget: 0.5\nruns: [{spec: experiments/table6/nope.yaml, seeds: [0]}]\n":
             "c.yaml: runs.0.spec: experiments/table6/nope.yaml: spec file not found",
         "budget: -1\nruns: [{spec: experiments/table6/resnet8.yaml, seeds: [0]}]\n": "c.yaml: budget: ",
         "budget: 0.5\nbudget: 1\nruns: []\n": "c.yaml: key 'budget' given twice (line 1 and line 2)",
+        "budget: 0.5\nruns: [{spec: experiments/table6/resnet8.yaml, seeds: [0], set: [batch_size=16]}]\n":
+            "c.yaml: runs.0: name: expected a name for this variant of experiments/table6/resnet8.yaml "
+            "(its set: batch_size=16 makes other runs than the spec's own",
+        "budget: 0.5\nruns: [{spec: experiments/table6/resnet8.yaml, seeds: [0], name: b, set: [batch_size=0]}]\n":
+            "c.yaml: runs.0: experiments/table6/resnet8.yaml: batch_size: Input should be greater than or equal to 1",
+        "budget: 0.5\nruns: [{spec: experiments/table6/resnet8.yaml, seeds: [0], name: b, set: [batch_size]}]\n":
+            "c.yaml: runs.0: experiments/table6/resnet8.yaml: --set batch_size: expected KEY.PATH=VALUE",
+        "budget: 0.5\nruns: [{spec: experiments/table6/resnet8.yaml, seeds: [0], name: ../b, set: [x=1]}]\n":
+            "c.yaml: runs.0: name: expected letters, digits",
+        "budget: 0.5\nruns: [{spec: experiments/table6/resnet8.yaml, seeds: [0], budget: 0}]\n":
+            "c.yaml: runs.0.budget: Input should be greater than 0",
     }
     for text, message in cases.items():
         camp.write_text(text)

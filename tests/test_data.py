@@ -7,7 +7,15 @@ import torch
 
 from harness.cli import main
 from harness.core.checkpoint import LoopState
-from harness.core.data import DeviceData, augment, cifar10_test_error, load_arrays, split_indices, to_device
+from harness.core.data import (
+    DeviceData,
+    augment,
+    cifar10_test_error,
+    load_arrays,
+    split_indices,
+    to_device,
+    train_batch,
+)
 from harness.core.spec import DataSpec, RunSpec, Spec
 from harness.core.train import next_batch
 from harness.errors import DataError
@@ -196,3 +204,19 @@ def test_an_npz_holding_pickled_objects_is_refused_unread(tmp_path):
         load_arrays(evil)
     assert len(str(e.value).splitlines()) == 1 and str(evil) in str(e.value)
     assert not marker.exists()
+
+
+def test_flip_only_mirrors_whole_images_and_never_shifts_them(mini):
+    """data.augment: flip (the seed log's week-0 augmentation): each image is itself or its mirror, both occur;
+    none gives the normalised images as they are; crop_flip shifts some of them."""
+    a = load_arrays(mini)
+    d = to_device(a, DataSpec(val_fraction=0.1), torch.device("cpu"), torch.float32)
+    idx = torch.arange(64)
+    plain, _ = train_batch(d, idx, "none", torch.Generator().manual_seed(0))
+    flipped, _ = train_batch(d, idx, "flip", torch.Generator().manual_seed(0))
+    same = [torch.equal(f, p) for f, p in zip(flipped, plain, strict=True)]
+    mirrored = [torch.equal(f, p.flip(2)) for f, p in zip(flipped, plain, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True))
+    assert 10 < sum(mirrored) < 54 and 10 < sum(same) < 54
+    cropped, _ = train_batch(d, idx, "crop_flip", torch.Generator().manual_seed(0))
+    assert sum(not (torch.equal(c, p) or torch.equal(c, p.flip(2))) for c, p in zip(cropped, plain, strict=True)) > 32

@@ -71,7 +71,7 @@ def test_rung_0_is_the_seed_logs_setup():
     assert round(count_params(build_model(spec.model)) / 1e6, 2) == 21.29
     assert (o.name, o.lr, o.betas, o.weight_decay) == ("adam", 1e-3, (0.9, 0.999), 0.0)
     assert (spec.batch_size, d.val_fraction, spec.dtype) == (256, 0.05, "float64")
-    assert (d.mean, d.augment, d.test_time_mean) == ("per_pixel", True, True)
+    assert (d.mean, d.augment, d.test_time_mean) == ("per_pixel", "crop_flip", True)
     per_epoch = iterations_per_epoch(spec)  # the log counts in epochs, the schedule in iterations
     assert per_epoch == 185  # floor(47500/256): train.next_batch starts a new permutation before a short batch
     assert (s.name, s.mode, s.gamma, s.total_iters) == ("plateau", "min", 0.1, 5000 * per_epoch)

@@ -55,6 +55,8 @@ MALFORMED = [
      ["seeds", "below 2**63", "18446744073709551616"]),
     ("negative_seed", TINY.replace("seeds: [0]", "seeds: [-1]"), ["seeds", "non-negative", "-1"]),
     ("seed_twice", TINY.replace("seeds: [0]", "seeds: [0, 0]"), ["seeds", "distinct", "0 more than once"]),
+    ("threshold_of_one", TINY.replace("total_iters: 12", "total_iters: 12, threshold: 1"),
+     ["schedule.threshold", "less than 1", "got 1"]),
     ("more_eval_points_than_iterations", TINY.replace("eval_points: 4", "eval_points: 13"),
      ["eval_points", "at most schedule.total_iters=12", "got 13"]),
 ]
@@ -173,7 +175,7 @@ def test_paper_recipe_in_table6_specs():
         assert (o.name, o.lr, o.momentum, o.weight_decay) == ("sgd", 0.1, 0.9, 1e-4)
         assert (s.schedule.name, s.schedule.milestones, s.schedule.total_iters, s.schedule.gamma) == \
             ("multistep", [32000, 48000], 64000, 0.1)
-        assert (s.batch_size, s.data.val_fraction, s.data.mean, s.data.augment) == (128, 0, "per_pixel", True)
+        assert (s.batch_size, s.data.val_fraction, s.data.mean, s.data.augment) == (128, 0, "per_pixel", "crop_flip")
         assert not s.data.has_validation and s.dtype == "float32" and not s.channels_last
         assert (s.schedule.warmup is not None) == (depth in (110, 1202))
         if s.schedule.warmup:  # the paper's rule, and our cap on it named in the file itself
@@ -291,7 +293,42 @@ def test_new_spec_fields_at_their_default_leave_the_hash_alone():
         return run.spec_hash(data_id)
 
     assert hash_with() == hash_with("model.init=he") == hash_with("model.bn_batch=null") == "9103120fb7e2d533"
-    assert len({hash_with(), hash_with("model.init=torchvision"), hash_with("model.bn_batch=64")}) == 3
+    assert hash_with("schedule.threshold=1.0e-4") == hash_with("data.augment=crop_flip") == "9103120fb7e2d533"
+    # the path a run is computed on is not the run: a campaign moved to the fast path still finds its records
+    assert hash_with("channels_last=true") == hash_with("compile=true") == "9103120fb7e2d533"
+    assert len({hash_with(), hash_with("model.init=torchvision"), hash_with("model.bn_batch=64"),
+                hash_with("schedule.threshold=1.0e-5")}) == 4
+
+
+def test_augment_names_none_flip_or_crop_flip_and_its_old_bools_keep_their_hashes(tmp_path, capsys, write_spec):
+    """data.augment: the old true/false read as crop_flip/none and hash as they did, flip only is a run of its own,
+    and anything else is one line naming the key and the three values."""
+    path = ROOT / "experiments/table6/resnet20.yaml"
+
+    def hash_with(value):
+        return resolve_runs(path, load_spec(path, [f"data.augment={value}"]), 1.0)[0].spec_hash("d")
+
+    assert load_spec(path, ["data.augment=true"]).data.augment == "crop_flip"
+    assert load_spec(path, ["data.augment=false"]).data.augment == "none"
+    assert hash_with("true") == hash_with("crop_flip") != hash_with("false") == hash_with("none")
+    assert len({hash_with("crop_flip"), hash_with("none"), hash_with("flip")}) == 3
+    bad = write_spec(tmp_path, "rotate", TINY.replace("val_fraction: 0.1", "val_fraction: 0.1, augment: rotate"))
+    assert main(["validate", str(bad)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {bad}: data.augment: ") and all(v in line for v in ("'none'", "'flip'",
+                                                                                      "'crop_flip'", "rotate"))
+
+
+def test_plateau_and_early_stopping_patience_stay_as_the_spec_says_at_any_budget():
+    """The seed log's SGD run held lr 0.1 for 223 epochs: at ~20 epochs its plateau has not fired, so a short run
+    keeps the spec's patience (it does not compress a long run's decays into its first epochs)."""
+    path = ROOT / "experiments/seedlog/sgd_plateau.yaml"
+    for budget in (1.0, 0.0625):
+        s = resolve_runs(path, load_spec(path), budget)[0].spec.schedule
+        assert (s.patience, s.early_stopping_patience) == (37000, None)
+    s = resolve_runs(ROOT / "experiments/seedlog/adam.yaml", load_spec(ROOT / "experiments/seedlog/adam.yaml"),
+                     0.0625)[0].spec.schedule
+    assert (s.total_iters, s.patience, s.early_stopping_patience) == (4000, 185000, 92500)
 
 
 def test_bn_batch_must_tile_the_batch(tmp_path, capsys, write_spec):

@@ -22,6 +22,7 @@ from harness.core.groups import GROUPS
 from harness.core.spec import RunSpec
 from harness.errors import SpecError
 from harness.tracking import store as tracking
+from harness.tracking.records import committed
 
 DEFAULT_FOLDERS = tuple(str(g.folder) for g in GROUPS if g.trained)
 
@@ -31,38 +32,50 @@ class TableResult(NamedTuple):
     data_id: str  # the data the runs trained on: which campaign a report of this table is of
 
 
-def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunSpec]:
-    """Print what will run and how long it should take; returns the runs still to do."""
-    c = tracking.client()
-    todo, done = [], 0
-    for r in runs:
-        found = tracking.find_run(c, tracking.experiment_id(c, r.group), r.spec_hash(arrays.data_id))
-        if found is not None and (found.info.status == "FINISHED" or found.data.tags.get("failure") == "diverged"):
-            done += 1
-        else:
-            todo.append(r)
-    spg = seconds_per_gflop(device) if todo else 0.0
-    eta = sum(gflops_on_data(r, arrays) for r in todo) * spg
-    print(f"plan: {len(runs)} runs in total, {done} already done, {len(todo)} to do; "
-          f"ETA {eta / 60:.0f} min on {device} one run at a time (measured {1 / spg if spg else 0:.1f} GFLOP/s "
-          "training rate; each finished run re-estimates the time left from the batch's own rate)",
-          file=sys.stderr, flush=True)
-    if todo:
-        print(f"plan: to do, in this order: {', '.join(f'{r.group}/{r.run_name}' for r in todo)}", file=sys.stderr)
-    return todo
+def planner(records: Path | None):
+    """The plan of a table: a run is done when the store holds it finished (or diverged) or when `records` (the
+    committed results/, None under --force) holds its record, so a fresh machine trains only what no one has."""
+
+    def plan(runs: list[RunSpec], arrays: Arrays, device: torch.device) -> list[RunSpec]:
+        """Print what will run and how long it should take; returns the runs still to do."""
+        c = tracking.client()
+        todo, in_store, in_records = [], 0, 0
+        for r in runs:
+            spec_hash = r.spec_hash(arrays.data_id)
+            found = tracking.find_run(c, tracking.experiment_id(c, r.group), spec_hash)
+            if found is not None and (found.info.status == "FINISHED" or found.data.tags.get("failure") == "diverged"):
+                in_store += 1
+            elif records is not None and committed(records, r.group, r.run_name, spec_hash):
+                in_records += 1
+            else:
+                todo.append(r)
+        spg = seconds_per_gflop(device) if todo else 0.0
+        eta = sum(gflops_on_data(r, arrays) for r in todo) * spg
+        from_records = f" ({in_records} of them by their records in {records}/)" if in_records else ""
+        print(f"plan: {len(runs)} runs in total, {in_store + in_records} already done{from_records}, {len(todo)} to "
+              f"do; ETA {eta / 60:.0f} min on {device} one run at a time (measured {1 / spg if spg else 0:.1f} GFLOP/s "
+              "training rate; each finished run re-estimates the time left from the batch's own rate)",
+              file=sys.stderr, flush=True)
+        if todo:
+            print(f"plan: to do, in this order: {', '.join(f'{r.group}/{r.run_name}' for r in todo)}", file=sys.stderr)
+        return todo
+
+    return plan
 
 
 def table(folders: list[str], o: BatchOptions, overrides: list[str] = (), budget: float = 1.0,
-          include_heavy: bool = False, campaign: str | None = None) -> TableResult:
+          include_heavy: bool = False, campaign: str | None = None, records: Path | None = None) -> TableResult:
     """Train what is left of `folders` (default: DEFAULT_FOLDERS, those that exist), or of the campaign file
-    `campaign` (harness.core.campaign_file: its budget, overrides, specs and seeds, in its order)."""
+    `campaign` (harness.core.campaign_file: its budget, overrides, specs and seeds, in its order); a run whose
+    record `records` (results/) holds is done unless o.force."""
     found = Collected(campaign_runs(campaign, overrides), [], 1) if campaign else \
         _folder_runs(folders, overrides, budget, include_heavy)
     for e in found.errors:
         print(f"error: {e}", file=sys.stderr)
     bad = len(found.errors)
     note = f"; {bad} invalid spec(s) skipped, see the error lines above" if bad else ""
-    batch = run_batch(found.runs, o, Told(lambda r: f"{r.group}/{r.run_name}", "table", note), plan)
+    batch = run_batch(found.runs, o, Told(lambda r: f"{r.group}/{r.run_name}", "table", note),
+                      planner(None if o.force else records))
     return TableResult(2 if bad else 0 if batch.all_done else 1, batch.data_id)
 
 

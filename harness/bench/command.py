@@ -23,7 +23,7 @@ from harness.bench.grouped import bench_group
 from harness.bench.render import print_result
 from harness.core.data import DeviceData, load_arrays
 from harness.core.devices import check_jobs, device_name, pick_device, thread_share
-from harness.core.models import build_model, count_params, train_flops_per_image
+from harness.core.models import ARCHS, build_model, count_params, train_flops_per_image
 from harness.core.spec import ModelSpec
 from harness.errors import UserError
 
@@ -39,7 +39,7 @@ class Setup:
     images: np.ndarray
     labels: np.ndarray
     data: DeviceData  # the images on the device, for our rows
-    depth: int
+    net: ModelSpec  # the network every row trains
     flops: float  # training FLOPs per image of the model
     device: torch.device
     batch_size: int
@@ -52,7 +52,7 @@ class Setup:
 class BenchOptions:
     """The command's options, read once from its command line (cli.cmd_bench)."""
 
-    model: str = "resnet20"
+    model: str = "resnet20"  # resnetN, plainN or an architecture of fixed depth (torchvision_resnet34)
     iters: int = 10  # timed iterations per row
     warmup: int = 3
     batch_size: int = 128
@@ -89,7 +89,7 @@ def bench(o: BenchOptions) -> int:
     `jobs` runs at once, with `group` > 1 also rows ours_group1..K (K runs trained together, harness.core.grouped; with
     ours_graphed chosen, on CUDA, also ours_graphed_group1..K: the group's step under CUDA graphs), and
     print the result as a table or, with `as_json`, one JSON line."""
-    depth = _depth(o.model)
+    net = bench_model(o.model)
     check_jobs(o.jobs)
     sizes = group_sizes(o.group)
     wanted = [w for w in (o.variants or "").split(",") if w]
@@ -99,11 +99,10 @@ def bench(o: BenchOptions) -> int:
     if unknown := [w for w in wanted if w not in known]:
         raise UserError(f"--variants: unknown {', '.join(unknown)} on {dev.type}; expected some of "
                         f"{', '.join(known)}")
-    the_peer = peer_mod.load(o.peer, depth) if o.peer else None
+    the_peer = peer_mod.load(o.peer, _peer_depth(net)) if o.peer else None
     images, labels = _images(o.data)
-    setup = Setup(images, labels, timing.bench_data(images, labels, dev), depth,
-                  train_flops_per_image(build_model(ModelSpec(depth=depth))), dev, o.batch_size, o.iters, o.warmup,
-                  o.workers)
+    setup = Setup(images, labels, timing.bench_data(images, labels, dev), net,
+                  train_flops_per_image(build_model(net)), dev, o.batch_size, o.iters, o.warmup, o.workers)
     chosen = [v for v in known if v in wanted] if wanted else known if o.fast else ["dataloader", "ours"]
     if the_peer:
         chosen.insert(1 if "dataloader" in chosen else 0, "peer")
@@ -132,11 +131,27 @@ def group_sizes(text: str | int) -> list[int]:
     return sorted(set(sizes))
 
 
-def _depth(model: str) -> int:
-    name = model.lower()
-    if not name.startswith("resnet") or not name[6:].isdigit() or (int(name[6:]) - 2) % 6:
-        raise UserError(f"--model: expected resnetN with N = 6n+2 (resnet20, resnet32, ...), got {model}")
-    return int(name[6:])
+def bench_model(name: str) -> ModelSpec:
+    """--model: resnetN or plainN (the CIFAR nets of depth N = 6n+2), or an architecture whose layout fixes its
+    depth (torchvision_resnet34), so that every net a campaign trains can be timed before it trains."""
+    lowered = name.lower()
+    fixed = [a.name for a in ARCHS.values() if a.depth is not None]
+    if lowered in fixed:
+        return ModelSpec(arch=lowered)
+    for arch in (a.name for a in ARCHS.values() if a.depth is None):
+        digits = lowered.removeprefix(arch)
+        if lowered.startswith(arch) and digits.isdigit() and int(digits) >= 8 and (int(digits) - 2) % 6 == 0:
+            return ModelSpec(arch=arch, depth=int(digits))
+    raise UserError(f"--model: expected resnetN or plainN with N = 6n+2 (resnet20, plain32, ...) or one of "
+                    f"{', '.join(fixed)}, got {name}")
+
+
+def _peer_depth(net: ModelSpec) -> int:
+    """The peer (akamaster's resnet.py) builds the CIFAR ResNets only."""
+    if net.arch != "resnet":
+        raise UserError(f"--peer: the peer builds CIFAR ResNets only (resnetN); expected --model resnetN, got "
+                        f"{net.arch}")
+    return net.depth
 
 
 def _images(data: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +167,7 @@ def _row(s: Setup, row: Row, peer) -> dict:
     """One row timed, with its own peak memory."""
     timing.reset_peak_mem(s.device)
     print(f"bench: {row.name} ({s.iters} timed iterations after {s.warmup} warm-up)...", file=sys.stderr, flush=True)
-    common = (s.depth, s.batch_size, s.iters, s.warmup, s.device)
+    common = (s.net, s.batch_size, s.iters, s.warmup, s.device)
     jobs, runs = row.jobs, row.runs
     if row.variant == "dataloader":
         warm_s, secs = timing.bench_dataloader(s.images, s.labels, *common, s.workers)
@@ -198,7 +213,7 @@ def _result(s: Setup, variants: dict[str, dict], name: str, peer_where: str | No
     batch_s = timing.bench_batches(s.data, s.batch_size, max(s.iters, 5), s.device)
     eval_every = PAPER_ITERS // PAPER_EVAL_POINTS
     return {
-        "device": device_name(s.device), "model": name, "params": count_params(build_model(ModelSpec(depth=s.depth))),
+        "device": device_name(s.device), "model": name, "params": count_params(build_model(s.net)),
         "batch_size": s.batch_size, "iters": s.iters, "dataloader_workers": s.workers,
         "train_gflop_per_image": round(s.flops / 1e9, 3),
         "matmul_gflop_s": round(timing.matmul_gflops(s.device), 1),

@@ -17,11 +17,11 @@ from harness.core.spec import ModelSpec, RunSpec, Spec
 from harness.core.train import Trainee, next_batch
 
 
-def bench_group(data: DeviceData, depth: int, bs: int, iters: int, warmup: int, device: torch.device,
+def bench_group(data: DeviceData, net: ModelSpec, bs: int, iters: int, warmup: int, device: torch.device,
                 runs: int, **fast) -> tuple[float, float]:
     """(warm-up s, timed s) of warmup + iters steps of `runs` members trained together at lr 0.1; `fast` holds Spec
     fields, as for timing.bench_ours (compile="reduce-overhead": the group's step under CUDA graphs)."""
-    spec = Spec(model=ModelSpec(arch="resnet", depth=depth), batch_size=bs, **fast)
+    spec = Spec(model=net, batch_size=bs, **fast)
     members = [Trainee(RunSpec(spec=spec, group="bench", name="bench", seed=k, budget=1.0, source_file="-"),
                        data, device, progress=False) for k in range(runs)]
     for m in members:

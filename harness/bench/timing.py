@@ -62,12 +62,12 @@ def peak_mem_mb(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth: int, bs: int, iters: int, warmup: int,
+def bench_dataloader(images: np.ndarray, labels: np.ndarray, net: ModelSpec, bs: int, iters: int, warmup: int,
                      device: torch.device, workers: int) -> tuple[float, float]:
     """(warm-up s, timed s) of the baseline loop over warmup + iters batches: the baseline pipeline, a
     host-to-device copy per batch and `loss.item()` every step."""
     loader = pil_loader(images, labels, bs, workers, device.type == "cuda")
-    model, opt = seed0_model(Spec(model=ModelSpec(arch="resnet", depth=depth)), device)
+    model, opt = seed0_model(Spec(model=net), device)
     model.train()
 
     def batches():
@@ -91,11 +91,11 @@ def bench_dataloader(images: np.ndarray, labels: np.ndarray, depth: int, bs: int
     return t0 - start, time.perf_counter() - t0
 
 
-def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, before_timing=None, **fast):
+def bench_ours(data: DeviceData, net: ModelSpec, bs, iters, warmup, device, before_timing=None, **fast):
     """Our training step (train.make_step) on device-resident data; `fast` holds Spec fields such as
     compile="reduce-overhead", dtype="bfloat16", channels_last=True. `before_timing` lets concurrent jobs start
     their timed iterations together."""
-    spec = Spec(model=ModelSpec(arch="resnet", depth=depth), batch_size=bs, **fast)
+    spec = Spec(model=net, batch_size=bs, **fast)
     model, opt = seed0_model(spec, device)
     model = model.to(memory_format=torch.channels_last if spec.channels_last else torch.contiguous_format)
     model.train()
@@ -113,7 +113,7 @@ def bench_ours(data: DeviceData, depth, bs, iters, warmup, device, before_timing
             t0 = time.perf_counter()
         if pos + bs > n:
             perm, pos = torch.randperm(n, device=device, generator=gen), 0
-        x, y = train_batch(data, perm[pos:pos + bs], True, gen)
+        x, y = train_batch(data, perm[pos:pos + bs], "crop_flip", gen)
         pos += bs
         loss, _ = step(x, y, 0.1)
         loss_sum += loss
@@ -128,21 +128,21 @@ def bench_data(images: np.ndarray, labels: np.ndarray, device) -> DeviceData:
     return to_device(arrays, DataSpec(val_size=100), device, torch.float32)
 
 
-def _one_job(images, labels, depth, bs, iters, warmup, device: str, threads: int, fields: dict, barrier):
+def _one_job(images, labels, net: ModelSpec, bs, iters, warmup, device: str, threads: int, fields: dict, barrier):
     torch.set_num_threads(threads)
     device = torch.device(device)
     data = bench_data(images, labels, device)
-    warm_s, secs = bench_ours(data, depth, bs, iters, warmup, device, before_timing=barrier.wait, **fields)
+    warm_s, secs = bench_ours(data, net, bs, iters, warmup, device, before_timing=barrier.wait, **fields)
     return warm_s, secs, peak_mem_mb(device)
 
 
-def bench_jobs(images, labels, depth, bs, iters, warmup, device, jobs: int, fields: dict):
+def bench_jobs(images, labels, net: ModelSpec, bs, iters, warmup, device, jobs: int, fields: dict):
     """`jobs` copies of our step at once, each in a spawned process with its share of the CPU threads (what
     `run --jobs` does), timed together from a barrier: (warm-up s, per-job seconds, summed peak MB)."""
     ctx = mp.get_context("spawn")
     with ctx.Manager() as manager, ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
         barrier = manager.Barrier(jobs)
-        futures = [pool.submit(_one_job, images, labels, depth, bs, iters, warmup, str(device), thread_share(jobs),
+        futures = [pool.submit(_one_job, images, labels, net, bs, iters, warmup, str(device), thread_share(jobs),
                                fields, barrier) for _ in range(jobs)]
         results = [f.result() for f in futures]
     return max(r[0] for r in results), [r[1] for r in results], sum(r[2] for r in results)
@@ -155,11 +155,11 @@ def bench_batches(data: DeviceData, bs: int, iters: int, device) -> float:
     n = len(data.y_train)
     idx = [torch.randint(0, n, (bs,), device=device, generator=gen) for _ in range(iters + 2)]
     for i in idx[:2]:
-        train_batch(data, i, True, gen)
+        train_batch(data, i, "crop_flip", gen)
     sync(device)
     t0 = time.perf_counter()
     for i in idx[2:]:
-        train_batch(data, i, True, gen)
+        train_batch(data, i, "crop_flip", gen)
     sync(device)
     return (time.perf_counter() - t0) / iters
 

@@ -261,8 +261,18 @@ def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.
     return xp[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
 
-def train_batch(data: DeviceData, idx: torch.Tensor, do_augment: bool, generator: torch.Generator):
+def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip of each image of the batch, drawn as augment() draws its flips."""
+    flips = torch.rand(x.shape[0], device=x.device, generator=generator, dtype=torch.float32) < 0.5
+    return torch.where(flips.view(-1, 1, 1, 1), x.flip(3), x)
+
+
+AUGMENTS = {"none": None, "flip": flip, "crop_flip": augment}  # data.augment -> what a training batch goes through
+
+
+def train_batch(data: DeviceData, idx: torch.Tensor, how: str, generator: torch.Generator):
+    """The training images at `idx`, normalised and augmented as data.augment (`how`) says."""
     x = normalize(data.x_train[idx], data.mean, data.dtype)
-    if do_augment:
-        x = augment(x, generator)
+    if (transform := AUGMENTS[how]) is not None:
+        x = transform(x, generator)
     return x, data.y_train[idx]

@@ -21,8 +21,8 @@ if TYPE_CHECKING:  # the schema reads FAMILIES, so this module cannot import it 
 # Iterations per training-error window of the ResNet-110 warm-up: the host reads the device once per window.
 WARMUP_CHECK_EVERY = 20
 
-# ReduceLROnPlateau's defaults (torch.optim.lr_scheduler): an improvement is relative by more than 1e-4, and a drop
-# smaller than 1e-8 is not made.
+# ReduceLROnPlateau's defaults (torch.optim.lr_scheduler): an improvement is relative by more than 1e-4
+# (schedule.threshold's default), and a drop smaller than 1e-8 is not made.
 PLATEAU_THRESHOLD = 1e-4
 PLATEAU_EPS = 1e-8
 
@@ -47,7 +47,7 @@ class Family:
     def ignores(self) -> tuple[str, ...]:
         """The schedule fields this family never reads (a run's MLflow params leave them out)."""
         return ((() if self.milestones else ("milestones",)) + (() if self.gamma else ("gamma",))
-                + (() if self.on_validation else ("patience", "mode")))
+                + (() if self.on_validation else ("patience", "mode", "threshold")))
 
 
 FAMILIES: dict[str, Family] = {}
@@ -133,12 +133,13 @@ class Schedule:
         return bool(patience) and it - self.best_val_iter >= patience
 
     def plateau_step(self, val_loss: float) -> None:
-        """ReduceLROnPlateau.step with threshold_mode "rel", no cooldown and min_lr 0, on the plateau lr alone."""
-        current = float(val_loss)
+        """ReduceLROnPlateau.step with threshold_mode "rel" (schedule.threshold), no cooldown and min_lr 0, on the
+        plateau lr alone."""
+        current, threshold = float(val_loss), self.s.threshold
         if self.s.mode == "min":
-            better = current < self.plateau_best * (1.0 - PLATEAU_THRESHOLD)
+            better = current < self.plateau_best * (1.0 - threshold)
         else:
-            better = current > self.plateau_best * (PLATEAU_THRESHOLD + 1.0)
+            better = current > self.plateau_best * (threshold + 1.0)
         if better:
             self.plateau_best, self.plateau_bad = current, 0
         else:

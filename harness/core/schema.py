@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from harness.core.models import ARCHS
 from harness.core.names import EXPECTED, name_problem
-from harness.core.schedule import FAMILIES
+from harness.core.schedule import FAMILIES, PLATEAU_THRESHOLD
 
 
 class _Strict(BaseModel):
@@ -116,6 +116,9 @@ class ScheduleSpec(_Strict):
     # ReduceLROnPlateau on validation loss; patience in iterations, checked at evaluation points.
     patience: int = Field(10000, ge=0)
     mode: Literal["min", "max"] = "min"
+    # ReduceLROnPlateau's threshold (relative): a validation loss counts as better only below best x (1 - threshold).
+    # The seed log's long-patience SGD run set 1e-5; PyTorch's default is 1e-4.
+    threshold: float = Field(PLATEAU_THRESHOLD, ge=0, lt=1)
     early_stopping_patience: int | None = Field(None, ge=1)
     warmup: WarmupSpec | None = None
     # Linear ramp of the lr from ~0 over this many iterations (used by tuning; 0 = off).
@@ -139,6 +142,9 @@ class ScheduleSpec(_Strict):
         return self
 
 
+AUGMENT_OF_BOOL = {True: "crop_flip", False: "none"}  # data.augment's values before flip-only existed
+
+
 class DataSpec(_Strict):
     """The train/val split of the training images: `val_fraction` or `val_size`; 0 trains on every training image
     (the paper's Table 6 runs) and leaves nothing to validate on."""
@@ -147,9 +153,17 @@ class DataSpec(_Strict):
     val_size: int | None = Field(None, ge=0)
     split_seed: int = 0
     mean: Literal["per_pixel", "per_channel", "none"] = "per_pixel"
-    augment: bool = True
+    # crop_flip: the paper's pad-4 random crop and horizontal flip; flip: the flip alone (the seed log's week-0
+    # list names only the flip); none: the images as they are. true/false, the field's older values, read as
+    # crop_flip/none.
+    augment: Literal["none", "flip", "crop_flip"] = "crop_flip"
     # The seed log evaluated raw images while training on mean-subtracted ones.
     test_time_mean: bool = True
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_from_a_bool(cls, v):
+        return AUGMENT_OF_BOOL.get(v, v) if isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _one_split_rule(self):

@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.core.groups import PAPER_FILE
 from harness.core.names import name_problem
+from harness.core.schedule import FAMILIES, PLATEAU_THRESHOLD
 from harness.core.schema import (  # noqa: F401 - the spec's sections, imported from here by the rest of the harness
+    AUGMENT_OF_BOOL,
     COMPILE_MODES,
     DataSpec,
     ModelSpec,
@@ -57,15 +59,32 @@ class RunSpec(BaseModel):
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Fields added after records existed: (section, key, the default the records were made with). While a field holds
+# that default it is left out of the hash, so those records keep theirs; a new field with a default is one line here.
+ADDED_LATER = (
+    ("model", "init", lambda body: default_init(body["model"]["arch"])),
+    ("model", "bn_batch", lambda body: None),
+    ("schedule", "threshold", lambda body: PLATEAU_THRESHOLD),
+)
+# data.augment was a bool before flip-only existed: the two old values hash as they did.
+_AUGMENT_AS_HASHED = {name: flag for flag, name in AUGMENT_OF_BOOL.items()}
+
+
+# How a run is computed, not what it is: the same run on a faster path (channels_last memory, torch.compile) keeps
+# its hash, so a campaign skips or resumes its runs whichever path trains them; the record's params name the path.
+PATH_FIELDS = {"channels_last": False, "compile": False}
+
+
 def hashed(spec: Spec) -> dict:
-    """What a run's hash is of: the resolved spec less what names or describes it, and less the fields that
-    records made before them lack while those fields hold their default, so those records keep their hash."""
-    body = spec.model_dump(mode="json", exclude={"seeds", "description", "heavy", "name"})
-    model = body["model"]
-    if model["init"] == default_init(model["arch"]):
-        del model["init"]
-    if model["bn_batch"] is None:
-        del model["bn_batch"]
+    """What a run's hash is of: the resolved spec less what names or describes it, with its path fields at the
+    values every record had before paths were chosen (PATH_FIELDS), and the fields added later (ADDED_LATER,
+    data.augment's old bools) as the records made before them have them, so they keep their hash."""
+    body = spec.model_dump(mode="json", exclude={"seeds", "description", "heavy", "name"}) | PATH_FIELDS
+    for section, key, default in ADDED_LATER:
+        if body[section][key] == default(body):
+            del body[section][key]
+    augment = body["data"]["augment"]
+    body["data"]["augment"] = _AUGMENT_AS_HASHED.get(augment, augment)
     return body
 
 
@@ -239,9 +258,12 @@ def _check_scaled(path: Path, spec: Spec, budget: float, total: int, milestones:
 
 
 def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool = True) -> list[RunSpec]:
-    """Expand seeds and apply the budget to every iteration count of the schedule (total, milestones, patience,
-    the linear ramp) but the ResNet-110 warm-up's cap, which bounds a rule that reads the training error.
-    `check_budget=False` merges milestones that a small budget makes coincide instead of refusing the budget."""
+    """Expand seeds and apply the budget to the iteration counts that lay out the run (total, milestones, the linear
+    ramp). The counts of rules that wait on what training shows stay as the spec says: the plateau's and early
+    stopping's patience (how long a stalled validation loss is borne, as the seed log's scheduler bore it: 200
+    epochs at lr 0.1 before its first drop) and the ResNet-110 warm-up's cap; a short run so sees the lr of a long
+    run's first epochs, not a compressed copy of its decays. `check_budget=False` merges milestones that a small
+    budget makes coincide instead of refusing the budget."""
     if not (budget > 0 and math.isfinite(budget)):
         raise SpecError(f"--budget: expected a positive fraction of the paper's iterations (a finite number), "
                         f"got {budget}")
@@ -254,12 +276,12 @@ def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool
     milestones = sorted({scale_iters(m, budget) for m in s.milestones if scale_iters(m, budget) < total})
     if check_budget:
         _check_scaled(path, spec, budget, total, milestones)
+    reads_patience = FAMILIES[s.name].on_validation is not None
     sched = s.model_copy(update={
+        # a family that never reads it keeps the scaled patience it always had: the records keep their hash
+        "patience": s.patience if reads_patience or not s.patience else scale_iters(s.patience, budget),
         "total_iters": total,
         "milestones": milestones,
-        "patience": scale_iters(s.patience, budget) if s.patience else 0,
-        "early_stopping_patience": scale_iters(s.early_stopping_patience, budget)
-        if s.early_stopping_patience else None,
         "warmup_iters": min(scale_iters(s.warmup_iters, budget), total - 1) if s.warmup_iters else 0,
     })
     scaled = spec.model_copy(update={"schedule": sched})

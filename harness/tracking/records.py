@@ -104,6 +104,20 @@ def record_path(root: Path, record: dict) -> Path:
     return path
 
 
+def committed(root: Path, group: str, run_name: str, spec_hash: str) -> bool:
+    """Whether `root` holds the finished (or diverged: it diverges again) record of this run: a campaign on a fresh
+    machine, or one whose store went with its machine, counts it as done instead of training it again."""
+    path = root / group / f"{run_name}-{spec_hash}.json"
+    if not path.is_file():
+        return False
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False  # unreadable: `results import` names it; here the run is simply not done
+    return isinstance(record, dict) and (record.get("status") == "FINISHED"
+                                         or (record.get("tags") or {}).get("failure") == "diverged")
+
+
 def path_fields(record: dict) -> list[tuple[str, object]]:
     """The fields of a record that its file name is made of."""
     tags = record.get("tags") if isinstance(record.get("tags"), dict) else {}
