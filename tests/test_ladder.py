@@ -15,22 +15,24 @@ CIFAR10_TRAIN = 50_000  # the training images the ladder's runs split into train
 
 # The keys each rung changes in the resolved spec, against the rung before it: one factor, with what that factor
 # carries. Rung 1 moves the evaluation points with the length (200 over 925k iterations, 32 over 64k; nothing in
-# rung 1 reads them); rungs 3 and 10 move patience and early stopping too: rung 3 because the same 1000/500 epochs
-# are fewer iterations on 45k images (175 per epoch at batch 256, not 185); rung 10 because the plateau's patience
-# goes back to the default a multistep schedule never reads.
+# rung 1 reads them); rungs 3, 9 and 11 move patience and early stopping too: rung 3 because the same 1000/500
+# epochs are fewer iterations on 45k images (175 per epoch at batch 256, not 185); rung 9 because the log ran SGD
+# with its own scheduler (a patience of 200 epochs read off its drops, no early stopping); rung 11 because the
+# plateau's patience goes back to the default a multistep schedule never reads.
 CHANGES = {
     "01_64k_iterations": {"schedule.total_iters", "eval_points"},
     "02_float32": {"dtype"},
     "03_split_45k": {"data.val_fraction", "schedule.patience", "schedule.early_stopping_patience"},
-    "04_cifar_stem": {"model.stem"},
-    "05_cifar_body": {"model.arch", "model.depth"},
-    "06_he_init": {"model.init"},
-    "07_shortcut_a": {"model.shortcut"},
-    "08_sgd": {"optimizer.name", "optimizer.lr"},
-    "09_weight_decay": {"optimizer.weight_decay"},
-    "10_multistep": {"schedule.name", "schedule.patience", "schedule.early_stopping_patience"},
-    "11_batch_128": {"batch_size"},
-    "12_all_50k": {"data.val_fraction"},
+    "04_crop_flip": {"data.augment"},
+    "05_cifar_stem": {"model.stem"},
+    "06_cifar_body": {"model.arch", "model.depth"},
+    "07_he_init": {"model.init"},
+    "08_shortcut_a": {"model.shortcut"},
+    "09_sgd": {"optimizer.name", "optimizer.lr", "schedule.patience", "schedule.early_stopping_patience"},
+    "10_weight_decay": {"optimizer.weight_decay"},
+    "11_multistep": {"schedule.name", "schedule.patience"},
+    "12_batch_128": {"batch_size"},
+    "13_all_50k": {"data.val_fraction"},
 }
 
 
@@ -71,7 +73,7 @@ def test_rung_0_is_the_seed_logs_setup():
     assert round(count_params(build_model(spec.model)) / 1e6, 2) == 21.29
     assert (o.name, o.lr, o.betas, o.weight_decay) == ("adam", 1e-3, (0.9, 0.999), 0.0)
     assert (spec.batch_size, d.val_fraction, spec.dtype) == (256, 0.05, "float64")
-    assert (d.mean, d.augment, d.test_time_mean) == ("per_pixel", "crop_flip", True)
+    assert (d.mean, d.augment, d.test_time_mean) == ("per_pixel", "flip", True)  # the log's evidence: see rung 4
     per_epoch = iterations_per_epoch(spec)  # the log counts in epochs, the schedule in iterations
     assert per_epoch == 185  # floor(47500/256): train.next_batch starts a new permutation before a short batch
     assert (s.name, s.mode, s.gamma, s.total_iters) == ("plateau", "min", 0.1, 5000 * per_epoch)
@@ -110,6 +112,8 @@ def test_each_rung_changes_one_factor():
     rung3 = load_spec(LADDER / "03_split_45k.yaml")  # the same epochs, fewer iterations each on 45k images
     per_epoch = iterations_per_epoch(rung3)
     assert (rung3.schedule.patience, rung3.schedule.early_stopping_patience) == (1000 * per_epoch, 500 * per_epoch)
+    rung9 = load_spec(LADDER / "09_sgd.yaml")  # the log's SGD drops: epochs 223, 424, 625, 201 epochs apart
+    assert (rung9.schedule.patience, rung9.schedule.early_stopping_patience) == (200 * per_epoch, None)
 
 
 def test_last_rung_is_table6_resnet32():
@@ -118,9 +122,10 @@ def test_last_rung_is_table6_resnet32():
 
 def test_descriptions_say_the_factor():
     text = {p.stem: load_spec(p).description for p in rungs()}
-    assert "ITERATIONS fixed at 64k" in text["11_batch_128"] and "defined in iterations" in text["11_batch_128"]
-    assert "own lr scale" in text["08_sgd"]
-    assert "stage layout ties them" in text["05_cifar_body"]
-    assert "64k iterations" in text["01_64k_iterations"] and "fan_in" in text["06_he_init"]
+    assert "ITERATIONS fixed at 64k" in text["12_batch_128"] and "defined in iterations" in text["12_batch_128"]
+    assert "own lr scale" in text["09_sgd"] and "epochs 223, 424 and 625" in text["09_sgd"]
+    assert "stage layout ties them" in text["06_cifar_body"]
+    assert "64k iterations" in text["01_64k_iterations"] and "fan_in" in text["07_he_init"]
+    assert "100.00 % train" in text["04_crop_flip"] and "horizontal flip alone" in text["00_seed_setup"]
     for stem, desc in text.items():
         assert desc.startswith(f"Rung {int(stem[:2])}"), stem

@@ -275,7 +275,7 @@ def test_the_committed_records_keep_their_spec_hash():
     path = ROOT / "experiments/table6/resnet20.yaml"
     (run,) = [r for r in resolve_runs(path, load_spec(path, ["eval_points=4"]), 0.0005) if r.seed == 0]  # as run
     assert run.spec_hash(tags["data_id"]) == tags["spec_hash"] == "9103120fb7e2d533"
-    rung, t6 = (ROOT / "experiments" / p for p in ("ladder/12_all_50k.yaml", "table6/resnet32.yaml"))
+    rung, t6 = (ROOT / "experiments" / p for p in ("ladder/13_all_50k.yaml", "table6/resnet32.yaml"))
     for seed in (0, 1):
         hashes = {resolve_runs(p, load_spec(p, [f"seeds=[{seed}]"]), 1.0)[0].spec_hash("d") for p in (rung, t6)}
         assert len(hashes) == 1, seed
