@@ -52,7 +52,7 @@ def test_make_report_rewrites_the_campaign_block_of_the_readme(tmp_path, monkeyp
     assert main(["results", "import", "results"]) == 0
     assert main(["report", "--all"]) == 0
     err = capsys.readouterr().err
-    assert "report: rewrote README.md's campaign block from reports/cifar10-mini-b0.0005/summary.md" in err
+    assert "report: rewrote README.md's block from reports/cifar10-mini-b0.0005" in err
     assert "left README.md's campaign block cifar10-nope-b1 as it was" in err
     text = readme.read_text()
     assert "typed 1.23" not in text and "\nkept\n" in text and text.endswith("end\n")

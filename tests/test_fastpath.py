@@ -75,7 +75,7 @@ def test_float64_is_float64_throughout_the_step(mini):
     with FloatDtypes() as seen:
         data = to_device(load_arrays(mini), spec.data, cpu, param_dtype(spec))
         for _ in range(2):
-            step(*train_batch(data, torch.arange(8), True, gen), 0.1)
+            step(*train_batch(data, torch.arange(8), "crop_flip", gen), 0.1)
         evaluate(model, data.x_val[:16], data.y_val[:16], data.eval_mean, torch.float64, autocast_for(spec, cpu))
     assert seen.ops.pop(torch.float32, set()) <= {"aten.rand.generator"}, seen.ops
     assert set(seen.ops) == {torch.float64}, {str(k): sorted(v)[:5] for k, v in seen.ops.items()}

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.core.names import name_problem
 from harness.core.spec import RunSpec, _first_error, _yaml, load_spec, resolve_runs
@@ -48,11 +49,51 @@ class CampaignEntry(_Strict):
         return self
 
 
+def _run_ref(ref: str) -> str:
+    """`group/name`: a run of the campaign by its group (the spec's folder) and name (the spec's or the variant's)."""
+    parts = ref.split("/")
+    if len(parts) != 2 or any(name_problem(p) for p in parts):
+        raise ValueError(f"expected group/name (e.g. ablations/baseline), got {ref!r}")
+    return ref
+
+
+RunRef = Annotated[str, AfterValidator(_run_ref)]
+
+
+class WhyPlan(_Strict):
+    """What a why-campaign's page compares (harness.report.why): its runs named `group/name`, each a row of the
+    campaign, and the file of the failed reproduction's printed figures that its stand-ins are set against."""
+
+    log: str  # a YAML file of the log's printed figures (experiments/seedlog/log.yaml), relative to the root
+    baseline: RunRef  # the paper's recipe on the paper's net at the campaign's budget
+    log_setup: RunRef  # the log's net and recipe together, as its evidence reads them
+    augmentation: list[RunRef] = Field(min_length=2)  # the log's setup under each augmentation, none to crop_flip
+    net: RunRef  # the log's net on the paper's recipe
+    recipe: RunRef  # the log's recipe on the paper's net
+    factors: list[RunRef] = []  # one factor each away from the baseline
+
+
 class Campaign(_Strict):
     description: str = ""
     budget: float = Field(gt=0)
     overrides: list[str] = []  # `--set KEY=VALUE` of every run, in order, before the entry's seeds
     runs: list[CampaignEntry] = Field(min_length=1)
+    why: WhyPlan | None = None  # a why page (reports/<campaign>/why.md) and what it compares
+
+    @model_validator(mode="after")
+    def _the_why_names_runs_of_this_campaign(self):
+        """A part of the why page that names no run of the campaign would read "not trained yet" forever."""
+        if self.why is None:
+            return self
+        have = {f"{Path(e.spec).parent.name}/{e.name or Path(e.spec).stem}" for e in self.runs}
+        plan = self.why
+        for key in ("baseline", "log_setup", "augmentation", "net", "recipe", "factors"):
+            refs = getattr(plan, key)
+            for ref in refs if isinstance(refs, list) else [refs]:
+                if ref not in have:
+                    raise ValueError(f"why.{key}: {ref} is no run of this campaign (expected one of: "
+                                     f"{', '.join(sorted(have))})")
+        return self
 
 
 def load_campaign(path: str | Path) -> Campaign:
@@ -74,26 +115,29 @@ def load_campaign(path: str | Path) -> Campaign:
         # An unknown key first: a misspelt `seed` is also a missing `seeds`, and the misspelling is the news.
         err = min(e.errors(), key=lambda x: x["type"] != "extra_forbidden")
         if err["type"] == "extra_forbidden":  # spec.py's message would list a spec's keys, not a campaign's
-            keys = sorted(CampaignEntry.model_fields if len(err["loc"]) > 1 else Campaign.model_fields)
+            section = {"runs": CampaignEntry, "why": WhyPlan}.get(err["loc"][0]) if len(err["loc"]) > 1 else None
+            keys = sorted((section or Campaign).model_fields)
             raise SpecError(f"{path}: {'.'.join(map(str, err['loc']))}: unknown key (expected one of: "
                             f"{', '.join(keys)})") from None
         raise SpecError(f"{path}: {_first_error(e)}") from None
 
 
-def campaign_runs(path: str | Path, extra: list[str] = ()) -> list[RunSpec]:
-    """Every run of the campaign at `path`, in the file's order; `extra` overrides follow the file's own."""
+def campaign_runs(path: str | Path, extra: list[str] = (), root: Path = Path()) -> list[RunSpec]:
+    """Every run of the campaign at `path`, in the file's order; `extra` overrides follow the file's own. The specs'
+    paths are relative to `root` (the repository root: a report run elsewhere reads the checkout's)."""
     camp = load_campaign(path)
     runs: list[RunSpec] = []
     for i, entry in enumerate(camp.runs):
-        if not Path(entry.spec).is_file():
+        if not (root / entry.spec).is_file():
             raise SpecError(f"{path}: runs.{i}.spec: {entry.spec}: spec file not found (expected a path to a spec, "
                             "relative to the repository root)")
         try:
-            spec = load_spec(entry.spec, [*camp.overrides, *entry.set, *extra, f"seeds={json.dumps(entry.seeds)}"])
+            spec = load_spec(root / entry.spec, [*camp.overrides, *entry.set, *extra,
+                                                 f"seeds={json.dumps(entry.seeds)}"])
             if entry.name is not None:
                 spec = spec.model_copy(update={"name": entry.name, "description": f"{spec.description.rstrip('.')}. "
                                                f"This variant: {'; '.join(entry.set) or 'as the spec'}"})
-            runs += resolve_runs(entry.spec, spec, entry.budget or camp.budget)
+            runs += resolve_runs(entry.spec, spec, entry.budget or camp.budget)  # named by the relative path
         except SpecError as e:
             raise SpecError(f"{path}: runs.{i}: {e}") from None
     return runs

@@ -14,6 +14,8 @@ import yaml
 from harness.errors import UserError
 
 PAPER_FILE = Path("experiments/paper.yaml")  # relative: the working directory's copy wins (a user may extend it)
+SEED_LOG_FILE = Path("experiments/seed_log.yaml")  # the failed reproduction's printed figures, beside the paper's
+FIGURE_FILES = (PAPER_FILE.name, SEED_LOG_FILE.name)  # figures to compare with, not specs: a folder walk skips them
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
@@ -39,6 +41,8 @@ GROUPS: tuple[Group, ...] = (
                     "it changes, so the gap to Table 6 is split over the changes.", ("ladder.md", "ladder.png")),
     Group("tuned", "The best schedule of a tuning study exported as a spec and trained once like table6, the only "
                    "time it meets the test set.", ("tuned.md",)),
+    Group("seedlog", "The seed log's printed runs as specs (its Adam run and its two SGD runs on its ResNet-34), "
+                     "and their variants in the why-campaign (experiments/campaigns/cpu-why.yaml).", trained=False),
     Group("tuning", "Optuna studies over the learning-rate schedule, scored on the validation split only (the test "
                     "split is never read): one parent run per study, its trials as child runs.", trained=False),
 )

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from harness.core.groups import PAPER_FILE
+from harness.core.groups import FIGURE_FILES
 from harness.core.names import name_problem
 from harness.core.schedule import FAMILIES, PLATEAU_THRESHOLD
 from harness.core.schema import (  # noqa: F401 - the spec's sections, imported from here by the rest of the harness
@@ -304,7 +304,7 @@ def expand_paths(paths: list[str]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out += sorted(q for q in p.rglob("*.yaml") if q.name != PAPER_FILE.name and not any(
+            out += sorted(q for q in p.rglob("*.yaml") if q.name not in FIGURE_FILES and not any(
                 part in SKIPPED_FOLDERS or part.startswith(".") for part in q.relative_to(p).parts[:-1]))
         else:
             out.append(p)

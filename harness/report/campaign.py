@@ -41,9 +41,11 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
                 "group": g, "run_id": r.info.run_id, "run_name": r.info.run_name, "spec": t.get("spec_name"),
                 "spec_hash": t.get("spec_hash"), "seed": int(p.get("seed", -1)), "budget": float(t.get("budget", 1)),
                 "data": t.get("data", ""), "data_id": t.get("data_id", ""), "device": t.get("device", ""),
+                "commit": t.get("git_commit", ""),
                 "split": split_of(t.get("data", "")),
                 "status": r.info.status, "failure": t.get("failure", ""), "official": t.get("official_test_set"),
                 "arch": p.get("model.arch"), "depth": int(p.get("model.depth", 0)),
+                "batch_size": int(p.get("batch_size", 0)),
                 "description": t.get(NOTE, "").replace("|", "/"), "start_time": r.info.start_time or 0,
                 "end_time": 0 if TIMES_TAG in t else (r.info.end_time or 0),  # an import's time dates no page
                 "test_error": m.get("test_error", math.nan), "val_error": m.get("val_error", math.nan),

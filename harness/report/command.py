@@ -31,6 +31,7 @@ from harness.report.readme import update_readme
 from harness.report.stats import paper_figure
 from harness.report.summary import write_summary
 from harness.report.tuning import write_tuning_figures
+from harness.report.why import write_why_pages
 from harness.tracking import figures as plots
 
 PAGES = {g.name: list(g.pages) for g in REPORTED}
@@ -53,11 +54,12 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
         if stems[slug] > 1:  # two files of one name: the hash tells them apart
             slug += "-" + c.data_id.split(":")[-1][:8]
         write_reports(out / slug, float(c.budget), str(c.data_id))
+    write_why_pages(out)  # each why-campaign's page, of exactly its runs (it spans budgets)
     print(f"report: wrote {write_index(out)}", file=sys.stderr)
     write_tuning_figures(out)  # from the Optuna storage: tune itself logs them on its MLflow run only
     readme = out.parent / "README.md"  # the checkout's README beside reports/: its campaign blocks quote the pages
     for folder in update_readme(readme, out):
-        print(f"report: rewrote {readme}'s campaign block from {out / folder}/summary.md", file=sys.stderr)
+        print(f"report: rewrote {readme}'s block from {out / folder}", file=sys.stderr)
     return 0
 
 

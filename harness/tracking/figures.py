@@ -122,6 +122,46 @@ def ladder_bars(names: list[str], means: list[float], stds: list[float], ylabel:
 STUDY_FIGURES = ("optimization_history", "param_importances", "parallel_coordinate")
 
 
+EpochCurve = tuple[str, list[tuple[float, float]], list[tuple[float, float]]]  # name, train, test: (epoch, error %)
+
+
+def why_figure(curves: list[EpochCurve], log_points: list[tuple[str, list[tuple[float, float, float]]]],
+               costs: list[tuple[str, float, float]], cost_label: str, path: Path) -> None:
+    """The why page's figure. Left: training (thin, dashed) and test (bold) error by epoch of the runs beside the
+    log's printed points (epoch, train error, test error; open markers for train, filled for test), on a log-scaled
+    epoch axis since the log's runs go on to thousands of epochs. Right: each measured cost in test-error points
+    (bar) with the seed std of its runs (whisker; none for a single run)."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8), dpi=100, gridspec_kw={"width_ratios": [1.2, 1]})
+    colors: dict[str, str] = {}
+    for name, train, test in curves:  # a name's seeds share its colour and its one legend entry
+        labelled = name in colors
+        color = colors.setdefault(name, f"C{len(colors)}")
+        left.plot([e for e, _ in train], [v for _, v in train], ls="--", lw=0.8, color=color)
+        left.plot([e for e, _ in test], [v for _, v in test], lw=2.0, color=color, label=None if labelled else name)
+    for i, (what, pts) in enumerate(log_points):
+        marker = "osd^v"[i % 5]
+        left.plot([e for e, _, _ in pts], [t for _, _, t in pts], ls="none", marker=marker, color="k", ms=6,
+                  label="the log: " + textwrap.shorten(what, 60))
+        left.plot([e for e, tr, _ in pts if not math.isnan(tr)], [tr for _, tr, _ in pts if not math.isnan(tr)],
+                  ls="none", marker=marker, mfc="none", color="k", ms=6)
+    left.set_xscale("log")
+    left.set_xlabel("epoch (log scale)")
+    left.set_ylabel("error (%): train dashed / open, test bold / filled")
+    left.set_ylim(0, 100)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=6.5, loc="upper right")
+    left.set_title("our runs beside the log's printed points", fontsize=9)
+    costs = sorted(costs, key=lambda c: c[1])
+    y = range(len(costs))
+    right.barh(list(y), [d for _, d, _ in costs], xerr=[s for _, _, s in costs], color="C3", alpha=0.7, capsize=3)
+    right.set_yticks(list(y), [textwrap.shorten(n, 40) for n, _, _ in costs], fontsize=7)
+    right.axvline(0, color="k", lw=0.8)
+    right.set_xlabel(f"test-error points, {cost_label}")
+    right.grid(axis="x", alpha=0.3)
+    right.set_title("what each change costs (whisker: its runs' seed std)", fontsize=9)
+    _save(fig, path)
+
+
 @contextmanager
 def known_plot_warnings():
     """Optuna's plots warn where a small study cannot fill them: Optuna 5's PED-ANOVA importance (its default
