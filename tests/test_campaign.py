@@ -104,7 +104,8 @@ def test_a_bad_campaign_file_is_one_line(store, mini, capsys, write_spec):
     cases = {
         "budget: 0.5\nruns: [{spec: experiments/table6/resnet8.yaml, seed: [0]}]\n":
             "c.yaml: runs.0.seed: unknown key (expected one of: budget, name, seeds, set, spec)",
-        "budget: 0.5\nrun: []\n": "c.yaml: run: unknown key (expected one of: budget, description, overrides, runs, why)",
+        "budget: 0.5\nrun: []\n":
+            "c.yaml: run: unknown key (expected one of: budget, description, overrides, runs, why)",
         "budget: 0.5\nruns: [{spec: experiments/table6/nope.yaml, seeds: [0]}]\n":
             "c.yaml: runs.0.spec: experiments/table6/nope.yaml: spec file not found",
         "budget: -1\nruns: [{spec: experiments/table6/resnet8.yaml, seeds: [0]}]\n": "c.yaml: budget: ",

@@ -284,3 +284,65 @@ def test_pages_compare_with_the_baseline_of_their_split_and_label_what_runs_trai
     assert "| fc_relu |  | 45k/5k | 9.10 ± 0.14 (n=2) | — | — (no baseline) |" in ab, ab
     assert "report: ablations.md: no baseline trained on this page's split (45k/5k) in this campaign: looked for " \
         "ablations/baseline (experiments/ablations/baseline.yaml)" in capsys.readouterr().err
+
+
+FULL = "cifar10-full.npz train=50000 val=0 test=10000 (official test set)"
+SPLIT = "cifar10-full.npz train=45000 val=5000 test=10000 (official test set)"
+
+
+def test_a_title_names_every_split_of_the_rows_under_it():
+    """A campaign of 12 runs on all 50k images and 2 on the 45k/5k split is titled with both, the most common first,
+    and only the rows off the most common split are bold; the committed summary and README's block say so."""
+    from harness.report.labels import campaign_label, row_label
+
+    tags = [FULL] * 12 + [SPLIT] * 2
+    assert campaign_label(tags, 0.03125) == (
+        "CIFAR-10, official test set: all 50k training images (12 runs) and 45k/5k split of the 50k training images "
+        "(2 runs); budget 1/32 (2,000 iterations) — not the paper's budget")
+    assert campaign_label([FULL] * 3, 1.0) == "CIFAR-10, all 50k training images, official test set, budget 1 (the " \
+                                              "paper's budget)"
+    assert row_label(SPLIT, tags, 0.03125).startswith("**") and not row_label(FULL, tags, 0.03125).startswith("**")
+    page = (ROOT / "reports/cifar10-full-b0.03125/summary.md").read_text()
+    assert page.startswith("# CIFAR-10, official test set: all 50k training images (12 runs) and 45k/5k split")
+    assert "**CIFAR-10, official test set: all 50k training images (12 runs) and 45k/5k split" in \
+        (ROOT / "README.md").read_text()
+
+
+def test_times_are_per_machine_and_each_time_agrees_with_its_rate():
+    """A mean time beside a mean rate over runs of two machines cannot both hold (38.7 min at 409 img/s is not a
+    256k-image run): each machine gets its own figure, its rate the images over the seconds of its runs."""
+    from harness.report.summary import Timing, _speed
+
+    xeon = "cpu:x86_64 Intel Xeon x2 threads"
+    runs = [Timing(6108, 256000, "cpu:x86_64 AMD EPYC x2 threads"), Timing(438, 256000, xeon),
+            Timing(430, 256000, xeon)]
+    said = _speed(runs)
+    assert said == ("101.8 min, 42 img/s on AMD EPYC x2 threads (n=1); 7.2 min, 590 img/s on Intel Xeon x2 threads "
+                    "(n=2)")
+    for minutes, rate in re.findall(r"([\d.]+) min, (\d+) img/s", said):
+        assert abs(float(minutes) * 60 * int(rate) - 256000) / 256000 < 0.01
+    assert _speed(runs[1:2]) == "7.3 min, 584 img/s on Intel Xeon x2 threads"
+
+
+def test_a_noise_verdict_says_when_the_spread_it_used_mixes_machines_or_commits():
+    """The spread of seeds trained on two machines at two commits measures those too: the verdict says so for the
+    side whose spread it used, and the committed summary marks ResNet-20's; a seed of a commit outside this
+    repository's history is marked and named."""
+    from harness.report.stats import provenance, verdict
+
+    def runs(errors, devices, commits):
+        return pd.DataFrame({"status": "FINISHED", "test_error": errors, "device": devices, "commit": commits,
+                             "best_test_error_over_training": errors, "failure": ""})
+
+    mixed = runs([28.2, 23.3, 23.9], ["amd", "xeon", "xeon"], ["8315f88c215f", "d954141b5e3b", "d954141b5e3b"])
+    one = runs([41.4], ["xeon"], ["b783b4060946"])
+    assert provenance(mixed) == "seeds of mixed provenance: 2 machines and 2 commits"
+    assert provenance(runs([1.0, 2.0], ["x", "x"], ["a", "a-dirty"])) == ""
+    said = verdict(one, mixed, ("ResNet-56", "ResNet-20"))
+    assert said.endswith("taking ResNet-20's seed spread for ResNet-56 (n=1); ResNet-20's seeds of mixed provenance: "
+                         "2 machines and 2 commits"), said
+    page = (ROOT / "reports/cifar10-full-b0.03125/summary.md").read_text()
+    assert "ResNet-20's seeds of mixed provenance: 2 machines and 2 commits" in page
+    if (ROOT / ".git").exists() and os.popen(f"git -C {ROOT} rev-parse --is-shallow-repository").read().strip() == \
+            "false":
+        assert "| table6/plain20 | 0†, 1, 2 |" in page and "table6/plain20 seed 0 (ace4ed7dd265)" in page

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from harness.core.models import ARCHS
+from harness.report.stats import provenance
 from harness.tracking import store as tracking
 from harness.tracking.figures import Curve, History
 
@@ -45,8 +46,9 @@ def fig6_panels(df: pd.DataFrame) -> dict[str, list[Curve]]:
         for depth in sorted(set(t6[t6.arch == arch.name].depth)):
             runs = t6[(t6.arch == arch.name) & (t6.depth == depth)].sort_values("seed")
             seeds = ", ".join(map(str, runs.seed))
+            mixed = provenance(runs)  # a band over seeds of several machines or commits says so
             label = f"{arch.label}-{depth} " + (f"(seed {seeds})" if len(runs) == 1 else
-                                                f"(mean ± std of seeds {seeds})")
+                                                f"(mean ± std of seeds {seeds}{'; ' + mixed if mixed else ''})")
             hists = [[tracking.metric_history(c, rid, k) for rid in runs.run_id] for k in ("train_error", "test_error")]
             panels[arch.name].append(mean_curve(label, *hists))
     return panels

@@ -25,7 +25,7 @@ import pandas as pd
 from harness.core.models import ARCHS, build_model, count_params
 from harness.core.spec import ModelSpec
 from harness.report.campaign import splits
-from harness.report.stats import Summary, fmt, noise_verdict, paper_figure, summarize
+from harness.report.stats import Summary, fmt, noise_verdict, paper_figure, summarize, verdict
 
 
 def _sizes(data: str) -> dict[str, int]:
@@ -171,7 +171,7 @@ def compare_rows(df_rows: pd.DataFrame, base: pd.DataFrame, order: list[str]) ->
         runs = df_rows[df_rows.spec == name]
         s = summarize(runs)
         out.append(Compared(name, s, s.mean - b.mean, splits(runs),
-                            noise_verdict(s.values, b.values) if b.n else "— (no baseline)"))
+                            verdict(runs, base, ("this row", "the baseline")) if b.n else "— (no baseline)"))
     return out
 
 

@@ -79,6 +79,28 @@ def noise_verdict(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("this 
     return verdict
 
 
+def provenance(runs: pd.DataFrame) -> str:
+    """'' where a row's finished seeds share machine (device and threads) and commit; else what they mix: a spread
+    over seeds of several machines or commits measures those differences too, not seed noise alone."""
+    ok = runs[runs.status == "FINISHED"] if "status" in runs else runs
+    machines = len(set(ok.device)) if "device" in ok else 1
+    commits = len({c.removesuffix("-dirty") for c in ok.commit}) if "commit" in ok else 1
+    mixed = [f"{n} {what}" for n, what in ((machines, "machines"), (commits, "commits")) if n > 1]
+    return f"seeds of mixed provenance: {' and '.join(mixed)}" if mixed else ""
+
+
+def verdict(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]) -> str:
+    """noise_verdict between two rows' finished runs, saying where a spread it used (a side with two or more seeds)
+    mixes machines or commits."""
+    sa, sb = summarize(a), summarize(b)
+    said = noise_verdict(sa.values, sb.values, names)
+    if said.startswith("noise unknown"):
+        return said
+    marks = [f"{name}'s {mixed}" for name, runs, s in ((names[0], a, sa), (names[1], b, sb))
+             if s.n > 1 and (mixed := provenance(runs))]
+    return f"{said}; {'; '.join(marks)}" if marks else said
+
+
 def paper_figure(paper: dict, key: str) -> tuple[float | None, float | None, float | None]:
     """(mean, std, best run) of the paper's figure for `key`, to set beside a mean over our seeds. Where the paper
     gives its best run and the mean ± std of its runs (ResNet-110: 6.43, the best of 5, and 6.61 ± 0.16; the key

@@ -7,17 +7,17 @@ than as typed: a figure typed twice drifts from its records.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from harness.core.models import ARCHS
 from harness.report.campaign import GROUPS, splits
 from harness.report.labels import campaign_label, row_label
 from harness.report.pages import ABLATION_BASELINE, compare_rows, header, paper_cell, runs_of
-from harness.report.stats import fmt, noise_verdict, paper_figure, summarize
+from harness.report.stats import fmt, paper_figure, summarize, verdict
 from harness.tracking import store as tracking
 
 BEGIN, END = "<!-- summary:begin -->", "<!-- summary:end -->"
@@ -30,7 +30,7 @@ class Row:
     measured: str  # final-iteration error: mean ± std (n), naming failed and unfinished runs
     paper: str  # the paper's figure for this model, or why there is none
     source: str  # the data and budget the measured number came from
-    speed: str  # training minutes and images/s per run on the machine it ran on, the mean over its seeds
+    speed: str  # training minutes per run and images/s, per machine where its seeds ran on several
 
 
 def _order(runs: pd.DataFrame) -> list[tuple[str, str]]:
@@ -49,9 +49,16 @@ def _paper(group: str, arch: str, depth: int, paper: dict) -> str:
     return paper_cell(*paper_figure(paper, f"{arch}{depth}"))
 
 
-def train_times(runs: pd.DataFrame) -> list[tuple[float, float]]:
-    """(train seconds, training images/s) of each finished run, from its record's summary metrics; evaluations
-    are not in train_seconds."""
+@dataclass(frozen=True)
+class Timing:
+    """One finished run's training time (its record's train_seconds: evaluations are not in it) and where."""
+
+    seconds: float
+    images: float  # training images it went through: iterations x batch size
+    device: str
+
+
+def train_times(runs: pd.DataFrame) -> list[Timing]:
     c = tracking.client()
     out = []
     for r in runs[runs.status == "FINISHED"].itertuples():
@@ -60,29 +67,60 @@ def train_times(runs: pd.DataFrame) -> list[tuple[float, float]]:
         # A store written before bookkeeping moved under timing/ holds the bare names.
         seconds, iters = (m.get(tracking.metric_name(k), m.get(k, 0)) for k in ("train_seconds", "final_iteration"))
         if seconds:
-            out.append((seconds, iters * int(p.get("batch_size", 0)) / seconds))
+            out.append(Timing(seconds, iters * int(p.get("batch_size", 0)), r.device))
     return out
 
 
-def _speed(times: list[tuple[float, float]]) -> str:
+def short_device(device: str) -> str:
+    return device.removeprefix("cpu:x86_64 ").removeprefix("cpu:")
+
+
+def by_device(times: list[Timing]) -> dict[str, list[Timing]]:
+    out: dict[str, list[Timing]] = {}
+    for t in times:
+        out.setdefault(t.device, []).append(t)
+    return dict(sorted(out.items()))
+
+
+def _speed(times: list[Timing]) -> str:
+    """Minutes per run and images/s, per machine: a mean time beside a mean rate holds only for runs of one machine
+    (the rate is their images over their seconds, so the two agree); runs of several machines get one figure each."""
     if not times:
         return "—"
-    return f"{np.mean([t for t, _ in times]) / 60:.1f} min, {np.mean([v for _, v in times]):.0f} img/s"
+    parts = []
+    for device, ts in by_device(times).items():
+        secs = sum(t.seconds for t in ts)
+        parts.append(f"{secs / len(ts) / 60:.1f} min, {sum(t.images for t in ts) / secs:.0f} img/s on "
+                     f"{short_device(device)}" + (f" (n={len(ts)})" if len(ts) < len(times) else ""))
+    return "; ".join(parts)
 
 
 def title_tags(df: pd.DataFrame) -> list[str]:
-    """The `data` tags a campaign is named by: its Table 6 runs' where it has any (all 50k images), else all."""
-    return list(df[df.group == "table6"].data) or list(df.data)
+    """The `data` tags a campaign is named by: every run's, so that its title covers each row under it."""
+    return list(df.data)
+
+
+STRANGER = "†"  # marks a seed whose run's commit this repository's history does not hold
+
+
+def strangers(df: pd.DataFrame) -> pd.DataFrame:
+    """The finished runs whose commit is not in this checkout's history (none where there is no history to ask):
+    code no one can read again, which `report` names rather than silently uses."""
+    done = df[df.status == "FINISHED"]
+    known = tracking.commits_in_history(set(done.commit))
+    return done.iloc[0:0] if known is None else done[~done.commit.isin(known) & (done.commit != "")]
 
 
 def rows(df: pd.DataFrame, paper: dict, budget: float) -> list[Row]:
     tags = title_tags(df)
+    unknown = set(strangers(df).run_id)
     out = []
     for group, spec in _order(df):
         runs = df[(df.group == group) & (df.spec == spec)]
         first = runs.iloc[0]
         done = runs[runs.status == "FINISHED"].sort_values("seed")
-        out.append(Row(f"{group}/{spec}", ", ".join(map(str, done.seed)) or "—", fmt(summarize(runs)),
+        seeds = [f"{r.seed}{STRANGER if r.run_id in unknown else ''}" for r in done.itertuples()]
+        out.append(Row(f"{group}/{spec}", ", ".join(seeds) or "—", fmt(summarize(runs)),
                        _paper(group, first.arch, int(first.depth), paper),
                        row_label(str(first.data), tags, budget), _speed(train_times(runs))))
     return out
@@ -97,13 +135,14 @@ def depth_effects(df: pd.DataFrame) -> list[str]:
         depths = sorted(set(t6[t6.arch == arch.name].depth))
         if len(depths) < 2:
             continue
-        errors = {d: t6[(t6.arch == arch.name) & (t6.depth == d)].test_error.to_numpy(dtype=float) for d in depths}
+        runs = {d: t6[(t6.arch == arch.name) & (t6.depth == d)] for d in depths}
+        errors = {d: r.test_error.to_numpy(dtype=float) for d, r in runs.items()}
         lo, hi = errors[depths[0]], errors[depths[-1]]
         a, b = f"{arch.label}-{depths[0]}", f"{arch.label}-{depths[-1]}"
         between = (f"; depth {', '.join(map(str, depths))}: {', '.join(f'{e.mean():.2f}' for e in errors.values())}"
                    if len(depths) > 2 else "")
         lines.append(f"- {a} → {b}: {lo.mean():.2f} → {hi.mean():.2f} ({hi.mean() - lo.mean():+.2f} points; "
-                     f"{noise_verdict(hi, lo, (b, a))}){between}")
+                     f"{verdict(runs[depths[-1]], runs[depths[0]], (b, a))}){between}")
     return lines
 
 
@@ -121,7 +160,8 @@ def ablation_effects(df: pd.DataFrame, descriptions: dict) -> list[str]:
     for r in compare_rows(df[df.group == "ablations"], base, names):
         what = descriptions.get(("ablations", r.name), "")
         lines.append(f"- {r.name}{f' — {what}' if what else ''}: {r.s.mean:.2f} vs {b.mean:.2f} "
-                     f"({r.delta:+.2f} points; {noise_verdict(r.s.values, b.values, (r.name, 'the baseline'))})")
+                     f"({r.delta:+.2f} points; "
+                     f"{verdict(df[(df.group == 'ablations') & (df.spec == r.name)], base, (r.name, 'the baseline'))})")
     return lines
 
 
@@ -129,15 +169,24 @@ def block(df: pd.DataFrame, paper: dict, budget: float, descriptions: dict) -> l
     """The table, the depth effects and the ablations' effects, between the markers README.md copies them by."""
     lines = [BEGIN, f"**{campaign_label(title_tags(df), budget)}**", "",
              "| run | seeds | ours: final test error (%), mean ± std (n) | paper (all 50k, 64k iterations) | "
-             "ours from (data, budget) | training per run (images/s) |", "|---|---|---|---|---|---|"]
+             "ours from (data, budget) | training per run (images/s), machine |", "|---|---|---|---|---|---|"]
     lines += [f"| {r.spec} | {r.seeds} | {r.measured} | {r.paper} | {r.source} | {r.speed} |"
               for r in rows(df, paper, budget)]
+    if len(lost := strangers(df)):
+        which = ", ".join(f"{r.group}/{r.spec} seed {r.seed} ({r.commit})" for r in lost.sort_values(
+            ["group", "spec", "seed"]).itertuples())
+        lines += ["", f"{STRANGER} trained at a commit this repository's history does not hold: {which}. Its number "
+                  "stands, but the code that made it cannot be read again."]
+        print(f"report: warning: {which}: commit not in this repository's history (marked {STRANGER})",
+              file=sys.stderr)
     times = train_times(df)
-    devices = ", ".join(sorted(set(df[df.status == "FINISHED"].device)))
     if times:
         runs = f"these {len(times)} runs" if len(times) > 1 else "this run"
-        lines += ["", f"Training time of {runs}: {sum(t for t, _ in times) / 3600:.1f} h in all on "
-                  f"{devices} (their records' train_seconds; the test evaluations come on top)."]
+        each = "; ".join(f"{sum(t.seconds for t in ts) / 3600:.1f} h on {short_device(d)} ({len(ts)} run"
+                         f"{'s' if len(ts) > 1 else ''})" for d, ts in by_device(times).items())
+        lines += ["", f"Training time of {runs}: {sum(t.seconds for t in times) / 3600:.1f} h in all: {each} "
+                  "(their records' train_seconds; the test evaluations come on top; the machine of each run is its "
+                  "record's)."]
     if effects := depth_effects(df):
         lines += ["", "Depth, final test error (Fig. 6: a deeper plain net ends worse, a deeper ResNet does not):",
                   *effects]

@@ -25,7 +25,7 @@ from harness.core.groups import CHECKOUT, load_paper
 from harness.report.campaign import load_runs, newest_per_spec
 from harness.report.labels import budget_words
 from harness.report.pages import finished_on, on_official_test
-from harness.report.stats import Summary, fmt, noise_verdict, summarize
+from harness.report.stats import Summary, fmt, summarize, verdict
 from harness.tracking import figures as plots
 from harness.tracking import store as tracking
 
@@ -122,7 +122,7 @@ def delta(a: Role, b: Role) -> tuple[float, str]:
     """a's mean test error minus b's, and its seed-noise verdict (stats.noise_verdict)."""
     if not (a.s.n and b.s.n):
         return math.nan, "—"
-    return a.s.mean - b.s.mean, noise_verdict(a.s.values, b.s.values, (a.ref, b.ref))
+    return a.s.mean - b.s.mean, verdict(a.runs, b.runs, (a.ref, b.ref))
 
 
 def epochs_words(values) -> str:

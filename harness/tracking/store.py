@@ -174,6 +174,24 @@ def git_commit() -> str:
         return "unknown"
 
 
+def commits_in_history(commits: set[str]) -> set[str] | None:
+    """Those of `commits` (git_commit tags, "-dirty" or not) that this checkout's history holds; None where there is
+    no whole history to ask (no git, not a checkout, a shallow clone), so that nothing is flagged for want of one."""
+    shas = sorted({c.removesuffix("-dirty") for c in commits if c and c != "unknown"})
+    here = Path(__file__).parent
+    try:
+        shallow = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], capture_output=True, text=True,
+                                 check=True, cwd=here).stdout.strip()
+        if shallow != "false":  # a shallow clone lacks old commits that the full history holds
+            return None
+        out = subprocess.run(["git", "cat-file", "--batch-check"], input="".join(f"{c}^{{commit}}\n" for c in shas),
+                             capture_output=True, text=True, check=True, cwd=here).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    found = {sha for sha, line in zip(shas, out.splitlines(), strict=False) if not line.endswith(" missing")}
+    return {c for c in commits if c.removesuffix("-dirty") in found}
+
+
 def source_tags() -> dict[str, str]:
     """MLflow's own source tags, so its Source column links the commit the run's code came from."""
     commit = git_commit()
