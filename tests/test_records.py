@@ -295,3 +295,14 @@ def test_a_format_1_record_imports_as_the_run_mlflow_showed_and_exports_as_forma
     assert abs((again.info.end_time - again.info.start_time) / 1000 - seconds) < 1
     assert again.data.tags["run_times"] == r.data.tags["run_times"]
     assert again.data.tags["mlflow.note.content"] == r.data.tags["mlflow.note.content"]
+
+
+def test_readme_names_as_unmeasured_each_group_with_no_record():
+    """README's "Where it stands" claims only what a record or a committed page backs: a group of specs with no
+    record in results/ is listed as unmeasured, and no run time is typed (each comes from a record, per machine)."""
+    stands = (ROOT / "README.md").read_text().split("## Where it stands", 1)[1].split("\n## ", 1)[0]
+    unmeasured = stands.split("Unmeasured so far", 1)[1].split("GPU time.", 1)[0]
+    for group, words in (("ladder", "ladder"), ("tuned", "tuned schedule")):
+        if not list((ROOT / "results" / group).glob("*.json")):
+            assert words in unmeasured, group
+    assert not re.search(r"\d+\s*[–-]\s*\d+ h on a", (ROOT / "README.md").read_text())  # no typed machine times

@@ -210,7 +210,10 @@ def test_a_rerun_runs_only_what_is_left_at_the_budget_the_study_was_run_at(store
     attrs = optuna.load_study(study_name="r", storage=storage).user_attrs
     assert attrs["budget"] == 0.25 and attrs["data_id"].startswith("cifar10-mini.npz:")
     assert tune(0, 0.5, "--export", str(out))[0] == 0  # only reads the study: labelled with the trials' budget
-    assert "at budget 0.25)" in load_spec(out).description
+    exported = load_spec(out)
+    assert "at budget 0.25 on cifar10-mini.npz:" in exported.description
+    t = exported.tuned  # the study's provenance travels with the spec (and into its runs' tags)
+    assert (t.study, t.budget, t.trials, t.data) == ("r", 0.25, 2, attrs["data_id"])
 
     code, err = tune(3, 0.25)  # resumed: the sampler draws new points, not trial 0's again
     assert code == 0 and re.search(r"best_val_error=\d+\.\d\d?, ", err), err  # rounded in the summary
@@ -229,3 +232,31 @@ def test_workers_are_started_by_a_call_not_by_hidden_flags(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["tune", str(tmp_path / "x.yaml"), flag, *(["1"] if flag != "--no-finish" else [])])
         assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_a_tuned_spec_says_where_its_schedule_came_from_and_trains_only_at_its_studys_budget(capsys):
+    """experiments/tuned/resnet32.yaml is the best of 20 trials of 64 iterations on the mini set: `table` at budget
+    1 leaves it out and says what it is; at its study's budget it trains. The study's figures carry that title."""
+    from harness.batch.dispatch import collect_runs
+    from harness.batch.table import tuned_at_their_budget
+    from harness.core.spec import hashed
+    from harness.tracking.figures import study_title
+    from harness.tracking.sinks import tuned_tags
+
+    from .helpers import ROOT
+
+    full = collect_runs([str(ROOT / "experiments/tuned")], [], 1.0).runs
+    assert tuned_at_their_budget(full) == []
+    err = capsys.readouterr().err
+    assert "skipped tuned/resnet32: its schedule is the best of study 'resnet32' (20 trials at budget 0.001 on " \
+           "cifar10-mini.npz:56ecc45f2a62d293, validation error 67.57 %), not of budget 1" in err, err
+    (short,) = collect_runs([str(ROOT / "experiments/tuned")], [], 0.001).runs
+    assert tuned_at_their_budget([short]) == [short]
+    assert tuned_tags(short.spec)["tuned.study"] == "resnet32" and tuned_tags(short.spec)["tuned.budget"] == "0.001"
+    assert "tuned" not in hashed(short.spec)  # a label: the same schedule is the same run, however it is labelled
+    study = optuna.create_study(study_name="lr32")
+    study.set_user_attr("budget", 0.0625)
+    study.set_user_attr("data_id", "cifar10-full.npz:a44cc18e4ad961b5")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    assert study_title(study) == ("Optuna study 'lr32': 2 trials at budget 0.0625 on "
+                                  "cifar10-full.npz:a44cc18e4ad961b5, validation error (the test split never selects)")

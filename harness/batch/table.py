@@ -70,6 +70,7 @@ def table(folders: list[str], o: BatchOptions, overrides: list[str] = (), budget
     record `records` (results/) holds is done unless o.force."""
     found = Collected(campaign_runs(campaign, overrides), [], 1) if campaign else \
         _folder_runs(folders, overrides, budget, include_heavy)
+    found = found._replace(runs=tuned_at_their_budget(found.runs))
     for e in found.errors:
         print(f"error: {e}", file=sys.stderr)
     bad = len(found.errors)
@@ -77,6 +78,23 @@ def table(folders: list[str], o: BatchOptions, overrides: list[str] = (), budget
     batch = run_batch(found.runs, o, Told(lambda r: f"{r.group}/{r.run_name}", "table", note),
                       planner(None if o.force else records))
     return TableResult(2 if bad else 0 if batch.all_done else 1, batch.data_id)
+
+
+def tuned_at_their_budget(runs: list[RunSpec]) -> list[RunSpec]:
+    """The runs less those of a tuned spec asked for at another budget than its study's: a schedule tuned in 64
+    iterations says nothing of 64k. Each one left out is named with where its schedule came from."""
+    kept, said = [], set()
+    for r in runs:
+        t = r.spec.tuned
+        if t is None or t.budget == r.budget:
+            kept.append(r)
+        elif (r.group, r.name) not in said:
+            said.add((r.group, r.name))
+            print(f"table: skipped {r.group}/{r.name}: its schedule is the best of study '{t.study}' ({t.trials} "
+                  f"trials at budget {t.budget:g} on {t.data}, validation error {t.val_error:.2f} %), not of budget "
+                  f"{r.budget:g}; `harness run {r.source_file} --budget {r.budget:g}` trains it anyway",
+                  file=sys.stderr)
+    return kept
 
 
 def _folder_runs(folders: list[str], overrides: list[str], budget: float, include_heavy: bool) -> Collected:

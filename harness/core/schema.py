@@ -214,6 +214,19 @@ class TuneSpec(_Strict):
         return v
 
 
+class TunedFrom(_Strict):
+    """Where a tuned spec's schedule came from: the study, the data and budget its trials ran at, how many trials
+    it had, and the best trial's validation error. A schedule tuned in 64 iterations on a 4k-image subset is no
+    schedule for 64k iterations on all of CIFAR-10: `table` trains a tuned spec only at its study's budget."""
+
+    study: str
+    trial: int = Field(ge=0)
+    val_error: float  # the best trial's validation error (%), the study's objective
+    budget: float = Field(gt=0)
+    data: str  # the data id the trials trained on
+    trials: int = Field(ge=1)  # trials the study had when the spec was exported
+
+
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 NO_VALIDATION = "data.val_fraction 0 leaves no validation split"
@@ -236,6 +249,7 @@ class Spec(_Strict):
     compile: bool | str = False
     eval_points: int = Field(32, ge=1)
     tune: TuneSpec | None = None
+    tuned: TunedFrom | None = None  # a tuned spec's provenance: not part of the run (nor its hash), its label
 
     @field_validator("name")
     @classmethod

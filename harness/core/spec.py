@@ -30,6 +30,7 @@ from harness.core.schema import (  # noqa: F401 - the spec's sections, imported 
     OptimizerSpec,
     ScheduleSpec,
     Spec,
+    TunedFrom,
     TuneRange,
     TuneSpec,
     WarmupSpec,
@@ -79,7 +80,7 @@ def hashed(spec: Spec) -> dict:
     """What a run's hash is of: the resolved spec less what names or describes it, with its path fields at the
     values every record had before paths were chosen (PATH_FIELDS), and the fields added later (ADDED_LATER,
     data.augment's old bools) as the records made before them have them, so they keep their hash."""
-    body = spec.model_dump(mode="json", exclude={"seeds", "description", "heavy", "name"}) | PATH_FIELDS
+    body = spec.model_dump(mode="json", exclude={"seeds", "description", "heavy", "name", "tuned"}) | PATH_FIELDS
     for section, key, default in ADDED_LATER:
         if body[section][key] == default(body):
             del body[section][key]

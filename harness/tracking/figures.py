@@ -179,6 +179,16 @@ def known_plot_warnings():
         yield
 
 
+def study_title(study) -> str:
+    """What a study's figures are of: its name, its trials' data and budget (the study's user attributes), and its
+    finished trials; a figure without them reads as a result at the paper's budget."""
+    attrs = study.user_attrs
+    budget = f"budget {attrs['budget']:g}" if "budget" in attrs else "an unrecorded budget"
+    finished = [t for t in study.trials if t.state.is_finished()]
+    return (f"Optuna study '{study.study_name}': {len(finished)} trials at {budget} on "
+            f"{attrs.get('data_id', 'unrecorded data')}, validation error (the test split never selects)")
+
+
 def study_figures(study, out: Path) -> list[Path]:
     """Optuna's optimization history, parameter importances and parallel coordinates as PNGs in `out`; returns
     those drawn. One that cannot be drawn yet (importances need two finished trials) is said and skipped."""
@@ -193,6 +203,7 @@ def study_figures(study, out: Path) -> list[Path]:
                 fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
                 fig.set_size_inches(8, 5)
                 fig.set_dpi(100)
+                fig.suptitle(study_title(study), fontsize=8)
                 _save(fig, out / f"{name}.png")
             drawn.append(out / f"{name}.png")
         except (ValueError, RuntimeError) as e:

@@ -79,7 +79,7 @@ def meaningful(flat: dict[str, str]) -> dict[str, str]:
 
 
 def run_params(run: RunSpec) -> dict[str, str]:
-    flat = flatten(run.spec.model_dump(mode="json", exclude={"seeds", "description", "tune"}))
+    flat = flatten(run.spec.model_dump(mode="json", exclude={"seeds", "description", "tune", "tuned"}))
     flat.update(seed=run.seed, budget=run.budget)
     return meaningful({k: str(v) for k, v in flat.items()})
 
@@ -107,7 +107,14 @@ def run_tags(run: RunSpec, arrays: Arrays, data: DeviceData, device: torch.devic
             "official_test_set": str(cifar10_test_error(data, run.budget)).lower(),
             "tested_on_official": str(data.official_test).lower(),
             "full_training_data": str(data.full_training_data).lower(),
-            mlflow_inputs.NOTE: run.spec.description, **tracking.source_tags()}
+            mlflow_inputs.NOTE: run.spec.description, **tuned_tags(run.spec), **tracking.source_tags()}
+
+
+def tuned_tags(spec) -> dict[str, str]:
+    """A tuned spec's provenance as tags (tuned.study, tuned.budget, ...): where its schedule came from."""
+    t = spec.tuned
+    return {} if t is None else {f"tuned.{k}": f"{v:g}" if isinstance(v, float) else str(v)
+                                 for k, v in t.model_dump().items()}
 
 
 def run_dataset(arrays: Arrays, data: DeviceData) -> dict[str, str]:

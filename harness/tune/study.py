@@ -175,9 +175,15 @@ def export(study, base: Spec, spec_path: str, path: Path) -> None:
     spec = with_overrides(base, suggest(_Replay(best.params), t, base))
     body = spec.model_dump(mode="json", exclude={"tune", "name"}, exclude_none=True)
     budget = best.user_attrs.get("budget", study.user_attrs.get("budget"))  # the trial's own, not this call's
+    data = study.user_attrs.get("data_id", "unrecorded data")
+    trials = len([t for t in study.trials if t.state.is_finished()])
     at = f"at budget {budget:g}" if budget is not None else "at an unrecorded budget"
-    body["description"] = (f"Tuned by Optuna study '{study.study_name}' (trial {best.number}, validation error "
-                           f"{best.value:.2f}% {at}) from {spec_path}")
+    body["description"] = (f"Tuned by Optuna study '{study.study_name}' (trial {best.number} of {trials}, validation "
+                           f"error {best.value:.2f}% {at} on {data}) from {spec_path}: its schedule is the best of "
+                           "trials at that budget, and `table` trains it at that budget only")
+    if budget is not None:
+        body["tuned"] = {"study": study.study_name, "trial": best.number, "val_error": round(best.value, 4),
+                         "budget": budget, "data": data, "trials": trials}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(body, sort_keys=False))
