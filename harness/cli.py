@@ -33,7 +33,7 @@ def batch_options(a):
 
 
 def cmd_validate(a) -> int:
-    from harness.batch.run import validate
+    from harness.batch.validate import validate
 
     return validate(a.specs, a.overrides, a.budget)
 

@@ -5,10 +5,9 @@ import shutil
 import pytest
 import yaml
 
-from harness.batch.dispatch import collect_runs
 from harness.cli import main
 from harness.core.campaign_file import campaign_runs, load_campaign
-from harness.core.spec import expand_paths
+from harness.core.spec import collect_runs, expand_paths
 
 from .helpers import ROOT, TINY
 

@@ -99,3 +99,23 @@ def test_the_environment_check_catches_a_write(tmp_path, source):
     (tmp_path / "harness").mkdir()
     (tmp_path / "harness" / "leak.py").write_text(source)
     assert len(environment_writes(tmp_path / "harness")) == 1
+
+
+def test_checking_a_spec_loads_no_torch():
+    """The registries a spec is checked against are plain data (harness.core.archs, harness.core.families): the
+    schema, and `validate` on every shipped spec, run without importing torch."""
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys, io, contextlib\n"
+            "import harness.core.schema, harness.core.campaign_file\n"
+            "assert 'torch' not in sys.modules, 'schema'\n"
+            "sys.argv = ['harness', 'validate', 'experiments']\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n"
+            "        runpy.run_module('harness', run_name='__main__')\n"
+            "    except SystemExit as e:\n"
+            "        assert not e.code, e.code\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'mlflow')))\n")
+    p = subprocess.run([sys.executable, "-c", code], cwd=PACKAGE.parent, capture_output=True, text=True)
+    assert p.returncode == 0 and p.stdout.strip() == "[]", p.stderr[-2000:] + p.stdout

@@ -255,7 +255,7 @@ def test_a_budget_that_breaks_the_schedule_is_refused_before_anything_runs(budge
         assert budget in ("inf", "nan") or str(path) in lines[0]
     assert not store.exists()
     assert main(["validate", str(path), "--budget", "0.5"]) == 0
-    assert "6 iters, milestones [4, 5]" in capsys.readouterr().out
+    assert "6 iters, multistep (milestones [4, 5])" in capsys.readouterr().out
 
 
 def test_budget_rule_holds_for_the_shipped_specs_at_the_tables_small_budget():
@@ -352,3 +352,10 @@ def test_resnet110s_warmup_cap_is_a_safety_net_the_budget_does_not_shrink():
     for budget in (1.0, 0.05, 0.01, 0.0005):
         (run, *_) = resolve_runs(path, spec, budget, check_budget=False)
         assert run.spec.schedule.warmup.max_iters == spec.schedule.warmup.max_iters > WARMUP_CHECK_EVERY
+
+
+def test_validate_says_the_schedule_a_run_follows(capsys):
+    """A plateau run's line names its patience, not the milestones its family never reads."""
+    assert main(["validate", str(ROOT / "experiments/seedlog/sgd_plateau.yaml"), "--budget", "0.0625"]) == 0
+    out = capsys.readouterr().out
+    assert "4000 iters, plateau (patience 37000), batch 256, augment flip" in out and "milestones" not in out

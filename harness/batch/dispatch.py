@@ -18,7 +18,6 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import NamedTuple
 
 import torch
 
@@ -28,32 +27,14 @@ from harness.batch.cost import Rate, gflops_on_data
 from harness.batch.options import BatchOptions
 from harness.core.data import Arrays, check_batch_fits, load_arrays
 from harness.core.devices import check_jobs, pick_device
-from harness.core.spec import RunSpec, load_specs, resolve_runs
-from harness.errors import SpecError, UserError
+from harness.core.spec import RunSpec
+from harness.errors import UserError
 from harness.tracking import store as tracking
 from harness.tracking.records import export_run
 from harness.tracking.status import DONE, Status, summary
 
 Label = Callable[[RunSpec], str]
 Plan = Callable[[list[RunSpec], Arrays, torch.device], list[RunSpec]]
-
-
-class Collected(NamedTuple):
-    runs: list[RunSpec]
-    errors: list[str]  # one line per invalid spec
-    files: int  # spec files read, valid or not
-
-
-def collect_runs(paths: list[str], overrides: list[str], budget: float, include_heavy: bool = True) -> Collected:
-    """The runs of every valid spec under `paths` and one error line per invalid spec; what to do with those is
-    the command's to say (`run` stops, `table` goes on without them). A bad --budget is the one error every spec
-    would share: it stops here, as one line after the specs' own."""
-    specs, errors = load_specs(paths, overrides)
-    try:
-        runs = [r for path, spec in specs if include_heavy or not spec.heavy for r in resolve_runs(path, spec, budget)]
-    except SpecError as e:
-        raise SpecError("\nerror: ".join([*errors, str(e)])) from None
-    return Collected(runs, errors, len(specs) + len(errors))
 
 
 @dataclass(frozen=True)

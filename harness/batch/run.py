@@ -10,35 +10,17 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from harness.batch.dispatch import Told, collect_runs, run_batch
+from harness.batch.dispatch import Told, run_batch
 from harness.batch.options import BatchOptions
-from harness.core.spec import RunSpec
-from harness.errors import SpecError, UserError
+from harness.batch.validate import load_all
+from harness.errors import UserError
 from harness.tracking.records import import_record
 from harness.tracking.status import summary
 
 
-def _load_all(paths: list[str], overrides: list[str], budget: float) -> list[RunSpec]:
-    """Every bad spec is named (one `error:` line each), so a folder of specs is fixed in one pass."""
-    runs, errors, _ = collect_runs(paths, overrides, budget)
-    if errors:
-        raise SpecError("\nerror: ".join(errors))
-    if not runs:
-        raise UserError(f"{' '.join(paths)}: no spec files found (expected .yaml files)")
-    return runs
-
-
-def validate(specs: list[str], overrides: list[str] = (), budget: float = 1.0) -> int:
-    for r in _load_all(specs, overrides, budget):
-        s = r.spec.schedule
-        print(f"ok  {r.source_file}  {r.run_name}  {r.spec.model.arch}-{r.spec.model.depth}  "
-              f"{s.total_iters} iters, milestones {s.milestones}, batch {r.spec.batch_size}")
-    return 0
-
-
 def run(specs: list[str], o: BatchOptions, overrides: list[str] = (), budget: float = 1.0) -> int:
     """Exit code 0 when every run finished (now or before), 1 when one diverged or failed."""
-    runs = _load_all(specs, overrides, budget)  # every spec is checked before anything runs
+    runs = load_all(specs, overrides, budget)  # every spec is checked before anything runs
     batch = run_batch(runs, o, Told(label=lambda r: f"{r.run_name} ({r.source_file})"))
     return 0 if batch.all_done else 1
 

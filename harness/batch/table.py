@@ -14,12 +14,12 @@ from typing import NamedTuple
 import torch
 
 from harness.batch.cost import gflops_on_data, seconds_per_gflop
-from harness.batch.dispatch import Collected, Told, collect_runs, run_batch
+from harness.batch.dispatch import Told, run_batch
 from harness.batch.options import BatchOptions
 from harness.core.campaign_file import campaign_runs
 from harness.core.data import Arrays
 from harness.core.groups import GROUPS
-from harness.core.spec import RunSpec
+from harness.core.spec import Collected, RunSpec, collect_runs
 from harness.errors import SpecError
 from harness.tracking import store as tracking
 from harness.tracking.records import committed

@@ -21,9 +21,10 @@ from harness.bench import timing
 from harness.bench.baseline import bench_pil_batches
 from harness.bench.grouped import bench_group
 from harness.bench.render import print_result
+from harness.core.archs import ARCHS
 from harness.core.data import DeviceData, load_arrays
 from harness.core.devices import check_jobs, device_name, pick_device, thread_share
-from harness.core.models import ARCHS, build_model, count_params, train_flops_per_image
+from harness.core.models import build_model, count_params, train_flops_per_image
 from harness.core.spec import ModelSpec
 from harness.errors import UserError
 

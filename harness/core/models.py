@@ -1,6 +1,6 @@
-"""The networks of He et al. 2015 §4.2, plus the torchvision ResNet-34 the seed log actually trained, as a
-registry of builders: a new architecture is one function decorated with `register_arch`, and the schema, the
-report's tables and its figures read what they need of it from ARCHS.
+"""The networks of He et al. 2015 §4.2, plus the torchvision ResNet-34 the seed log actually trained: one builder
+per architecture of harness.core.archs.ARCHS (decorated with `builds`; an architecture without one fails the
+import), whose traits the schema reads there without loading torch.
 
 CIFAR ResNet: a 3x3 conv with 16 filters, then three stages of n basic blocks with 16/32/64 filters on
 32/16/8 feature maps, global average pooling and a 10-way FC: 6n+2 layers. Option A shortcuts are
@@ -11,46 +11,24 @@ parameter-free (stride-2 subsample, zero-pad the new channels), which is what gi
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-if TYPE_CHECKING:  # the schema reads ARCHS, so this module cannot import it at run time
-    from harness.core.spec import ModelSpec
+from harness.core.archs import ARCHS
+from harness.core.schema import ModelSpec
+
+BUILDERS: dict[str, Callable[[ModelSpec], nn.Module]] = {}  # model.arch -> its builder, by ARCHS name
 
 
-@dataclass(frozen=True)
-class Arch:
-    """What a spec, a report and a figure need to know of an architecture besides how to build it."""
-
-    name: str
-    build: Callable[[ModelSpec], nn.Module]
-    label: str  # a table row is "<label>-<depth>"
-    color: str = "C0"  # its line in the error-vs-depth figure
-    depth: int | None = None  # a fixed depth; None: the CIFAR rule 6n+2, 32 by default
-    shortcut: str = "A"  # the default shortcut option
-    stems: tuple[str, ...] = ("cifar",)  # the stems it accepts, its default first
-    paper: bool = False  # the paper's Table 6 gives its test error (paper.yaml key "<name><depth>")
-    fig6_panel: int | None = None  # its panel in the paper's Fig. 6 (0 left, 1 right); None: not drawn there
-    init: str = "he"  # the init its builder leaves (harness.core.models.INITS), model.init's default
-
-
-ARCHS: dict[str, Arch] = {}
-
-
-def register_arch(label: str, **traits) -> Callable:
-    """`@register_arch("ResNet", ...)` over a builder `name(spec: ModelSpec) -> nn.Module` registers it as the
-    spec's `model.arch: name`."""
-
-    def register(build: Callable[[ModelSpec], nn.Module]) -> Callable[[ModelSpec], nn.Module]:
-        ARCHS[build.__name__] = Arch(build.__name__, build, label, **traits)
-        return build
-
-    return register
+def builds(build: Callable[[ModelSpec], nn.Module]) -> Callable[[ModelSpec], nn.Module]:
+    """`@builds` over `name(spec: ModelSpec) -> nn.Module`: the builder of the architecture ARCHS names `name`."""
+    if build.__name__ not in ARCHS:
+        raise ValueError(f"{build.__name__}: no such architecture in harness.core.archs.ARCHS")
+    BUILDERS[build.__name__] = build
+    return build
 
 
 class ZeroPadShortcut(nn.Module):
@@ -182,21 +160,20 @@ def ghost_batch_norm(model: nn.Module, group: int) -> None:
                 setattr(parent, name, ghost)
 
 
-@register_arch("ResNet", color="C0", paper=True, fig6_panel=1)
+@builds
 def resnet(spec: ModelSpec) -> nn.Module:
     return CifarResNet(spec.depth, residual=True, shortcut=spec.shortcut, bn_on_shortcut=spec.bn_on_shortcut,
                        fc_relu=spec.fc_relu)
 
 
-@register_arch("plain", color="C3", fig6_panel=0)
+@builds
 def plain(spec: ModelSpec) -> nn.Module:
     """The same net without its shortcuts (the paper's plain baselines)."""
     return CifarResNet(spec.depth, residual=False, shortcut=spec.shortcut, bn_on_shortcut=spec.bn_on_shortcut,
                        fc_relu=spec.fc_relu)
 
 
-@register_arch("torchvision-ResNet", color="C2", depth=34, shortcut="B", stems=("imagenet", "cifar"),
-               init="torchvision")
+@builds
 def torchvision_resnet34(spec: ModelSpec) -> nn.Module:
     """torchvision's ResNet-34 (the seed log's network), with the spec's stem and shortcuts honoured.
 
@@ -224,7 +201,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
     """The spec's network, initialised as `model.init` says (an arch's own init is not redone, so naming it draws
     the weights that leaving it out draws), its BN over `model.bn_batch` images where given."""
     arch = ARCHS[spec.arch]
-    model = arch.build(spec)
+    model = BUILDERS[spec.arch](spec)
     if spec.init != arch.init:
         INITS[spec.init](model)
     if spec.bn_batch is not None:
@@ -258,3 +235,7 @@ def train_flops_per_image(model: nn.Module) -> float:
     for h in handles:
         h.remove()
     return 3 * 2 * macs
+
+
+if set(BUILDERS) != set(ARCHS):  # an architecture with no builder, or a builder of none, is a bug of this module
+    raise ImportError(f"harness.core.models: builders {sorted(BUILDERS)} for architectures {sorted(ARCHS)}")

@@ -4,26 +4,22 @@ The training loop asks `lr_at(iteration)` before each step and feeds back the nu
 the training error of each WARMUP_CHECK_EVERY-iteration window during the paper's ResNet-110 warm-up, and the
 validation loss at each evaluation point (plateau drops, early stopping). The object holds host numbers only, so
 it never makes the loop wait on the device, and its state_dict is all a checkpoint needs to resume it to the bit.
-The schedule families are a registry: a new family is one function decorated with `register_schedule`, and the
-schema and the tuner read its name and traits from FAMILIES.
+The families and their traits are harness.core.families.FAMILIES (plain data the schema reads without this module);
+here each family's lr is one function decorated with `lr_of`, and a family without one fails the import.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the schema reads FAMILIES, so this module cannot import it at run time
-    from harness.core.spec import ScheduleSpec
+from harness.core.families import FAMILIES
+from harness.core.schema import ScheduleSpec
 
 # Iterations per training-error window of the ResNet-110 warm-up: the host reads the device once per window.
 WARMUP_CHECK_EVERY = 20
 
-# ReduceLROnPlateau's defaults (torch.optim.lr_scheduler): an improvement is relative by more than 1e-4
-# (schedule.threshold's default), and a drop smaller than 1e-8 is not made.
-PLATEAU_THRESHOLD = 1e-4
+# ReduceLROnPlateau's default: a drop smaller than 1e-8 is not made.
 PLATEAU_EPS = 1e-8
 
 
@@ -33,35 +29,15 @@ def eval_every(total_iters: int, eval_points: int) -> int:
     return max(1, -(-total_iters // eval_points))
 
 
-@dataclass(frozen=True)
-class Family:
-    """A schedule family: its lr before the warm-ups, and which spec fields and numbers it reads."""
-
-    name: str
-    lr: Callable[[Schedule, int], float]  # the family's lr at iteration `it`, from the schedule's spec and state
-    milestones: bool = False  # reads schedule.milestones (the tuner samples them)
-    gamma: bool = False  # reads schedule.gamma (the tuner samples it)
-    on_validation: Callable[[Schedule, float], None] | None = None  # steps on each evaluation point's val loss
-
-    @property
-    def ignores(self) -> tuple[str, ...]:
-        """The schedule fields this family never reads (a run's MLflow params leave them out)."""
-        return ((() if self.milestones else ("milestones",)) + (() if self.gamma else ("gamma",))
-                + (() if self.on_validation else ("patience", "mode", "threshold")))
+LR: dict[str, Callable[[Schedule, int], float]] = {}  # a family's lr at iteration `it`, by FAMILIES name
 
 
-FAMILIES: dict[str, Family] = {}
-
-
-def register_schedule(**traits) -> Callable:
-    """`@register_schedule(gamma=True, ...)` over `name(sched: Schedule, it: int) -> float` registers it as the
-    spec's `schedule.name: name`."""
-
-    def register(lr: Callable[[Schedule, int], float]) -> Callable[[Schedule, int], float]:
-        FAMILIES[lr.__name__] = Family(lr.__name__, lr, **traits)
-        return lr
-
-    return register
+def lr_of(lr: Callable[[Schedule, int], float]) -> Callable[[Schedule, int], float]:
+    """`@lr_of` over `name(sched: Schedule, it: int) -> float`: the lr of the family FAMILIES names `name`."""
+    if lr.__name__ not in FAMILIES:
+        raise ValueError(f"{lr.__name__}: no such schedule family in harness.core.families.FAMILIES")
+    LR[lr.__name__] = lr
+    return lr
 
 
 class Schedule:
@@ -103,7 +79,7 @@ class Schedule:
         s = self.s
         if self.warming(it):
             return s.warmup.lr
-        lr = self.family.lr(self, it)
+        lr = LR[self.family.name](self, it)
         return lr * min(1.0, (it + 1) / s.warmup_iters) if s.warmup_iters else lr
 
     def observe_train_error(self, error: float) -> None:
@@ -125,7 +101,7 @@ class Schedule:
         """The validation loss at evaluation point `it`; `warming` says whether the iteration before it ran at the
         warm-up lr. Returns whether early stopping ends the run here."""
         if self.family.on_validation and not warming:
-            self.family.on_validation(self, val_loss)
+            self.plateau_step(val_loss)
         if val_loss < self.best_val_loss:
             self.best_val_loss, self.best_val_iter = val_loss, it
             return False
@@ -158,18 +134,22 @@ class Schedule:
             setattr(self, k, state[k] if k in state or not k.startswith("warmup_ended") else None)
 
 
-@register_schedule(milestones=True, gamma=True)
+@lr_of
 def multistep(sched: Schedule, it: int) -> float:
     """The paper's: the lr times gamma at each milestone passed."""
     return sched.base_lr * sched.s.gamma ** sum(it >= m for m in sched.s.milestones)
 
 
-@register_schedule()
+@lr_of
 def cosine(sched: Schedule, it: int) -> float:
     return sched.base_lr * 0.5 * (1 + math.cos(math.pi * it / sched.s.total_iters))
 
 
-@register_schedule(gamma=True, on_validation=Schedule.plateau_step)
+@lr_of
 def plateau(sched: Schedule, it: int) -> float:
     """ReduceLROnPlateau on the validation loss: the lr its last drop left."""
     return sched.plateau_lr
+
+
+if set(LR) != set(FAMILIES):  # a family with no lr, or an lr of no family, is a bug of this module
+    raise ImportError(f"harness.core.schedule: lr functions {sorted(LR)} for families {sorted(FAMILIES)}")

@@ -15,9 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from harness.core.models import ARCHS
+from harness.core.archs import ARCHS
+from harness.core.families import FAMILIES, PLATEAU_THRESHOLD
 from harness.core.names import EXPECTED, name_problem
-from harness.core.schedule import FAMILIES, PLATEAU_THRESHOLD
 
 
 class _Strict(BaseModel):
@@ -29,7 +29,7 @@ FAMILY_NAMES = tuple(FAMILIES)
 
 
 class ModelSpec(_Strict):
-    """`depth`, `shortcut` and `stem` left out take the architecture's own (harness.core.models.ARCHS): 32, A and
+    """`depth`, `shortcut` and `stem` left out take the architecture's own (harness.core.archs.ARCHS): 32, A and
     cifar for the paper's CIFAR nets; 34, B and imagenet for torchvision's ResNet-34 (whose stage layout fixes its
     depth)."""
 

@@ -15,13 +15,14 @@ import json
 import math
 import typing
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from harness.core.families import FAMILIES, PLATEAU_THRESHOLD
 from harness.core.groups import FIGURE_FILES
 from harness.core.names import name_problem
-from harness.core.schedule import FAMILIES, PLATEAU_THRESHOLD
 from harness.core.schema import (  # noqa: F401 - the spec's sections, imported from here by the rest of the harness
     AUGMENT_OF_BOOL,
     COMPILE_MODES,
@@ -277,7 +278,7 @@ def resolve_runs(path: str | Path, spec: Spec, budget: float, check_budget: bool
     milestones = sorted({scale_iters(m, budget) for m in s.milestones if scale_iters(m, budget) < total})
     if check_budget:
         _check_scaled(path, spec, budget, total, milestones)
-    reads_patience = FAMILIES[s.name].on_validation is not None
+    reads_patience = FAMILIES[s.name].on_validation
     sched = s.model_copy(update={
         # a family that never reads it keeps the scaled patience it always had: the records keep their hash
         "patience": s.patience if reads_patience or not s.patience else scale_iters(s.patience, budget),
@@ -321,6 +322,24 @@ def load_specs(paths: list[str], overrides: list[str] = ()) -> tuple[list[tuple[
         except SpecError as e:
             errors.append(str(e))
     return specs, list(dict.fromkeys(errors))
+
+
+class Collected(NamedTuple):
+    runs: list[RunSpec]
+    errors: list[str]  # one line per invalid spec
+    files: int  # spec files read, valid or not
+
+
+def collect_runs(paths: list[str], overrides: list[str], budget: float, include_heavy: bool = True) -> Collected:
+    """The runs of every valid spec under `paths` and one error line per invalid spec; what to do with those is
+    the command's to say (`run` stops, `table` goes on without them). A bad --budget is the one error every spec
+    would share: it stops here, as one line after the specs' own."""
+    specs, errors = load_specs(paths, overrides)
+    try:
+        runs = [r for path, spec in specs if include_heavy or not spec.heavy for r in resolve_runs(path, spec, budget)]
+    except SpecError as e:
+        raise SpecError("\nerror: ".join([*errors, str(e)])) from None
+    return Collected(runs, errors, len(specs) + len(errors))
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pandas as pd
 
 from harness.core.groups import REPORTED, load_paper
-from harness.core.models import ARCHS
 from harness.report.campaign import (
     campaigns,
     descriptions,
@@ -26,6 +25,7 @@ from harness.report.campaign import (
 from harness.report.curves import fig6_panels
 from harness.report.index import write_index
 from harness.report.labels import campaign_label
+from harness.report.looks import LOOKS
 from harness.report.pages import ablations, is_cifar10, ladder, table6, tuned
 from harness.report.readme import update_readme
 from harness.report.stats import paper_figure
@@ -68,8 +68,8 @@ def figures(df: pd.DataFrame, tab: pd.DataFrame, bars, paper: dict, budget: floa
     data = sorted(set(df.data))[0] if len(df) else ""
     label = "CIFAR-10 test error (%)" if official else f"error (%), {data.split(' ')[0]}, budget {budget:g}"
     if len(tab):  # a campaign without Table 6 runs (e.g. the ladder alone) gets no Table 6 figures
-        measured = {arch: (sub.depth, sub.measured_mean, sub.measured_std.fillna(0))
-                    for arch in ARCHS if len(sub := tab[tab.arch == arch])}
+        measured = {LOOKS[arch].label: (LOOKS[arch].color, sub.depth, sub.measured_mean, sub.measured_std.fillna(0))
+                    for arch in LOOKS if len(sub := tab[tab.arch == arch])}
         depths = sorted(int(k[6:]) for k in paper["test_error"] if int(k[6:]) <= 110)
         figs = [paper_figure(paper, f"resnet{d}") for d in depths]  # means where the paper gives them, as ours are
         plots.error_vs_depth(measured, (depths, [m for m, _, _ in figs], [s or 0 for _, s, _ in figs]), label,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from harness.core.models import ARCHS
+from harness.report.looks import LOOKS, fig6_archs
 from harness.report.stats import provenance
 from harness.tracking import store as tracking
 from harness.tracking.figures import Curve, History
@@ -36,19 +36,20 @@ def mean_curve(label: str, trains: list[History], tests: list[History]) -> Curve
 
 
 def fig6_panels(df: pd.DataFrame) -> dict[str, list[Curve]]:
-    """For each architecture drawn in Fig. 6 (its registry's panel, left to right), one curve per depth of the
+    """For each architecture drawn in Fig. 6 (its panel, left to right), under its label, one curve per depth of the
     finished Table 6 runs, named with its seeds."""
     c = tracking.client()
     t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
     panels: dict[str, list[Curve]] = {}
-    for arch in sorted((a for a in ARCHS.values() if a.fig6_panel is not None), key=lambda a: a.fig6_panel):
-        panels[arch.name] = []
-        for depth in sorted(set(t6[t6.arch == arch.name].depth)):
-            runs = t6[(t6.arch == arch.name) & (t6.depth == depth)].sort_values("seed")
+    for arch in fig6_archs():
+        label = LOOKS[arch].label
+        panels[label] = []
+        for depth in sorted(set(t6[t6.arch == arch].depth)):
+            runs = t6[(t6.arch == arch) & (t6.depth == depth)].sort_values("seed")
             seeds = ", ".join(map(str, runs.seed))
             mixed = provenance(runs)  # a band over seeds of several machines or commits says so
-            label = f"{arch.label}-{depth} " + (f"(seed {seeds})" if len(runs) == 1 else
-                                                f"(mean ± std of seeds {seeds}{'; ' + mixed if mixed else ''})")
+            name = f"{label}-{depth} " + (f"(seed {seeds})" if len(runs) == 1 else
+                                          f"(mean ± std of seeds {seeds}{'; ' + mixed if mixed else ''})")
             hists = [[tracking.metric_history(c, rid, k) for rid in runs.run_id] for k in ("train_error", "test_error")]
-            panels[arch.name].append(mean_curve(label, *hists))
+            panels[label].append(mean_curve(name, *hists))
     return panels

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.core.models import ARCHS, build_model, count_params
+from harness.core.models import build_model, count_params
 from harness.core.spec import ModelSpec
 from harness.report.campaign import splits
+from harness.report.looks import LOOKS
 from harness.report.stats import Summary, fmt, noise_verdict, paper_figure, summarize, verdict
 
 
@@ -105,14 +106,14 @@ def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Pa
     t6 = df[df.group == "table6"]
     official = official and is_cifar10(t6)
     rows = []
-    for arch in ARCHS.values():
-        for depth in sorted(set(t6[t6.arch == arch.name].depth)):
-            runs = t6[(t6.arch == arch.name) & (t6.depth == depth)]
+    for arch, look in LOOKS.items():
+        for depth in sorted(set(t6[t6.arch == arch].depth)):
+            runs = t6[(t6.arch == arch) & (t6.depth == depth)]
             s = summarize(runs)
-            p, p_std, p_best = paper_figure(paper, f"{arch.name}{depth}") if arch.paper else (None, None, None)
+            p, p_std, p_best = paper_figure(paper, f"{arch}{depth}") if look.paper else (None, None, None)
             rows.append({
-                "model": f"{arch.label}-{depth}", "arch": arch.name, "depth": depth, "split": splits(runs),
-                "params_M": round(count_params(build_model(ModelSpec(arch=arch.name, depth=depth))) / 1e6, 2),
+                "model": f"{look.label}-{depth}", "arch": arch, "depth": depth, "split": splits(runs),
+                "params_M": round(count_params(build_model(ModelSpec(arch=arch, depth=depth))) / 1e6, 2),
                 "paper_test_error": p, "paper_std": p_std, "paper_best_run": p_best,
                 "measured_mean": round(s.mean, 2), "measured_std": round(s.std, 2),
                 "n": s.n, "best_seed": round(s.best, 2),

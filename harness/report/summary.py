@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.core.models import ARCHS
 from harness.report.campaign import GROUPS, splits
 from harness.report.labels import campaign_label, row_label
+from harness.report.looks import LOOKS, fig6_archs
 from harness.report.pages import ABLATION_BASELINE, compare_rows, header, paper_cell, runs_of
 from harness.report.stats import fmt, paper_figure, summarize, verdict
 from harness.tracking import store as tracking
@@ -36,16 +36,16 @@ class Row:
 def _order(runs: pd.DataFrame) -> list[tuple[str, str]]:
     """(group, spec) in the groups' order; within a group by architecture (the registry's order) and depth."""
     keys = runs[["group", "spec", "arch", "depth"]].drop_duplicates(["group", "spec"])
-    archs = list(ARCHS)
+    archs = list(LOOKS)
     keys = keys.assign(g=keys.group.map(GROUPS.index), a=keys.arch.map(lambda a: archs.index(a) if a in archs else 99))
     return [(r.group, r.spec) for r in keys.sort_values(["g", "a", "depth", "spec"]).itertuples()]
 
 
 def _paper(group: str, arch: str, depth: int, paper: dict) -> str:
-    if group != "table6" or arch not in ARCHS:
+    if group != "table6" or arch not in LOOKS:
         return "— (not in the paper)"
-    if not ARCHS[arch].paper:
-        return "— (curves only in Fig. 6)" if ARCHS[arch].fig6_panel is not None else "— (not in the paper)"
+    if not LOOKS[arch].paper:
+        return "— (curves only in Fig. 6)" if LOOKS[arch].fig6_panel is not None else "— (not in the paper)"
     return paper_cell(*paper_figure(paper, f"{arch}{depth}"))
 
 
@@ -131,14 +131,14 @@ def depth_effects(df: pd.DataFrame) -> list[str]:
     deeper plain net ends worse, a deeper ResNet does not); with the depths between, whether the trend is one."""
     t6 = df[(df.group == "table6") & (df.status == "FINISHED")]
     lines = []
-    for arch in sorted((a for a in ARCHS.values() if a.fig6_panel is not None), key=lambda a: a.fig6_panel):
-        depths = sorted(set(t6[t6.arch == arch.name].depth))
+    for arch in fig6_archs():
+        depths = sorted(set(t6[t6.arch == arch].depth))
         if len(depths) < 2:
             continue
-        runs = {d: t6[(t6.arch == arch.name) & (t6.depth == d)] for d in depths}
+        runs = {d: t6[(t6.arch == arch) & (t6.depth == d)] for d in depths}
         errors = {d: r.test_error.to_numpy(dtype=float) for d, r in runs.items()}
         lo, hi = errors[depths[0]], errors[depths[-1]]
-        a, b = f"{arch.label}-{depths[0]}", f"{arch.label}-{depths[-1]}"
+        a, b = f"{LOOKS[arch].label}-{depths[0]}", f"{LOOKS[arch].label}-{depths[-1]}"
         between = (f"; depth {', '.join(map(str, depths))}: {', '.join(f'{e.mean():.2f}' for e in errors.values())}"
                    if len(depths) > 2 else "")
         lines.append(f"- {a} → {b}: {lo.mean():.2f} → {hi.mean():.2f} ({hi.mean() - lo.mean():+.2f} points; "

@@ -21,8 +21,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from harness.core.models import ARCHS  # noqa: E402
-
 History = list[tuple[int, float]]  # (iteration, value)
 
 
@@ -51,14 +49,13 @@ def learning_curve(history: dict[str, History], title: str, path: Path) -> None:
     _save(fig, path)
 
 
-def error_vs_depth(measured: dict[str, tuple[Sequence, Sequence, Sequence]],
+def error_vs_depth(measured: dict[str, tuple[str, Sequence, Sequence, Sequence]],
                    paper: tuple[Sequence, Sequence, Sequence], ylabel: str, path: Path) -> None:
-    """measured: an arch's name (harness.core.models.ARCHS) -> (depths, mean errors, stds); paper: the same for
-    the paper's ResNets."""
+    """measured: an architecture's label -> (colour, depths, mean errors, stds); paper: (depths, means, stds) of the
+    paper's ResNets."""
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for arch, (depths, means, stds) in measured.items():
-        ax.errorbar(depths, means, yerr=stds, marker="o", color=ARCHS[arch].color, capsize=3,
-                    label=f"{ARCHS[arch].label} (measured)")
+    for label, (color, depths, means, stds) in measured.items():
+        ax.errorbar(depths, means, yerr=stds, marker="o", color=color, capsize=3, label=f"{label} (measured)")
     depths, means, stds = paper
     ax.errorbar(depths, means, yerr=stds, fmt="k*--", capsize=3,
                 label="ResNet (paper: full data, 64k it; 110: mean ± std of its runs)")
@@ -81,12 +78,12 @@ class Curve:
 
 
 def fig6_curves(panels: dict[str, list[Curve]], ylabel: str, path: Path, title: str = "") -> None:
-    """The paper's Fig. 6: one panel per arch, left to right in the order of `panels` (arch name -> its curves),
+    """The paper's Fig. 6: one panel per arch, left to right in the order of `panels` (its label -> its curves),
     one colour per depth; thin dashed for train, bold for test, a shaded band of ± one std over seeds around the
     test line where there are seeds to have one."""
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6 if title else 4), dpi=100, sharey=True,
                              squeeze=False)
-    for ax, (arch, curves) in zip(axes[0], panels.items(), strict=True):
+    for ax, (label, curves) in zip(axes[0], panels.items(), strict=True):
         for i, c in enumerate(curves):
             ax.plot([s for s, _ in c.train], [v for _, v in c.train], lw=0.8, ls="--", color=f"C{i}")
             ax.plot([s for s, _ in c.test], [v for _, v in c.test], lw=2.0, color=f"C{i}", label=c.label)
@@ -94,7 +91,7 @@ def fig6_curves(panels: dict[str, list[Curve]], ylabel: str, path: Path, title: 
                 ax.fill_between([s for s, _ in c.test], [v - d for (_, v), d in zip(c.test, c.test_std, strict=True)],
                                 [v + d for (_, v), d in zip(c.test, c.test_std, strict=True)], color=f"C{i}",
                                 alpha=0.2, lw=0)
-        ax.set_title(f"{ARCHS[arch].label} (thin dashed: train, bold: test)", fontsize=9)
+        ax.set_title(f"{label} (thin dashed: train, bold: test)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

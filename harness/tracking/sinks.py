@@ -24,8 +24,9 @@ import yaml
 
 from harness.core.data import Arrays, DeviceData, cifar10_test_error
 from harness.core.devices import device_name
+from harness.core.families import FAMILIES
 from harness.core.result import Result
-from harness.core.schedule import FAMILIES, eval_every
+from harness.core.schedule import eval_every
 from harness.core.spec import RunSpec, flatten
 from harness.core.train import Diverged
 from harness.errors import UserError

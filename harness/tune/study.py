@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.core.schedule import FAMILIES
+from harness.core.families import FAMILIES
 from harness.core.spec import Spec, TuneSpec, with_overrides
 from harness.errors import UserError
 from harness.tracking import store as tracking
