@@ -3,9 +3,10 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from harness.cli import main
-from harness.core.spec import expand_paths, load_spec, resolve_runs, with_overrides
+from harness.core.spec import expand_paths, flatten, load_spec, resolve_runs, with_overrides
 from harness.errors import SpecError
 
 from .helpers import ROOT, TINY
@@ -359,3 +360,45 @@ def test_validate_says_the_schedule_a_run_follows(capsys):
     assert main(["validate", str(ROOT / "experiments/seedlog/sgd_plateau.yaml"), "--budget", "0.0625"]) == 0
     out = capsys.readouterr().out
     assert "4000 iters, plateau (patience 37000), batch 256, augment flip" in out and "milestones" not in out
+
+
+def test_each_ablation_states_only_its_difference_from_the_baseline():
+    """An ablation names its base and its one change; resolved, it differs from the baseline in exactly the fields
+    it names (and in what those fields decide: torchvision's ResNet-34 brings its own init)."""
+    ablations = ROOT / "experiments" / "ablations"
+    base = flatten(load_spec(ablations / "baseline.yaml").model_dump(mode="json", exclude={"name", "description"}))
+    for path in sorted(ablations.glob("*.yaml")):
+        if path.name == "baseline.yaml":
+            continue
+        raw = yaml.safe_load(path.read_text())
+        assert raw.pop("base") == "baseline.yaml" and raw.pop("description"), path
+        named = set(flatten(raw))
+        resolved = flatten(load_spec(path).model_dump(mode="json", exclude={"name", "description"}))
+        changed = {k for k in resolved if resolved[k] != base[k]}
+        decided = {"model.init"} if "model.arch" in named else set()
+        assert named <= changed and changed - named <= decided, (path.name, named, changed)
+
+
+@pytest.mark.parametrize("base,words", [
+    ("../../elsewhere.yaml", ["base: expected a .yaml spec beside this one", "'../../elsewhere.yaml'"]),
+    ("nope.yaml", ["base: nope.yaml: spec file not found"]),
+    ("loop.yaml", ["loop.yaml: base: child.yaml: bases that lead back to this spec"]),
+    ("[1]", ["base: expected a .yaml spec", "[1]"]),
+])
+def test_a_bad_base_is_one_line(base, words, tmp_path, capsys, write_spec):
+    folder = tmp_path / "experiments" / "ablations"
+    write_spec(folder, "loop", "base: child.yaml\n")
+    child = write_spec(folder, "child", f"base: {base}\nbatch_size: 16\n")
+    assert main(["validate", str(child)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert all(w in line for w in words), line
+
+
+def test_a_spec_on_a_base_resolves_as_the_whole_recipe_written_out(tmp_path, write_spec):
+    """Sections merge key by key, a list replaces, the base's description and name stay with it."""
+    folder = tmp_path / "experiments" / "t"
+    whole = write_spec(folder, "whole", TINY.replace("batch_size: 32", "batch_size: 16").replace("[8, 10]", "[6]"))
+    write_spec(folder, "base", "description: the base\n" + TINY)
+    short = write_spec(folder, "short", "base: base.yaml\nbatch_size: 16\nschedule: {milestones: [6]}\n")
+    a, b = (resolve_runs(p, load_spec(p), 1.0)[0] for p in (whole, short))
+    assert a.spec_hash("d") == b.spec_hash("d") and b.name == "short" and b.spec.description == ""

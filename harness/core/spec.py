@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.core.families import FAMILIES, PLATEAU_THRESHOLD
 from harness.core.groups import FIGURE_FILES
-from harness.core.names import name_problem
+from harness.core.names import inside, name_problem
 from harness.core.schema import (  # noqa: F401 - the spec's sections, imported from here by the rest of the harness
     AUGMENT_OF_BOOL,
     COMPILE_MODES,
@@ -204,11 +204,42 @@ def _read_yaml(path: Path):
     return raw
 
 
+NOT_INHERITED = ("description", "name", "heavy")  # what a spec says of itself, never taken from its base
+
+
+def merged(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, section by section (a list or value replaces; a mapping merges key by key)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def with_base(path: Path, raw: dict, seen: tuple[Path, ...] = ()) -> dict:
+    """A spec that names `base: FILE` (relative to its folder, inside the folder above it: `baseline.yaml`,
+    `../table6/resnet32.yaml`) states only its difference, as Hydra's defaults with an override do: the base's keys,
+    less its description, name and heaviness, with this spec's on top. The result is validated as any spec, so the
+    resolved spec and its hash are those of the whole recipe written out."""
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    target = path.parent / str(base)
+    if not isinstance(base, str) or target.suffix != ".yaml" or not inside(path.parent.parent, target):
+        raise SpecError(f"{path}: base: expected a .yaml spec beside this one or in a folder beside its own (e.g. "
+                        f"baseline.yaml), got {base!r}")
+    if target.resolve() in seen or target.resolve() == path.resolve():
+        raise SpecError(f"{path}: base: {base}: bases that lead back to this spec (expected a chain that ends)")
+    if not target.is_file():
+        raise SpecError(f"{path}: base: {base}: spec file not found")
+    parent = with_base(target, copy.deepcopy(_read_yaml(target)), (*seen, path.resolve()))
+    return merged({k: v for k, v in parent.items() if k not in NOT_INHERITED}, raw)
+
+
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found (expected a YAML file)")
-    raw = copy.deepcopy(_read_yaml(path))
+    raw = with_base(path, copy.deepcopy(_read_yaml(path)))
     for o in overrides:
         apply_override(raw, o, str(path))
     try:
