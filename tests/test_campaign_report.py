@@ -19,8 +19,9 @@ SPLIT = "cifar10-full.npz train=45000 val=5000 test=10000 (official test set)"
 
 def test_a_campaign_is_named_by_its_data_and_budget():
     assert budget_words(0.03125) == "1/32" and budget_words(0.0005) == "1/2000" and budget_words(0.3) == "0.3"
-    assert campaign_label([FULL, FULL, SPLIT], 0.03125) == ("CIFAR-10, all 50k training images, official test set, "
-                                                            "budget 1/32 (2,000 iterations) — not the paper's budget")
+    assert campaign_label([FULL, FULL, SPLIT], 0.03125) == (  # a title covers every row under it
+        "CIFAR-10, official test set: all 50k training images (2 runs) and 45k/5k split of the 50k training images "
+        "(1 run); budget 1/32 (2,000 iterations) — not the paper's budget")
     assert campaign_label([FULL], 1.0) == "CIFAR-10, all 50k training images, official test set, budget 1 (the " \
                                           "paper's budget)"
     assert row_label(FULL, [FULL, SPLIT], 0.03125) == "all 50k training images, budget 1/32"
@@ -57,7 +58,7 @@ def test_make_report_rewrites_the_campaign_block_of_the_readme(tmp_path, monkeyp
     text = readme.read_text()
     assert "typed 1.23" not in text and "\nkept\n" in text and text.endswith("end\n")
     row = ("| table6/resnet20 | 0 | 86.63 (n=1) | 8.75 | cifar10-mini.npz, 4068 training images, budget 1/2000 | "
-           "12.5 min, 5 img/s |")
+           "12.5 min, 5 img/s on AMD EPYC x2 threads |")  # each time with the machine its record names
     assert row in text, text  # 750 s for 32 iterations of 128 images: the record's train_seconds
     assert "Training time of these 3 runs: " in text
     assert re.search(r"\| table6/plain20 \| 0, 1 \| 76.99 ± 5.56 \(n=2\) \| — \(curves only in Fig. 6\) \| ", text)

@@ -46,6 +46,10 @@ def main_data(tags: list[str]) -> str:
     return max(sorted(set(tags)), key=lambda t: (tags.count(t), not _sizes(t).get("val")))
 
 
+def runs(n: int) -> str:
+    return f"{n} run{'s' if n != 1 else ''}"
+
+
 def campaign_label(tags: list[str], budget: float) -> str:
     """The campaign's name in words, covering every run it names: their data and the budget, e.g. "CIFAR-10, all
     50k training images, official test set, budget 1/32 (2,000 iterations) — not the paper's budget". Where the
@@ -59,10 +63,10 @@ def campaign_label(tags: list[str], budget: float) -> str:
         return f"{data_words(kinds[0])}, {budget_label(budget)}"
     words = [data_words(t) for t in kinds]
     if all(w.startswith("CIFAR-10, ") and w.endswith(", official test set") for w in words):
-        parts = [f"{w.removeprefix('CIFAR-10, ').removesuffix(', official test set')} ({tags.count(t)} runs)"
+        parts = [f"{w.removeprefix('CIFAR-10, ').removesuffix(', official test set')} ({runs(tags.count(t))})"
                  for w, t in zip(words, kinds, strict=True)]
         return f"CIFAR-10, official test set: {' and '.join(parts)}; {budget_label(budget)}"
-    parts = [f"{w} ({tags.count(t)} runs)" for w, t in zip(words, kinds, strict=True)]
+    parts = [f"{w} ({runs(tags.count(t))})" for w, t in zip(words, kinds, strict=True)]
     return f"{'; '.join(parts)}; {budget_label(budget)}"
 
 

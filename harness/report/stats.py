@@ -92,12 +92,13 @@ def provenance(runs: pd.DataFrame) -> str:
 def verdict(a: pd.DataFrame, b: pd.DataFrame, names: tuple[str, str]) -> str:
     """noise_verdict between two rows' finished runs, saying where a spread it used (a side with two or more seeds)
     mixes machines or commits."""
-    sa, sb = summarize(a), summarize(b)
-    said = noise_verdict(sa.values, sb.values, names)
+    done = [runs[runs.status == "FINISHED"] if "status" in runs else runs for runs in (a, b)]
+    values = [d.test_error.to_numpy(dtype=float) for d in done]
+    said = noise_verdict(*values, names)
     if said.startswith("noise unknown"):
         return said
-    marks = [f"{name}'s {mixed}" for name, runs, s in ((names[0], a, sa), (names[1], b, sb))
-             if s.n > 1 and (mixed := provenance(runs))]
+    marks = [f"{name}'s {mixed}" for name, runs in zip(names, done, strict=True)
+             if len(runs) > 1 and (mixed := provenance(runs))]
     return f"{said}; {'; '.join(marks)}" if marks else said
 
 
