@@ -144,7 +144,8 @@ def main(argv=None) -> int:
                 check_store()  # before any data is loaded: an unreachable store is one line in seconds
             return HANDLERS[args.command](args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in e.lines:
+            print(f"error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # runs in flight are marked KILLED in MLflow and keep their checkpoints
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"

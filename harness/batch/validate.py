@@ -16,7 +16,7 @@ def load_all(paths: list[str], overrides: list[str], budget: float) -> list[RunS
     """Every bad spec is named (one `error:` line each), so a folder of specs is fixed in one pass."""
     runs, errors, _ = collect_runs(paths, overrides, budget)
     if errors:
-        raise SpecError("\nerror: ".join(errors))
+        raise SpecError(*errors)
     if not runs:
         raise UserError(f"{' '.join(paths)}: no spec files found (expected .yaml files)")
     return runs

@@ -19,7 +19,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from harness.core.names import name_problem
-from harness.core.spec import RunSpec, _first_error, _yaml, load_spec, resolve_runs
+from harness.core.spec import RunSpec, first_error, load_spec, parse_yaml, resolve_runs
 from harness.errors import SpecError
 
 
@@ -102,7 +102,7 @@ def load_campaign(path: str | Path) -> Campaign:
     if not path.is_file():
         raise SpecError(f"{path}: campaign file not found (expected a YAML file with budget, overrides and runs)")
     try:
-        raw = _yaml(path.read_text())  # a key given twice is refused, as in a spec
+        raw = parse_yaml(path.read_text())  # a key given twice is refused, as in a spec
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -119,7 +119,7 @@ def load_campaign(path: str | Path) -> Campaign:
             keys = sorted((section or Campaign).model_fields)
             raise SpecError(f"{path}: {'.'.join(map(str, err['loc']))}: unknown key (expected one of: "
                             f"{', '.join(keys)})") from None
-        raise SpecError(f"{path}: {_first_error(e)}") from None
+        raise SpecError(f"{path}: {first_error(e)}") from None
 
 
 def campaign_runs(path: str | Path, extra: list[str] = (), root: Path = Path()) -> list[RunSpec]:

@@ -208,7 +208,7 @@ def check_batch_fits(runs, arrays: Arrays) -> None:
             errors[f"{run.source_file}: batch_size: expected at most the {n_train} training images of this split "
                    f"of {arrays.source}, got {run.spec.batch_size}"] = None
     if errors:
-        raise DataError("\nerror: ".join(errors))
+        raise DataError(*errors)
 
 
 def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch.dtype) -> DeviceData:

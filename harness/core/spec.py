@@ -109,7 +109,7 @@ def _allowed_keys(parent_loc) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = _pretty_loc(err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
@@ -142,7 +142,7 @@ def apply_override(raw: dict, assignment: str, file: str) -> None:
     keys = path.strip().split(".")
     node = _section(raw, keys, path, file)
     try:
-        node[keys[-1]] = _yaml(value)
+        node[keys[-1]] = parse_yaml(value)
     except SpecError as e:
         raise SpecError(f"{file}: --set {path}: {e}") from None
     except yaml.YAMLError as e:
@@ -176,7 +176,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _yaml(text: str):
+def parse_yaml(text: str):
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader: plain data, no objects
 
 
@@ -189,7 +189,7 @@ def _read_yaml(path: Path):
         raise SpecError(f"{path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} is not UTF-8); "
                         "expected a YAML spec") from None
     try:
-        raw = _yaml(text)
+        raw = parse_yaml(text)
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
@@ -245,7 +245,7 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     try:
         spec = Spec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"{path}: {_first_error(e)}") from None
+        raise SpecError(f"{path}: {first_error(e)}") from None
     if spec.name is None:
         spec = spec.model_copy(update={"name": path.stem})
     return spec
@@ -369,7 +369,7 @@ def collect_runs(paths: list[str], overrides: list[str], budget: float, include_
     try:
         runs = [r for path, spec in specs if include_heavy or not spec.heavy for r in resolve_runs(path, spec, budget)]
     except SpecError as e:
-        raise SpecError("\nerror: ".join([*errors, str(e)])) from None
+        raise SpecError(*errors, *e.lines) from None
     return Collected(runs, errors, len(specs) + len(errors))
 
 
