@@ -1,9 +1,9 @@
 """Several runs at once, on Ray: this machine (`--jobs N`, Ray started embedded) or a cluster (`--address`).
 
-Ray places each unit of work (a list of runs, harness/workers.py) where its declared resources are free: `num_cpus`
+Ray places each unit of work (a list of runs, harness.batch.task) where its declared resources are free: `num_cpus`
 (the CPU threads the run trains on) and `num_gpus` (a fraction packs several runs on one GPU). Ray also retries a
 unit whose worker or node died (`max_retries`, HARNESS_RAY_MAX_RETRIES, default 3) and cancels what is queued on
-Ctrl-C; the run then resumes from its checkpoint, claimed anew (harness/claims.py). On a cluster every node must
+Ctrl-C; the run then resumes from its checkpoint, claimed anew (harness.tracking.claims). On a cluster every node must
 reach the same store, claim database and checkpoint folder; each is checked before anything runs, so that a run
 never trains into a place only one node can see.
 """

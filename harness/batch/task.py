@@ -53,8 +53,8 @@ def this_node() -> str:
 
 def run_unit(arrays: Arrays, runs: list[RunSpec], device: str, threads: int, o: BatchOptions) -> Done:
     """The body of the Ray task; `o` travels with it, so the task's process writes where the driver says. A Ctrl-C
-    on the driver cancels it with a KeyboardInterrupt, which the runner turns into a KILLED run before the task
-    ends."""
+    on the driver cancels it with a KeyboardInterrupt, which the run's sink (harness.tracking.sinks) turns into a
+    KILLED run before the task ends."""
     torch.set_num_threads(threads)
     # Ray hands arrays out read-only from its object store; a tensor made from them would share read-only memory
     arrays = replace(arrays, **{k: np.array(getattr(arrays, k)) for k in ("x_train", "y_train", "x_test", "y_test")})

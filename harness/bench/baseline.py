@@ -2,7 +2,7 @@
 (per-image PIL transforms) in DataLoader workers, as the seed log and most CIFAR repositories have it.
 
 It is built over our arrays so that every row sees the same images: the `dataloader` row trains on it
-(timing.bench_dataloader), and the peer's own loader (harness/peer.py) wraps the same dataset in its transforms.
+(timing.bench_dataloader), and the peer's own loader (harness.bench.peer) wraps the same dataset in its transforms.
 """
 
 from __future__ import annotations

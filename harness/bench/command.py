@@ -1,8 +1,8 @@
 """Training throughput, side by side in one process: the usual DataLoader + transforms loop vs ours.
 
-The baseline (harness/baseline.py) is what the seed log and most CIFAR repositories do; ours (harness/timing.py)
+The baseline (harness.bench.baseline) is what the seed log and most CIFAR repositories do; ours (harness.bench.timing)
 keeps the data on the device and never syncs inside the step. Same model, batch size and iterations. With
-`--peer`, a real reproduction's own loop is timed too (harness/peer.py), to show the baseline is not a straw man.
+`--peer`, a real reproduction's own loop is timed too (harness.bench.peer), to show the baseline is not a straw man.
 One result per call: a table on the terminal, or one JSON line to keep under reports/bench/ for `report`.
 """
 

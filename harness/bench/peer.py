@@ -1,6 +1,6 @@
 """A peer reproduction's own training loop, timed beside ours (`bench --peer DIR`).
 
-Our `dataloader` row (harness/baseline.py) stands for what most CIFAR repositories do; this row is one of them, run
+Our `dataloader` row (harness.bench.baseline) stands for what most CIFAR repositories do; this row is one of them, run
 as its author wrote it, so the ratio is against a real peer and not against our idea of one. The peer is imported
 from the user's checkout of akamaster/pytorch_resnet_cifar10 (never copied here): its `resnet.resnetN()` wrapped in
 `DataParallel`, its SGD and loss, its `trainer.train()` loop (per-step `.cuda()` copies, two `.item()` syncs, top-1

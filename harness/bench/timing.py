@@ -2,7 +2,7 @@
 log, a GEMM ceiling, and each row's peak memory.
 
 Ours keeps the data on the device, augments whole batches there and never syncs inside the step; the baseline feeds
-the model from harness/baseline.py's pipeline. Every row starts from the same model and optimizer, so rows differ
+the model from harness.bench.baseline's pipeline. Every row starts from the same model and optimizer, so rows differ
 in their loop alone. MLflow overhead is measured on a real SQLite store: the time of one batched `log_batch` at an
 evaluation point, set by `bench` against the training time between two evaluation points of a paper-length run.
 """

@@ -4,7 +4,7 @@
 `X.prev.pt` (a hard link made before the swap, so `X.pt` exists at every moment: the old one or the new one).
 Resuming reads `X.pt`; where that is damaged (truncated, not a torch archive, or content that does not fit the
 run), `X.prev.pt`; where both are, the run starts again from iteration 0. Each fall-back is a line naming the
-file and the damage, handed to the caller too (runner tags the MLflow run with it).
+file and the damage, handed to the caller too (the sink tags the MLflow run with it).
 
 A checkpoint is a file a user may be handed, or that sits in a cluster's shared folder, so it is read with
 `weights_only=True`: tensors, plain containers and numbers, nothing that unpickling would construct (and could run
