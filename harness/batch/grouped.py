@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 
 import torch
 
@@ -34,8 +35,8 @@ def _data_for(arrays: Arrays, run: RunSpec, device: torch.device, cache: dict) -
 def execute_group(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchOptions) -> list[Status]:
     """The status of each run, in order, as harness.batch.one.execute returns it for a run alone."""
     where = f" (in a group of {len(runs)})"
-    sinks = [open_sink(r, arrays, device, force=o.force, progress=False, offline=o.offline, places=o.places,
-                       where=where, system_metrics=o.system_metrics) for r in runs]
+    dest = replace(o.destination, progress=False)  # the group's lines, not one bar per member
+    sinks = [open_sink(r, arrays, device, dest, where) for r in runs]
     paths = [s.checkpoint for s in sinks]
     twice = {i for i, p in enumerate(paths) if p in paths[:i]}  # the same resolved spec again: one run of it
     with ExitStack() as held:

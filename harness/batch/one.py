@@ -21,8 +21,7 @@ from harness.tracking.status import Status
 def execute(run: RunSpec, arrays: Arrays, device: torch.device, o: BatchOptions) -> Status:
     """FINISHED, SKIPPED, DIVERGED or FAILED. A run into MLflow is claimed first (harness.tracking.claims): one
     writer per run and checkpoint, whatever else is running it; an offline run's folder is this machine's own."""
-    sink = open_sink(run, arrays, device, force=o.force, progress=o.progress, offline=o.offline, places=o.places,
-                     system_metrics=o.system_metrics)
+    sink = open_sink(run, arrays, device, o.destination)
     held = nullcontext() if o.offline else claims.claimed(sink.spec_hash, run.run_name, log, o.places)
     with held:
         return _train_into(sink, run, arrays, device, o.progress)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.tracking.claims import BESIDE_THE_STORE, Places
+from harness.tracking.sinks import Destination
 
 
 @dataclass(frozen=True)
@@ -37,3 +38,8 @@ class BatchOptions:
     places: Places = BESIDE_THE_STORE
     system_metrics: bool = True  # MLflow samples the machine while a run trains (system/... metrics)
     publish: Path | None = None  # results/: each run's record written there as soon as it finishes
+
+    @property
+    def destination(self) -> Destination:
+        """Where each run writes, as the one value its sink opens on (harness.tracking.sinks.open_sink)."""
+        return Destination(self.offline, self.places, self.force, self.progress, self.system_metrics)

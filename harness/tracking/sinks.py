@@ -16,6 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -32,7 +33,7 @@ from harness.core.train import Diverged
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
-from harness.tracking.claims import Places
+from harness.tracking.claims import BESIDE_THE_STORE, Places
 from harness.tracking.figures import learning_curve
 from harness.tracking.status import Status
 
@@ -142,13 +143,25 @@ class Sink(Protocol):
     def killed(self) -> None: ...
 
 
-def open_sink(run: RunSpec, arrays: Arrays, device: torch.device, *, force: bool, progress: bool,
-              offline: Path | None, places: Places, where: str = "", system_metrics: bool = True) -> Sink:
-    """The run's folder under `offline` (`run --offline`), else its MLflow run with its checkpoint in `places` (and,
-    with `system_metrics`, MLflow's sampling of the machine while it trains)."""
-    if offline is not None:
-        return ToFolder(run, arrays, device, offline, force, progress, where)
-    return ToMlflow(run, arrays, device, force, progress, where, places.checkpoints(), system_metrics)
+@dataclass(frozen=True)
+class Destination:
+    """Where a run writes and how, as one value from the command line to the sink: `run`'s and `table`'s options
+    hand it down whole (BatchOptions.destination) instead of field by field."""
+
+    offline: Path | None = None  # no MLflow: each run into offline/<spec_hash>/ (`run --offline`)
+    places: Places = BESIDE_THE_STORE  # where claims and checkpoints live beside the MLflow store
+    force: bool = False  # start afresh even where a run of the spec exists
+    progress: bool = True  # bars; False: a line per evaluation point
+    system_metrics: bool = True  # MLflow samples the machine while a run trains (system/... metrics)
+
+
+def open_sink(run: RunSpec, arrays: Arrays, device: torch.device, dest: Destination, where: str = "") -> Sink:
+    """The run's folder under `dest.offline` (`run --offline`), else its MLflow run with its checkpoint in
+    `dest.places` (and, with `dest.system_metrics`, MLflow's sampling of the machine while it trains)."""
+    if dest.offline is not None:
+        return ToFolder(run, arrays, device, dest.offline, dest.force, dest.progress, where)
+    return ToMlflow(run, arrays, device, dest.force, dest.progress, where, dest.places.checkpoints(),
+                    dest.system_metrics)
 
 
 class ToMlflow:
