@@ -14,7 +14,7 @@ import pandas as pd
 
 from harness.core.groups import REPORTED
 
-PAGE_ORDER = ("summary.md", *(g.pages[0] for g in REPORTED))  # a campaign's summary first
+PAGE_ORDER = ("summary.md", *(g.pages[0] for g in REPORTED), "why.md")  # a campaign's summary first
 LOST = "records are lost"
 
 
@@ -48,7 +48,7 @@ def folder_entry(folder: Path) -> tuple[tuple, str] | None:
     if not pages:
         return None
     f = header_fields(folder / pages[0])
-    budget = float(f.get("Budget", "0") or 0)
+    budget = _budget(f.get("Budget", "0"))
     links = ", ".join(f"[{p}]({folder.name}/{p})" for p in pages)
     lost = " **Records lost: this page cannot be rebuilt.**" if f["lost"] == "True" else ""
     figure = resnet32_figure(folder)
@@ -72,6 +72,12 @@ def write_index(out: Path) -> Path:
     path = out / "README.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _budget(field: str) -> float:
+    """A page's budget as a number to sort by: a page of several budgets (a why page) sorts by its largest."""
+    found = [float(w) for w in field.replace(",", " ").split() if w.replace(".", "", 1).isdigit()]
+    return max(found, default=0.0)
 
 
 def _date(field: str) -> str:
