@@ -16,18 +16,15 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from harness.core.names import name_problem
+from harness.core.schema import Strict
 from harness.core.spec import RunSpec, first_error, load_spec, parse_yaml, resolve_runs
 from harness.errors import SpecError
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class CampaignEntry(_Strict):
+class CampaignEntry(Strict):
     """One line of a campaign: a spec and its seeds, and what this entry alone changes: `set` (its own
     `--set KEY=VALUE` overrides, after the campaign's: a variant is a line, not a copied spec) and `budget` (where
     its iterations differ: a batch-256 run at half the budget of a batch-128 one sees the same epochs). A variant
@@ -60,7 +57,7 @@ def _run_ref(ref: str) -> str:
 RunRef = Annotated[str, AfterValidator(_run_ref)]
 
 
-class WhyPlan(_Strict):
+class WhyPlan(Strict):
     """What a why-campaign's page compares (harness.report.why): its runs named `group/name`, each a row of the
     campaign, and the file of the failed reproduction's printed figures that its stand-ins are set against."""
 
@@ -73,7 +70,7 @@ class WhyPlan(_Strict):
     factors: list[RunRef] = []  # one factor each away from the baseline
 
 
-class Campaign(_Strict):
+class Campaign(Strict):
     description: str = ""
     budget: float = Field(gt=0)
     overrides: list[str] = []  # `--set KEY=VALUE` of every run, in order, before the entry's seeds

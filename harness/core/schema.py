@@ -20,7 +20,10 @@ from harness.core.families import FAMILIES, PLATEAU_THRESHOLD
 from harness.core.names import EXPECTED, name_problem
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """A section of a spec or campaign file: an unknown key is refused (a typo must not fall back to a default),
+    and a default is checked as a value written out would be."""
+
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
@@ -28,7 +31,7 @@ ARCH_NAMES = tuple(ARCHS)
 FAMILY_NAMES = tuple(FAMILIES)
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """`depth`, `shortcut` and `stem` left out take the architecture's own (harness.core.archs.ARCHS): 32, A and
     cifar for the paper's CIFAR nets; 34, B and imagenet for torchvision's ResNet-34 (whose stage layout fixes its
     depth)."""
@@ -89,7 +92,7 @@ def default_init(arch: str | None) -> str:
     return ARCHS[arch].init if arch in ARCHS else "he"
 
 
-class OptimizerSpec(_Strict):
+class OptimizerSpec(Strict):
     name: Literal["sgd", "adam"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -98,7 +101,7 @@ class OptimizerSpec(_Strict):
     betas: tuple[float, float] = (0.9, 0.999)
 
 
-class WarmupSpec(_Strict):
+class WarmupSpec(Strict):
     """The paper's ResNet-110 trick: a small lr until training error drops below a threshold. `max_iters` is a
     safety net ten times the paper's typical warm-up (about 400 iterations), so the rule ends an ordinary warm-up;
     it counts iterations whatever the --budget, as the rule's check window does, and is reported when it fires."""
@@ -108,7 +111,7 @@ class WarmupSpec(_Strict):
     max_iters: int = Field(4000, ge=1)
 
 
-class ScheduleSpec(_Strict):
+class ScheduleSpec(Strict):
     name: Literal[FAMILY_NAMES] = "multistep"
     total_iters: int = Field(64000, ge=1)
     milestones: list[int] = [32000, 48000]
@@ -145,7 +148,7 @@ class ScheduleSpec(_Strict):
 AUGMENT_OF_BOOL = {True: "crop_flip", False: "none"}  # data.augment's values before flip-only existed
 
 
-class DataSpec(_Strict):
+class DataSpec(Strict):
     """The train/val split of the training images: `val_fraction` or `val_size`; 0 trains on every training image
     (the paper's Table 6 runs) and leaves nothing to validate on."""
 
@@ -181,7 +184,7 @@ class DataSpec(_Strict):
 TuneRange = tuple[float, float]
 
 
-class TuneSpec(_Strict):
+class TuneSpec(Strict):
     """Search space for `harness tune`; ranges are validated here like the rest of the spec."""
 
     lr: TuneRange | None = (0.01, 0.5)
@@ -214,7 +217,7 @@ class TuneSpec(_Strict):
         return v
 
 
-class TunedFrom(_Strict):
+class TunedFrom(Strict):
     """Where a tuned spec's schedule came from: the study, the data and budget its trials ran at, how many trials
     it had, and the best trial's validation error. A schedule tuned in 64 iterations on a 4k-image subset is no
     schedule for 64k iterations on all of CIFAR-10: `table` trains a tuned spec only at its study's budget."""
@@ -232,7 +235,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 NO_VALIDATION = "data.val_fraction 0 leaves no validation split"
 
 
-class Spec(_Strict):
+class Spec(Strict):
     name: str | None = None
     description: str = ""
     heavy: bool = False
