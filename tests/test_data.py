@@ -220,3 +220,20 @@ def test_flip_only_mirrors_whole_images_and_never_shifts_them(mini):
     assert 10 < sum(mirrored) < 54 and 10 < sum(same) < 54
     cropped, _ = train_batch(d, idx, "crop_flip", torch.Generator().manual_seed(0))
     assert sum(not (torch.equal(c, p) or torch.equal(c, p.flip(2))) for c, p in zip(cropped, plain, strict=True)) > 32
+
+
+def test_the_data_tag_is_written_and_read_one_way():
+    """A run's `data` tag is `str(DataTag)` and every reader goes through DataTag.read: each committed record's tag
+    reads back to itself, and a tag without sizes reads as zeros instead of stopping a report."""
+    import json
+
+    from harness.core.data_tag import DataTag
+
+    from .helpers import ROOT
+
+    tags = {json.loads(f.read_text())["tags"]["data"] for f in (ROOT / "results").rglob("*.json")}
+    assert tags and all(str(DataTag.read(t)) == t for t in tags)
+    full = DataTag.read("cifar10-full.npz train=45000 val=5000 test=10000 (official test set)")
+    assert (full.source, full.sizes, full.official) == ("cifar10-full.npz", {"train": 45000, "val": 5000,
+                                                                             "test": 10000}, True)
+    assert DataTag.read("").sizes == {"train": 0, "val": 0, "test": 0}

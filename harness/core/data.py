@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from harness.core.data_tag import DataTag
 from harness.core.spec import DataSpec
 from harness.errors import DataError
 
@@ -231,8 +232,7 @@ def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch
     else:
         mean = torch.zeros(3, 1, 1, device=device, dtype=dtype)
     eval_mean = mean if spec.test_time_mean else torch.zeros_like(mean)
-    desc = (f"{arrays.source} train={len(tr)} val={len(va)} test={len(arrays.x_test)}"
-            f"{' (official test set)' if arrays.official_test else ''}")
+    desc = str(DataTag(arrays.source, len(tr), len(va), len(arrays.x_test), arrays.official_test))
     return DeviceData(x_train, labels(arrays.y_train[tr]), images(arrays.x_train[va]), labels(arrays.y_train[va]),
                       images(arrays.x_test), labels(arrays.y_test), mean.to(dtype), eval_mean.to(dtype), dtype, desc,
                       arrays.official_test)

@@ -8,10 +8,10 @@ earlier run never counts twice.
 from __future__ import annotations
 
 import math
-import re
 
 import pandas as pd
 
+from harness.core.data_tag import DataTag
 from harness.core.groups import REPORTED
 from harness.errors import UserError
 from harness.tracking import store as tracking
@@ -66,10 +66,10 @@ def descriptions(df: pd.DataFrame) -> dict[tuple[str, str], str]:
 def split_of(data: str) -> str:
     """The split, "45k/5k" (train/validation) or "50k" (no validation split), from a run's `data` tag: Table 6
     trains on all 50k training images, the ablations and the ladder hold 5k out, and a row must say which."""
-    sizes = dict(re.findall(r"(train|val)=(\d+)", data))
-    if "train" not in sizes:
+    t = DataTag.read(data)
+    if not t.train:
         return "?"
-    counts = [int(sizes[n]) for n in ("train", "val") if int(sizes.get(n, 0))]
+    counts = [n for n in (t.train, t.val) if n]
     return "/".join(f"{c / 1000:g}k" if c % 100 == 0 else str(c) for c in counts)  # 45k/5k, 47.5k/2.5k, 3661/407
 
 

@@ -7,8 +7,9 @@ where the others train on all of them. The words come from the runs' own `data` 
 
 from __future__ import annotations
 
-import re
 from fractions import Fraction
+
+from harness.core.data_tag import DataTag
 
 
 def budget_words(budget: float) -> str:
@@ -25,15 +26,11 @@ def budget_label(budget: float) -> str:
     return f"budget {budget_words(budget)} ({budget * 64000:,.0f} iterations) — not the paper's budget"
 
 
-def _sizes(tag: str) -> dict[str, int]:
-    return {k: int(v) for k, v in re.findall(r"(train|val|test)=(\d+)", tag)}
-
-
 def data_words(tag: str) -> str:
     """A run's `data` tag ("cifar10-full.npz train=50000 val=0 test=10000 (official test set)") in words."""
-    name, sizes = tag.split(" train=")[0] or "?", _sizes(tag)
-    train, val, test = sizes.get("train", 0), sizes.get("val", 0), sizes.get("test", 0)
-    if "(official test set)" in tag and train + val == 50000:
+    t = DataTag.read(tag)
+    name, train, val, test = t.source or "?", t.train, t.val, t.test
+    if t.official and train + val == 50000:
         images = "all 50k training images" if not val else f"{train // 1000}k/{val // 1000}k split of the 50k " \
                                                             "training images"
         return f"CIFAR-10, {images}, official test set"
@@ -43,7 +40,7 @@ def data_words(tag: str) -> str:
 
 def main_data(tags: list[str]) -> str:
     """The `data` tag most runs trained on (all 50k images where a campaign has as many of both)."""
-    return max(sorted(set(tags)), key=lambda t: (tags.count(t), not _sizes(t).get("val")))
+    return max(sorted(set(tags)), key=lambda t: (tags.count(t), not DataTag.read(t).val))
 
 
 def runs(n: int) -> str:

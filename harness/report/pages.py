@@ -15,13 +15,13 @@ Honesty rules, enforced here rather than left to the reader:
 from __future__ import annotations
 
 import datetime as dt
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from harness.core.data_tag import DataTag
 from harness.core.models import build_model, count_params
 from harness.core.spec import ModelSpec
 from harness.report.campaign import splits
@@ -29,21 +29,16 @@ from harness.report.looks import LOOKS
 from harness.report.stats import Summary, fmt, noise_verdict, paper_figure, summarize, verdict
 
 
-def _sizes(data: str) -> dict[str, int]:
-    return {k: int(v) for k, v in re.findall(r"(train|val|test)=(\d+)", data)}
-
-
 def on_official_test(df: pd.DataFrame) -> pd.Series:
     """Per run: tested on CIFAR-10's official 10,000 images (the `data` tag says so since the test set is known by
     its bytes)."""
-    return df.data.str.contains("(official test set)", regex=False) & df.data.map(
-        lambda d: _sizes(d).get("test") == 10000)
+    return df.data.map(lambda d: (t := DataTag.read(d)).official and t.test == 10000).astype(bool)
 
 
 def cifar10_runs(df: pd.DataFrame) -> pd.Series:
     """Per run: its number is CIFAR-10 test error (all 50,000 images trained, none held out, the official test set,
     budget 1.0)."""
-    full = df.data.map(lambda d: _sizes(d).get("train") == 50000 and _sizes(d).get("val", 0) == 0)
+    full = df.data.map(lambda d: (t := DataTag.read(d)).train == 50000 and t.val == 0).astype(bool)
     return on_official_test(df) & full & (df.budget == 1.0)
 
 
@@ -56,7 +51,7 @@ def measured(df: pd.DataFrame, budget: float, official: bool) -> str:
     """What a page's numbers are, from what its runs trained on."""
     if official:
         return "CIFAR-10 test error (%): all 50,000 training images, official test set, budget 1.0"
-    trained = ", ".join(sorted({f"{_sizes(d).get('train', 0):,}" for d in df.data}))
+    trained = ", ".join(sorted({f"{DataTag.read(d).train:,}" for d in df.data}))
     if len(df) and budget == 1.0 and bool(on_official_test(df).all()):
         return (f"test error (%) on the official CIFAR-10 test set after training on {trained} images (the rest "
                 "held out for validation), budget 1.0: not the paper's Table 6 setting, which trains on all 50,000")
@@ -99,7 +94,7 @@ def paper_cell(mean, std, best) -> str:
 
 def data_name(df: pd.DataFrame) -> str:
     """The data's file (or source) name, without the split sizes the `data` tag adds."""
-    return sorted(set(df.data))[0].split(" train=")[0] if len(df) else "?"
+    return DataTag.read(sorted(set(df.data))[0]).source if len(df) else "?"
 
 
 def table6(df: pd.DataFrame, paper: dict, budget: float, official: bool, out: Path) -> pd.DataFrame:

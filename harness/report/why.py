@@ -21,6 +21,7 @@ import pandas as pd
 import yaml
 
 from harness.core.campaign_file import Campaign, WhyPlan, campaign_runs, load_campaign
+from harness.core.data_tag import DataTag
 from harness.core.groups import CHECKOUT, load_paper
 from harness.report.campaign import load_runs, newest_per_spec
 from harness.report.labels import budget_words
@@ -30,6 +31,10 @@ from harness.tracking import figures as plots
 from harness.tracking import store as tracking
 
 CAMPAIGNS = Path("experiments/campaigns")
+
+
+def train_images(data: str) -> int:
+    return DataTag.read(data).train
 
 
 @dataclass(frozen=True)
@@ -99,10 +104,6 @@ def _run_details(run_ids: list[str]) -> dict[str, dict]:
     return out
 
 
-def _train_images(data: str) -> int:
-    return next((int(w.split("=")[1]) for w in data.split() if w.startswith("train=")), 0)
-
-
 AUGMENT_WORDS = {"none": "no augmentation", "flip": "flip only", "crop_flip": "pad-4 crop + flip",
                  "True": "pad-4 crop + flip", "False": "no augmentation"}
 
@@ -111,7 +112,7 @@ def role(rows: pd.DataFrame, ref: str, details: dict) -> Role:
     runs = rows[rows.ref == ref]
     ok = runs[runs.status == "FINISHED"]
     d = [details[r] for r in ok.run_id]
-    epochs = np.mean([x["iters"] * x["batch_size"] / max(_train_images(t), 1) for x, t in zip(d, ok.data,
+    epochs = np.mean([x["iters"] * x["batch_size"] / max(train_images(t), 1) for x, t in zip(d, ok.data,
                                                                                                  strict=True)]) \
         if len(ok) else math.nan
     return Role(ref, runs, summarize(runs), float(ok.train_error.mean()) if len(ok) else math.nan, float(epochs),
@@ -187,8 +188,8 @@ def page(path: Path, camp: Campaign, rows, finished, get: dict[str, Role], log: 
     plan = camp.why
     epochs = epochs_words(r.epochs for r in get.values() if r.s.n)
     official = bool(on_official_test(finished).all())
-    data = sorted({d.split(" train=")[0] for d in finished.data})
-    images = sorted({_train_images(d) for d in finished.data})
+    data = sorted({DataTag.read(d).source for d in finished.data})
+    images = sorted({DataTag.read(d).train for d in finished.data})
     budgets = ", ".join(f"batch {b} at {budget_words(x)}" for b, x in sorted(
         {(batch, x) for batch, x in zip(finished.batch_size, finished.budget, strict=True)}))
     commits = sorted({c for c in finished.commit if c})
@@ -342,7 +343,7 @@ def figure(plan: WhyPlan, get: dict[str, Role], details: dict, finished: pd.Data
     curves = []
     for ref in plan.augmentation:
         for rid, data in finished[finished.ref == ref][["run_id", "data"]].itertuples(index=False):
-            d, n = details[rid], max(_train_images(data), 1)
+            d, n = details[rid], max(train_images(data), 1)
             per = d["batch_size"] / n
             curves.append((f"{ref} ({AUGMENT_WORDS.get(d['augment'], d['augment'])})",
                            [(it * per, v) for it, v in d["train"]], [(it * per, v) for it, v in d["test"]]))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from harness.core.data_tag import DataTag
 from harness.core.names import inside, name_problem
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
@@ -231,11 +231,6 @@ def import_results(paths: list[Path]) -> int:
     return 0
 
 
-def _sizes(data: str) -> dict[str, int]:
-    """{'train': 4068, ...} from a run's `data` tag ('cifar10-mini.npz train=4068 val=0 test=1017')."""
-    return {k: int(v) for k, v in re.findall(r"\b(train|val|test)=(\d+)", data)}
-
-
 def as_current(rec: dict) -> dict:
     """A format-1 record as format 2 holds it: bookkeeping metrics under timing/, only the params that mean
     something, the description (the resolved spec's) and source tags MLflow shows, and the dataset from the data
@@ -253,7 +248,8 @@ def as_current(rec: dict) -> dict:
     tags.setdefault("mlflow.source.name", "python -m harness")
     if commit := tags.get("git_commit", "").removesuffix("-dirty"):
         tags.setdefault("mlflow.source.git.commit", commit)
-    dataset = rec.get("dataset") or mlflow_inputs.dataset_of_id(tags["data_id"], _sizes(tags.get("data", "")))
+    sizes = DataTag.read(tags.get("data", "")).sizes
+    dataset = rec.get("dataset") or mlflow_inputs.dataset_of_id(tags["data_id"], sizes)
     return {**rec, "format": FORMAT, "tags": tags, "params": meaningful(rec["params"]), "dataset": dataset,
             "history": [renamed(h) for h in rec["history"]], "summary": renamed(rec["summary"]),
             "final": renamed(rec.get("final", {}))}
