@@ -73,10 +73,9 @@ def write_why_pages(out: Path, root: Path = CHECKOUT) -> list[Path]:
     return written
 
 
-def campaign_rows(path: Path, root: Path) -> pd.DataFrame:
+def campaign_rows(planned: list) -> pd.DataFrame:
     """The store's newest run of each of the campaign's runs, by spec_hash, on the data most of them trained on;
     column `ref` is group/name, `planned` the campaign's order."""
-    planned = campaign_runs(path, root=root)
     df = newest_per_spec(load_runs(tuple(sorted({r.group for r in planned}))))
     if df.empty:
         return df
@@ -163,7 +162,8 @@ def missing(roles: list[Role]) -> str:
 
 def write_why(out: Path, path: Path, camp: Campaign, root: Path) -> Path | None:
     plan = camp.why
-    rows = campaign_rows(path, root)
+    planned_runs = campaign_runs(path, root=root)  # resolved once: the rows' hashes and the count of the plan
+    rows = campaign_rows(planned_runs)
     finished = rows[rows.status == "FINISHED"] if len(rows) else rows
     if finished.empty:
         print(f"report: {path}: no finished runs of this campaign in the store; {out}/why.md left as it was",
@@ -174,7 +174,7 @@ def write_why(out: Path, path: Path, camp: Campaign, root: Path) -> Path | None:
     get = {ref: role(rows, ref, details) for ref in
            dict.fromkeys([plan.baseline, plan.log_setup, *plan.augmentation, plan.net, plan.recipe, *plan.factors])}
     out.mkdir(parents=True, exist_ok=True)
-    planned = len(campaign_runs(path, root=root))
+    planned = len(planned_runs)
     text = page(path, camp, rows, finished, get, log, paper, planned)
     figure(plan, get, details, finished, log, out / "why.png")
     (out / "why.md").write_text(text)
