@@ -33,13 +33,13 @@ def batch_options(a):
 
 
 def cmd_validate(a) -> int:
-    from harness.batch.validate import validate
+    from harness.run.validate import validate
 
     return validate(a.specs, a.overrides, a.budget)
 
 
 def cmd_run(a) -> int:
-    from harness.batch.run import run
+    from harness.run.command import run
 
     code = run(a.specs, batch_options(a), a.overrides, a.budget)
     if a.publish and not a.offline:  # an offline run's record is its folder's record.json until `import`
@@ -55,7 +55,7 @@ def _export_results() -> None:
 
 
 def cmd_import(a) -> int:
-    from harness.batch.run import import_records
+    from harness.run.command import import_records
 
     code = import_records(a.records)
     if a.publish:
@@ -81,7 +81,7 @@ def cmd_tune(a) -> int:
 
 
 def cmd_table(a) -> int:
-    from harness.batch.table import table
+    from harness.run.table import table
 
     if a.campaign and (a.folders or a.budget is not None):
         raise UserError(f"{a.campaign}: --campaign names its specs and budget itself; expected no spec folders and "

@@ -19,7 +19,7 @@ from harness.core.data import (
 from harness.core.spec import DataSpec, RunSpec, Spec
 from harness.core.train import next_batch
 from harness.errors import DataError
-from harness.tracking.sinks import run_tags
+from harness.tracking.run_facts import run_tags
 
 from .helpers import TINY
 

@@ -230,7 +230,7 @@ def test_a_hand_edited_record_is_refused_before_anything_is_imported(store, caps
 def test_a_record_whose_names_climb_out_is_refused(field, value, store, capsys):
     """A record's group and run_name become results/<group>/<run_name>-<hash>.json on the next export: a name
     that leaves results/ is refused on import, digest or not, naming the file and the field."""
-    from harness.tracking.sinks import content_digest
+    from harness.tracking.run_facts import content_digest
 
     folder = store.parent / "results" / "table6"
     folder.mkdir(parents=True)

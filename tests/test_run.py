@@ -123,17 +123,17 @@ def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, caps
     exception `error` named by its type; each run is FAILED and the batch goes on."""
     folder = store.parent / "experiments" / "t"
     good = write_spec(folder, "b_fine")
-    from harness.batch import one as runner
+    from harness.batch import life
     from harness.errors import UserError
 
-    real_train = runner.train
+    real_train = life.train_group
 
-    def refuses_a(run, *args, **kwargs):  # a run the data cannot serve, found only once it trains
-        if run.name == "a_bad":
+    def refuses_a(members, *args, **kwargs):  # a run the data cannot serve, found only once it trains
+        if members[0].run.name == "a_bad":
             raise UserError("data.val_size: expected at most 4067 for this data")
-        return real_train(run, *args, **kwargs)
+        return real_train(members, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "train", refuses_a)
+    monkeypatch.setattr(life, "train_group", refuses_a)
     bad_spec = write_spec(folder, "a_bad", TINY.replace("eval_points: 4", "eval_points: 3"))
     assert main(["run", str(bad_spec), str(good), "--data", str(mini), "--no-progress"]) == 1
     err = capsys.readouterr().err
@@ -148,7 +148,7 @@ def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, caps
     def boom(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(runner, "train", boom)
+    monkeypatch.setattr(life, "train_group", boom)
     assert main(["run", str(good), "--data", str(mini), "--no-progress", "--force"]) == 1
     assert "b_fine-s0: FAILED with RuntimeError: boom" in capsys.readouterr().err
     newest = _runs()[1][-1]

@@ -1,8 +1,8 @@
 """Several runs at once, on Ray: this machine (`--jobs N`, Ray started embedded) or a cluster (`--address`).
 
-Ray places each unit of work (a list of runs, harness.batch.task) where its declared resources are free: `num_cpus`
+Ray places each run (a task, harness.batch.task) where its declared resources are free: `num_cpus`
 (the CPU threads the run trains on) and `num_gpus` (a fraction packs several runs on one GPU). Ray also retries a
-unit whose worker or node died (`max_retries`, HARNESS_RAY_MAX_RETRIES, default 3) and cancels what is queued on
+task whose worker or node died (`max_retries`, HARNESS_RAY_MAX_RETRIES, default 3) and cancels what is queued on
 Ctrl-C; the run then resumes from its checkpoint, claimed anew (harness.tracking.claims). On a cluster every node must
 reach the same store, claim database and checkpoint folder; each is checked before anything runs, so that a run
 never trains into a place only one node can see.
@@ -144,8 +144,8 @@ def describe(ray, cluster: Cluster, jobs: int, threads: int, share: float, devic
             f"CPUs, {total.get('GPU', 0):g} GPUs; each run takes {threads} CPU(s) and {share:g} GPU(s)")
 
 
-def run_units(units: list[list[RunSpec]], arrays: Arrays, device: torch.device, o: BatchOptions, on_done) -> None:
-    """Submit every unit, call `on_done(unit, statuses, node)` as each ends; Ctrl-C cancels what is queued,
+def run_tasks(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchOptions, on_done) -> None:
+    """Submit every run, call `on_done(run, status, node)` as each ends; Ctrl-C cancels what is queued,
     interrupts what is running (its runs are marked KILLED) and raises KeyboardInterrupt."""
     if not o.cluster.address:
         embedded_token()
@@ -156,9 +156,9 @@ def run_units(units: list[list[RunSpec]], arrays: Arrays, device: torch.device, 
             check_reached(ray, o.offline or o.places.checkpoints())
         print(describe(ray, o.cluster, o.jobs, threads, share, dev), file=sys.stderr, flush=True)
         retries = int(os.environ.get("HARNESS_RAY_MAX_RETRIES", "3"))
-        task = ray.remote(workers.run_unit).options(num_cpus=threads, num_gpus=share, max_retries=retries)
+        task = ray.remote(workers.run_task).options(num_cpus=threads, num_gpus=share, max_retries=retries)
         data = ray.put(arrays)
-        refs = {task.remote(data, unit, dev, threads, o): unit for unit in units}
+        refs = {task.remote(data, run, dev, threads, o): run for run in runs}
         _collect(ray, refs, on_done)
     finally:
         ray.shutdown()
@@ -171,9 +171,9 @@ def _collect(ray, refs: dict, on_done) -> None:
             ready, pending = ray.wait(pending, num_returns=1)
             try:
                 done = ray.get(ready[0])
-                on_done(refs[ready[0]], done.statuses, done.node)
+                on_done(refs[ready[0]], done.status, done.node)
             except ray.exceptions.RayError as e:  # e.g. retries spent on dead nodes: the runs resume later
-                on_done(refs[ready[0]], [Status.FAILED] * len(refs[ready[0]]), f"nowhere ({_why(e)})")
+                on_done(refs[ready[0]], Status.FAILED, f"nowhere ({_why(e)})")
     except KeyboardInterrupt:
         for ref in pending:
             ray.cancel(ref)  # queued: never start; running: a KeyboardInterrupt marks the run KILLED

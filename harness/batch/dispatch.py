@@ -5,8 +5,7 @@ with `--jobs N`, or over a cluster with `--address`, the lever for a whole table
 A batch-128 CIFAR ResNet step leaves much of a device idle, and small convolutions scale poorly across threads, so
 several one-thread runs can train more images per second in total than one run on every thread (`bench --jobs N`
 measures it on the machine at hand; docs/benchmark.md has the figures). Runs are independent (own MLflow run,
-own checkpoint keyed by spec_hash, own claim): they share nothing but the device. The unit of work handed to Ray
-is a list of runs (`units`), so that runs trained together in one process go as one unit.
+own checkpoint keyed by spec_hash, own claim): they share nothing but the device. Ray gets one task per run.
 A run killed with its worker or node resumes from its checkpoint, retried by Ray or on the next call.
 """
 
@@ -16,17 +15,18 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 
 import torch
 
-from harness.batch import task as workers
-from harness.batch.cluster import check_shared, import_ray, run_units
+from harness.batch.cluster import check_shared, import_ray, run_tasks
 from harness.batch.cost import Rate, gflops_on_data
+from harness.batch.life import live
 from harness.batch.options import BatchOptions
 from harness.core.data import Arrays, check_batch_fits, load_arrays
 from harness.core.devices import check_jobs, pick_device
+from harness.core.grouped import default_group, partition
 from harness.core.spec import RunSpec
 from harness.errors import UserError
 from harness.tracking import store as tracking
@@ -83,46 +83,66 @@ def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: Ba
                 label: Label = lambda r: r.run_name) -> Counter[Status]:
     """Run `runs`, `o.jobs` at a time, `o.group` (resolved, check_group) together. With jobs > 1 or a cluster they
     go to Ray and bars are off (N bars would interleave): each run logs one line per evaluation point instead.
-    With group > 1 the runs that can share a step train together in this process. The time-left estimate weighs
-    each run by its GFLOPs on these arrays."""
-    cost = partial(gflops_on_data, arrays=arrays)
-    if (o.group or 1) > 1 and runs:
-        return _in_groups(runs, arrays, device, o, label, Rate(runs, cost))
+    With group > 1 the runs that can share a step train together in this process. Each run lives the one life of a
+    run (harness.batch.life) wherever it trains. The time-left estimate weighs each run by its GFLOPs on these
+    arrays."""
     if (o.jobs == 1 and not o.cluster.address) or not runs:
-        return _in_this_process(runs, arrays, device, o, label, Rate(runs, cost))
-    counts: Counter[Status] = Counter()
+        return _in_this_process(runs, arrays, device, o, label)
     hashes = [r.spec_hash(arrays.data_id) for r in runs]
     unique = [r for i, r in enumerate(runs) if hashes[i] not in hashes[:i]]  # one task per run: the first one
+    tally = Tally(Rate(unique, partial(gflops_on_data, arrays=arrays)), o, arrays.data_id)
     if len(unique) < len(runs):
-        counts[Status.SKIPPED] = len(runs) - len(unique)
+        tally.counts[Status.SKIPPED] = len(runs) - len(unique)
         print(f"jobs: {len(runs) - len(unique)} duplicate run(s) of the same resolved spec skipped", file=sys.stderr)
     if not o.offline:
         tracking.create_store()
-    return _on_ray(unique, arrays, device, o, label, Rate(unique, cost), counts)
+
+    def on_done(r: RunSpec, status: Status, node: str) -> None:
+        tally.add(r, status)
+        where = f" on {node}" if o.cluster.address or status == Status.FAILED else ""
+        print(f"[{tally.ended}/{len(unique)}] {label(r)}: {status}{where} ({tally.rate.line()})", file=sys.stderr,
+              flush=True)
+
+    run_tasks(unique, arrays, device, o, on_done)
+    return tally.counts
 
 
-def _in_this_process(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchOptions, label: Label,
-                     rate: Rate) -> Counter[Status]:
-    counts: Counter[Status] = Counter()
-    for i, r in enumerate(runs, 1):
-        print(f"[{i}/{len(runs)}] {label(r)}  ({rate.line()})", file=sys.stderr, flush=True)
-        status = workers.execute_one(r, arrays, device, o)
-        counts[status] += 1
-        rate.done(r, status)
-        publish(r, status, o, arrays.data_id)
-    return counts
+@dataclass
+class Tally:
+    """What a batch does as each run ends, wherever it trained: count it, re-estimate the time left and, with
+    --publish, write its record to results/ at once (not when the whole batch ends)."""
+
+    rate: Rate
+    o: BatchOptions
+    data_id: str
+    counts: Counter[Status] = field(default_factory=Counter)
+    ended: int = 0
+
+    def add(self, r: RunSpec, status: Status) -> None:
+        self.ended += 1
+        self.counts[status] += 1
+        self.rate.done(r, status)
+        if self.o.publish is not None and self.o.offline is None and status == Status.FINISHED:
+            export_run(self.o.publish, r.group, r.spec_hash(self.data_id))
 
 
-def publish(r: RunSpec, status: Status, o: BatchOptions, data_id: str) -> None:
-    """With --publish, a run's record goes to results/ the moment it finishes, not when the whole batch ends."""
-    if o.publish is not None and o.offline is None and status == Status.FINISHED:
-        export_run(o.publish, r.group, r.spec_hash(data_id))
+def _in_this_process(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchOptions,
+                     label: Label) -> Counter[Status]:
+    """One run at a time, or with group > 1 the runs that can share a step (harness.core.grouped.partition), up to
+    `o.group` at once; each member has its own MLflow run (or --offline folder), as a run alone."""
+    tally = Tally(Rate(runs, partial(gflops_on_data, arrays=arrays)), o, arrays.data_id)
+    groups = partition(runs, o.group) if (o.group or 1) > 1 else [[r] for r in runs]
+    for g in groups:
+        head = f"[{tally.ended + 1}/{len(runs)}] {label(g[0])}" if len(g) == 1 else \
+            f"[group of {len(g)}] " + ", ".join(map(label, g))
+        print(f"{head}  ({tally.rate.line()})", file=sys.stderr, flush=True)
+        for r, status in zip(g, live(g, arrays, device, o.destination), strict=True):
+            tally.add(r, status)
+    return tally.counts
 
 
 def check_group(group: int | None, jobs: int, device: torch.device, cluster: bool = False) -> int:
     """The group size: --group, else what measured fastest on this device type (harness.core.grouped.DEFAULT_GROUP)."""
-    from harness.core.grouped import default_group
-
     if group is not None and group < 1:
         raise UserError(f"--group: expected a group size of at least 1, got {group}")
     size = default_group(device) if group is None else group
@@ -132,40 +152,3 @@ def check_group(group: int | None, jobs: int, device: torch.device, cluster: boo
     return size
 
 
-def _in_groups(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchOptions, label: Label,
-               rate: Rate) -> Counter[Status]:
-    """Runs that can share a step (harness.core.grouped.partition), up to `o.group` at once, in this process; each
-    member has its own MLflow run (or --offline folder), as a run alone (harness.batch.grouped)."""
-    from harness.batch.grouped import execute_group
-    from harness.core.grouped import partition
-
-    counts: Counter[Status] = Counter()
-    for g in partition(runs, o.group):
-        print(f"[group of {len(g)}] " + ", ".join(map(label, g)) + f"  ({rate.line()})", file=sys.stderr, flush=True)
-        for r, status in zip(g, execute_group(g, arrays, device, o), strict=True):
-            counts[status] += 1
-            rate.done(r, status)
-            publish(r, status, o, arrays.data_id)
-    return counts
-
-
-def units(runs: list[RunSpec]) -> list[list[RunSpec]]:
-    """The units of work of a batch: one run each."""
-    return [[r] for r in runs]
-
-
-def _on_ray(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchOptions, label: Label, rate: Rate,
-            counts: Counter[Status]) -> Counter[Status]:
-    done = [0]
-
-    def on_done(unit: list[RunSpec], statuses: list[Status], node: str) -> None:
-        for r, status in zip(unit, statuses, strict=True):
-            done[0] += 1
-            counts[status] += 1
-            rate.done(r, status)
-            publish(r, status, o, arrays.data_id)
-            where = f" on {node}" if o.cluster.address or status == Status.FAILED else ""
-            print(f"[{done[0]}/{len(runs)}] {label(r)}: {status}{where} ({rate.line()})", file=sys.stderr, flush=True)
-
-    run_units(units(runs), arrays, device, o, on_done)
-    return counts

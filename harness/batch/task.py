@@ -1,10 +1,9 @@
-"""The task side of a batch: what one unit of work (a list of runs) does, in this process or as a Ray task.
+"""The task side of a batch on Ray: one run, lived as every run is (harness.batch.life), in the task's process.
 
-A unit is a list of runs so that runs trained together in one process drop in as one unit; today each holds one
-run. In a Ray task the unit trains on the CPU threads and the GPU share Ray granted it (Ray sets
-CUDA_VISIBLE_DEVICES, so "cuda" is the task's own GPU), and reports the node it ran on, so the driver's progress
-lines say where each run went. Ray is imported here only inside the task, never at import: `run --jobs 1` and
-`run --offline` work where Ray is not installed.
+The run trains on the CPU threads and the GPU share Ray granted the task (Ray sets CUDA_VISIBLE_DEVICES, so "cuda" is
+the task's own GPU), and the task reports the node it ran on, so the driver's progress lines say where each run
+went. Ray is imported here only inside the task, never at import: `run --jobs 1` and `run --offline` work where Ray
+is not installed.
 """
 
 from __future__ import annotations
@@ -16,6 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from harness.batch.life import live
 from harness.batch.options import BatchOptions
 from harness.core.data import Arrays
 from harness.core.spec import RunSpec
@@ -24,15 +24,8 @@ from harness.tracking.status import Status
 _NOT_NAMES = {"CPU", "GPU", "memory", "object_store_memory"}
 
 
-def execute_one(run: RunSpec, arrays: Arrays, device: torch.device, o: BatchOptions) -> Status:
-    """Into MLflow, or without it into `o.offline`/<spec_hash>/ (`run --offline`)."""
-    from harness.batch.one import execute
-
-    return execute(run, arrays, device, o)
-
-
 class Done(NamedTuple):
-    statuses: list[Status]  # one per run of the unit, in its order
+    status: Status
     node: str  # where it ran: the node's custom resources, else its address
 
 
@@ -51,7 +44,7 @@ def this_node() -> str:
     return next((node_name(n) for n in ray.nodes() if n["NodeID"] == me), me[:8])
 
 
-def run_unit(arrays: Arrays, runs: list[RunSpec], device: str, threads: int, o: BatchOptions) -> Done:
+def run_task(arrays: Arrays, run: RunSpec, device: str, threads: int, o: BatchOptions) -> Done:
     """The body of the Ray task; `o` travels with it, so the task's process writes where the driver says. A Ctrl-C
     on the driver cancels it with a KeyboardInterrupt, which the run's sink (harness.tracking.sinks) turns into a
     KILLED run before the task ends."""
@@ -62,10 +55,10 @@ def run_unit(arrays: Arrays, runs: list[RunSpec], device: str, threads: int, o: 
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
     node = this_node()
-    o = replace(o, progress=False, places=replace(o.places, node=node))  # claims name their holder's node
-    for r in runs:
-        print(f"{r.run_name}: on Ray node {node}", flush=True)
-    return Done([execute_one(r, arrays, dev, o) for r in runs], node)
+    dest = replace(o.destination.without_bars(), places=replace(o.places, node=node))  # claims name their node
+    print(f"{run.run_name}: on Ray node {node}", flush=True)
+    (status,) = live([run], arrays, dev, dest)
+    return Done(status, node)
 
 
 def sees(path: str) -> bool:

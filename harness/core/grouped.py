@@ -43,7 +43,7 @@ from torch.func import functional_call, vmap
 
 from harness.core.result import Result
 from harness.core.spec import RunSpec
-from harness.core.train import Diverged, Trainee, autocast_for, compile_mode, param_dtype
+from harness.core.train import Diverged, Trainee, autocast_for, compile_mode, make_step, param_dtype
 
 # The group size `run`/`table` use without --group, per device type: the K that `bench --group K` finds fastest
 # (docs/benchmark.md); CUDA stays at 1 until GPU rows show a K that wins (the command: docs/gpu.md).
@@ -128,6 +128,18 @@ def make_group_step(members: list[Trainee], device: torch.device) -> GroupStep:
     return step
 
 
+def _alone(m: Trainee, device: torch.device) -> GroupStep:
+    """A group of one steps as a run alone steps (train.make_step, no vmap): the same kernels and numbers as
+    train.train, so a run that trains alone through the group's loop is the run `train` trains."""
+    step = make_step(m.model, m.opt, m.run.spec, device)
+
+    def one(xs, ys):
+        loss, wrong = step(xs[0], ys[0], m.opt.param_groups[0]["lr"])
+        return loss.unsqueeze(0), wrong.unsqueeze(0)
+
+    return one
+
+
 def _advance(members: list[Trainee], step: GroupStep, on_end: EndHook) -> list[Trainee]:
     """One iteration of every member; returns those still training (a member that finished, stopped early or
     diverged has been handed to `on_end`)."""
@@ -152,7 +164,8 @@ def _advance(members: list[Trainee], step: GroupStep, on_end: EndHook) -> list[T
 def train_group(members: list[Trainee], device: torch.device, on_end: EndHook) -> None:
     """Train the members (each made as for train.train, its checkpoint restored) together until each has finished,
     stopped early or diverged; `on_end` gets each member with its final metrics (as train.train returns them) or
-    its exception, the moment it leaves the group. Each time the group shrinks, the step is built anew."""
+    its exception, the moment it leaves the group. Each time the group shrinks, the step is built anew; a group of
+    one steps as a run alone."""
     going = []
     for m in members:
         if m.ended:  # killed after its final checkpoint: its weights are final
@@ -160,7 +173,7 @@ def train_group(members: list[Trainee], device: torch.device, on_end: EndHook) -
         else:
             going.append(m)
     while going:
-        step = make_group_step(going, device)
+        step = make_group_step(going, device) if len(going) > 1 else _alone(going[0], device)
         size = len(going)
         while len(going) == size:
             going = _advance(going, step, on_end)

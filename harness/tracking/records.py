@@ -26,7 +26,7 @@ from harness.core.names import inside, name_problem
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
-from harness.tracking.sinks import content_digest, log, log_curve, meaningful
+from harness.tracking.run_facts import content_digest, log, log_curve, meaningful
 from harness.tracking.status import Status, summary
 
 FORMAT = 2  # 2 adds start_time, end_time, dataset and MLflow's description and source tags; 1 is still read

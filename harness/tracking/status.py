@@ -14,6 +14,7 @@ class Status(StrEnum):
     DIVERGED = "diverged"
     FAILED = "failed"
     IMPORTED = "imported"  # a record logged into the store
+    PRUNED = "pruned"  # a trial its study's pruner ended early
 
 
 DONE = frozenset({Status.FINISHED, Status.SKIPPED})  # every run of a batch in here: exit code 0

@@ -11,15 +11,28 @@ from __future__ import annotations
 
 import multiprocessing
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import optuna
+import torch
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from harness.batch.life import DeviceCache, live
+from harness.core.data import Arrays, load_arrays
+from harness.core.devices import pick_device, thread_share, worker_devices
 from harness.core.schedule import eval_every
 from harness.core.spec import RunSpec, Spec, TuneSpec, load_spec, require_validation, resolve_runs, with_overrides
 from harness.errors import UserError
 from harness.tracking import store as tracking
+from harness.tracking.figures import study_figures
+from harness.tracking.sinks import Destination
+from harness.tracking.status import Status
+from harness.tracking.trial import TrialOf
 from harness.tune.progress import TrialsProgress
 from harness.tune.study import (
     export,
@@ -72,104 +85,48 @@ def _parent_run(c, exp_id: str, study: str, spec_path: str, budget: float) -> st
 
 
 class Objective:
-    """One worker's trials: each samples a schedule, trains it on the validation split as an MLflow child run of
-    the study's parent run, reports its validation errors to the pruner and returns the last one. Device data is
-    made once per data section and dtype, not once per trial."""
+    """One worker's trials: each samples a schedule and lives as any run does (harness.batch.life), as an MLflow
+    child run of the study's parent run (harness.tracking.trial) that reports its validation errors to the pruner;
+    it returns the last one. Device data is made once per data section and dtype, not once per trial."""
 
-    def __init__(self, o: TuneOptions, base: Spec, arrays, device, seed: int):
+    def __init__(self, o: TuneOptions, base: Spec, arrays: Arrays, device: torch.device, seed: int):
         self.o, self.base, self.arrays, self.device, self.seed = o, base, arrays, device, seed
         self.t = base.tune or TuneSpec()
-        self.cache: dict = {}
-        self.c = tracking.client()
-        self.exp_id = tracking.experiment_id(self.c, EXPERIMENT)
-        self.parent = _parent_run(self.c, self.exp_id, o.study, o.spec, o.budget)
+        self.cache: DeviceCache = {}
+        c = tracking.client()
+        self.parent = _parent_run(c, tracking.experiment_id(c, EXPERIMENT), o.study, o.spec, o.budget)
         self.bars = o.workers == 1 and sys.stderr.isatty()  # K workers' bars would interleave
 
-    def data(self, spec: Spec):
-        from harness.core.data import to_device
-        from harness.core.train import param_dtype
-
-        key = (spec.data.model_dump_json(), spec.dtype)
-        if key not in self.cache:
-            self.cache[key] = to_device(self.arrays, spec.data, self.device, param_dtype(spec))
-        return self.cache[key]
-
-    def child_run(self, trial, data, overrides: dict) -> str:
-        """The trial's MLflow run: its params under the spec's dotted names (what it overrides), the dataset
-        input and a description, as a run of `run` has them."""
-        from mlflow.entities import Param
-
-        from harness.core.devices import device_name
-        from harness.tracking import inputs
-
-        o = self.o
-        child = self.c.create_run(self.exp_id, run_name=f"{o.study}-t{trial.number}", tags={
-            "mlflow.parentRunId": self.parent, "study_name": o.study, "trial_number": str(trial.number),
-            "role": "trial", "budget": f"{o.budget:g}", "data": data.description, "device": device_name(self.device),
-            "sampler_seed": str(self.seed), "git_commit": tracking.git_commit(), **tracking.source_tags(),
-            inputs.NOTE: f"Trial {trial.number} of Optuna study '{o.study}' ({o.spec}, budget {o.budget:g}), "
-                         "scored on the validation split: " + ", ".join(f"{k}={v}" for k, v in overrides.items())
-            }).info.run_id
-        self.c.log_batch(child, params=[Param(k, str(v)) for k, v in overrides.items()])
-        inputs.log_run_inputs(self.c, child, inputs.dataset(self.arrays.x_train, self.arrays.y_train,
-                                                            self.arrays.data_id, data.sizes))
-        trial.set_user_attr("mlflow_run_id", child)
-        trial.set_user_attr("budget", o.budget)  # what --export labels the tuned spec with
-        return child
-
-    def end(self, child: str, state: str, status: str, failure: str | None = None) -> None:
-        self.c.set_tag(child, "state", state)
-        if failure:
-            self.c.set_tag(child, "failure", failure)
-        self.c.set_terminated(child, status)
-
-    def __call__(self, trial) -> float:
-        import optuna
-
-        from harness.core.train import Diverged, train
-
+    def __call__(self, trial: optuna.Trial) -> float:
         overrides = suggest(trial, self.t, self.base)
         spec = with_overrides(self.base, overrides)
         # milestones sampled close together may merge at a small budget, as they always have for trials
         run: RunSpec = resolve_runs(self.o.spec, spec, self.o.budget, check_budget=False)[0]
-        data = self.data(spec)
-        child = self.child_run(trial, data, overrides)
+        trial.set_user_attr("budget", self.o.budget)  # what --export labels the tuned spec with
+        val_errors: list[float] = []
 
-        def on_eval(step: int, m: dict) -> bool:
-            tracking.log_metrics(self.c, child, m, step)
-            if not self.bars:
-                print(f"trial {trial.number} it {step}/{run.spec.schedule.total_iters}: val_error "
-                      f"{m['val_error']:.2f}%", file=sys.stderr, flush=True)
-            trial.report(m["val_error"], step)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at iteration {step} (val_error {m['val_error']:.2f})")
-            return False
+        def report(step: int, val_error: float) -> bool:
+            val_errors.append(val_error)
+            trial.report(val_error, step)
+            return trial.should_prune()
 
-        try:
-            final, _ = train(run, data, self.device, checkpoint=None, on_eval=on_eval, progress=self.bars,
-                             evaluate_test=False)
-        except optuna.TrialPruned:
-            self.end(child, "pruned", "KILLED")
-            raise
-        except Diverged as e:
-            self.end(child, "failed", "FAILED", failure="diverged")
-            raise RuntimeError(str(e)) from None  # caught by optimize(): the trial is FAIL, the study goes on
-        except BaseException:
-            self.end(child, "failed", "FAILED")
-            raise
-        self.end(child, "complete", "FINISHED")
-        return final.metrics["val_error"]
+        of = TrialOf(self.o.study, trial.number, self.parent, EXPERIMENT, self.o.spec, self.o.budget, self.seed,
+                     overrides, report, on_open=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        dest = Destination(progress=self.bars, system_metrics=False, trial=of)
+        (status,) = live([run], self.arrays, self.device, dest, self.cache)
+        if status == Status.PRUNED:
+            raise optuna.TrialPruned(f"pruned after {len(val_errors)} evaluation point(s), val_error "
+                                     f"{val_errors[-1]:.2f}")
+        if status != Status.FINISHED:  # caught by optimize(): the trial is FAIL, the study goes on
+            raise RuntimeError(f"trial {trial.number} {status}")
+        return val_errors[-1]
 
 
 def run_worker(o: TuneOptions, arrays, left: int, seed: int) -> None:
     """Run at most `left` trials (what the study lacked of --trials when the parent looked), and stop early
     once the study holds --trials finished ones: other workers on the same study finish trials too. The sampler
     draws from `seed` (study.sampler_seed, plus the worker's index)."""
-    import optuna
-    from optuna.study import MaxTrialsCallback
-    from optuna.trial import TrialState
 
-    from harness.core.devices import pick_device
 
     base = load_spec(o.spec, o.overrides)
     t = base.tune or TuneSpec()
@@ -198,9 +155,7 @@ class Worker:
 def worker_places(device_arg: str | None, workers: int) -> list[tuple[str, int | None]]:
     """Each worker's device and CPU threads, as `run --jobs` places its workers: dealt over the GPUs when there are
     several, and on a CPU the threads split between the workers (K workers on all cores each would thrash)."""
-    import torch
 
-    from harness.core.devices import pick_device, thread_share, worker_devices
 
     device = pick_device(device_arg)
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
@@ -210,10 +165,7 @@ def worker_places(device_arg: str | None, workers: int) -> list[tuple[str, int |
 
 def work(o: TuneOptions, w: Worker) -> None:
     """A worker process's body: its own data (the test split never read), its own device and threads."""
-    import optuna
-    import torch
 
-    from harness.core.data import load_arrays
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if w.threads:
@@ -246,7 +198,6 @@ def run_trials(o: TuneOptions, base: Spec) -> None:
     """Bring the study to --trials finished trials, here or in worker processes. --trials is a total to reach, not
     a number to add: a rerun of a finished study runs nothing, and each worker runs at most what is left (the
     workers' MaxTrialsCallback stops them there together)."""
-    from harness.core.data import load_arrays
 
     resolve_runs(o.spec, base, o.budget)  # --budget and --data are checked before a study is created
     arrays = load_arrays(o.data, with_test=False)  # the test split is never read for tuning
@@ -266,7 +217,6 @@ def run_trials(o: TuneOptions, base: Spec) -> None:
 
 def _fail_dead_trials(c, exp_id: str, study_name: str, trials) -> None:
     """A worker killed mid-trial leaves its child run RUNNING; Optuna has failed the trial by now."""
-    from optuna.trial import TrialState
 
     state_of = {str(t.number): t.state for t in trials}
     for r in c.search_runs([exp_id], f"tags.study_name = '{study_name}' and tags.role = 'trial'", max_results=5000):
@@ -279,9 +229,7 @@ def _fail_dead_trials(c, exp_id: str, study_name: str, trials) -> None:
 def _plots(c, parent: str, study, out: Path | None = None) -> None:
     """Optuna's plots as artifacts of the study's parent run (folder `optuna`), and into `out` only where --plots
     names one: reports/tuning/ is `report`'s to write, from the Optuna storage."""
-    import tempfile
 
-    from harness.tracking.figures import study_figures
 
     with tempfile.TemporaryDirectory() as tmp:
         for path in study_figures(study, out or Path(tmp)):
@@ -290,7 +238,6 @@ def _plots(c, parent: str, study, out: Path | None = None) -> None:
 
 def finish(study, spec_path: str, budget: float, plots: str | None) -> dict:
     """Tag the best trial, log Optuna's plots on the parent run (and into --plots), return the summary."""
-    from optuna.trial import TrialState
 
     name = study.study_name
     trials = study.get_trials(deepcopy=False)
@@ -315,7 +262,6 @@ def finish(study, spec_path: str, budget: float, plots: str | None) -> dict:
 
 
 def main(o: TuneOptions) -> int:
-    import optuna
 
     # Optuna's INFO lines ("Using an existing study ...") repeat ours and would make a one-line error two lines
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,0 +1,114 @@
+"""What a run's records say about it, the same in an MLflow run, an `--offline` folder and a committed record: its
+tags, params and resolved spec, its progress and closing lines, and the digest that ties a record's content
+together. The sinks (harness.tracking.sinks, .folder, .trial) and the records (harness.tracking.records) write them
+from here, so that the three never drift apart.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import yaml
+
+from harness.core.data import Arrays, DeviceData, cifar10_test_error
+from harness.core.devices import device_name
+from harness.core.families import FAMILIES
+from harness.core.spec import RunSpec, flatten
+from harness.tracking import inputs as mlflow_inputs
+from harness.tracking import store as tracking
+from harness.tracking.figures import learning_curve
+
+
+def content_digest(record: dict) -> str:
+    """sha256 of a run record's canonical JSON (sorted keys, no spaces), every field but `digest` itself, so that
+    the numbers, the spec, the tags' git_commit and data_id and the rest are all tied to it: a record changed by
+    hand no longer matches. It is no signature: whoever edits a record on purpose can recompute it."""
+    body = {k: v for k, v in record.items() if k != "digest"}
+    return "sha256:" + hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def log_eval_point(run: RunSpec, step: int, metrics: dict[str, float]) -> None:
+    """One line per evaluation point where there is no progress bar (--no-progress, --jobs, a group, a GPU log)."""
+    log(f"{run.run_name} it {step}/{run.spec.schedule.total_iters}: train_loss {metrics['train_loss']:.3f}"
+        f"{_errors(metrics)} {metrics['images_per_s']:.0f} img/s")
+
+
+def _errors(metrics: dict) -> str:
+    """' test_error X% val_error Y%', each where it was measured (no validation split under data.val_fraction 0, no
+    test split while tuning)."""
+    return "".join(f" {k} {metrics[k]:.2f}%" for k in ("test_error", "val_error") if k in metrics)
+
+
+def resolved_yaml(run: RunSpec) -> str:
+    body = run.spec.model_dump(mode="json", exclude={"seeds"})
+    body.update(seed=run.seed, budget=run.budget, group=run.group, source_file=run.source_file)
+    return yaml.safe_dump(body, sort_keys=False)
+
+
+UNUSED = {"optimizer.name": {"sgd": ("betas",), "adam": ("momentum", "nesterov")},
+          "schedule.name": {f.name: f.ignores for f in FAMILIES.values()}}  # fields the choice ignores
+
+
+def meaningful(flat: dict[str, str]) -> dict[str, str]:
+    """The params that mean something for this run, so the runs table compares what differs: no field the
+    optimizer or schedule ignores (`betas` under SGD), no unset (None) field, none of the spec's labels (its
+    name is the spec_name tag, `heavy` a batch option)."""
+    dropped = {f"{key.split('.')[0]}.{f}" for key, by in UNUSED.items() for f in by.get(flat.get(key), ())}
+    return {k: v for k, v in flat.items() if k not in dropped and k not in ("name", "heavy") and v != "None"}
+
+
+def run_params(run: RunSpec) -> dict[str, str]:
+    flat = flatten(run.spec.model_dump(mode="json", exclude={"seeds", "description", "tune", "tuned"}))
+    flat.update(seed=run.seed, budget=run.budget)
+    return meaningful({k: str(v) for k, v in flat.items()})
+
+
+def named_metrics(metrics: dict) -> dict:
+    """Metrics under the names MLflow holds them by (bookkeeping under timing/), as a record keeps them."""
+    return {tracking.metric_name(k): v for k, v in metrics.items()}
+
+
+def log_curve(c, run_id: str, title: str) -> None:
+    history = {k: tracking.metric_history(c, run_id, k) for k in ("train_error", "val_error", "test_error")}
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "learning_curve.png"
+        learning_curve(history, title, path)
+        c.log_artifact(run_id, str(path))
+
+
+def run_tags(run: RunSpec, arrays: Arrays, data: DeviceData, device: torch.device) -> dict[str, str]:
+    """The run's identity and what its numbers may be called: `official_test_set` true is CIFAR-10 test error
+    (all 50k images trained, the official test set, budget 1.0); `tested_on_official` and `full_training_data` say
+    each part alone, and the `data` tag names the sizes."""
+    return {"spec_name": run.name, "spec_hash": run.spec_hash(arrays.data_id), "budget": f"{run.budget:g}",
+            "data": data.description, "data_id": arrays.data_id, "device": device_name(device),
+            "git_commit": tracking.git_commit(), "spec_file": run.source_file, "torch": torch.__version__,
+            "official_test_set": str(cifar10_test_error(data, run.budget)).lower(),
+            "tested_on_official": str(data.official_test).lower(),
+            "full_training_data": str(data.full_training_data).lower(),
+            mlflow_inputs.NOTE: run.spec.description, **tuned_tags(run.spec), **tracking.source_tags()}
+
+
+def tuned_tags(spec) -> dict[str, str]:
+    """A tuned spec's provenance as tags (tuned.study, tuned.budget, ...): where its schedule came from."""
+    t = spec.tuned
+    return {} if t is None else {f"tuned.{k}": f"{v:g}" if isinstance(v, float) else str(v)
+                                 for k, v in t.model_dump().items()}
+
+
+def run_dataset(arrays: Arrays, data: DeviceData) -> dict[str, str]:
+    return mlflow_inputs.dataset(arrays.x_train, arrays.y_train, arrays.data_id, data.sizes)
+
+
+def ending_line(run: RunSpec, status: str, wall: float, final: dict, data: DeviceData, where: str = "") -> str:
+    return (f"{run.run_name}: {status} in {wall:.0f}s{where}:{_errors(final) or ' no error measured'} "
+            f"({data.description}, budget {run.budget:g})")
