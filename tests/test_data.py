@@ -8,14 +8,15 @@ import torch
 from harness.cli import main
 from harness.core.checkpoint import LoopState
 from harness.core.data import (
-    DeviceData,
     augment,
-    cifar10_test_error,
+    identify,
     load_arrays,
     split_indices,
     to_device,
     train_batch,
 )
+from harness.core.data_tag import DataTag
+from harness.core.identity import RunIdentity
 from harness.core.spec import DataSpec, RunSpec, Spec
 from harness.core.train import next_batch
 from harness.errors import DataError
@@ -133,28 +134,35 @@ def test_the_official_test_set_is_known_by_its_bytes_not_its_size(tmp_path, mini
     assert not load_arrays(tmp_path / "copy.npz", with_test=False).official_test  # tuning reads no test set
 
 
-def _sized(train: int, val: int, official: bool) -> DeviceData:
-    """Device data of these split sizes (labels only: what the labels of a run are decided from)."""
-    none, mean = torch.zeros(0, 3, 32, 32, dtype=torch.uint8), torch.zeros(3, 1, 1)
-    return DeviceData(none, torch.zeros(train, dtype=torch.int64), none, torch.zeros(val, dtype=torch.int64), none,
-                      torch.zeros(10000, dtype=torch.int64), mean, mean, torch.float32, "d", official)
+def _tagged(train: int, val: int, official: bool, budget: float = 1.0) -> RunIdentity:
+    return RunIdentity("h", "d", DataTag("cifar10-full.npz", train, val, 10000, official), budget)
 
 
-def test_only_all_50k_images_the_official_test_set_and_budget_1_is_cifar10_test_error(mini):
+def test_only_all_50k_images_the_official_test_set_and_budget_1_is_cifar10_test_error():
     """A 45k/5k run on the full file tests on the official test set but is not CIFAR-10 test error: its tags say
     so, and so does each part alone."""
-    assert cifar10_test_error(_sized(50000, 0, True), 1.0)
-    assert not cifar10_test_error(_sized(45000, 5000, True), 1.0)
-    assert not cifar10_test_error(_sized(50000, 0, True), 0.5)
-    assert not cifar10_test_error(_sized(50000, 0, False), 1.0)
-    arrays = load_arrays(mini)
+    assert DataTag("f", 50000, 0, 10000, True).cifar10_test_error(1.0)
+    assert not DataTag("f", 45000, 5000, 10000, True).cifar10_test_error(1.0)
+    assert not DataTag("f", 50000, 0, 10000, True).cifar10_test_error(0.5)
+    assert not DataTag("f", 50000, 0, 10000, False).cifar10_test_error(1.0)
     run = RunSpec(spec=Spec(), group="ablations", name="baseline", seed=0, budget=1.0, source_file="b.yaml")
-    tags = run_tags(run, arrays, _sized(45000, 5000, True), torch.device("cpu"))
+    tags = run_tags(run, _tagged(45000, 5000, True), torch.device("cpu"))
     assert (tags["official_test_set"], tags["tested_on_official"], tags["full_training_data"]) == \
         ("false", "true", "false")
-    tags = run_tags(run, arrays, _sized(50000, 0, True), torch.device("cpu"))
+    tags = run_tags(run, _tagged(50000, 0, True), torch.device("cpu"))
     assert (tags["official_test_set"], tags["tested_on_official"], tags["full_training_data"]) == \
         ("true", "true", "true")
+
+
+def test_a_runs_identity_names_the_split_it_trains_before_anything_is_on_a_device(mini):
+    """identify() and to_device() say the same sizes: the identity is whole before the run opens its record."""
+    arrays = load_arrays(mini)
+    run = RunSpec(spec=Spec.model_validate({"data": {"val_fraction": 0.1}}), group="g", name="n", seed=0, budget=1.0,
+                  source_file="n.yaml")
+    ident = identify(run, arrays)
+    data = to_device(arrays, run.spec.data, torch.device("cpu"), torch.float32)
+    assert ident.data == data.tag and ident.data.val == len(data.y_val) > 0
+    assert ident.spec_hash == run.spec_hash(arrays.data_id) and ident.tags()["official_test_set"] == "false"
 
 
 def _first_batches(mini, dtype: torch.dtype, n: int = 3):

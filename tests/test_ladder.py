@@ -4,6 +4,7 @@ import torch
 
 from harness.core.checkpoint import LoopState
 from harness.core.data import DeviceData, val_count
+from harness.core.data_tag import DataTag
 from harness.core.models import build_model, count_params
 from harness.core.spec import expand_paths, flatten, load_spec
 from harness.core.train import next_batch
@@ -47,7 +48,7 @@ def iterations_per_epoch(spec) -> int:
     n = CIFAR10_TRAIN - val_count(CIFAR10_TRAIN, spec.data)
     none, mean = torch.zeros(0), torch.zeros(3, 1, 1)
     data = DeviceData(torch.zeros(n, 3, 1, 1, dtype=torch.uint8), torch.zeros(n, dtype=torch.long), none, none, none,
-                      none, mean, mean, torch.float32, "stand-in")
+                      none, mean, mean, torch.float32, DataTag("stand-in", n, 0, 0))
     st, gen = LoopState(), torch.Generator().manual_seed(0)
     next_batch(st, data, spec, gen)
     first, steps = st.perm, 1

@@ -15,7 +15,7 @@ from contextlib import ExitStack
 
 import torch
 
-from harness.core.data import Arrays, DeviceData, to_device
+from harness.core.data import Arrays, DeviceData, identify, to_device
 from harness.core.grouped import train_group
 from harness.core.spec import RunSpec, Spec
 from harness.core.train import Trainee, param_dtype
@@ -40,7 +40,7 @@ def live(runs: list[RunSpec], arrays: Arrays, device: torch.device, dest: Destin
     harness.core.grouped.group_key); `cache` keeps device data across calls (a tune worker's trials)."""
     where = f" (in a group of {len(runs)})" if len(runs) > 1 else ""
     alone = dest if len(runs) == 1 else dest.without_bars()  # the group's lines, not one bar per member
-    sinks = [open_sink(r, arrays, device, alone, where) for r in runs]
+    sinks = [open_sink(r, identify(r, arrays), arrays, device, alone, where) for r in runs]
     keys = [s.spec_hash for s in sinks]
     twice = {i for i, k in enumerate(keys) if k in keys[:i]}  # the same resolved spec again: one run of it
     with ExitStack() as held:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from harness.core.data_tag import DataTag
-from harness.core.spec import DataSpec
+from harness.core.identity import RunIdentity
+from harness.core.spec import DataSpec, RunSpec
 from harness.errors import DataError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -151,28 +152,15 @@ class DeviceData:
     mean: torch.Tensor  # (3, 32, 32) or (3, 1, 1) in [0, 1] units; zeros when mean subtraction is off
     eval_mean: torch.Tensor
     dtype: torch.dtype
-    description: str
-    official_test: bool = False  # the test split is CIFAR-10's official 10,000 (Arrays.official_test)
+    tag: DataTag  # the data's file, split sizes and whether its test set is the official one
+
+    @property
+    def description(self) -> str:
+        return str(self.tag)
 
     @property
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.y_train), "val": len(self.y_val), "test": len(self.y_test)}
-
-    @property
-    def full_training_data(self) -> bool:
-        """Trained on all 50,000 training images of the file whose test split is the official one (CIFAR-10): none
-        held out for validation."""
-        return self.official_test and self.sizes["train"] == FULL_TRAIN and self.sizes["val"] == 0
-
-
-FULL_TRAIN = 50000
-
-
-def cifar10_test_error(data: DeviceData, budget: float) -> bool:
-    """What may be called CIFAR-10 test error: all 50,000 training images trained, the official 10,000 tested, at
-    the paper's budget. A run on the full file that holds 5,000 out is test error on the official test set after
-    training on 45,000 images, which is not the paper's Table 6 setting."""
-    return data.full_training_data and budget == 1.0
 
 
 def val_count(n: int, spec: DataSpec) -> int:
@@ -232,10 +220,22 @@ def to_device(arrays: Arrays, spec: DataSpec, device: torch.device, dtype: torch
     else:
         mean = torch.zeros(3, 1, 1, device=device, dtype=dtype)
     eval_mean = mean if spec.test_time_mean else torch.zeros_like(mean)
-    desc = str(DataTag(arrays.source, len(tr), len(va), len(arrays.x_test), arrays.official_test))
     return DeviceData(x_train, labels(arrays.y_train[tr]), images(arrays.x_train[va]), labels(arrays.y_train[va]),
-                      images(arrays.x_test), labels(arrays.y_test), mean.to(dtype), eval_mean.to(dtype), dtype, desc,
-                      arrays.official_test)
+                      images(arrays.x_test), labels(arrays.y_test), mean.to(dtype), eval_mean.to(dtype), dtype,
+                      data_tag(arrays, spec))
+
+
+def identify(run: RunSpec, arrays: Arrays) -> RunIdentity:
+    """The run's identity on these arrays (harness.core.identity), computed once by the life of the run."""
+    return RunIdentity(run.spec_hash(arrays.data_id), arrays.data_id, data_tag(arrays, run.spec.data), run.budget)
+
+
+def data_tag(arrays: Arrays, spec: DataSpec) -> DataTag:
+    """What a run on `spec`'s split of these arrays trains and is tested on: known before anything is on a device,
+    so that a run's identity (harness.core.identity) is whole before it opens its record."""
+    n = len(arrays.x_train)
+    n_val = val_count(n, spec)
+    return DataTag(arrays.source, n - n_val, n_val, len(arrays.x_test), arrays.official_test)
 
 
 def normalize(x_uint8: torch.Tensor, mean: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -16,6 +16,7 @@ import torch
 
 from harness.core.data import Arrays, DeviceData
 from harness.core.devices import device_name
+from harness.core.identity import RunIdentity
 from harness.core.result import Result
 from harness.core.spec import RunSpec
 from harness.core.train import Diverged
@@ -41,11 +42,11 @@ class ToFolder:
 
     tests = True  # test numbers at each evaluation point
 
-    def __init__(self, run: RunSpec, arrays: Arrays, device: torch.device, out: Path, force: bool, bars: bool,
-                 where: str = ""):
+    def __init__(self, run: RunSpec, ident: RunIdentity, arrays: Arrays, device: torch.device, out: Path, force: bool,
+                 bars: bool, where: str = ""):
         self.run, self.arrays, self.device, self.force, self.bars, self.where = \
             run, arrays, device, force, bars, where
-        self.spec_hash = run.spec_hash(arrays.data_id)
+        self.ident, self.spec_hash = ident, ident.spec_hash
         self.folder = out / self.spec_hash
         self.record, self.history = self.folder / "record.json", self.folder / "history.jsonl"
         self.checkpoint = self.folder / "checkpoint.pt"
@@ -109,7 +110,7 @@ class ToFolder:
         if self.history.exists():  # a resumed run may repeat the evaluation it was killed after: keep the last
             for point in map(json.loads, self.history.read_text().splitlines()):
                 by_step[point["step"]] = point
-        tags = run_tags(run, self.arrays, data, self.device)
+        tags = run_tags(run, self.ident, self.device)
         if model is not None:
             tags["weights_sha256"] = mlflow_inputs.weights_sha256(model)
         summary = {"final_iteration": final.get("iterations", 0), "train_seconds": final.get("train_seconds", 0),

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from harness.core.data import Arrays, DeviceData, cifar10_test_error
+from harness.core.data import Arrays, DeviceData
 from harness.core.devices import device_name
 from harness.core.families import FAMILIES
+from harness.core.identity import RunIdentity
 from harness.core.spec import RunSpec, flatten
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
@@ -85,17 +86,11 @@ def log_curve(c, run_id: str, title: str) -> None:
         c.log_artifact(run_id, str(path))
 
 
-def run_tags(run: RunSpec, arrays: Arrays, data: DeviceData, device: torch.device) -> dict[str, str]:
-    """The run's identity and what its numbers may be called: `official_test_set` true is CIFAR-10 test error
-    (all 50k images trained, the official test set, budget 1.0); `tested_on_official` and `full_training_data` say
-    each part alone, and the `data` tag names the sizes."""
-    return {"spec_name": run.name, "spec_hash": run.spec_hash(arrays.data_id), "budget": f"{run.budget:g}",
-            "data": data.description, "data_id": arrays.data_id, "device": device_name(device),
-            "git_commit": tracking.git_commit(), "spec_file": run.source_file, "torch": torch.__version__,
-            "official_test_set": str(cifar10_test_error(data, run.budget)).lower(),
-            "tested_on_official": str(data.official_test).lower(),
-            "full_training_data": str(data.full_training_data).lower(),
-            mlflow_inputs.NOTE: run.spec.description, **tuned_tags(run.spec), **tracking.source_tags()}
+def run_tags(run: RunSpec, ident: RunIdentity, device: torch.device) -> dict[str, str]:
+    """The run's identity (harness.core.identity) and what else finds and describes it."""
+    return {"spec_name": run.name, **ident.tags(), "device": device_name(device), "git_commit": tracking.git_commit(),
+            "spec_file": run.source_file, "torch": torch.__version__, mlflow_inputs.NOTE: run.spec.description,
+            **tuned_tags(run.spec), **tracking.source_tags()}
 
 
 def tuned_tags(spec) -> dict[str, str]:

@@ -19,6 +19,7 @@ from mlflow.entities import Param
 
 from harness.core.data import Arrays, DeviceData
 from harness.core.devices import device_name
+from harness.core.identity import RunIdentity
 from harness.core.result import Result
 from harness.core.schedule import eval_every
 from harness.core.spec import RunSpec
@@ -78,14 +79,15 @@ class Destination:
         return replace(self, progress=False)
 
 
-def open_sink(run: RunSpec, arrays: Arrays, device: torch.device, dest: Destination, where: str = "") -> Sink:
+def open_sink(run: RunSpec, ident: RunIdentity, arrays: Arrays, device: torch.device, dest: Destination,
+              where: str = "") -> Sink:
     """The trial's child run (`dest.trial`), the run's folder under `dest.offline` (`run --offline`), else its MLflow
     run with its checkpoint in `dest.places`."""
     if dest.trial is not None:
         return ToTrial(run, arrays, device, dest.trial, dest.progress)
     if dest.offline is not None:
-        return ToFolder(run, arrays, device, dest.offline, dest.force, dest.progress, where)
-    return ToMlflow(run, arrays, device, dest, where)
+        return ToFolder(run, ident, arrays, device, dest.offline, dest.force, dest.progress, where)
+    return ToMlflow(run, ident, arrays, device, dest, where)
 
 
 class ToMlflow:
@@ -93,13 +95,14 @@ class ToMlflow:
 
     tests = True  # test numbers at each evaluation point
 
-    def __init__(self, run: RunSpec, arrays: Arrays, device: torch.device, dest: Destination, where: str = ""):
+    def __init__(self, run: RunSpec, ident: RunIdentity, arrays: Arrays, device: torch.device, dest: Destination,
+                 where: str = ""):
         self.c = tracking.client()
         self.run, self.arrays, self.device, self.force, self.bars, self.where = \
             run, arrays, device, dest.force, dest.progress, where
         self.places = dest.places
         self.exp_id = tracking.experiment_id(self.c, run.group)
-        self.spec_hash = run.spec_hash(arrays.data_id)
+        self.ident, self.spec_hash = ident, ident.spec_hash
         self.checkpoint = dest.places.checkpoints() / f"{self.spec_hash}.pt"
         self.system_metrics = dest.system_metrics
         self.existing = None
@@ -140,7 +143,7 @@ class ToMlflow:
             return
         self.checkpoint.unlink(missing_ok=True)
         r = c.create_run(self.exp_id, run_name=run.run_name,
-                         tags=run_tags(run, self.arrays, data, self.device))
+                         tags=run_tags(run, self.ident, self.device))
         self.run_id = r.info.run_id
         c.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(run).items()])
         c.log_text(self.run_id, resolved_yaml(run), "spec.yaml")
