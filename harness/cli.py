@@ -1,10 +1,11 @@
 """`python -m harness --help` is the map: one subcommand per job.
 
 Parsing only: each handler turns its flags into the typed call of one command module (run, table, report, tune,
-bench). Nothing a user runs writes into the checkout's committed results/ and reports/ unless asked: `run`, `table`
-and `import` with `--publish` are followed by `results export` (records that outlive the store), and `table
---publish` by `report --all` (what `make reproduce-table` does). A UserError from any of them is one line and
-exit code 2.
+bench), imported inside the handler so that `--help`, `validate` and a bad flag answer without loading torch,
+MLflow, Optuna or Ray; every other module imports at its top. Nothing a user runs writes into the checkout's
+committed results/ and reports/ unless asked: `run`, `table` and `import` with `--publish` are followed by
+`results export` (records that outlive the store), and `table --publish` by `report --all` (what `make
+reproduce-table` does). A UserError from any of them is one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def cmd_import(a) -> int:
 
 
 def cmd_results(a) -> int:
-    from harness.tracking.records import export_results, import_results
+    from harness.tracking.importing import import_results
+    from harness.tracking.records import export_results
 
     if a.action == "export":
         export_results(Path(a.dir))

@@ -19,8 +19,9 @@ from torch.func import functional_call, vmap
 from harness.cli import main
 from harness.core import grouped as group
 from harness.core.data import load_arrays, to_device
+from harness.core.meter import Diverged
 from harness.core.spec import RunSpec, Spec, load_spec, resolve_runs
-from harness.core.train import Diverged, Trainee, param_dtype, train
+from harness.core.train import Trainee, param_dtype, train
 
 from .faults import killed_after
 from .helpers import ROOT, TINY

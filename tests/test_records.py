@@ -196,7 +196,7 @@ def test_committed_records_keep_their_spec_hash_and_digest():
     """The spec hash of every committed record, recomputed from its resolved spec, seed, budget and data id, is the
     one in its name (a new spec field or check must not move it); each record matches its digest."""
     from harness.core.spec import RunSpec, Spec
-    from harness.tracking.records import check_record
+    from harness.tracking.importing import check_record
 
     files = sorted((ROOT / "results").rglob("*.json"))
     assert COMMITTED in files

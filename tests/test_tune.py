@@ -237,7 +237,8 @@ def test_workers_are_started_by_a_call_not_by_hidden_flags(tmp_path, capsys):
 def test_a_tuned_spec_says_where_its_schedule_came_from_and_trains_only_at_its_studys_budget(capsys):
     """experiments/tuned/resnet32.yaml is the best of 20 trials of 64 iterations on the mini set: `table` at budget
     1 leaves it out and says what it is; at its study's budget it trains. The study's figures carry that title."""
-    from harness.core.spec import collect_runs, hashed
+    from harness.core.spec import collect_runs
+    from harness.core.spec_hash import hashed
     from harness.run.table import tuned_at_their_budget
     from harness.tracking.figures import study_title
     from harness.tracking.run_facts import tuned_tags

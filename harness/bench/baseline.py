@@ -10,14 +10,15 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import torchvision.transforms as T
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
 def pil_dataset(images: np.ndarray, labels: np.ndarray, transform):
     """What torchvision.datasets.CIFAR10.__getitem__ does (a PIL image through `transform`), over our arrays."""
-    from PIL import Image
-    from torch.utils.data import Dataset
 
     class PilCifar(Dataset):
         def __len__(self):
@@ -31,8 +32,6 @@ def pil_dataset(images: np.ndarray, labels: np.ndarray, transform):
 
 def pil_loader(images: np.ndarray, labels: np.ndarray, bs: int, workers: int, pin: bool):
     """torchvision's CIFAR10 pipeline: per-image PIL transforms in DataLoader workers."""
-    import torchvision.transforms as T
-    from torch.utils.data import DataLoader
 
     tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                     T.Normalize(CIFAR_MEAN, CIFAR_STD)])

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision.transforms as T
+from torch.utils.data import DataLoader, RandomSampler
 
 from harness.bench.baseline import pil_dataset
 from harness.core.devices import sync
@@ -74,8 +76,6 @@ def _cuda_means(device: torch.device):
 def _loader(images: np.ndarray, labels: np.ndarray, bs: int, batches: int, workers: int, pin: bool):
     """Its DataLoader (shuffle, its transforms, pinned on CUDA) over our arrays, `batches` batches long: its
     `train()` runs over the whole loader, so the loader's length is the number of iterations."""
-    import torchvision.transforms as T
-    from torch.utils.data import DataLoader, RandomSampler
 
     tf = T.Compose([T.RandomHorizontalFlip(), T.RandomCrop(32, 4), T.ToTensor(),
                     T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)])

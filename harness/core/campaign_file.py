@@ -19,8 +19,9 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from harness.core.names import name_problem
-from harness.core.schema import Strict
-from harness.core.spec import RunSpec, first_error, load_spec, parse_yaml, resolve_runs
+from harness.core.spec import RunSpec, load_spec, resolve_runs
+from harness.core.spec_file import first_error, parse_yaml
+from harness.core.strict import Strict
 from harness.errors import SpecError
 
 

@@ -9,6 +9,7 @@ gather) and a flip, all as a few tensor ops with no host sync.
 from __future__ import annotations
 
 import hashlib
+import socket
 import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torchvision.datasets import CIFAR10
 
 from harness.core.data_tag import DataTag
 from harness.core.identity import RunIdentity
@@ -97,10 +99,6 @@ def _load_npz(path: Path, with_test: bool = True) -> Arrays:
 
 
 def _load_torchvision(root: Path, download: bool) -> Arrays:
-    import socket
-
-    from torchvision.datasets import CIFAR10
-
     intact, created = (root / "cifar-10-batches-py").is_dir(), not root.exists()
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a blocked network fails in seconds instead of hanging

@@ -41,9 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, vmap
 
+from harness.core.meter import Diverged
 from harness.core.result import Result
 from harness.core.spec import RunSpec
-from harness.core.train import Diverged, Trainee, autocast_for, compile_mode, make_step, param_dtype
+from harness.core.train import Trainee, autocast_for, compile_mode, make_step, param_dtype
 
 # The group size `run`/`table` use without --group, per device type: the K that `bench --group K` finds fastest
 # (docs/benchmark.md); CUDA stays at 1 until GPU rows show a K that wins (the command: docs/gpu.md).

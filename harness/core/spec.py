@@ -1,10 +1,10 @@
 """Declarative experiment specs: YAML files in, validated and resolved runs out.
 
 A spec is the single source of truth for a run; its sections are the models of harness.core.schema (re-exported here,
-so that callers import one module). This module reads spec files (one line naming file, key and what was
-expected for anything it cannot use), applies --set overrides, and resolves a spec into its runs: one per seed,
-every iteration count scaled by --budget, refused where the budget is too small for the schedule to mean what
-the spec says.
+so that callers import one module). This module validates what harness.core.spec_file reads (one line naming file,
+key and what was expected for anything it cannot use) and resolves a spec into its runs: one per seed, every
+iteration count scaled by --budget, refused where the budget is too small for the schedule to mean what the spec
+says. A run's hash is harness.core.spec_hash's.
 """
 
 from __future__ import annotations
@@ -13,16 +13,14 @@ import copy
 import hashlib
 import json
 import math
-import typing
 from pathlib import Path
 from typing import NamedTuple
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from harness.core.families import FAMILIES
 from harness.core.groups import FIGURE_FILES
-from harness.core.names import inside, name_problem
+from harness.core.names import name_problem
 from harness.core.schema import (  # noqa: F401 - the spec's sections, imported from here by the rest of the harness
     AUGMENT_OF_BOOL,
     COMPILE_MODES,
@@ -37,6 +35,8 @@ from harness.core.schema import (  # noqa: F401 - the spec's sections, imported 
     WarmupSpec,
     default_init,
 )
+from harness.core.spec_file import apply_override, first_error, read_yaml, section_of, with_base
+from harness.core.spec_hash import hashed
 from harness.errors import SpecError
 
 
@@ -61,207 +61,21 @@ class RunSpec(BaseModel):
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# The fields the first records hashed (format 1), as section.field. A field added since is left out of a run's hash
-# while it holds the value a spec that leaves it out resolves to: one rule for every later field (model.init,
-# model.bn_batch, schedule.threshold, and any to come), so a field with a default never moves an older record's hash.
-HASHED_FROM_THE_START = frozenset({
-    "batch_size", "channels_last", "compile", "dtype", "eval_points", "tune",
-    "data.augment", "data.mean", "data.split_seed", "data.test_time_mean", "data.val_fraction", "data.val_size",
-    "model.arch", "model.bn_on_shortcut", "model.depth", "model.fc_relu", "model.shortcut", "model.stem",
-    "optimizer.betas", "optimizer.lr", "optimizer.momentum", "optimizer.name", "optimizer.nesterov",
-    "optimizer.weight_decay",
-    "schedule.early_stopping_patience", "schedule.gamma", "schedule.milestones", "schedule.mode", "schedule.name",
-    "schedule.patience", "schedule.total_iters", "schedule.warmup", "schedule.warmup_iters",
-})
-# data.augment was a bool before flip-only existed: the two old values hash as they did.
-_AUGMENT_AS_HASHED = {name: flag for flag, name in AUGMENT_OF_BOOL.items()}
-
-
-# How a run is computed, not what it is: the same run on a faster path (channels_last memory, torch.compile) keeps
-# its hash, so a campaign skips or resumes its runs whichever path trains them; the record's params name the path.
-PATH_FIELDS = {"channels_last": False, "compile": False}
-
-
-def _fields(body: dict) -> list[tuple[str, str | None]]:
-    """(section, field) of each field of a dumped spec; (field, None) for a top-level one."""
-    return [(k, f) for k, v in body.items() for f in (v if isinstance(v, dict) else [None])]
-
-
-def _left_out_value(raw: dict, section: str, field: str | None):
-    """The value a field takes when a spec leaves it out, the rest of the spec as it is."""
-    without = copy.deepcopy(raw)
-    (without[section] if field else without).pop(field or section)
-    value = Spec.model_validate(without).model_dump(mode="json")[section]
-    return value[field] if field else value
-
-
-def hashed(spec: Spec) -> dict:
-    """What a run's hash is of: the resolved spec less what names or describes it, its path fields at the values
-    every record had before paths were chosen (PATH_FIELDS), a field added after the first records left out while it
-    holds its left-out value (HASHED_FROM_THE_START), and data.augment's old bools as they were hashed."""
-    raw = spec.model_dump(mode="json", exclude={"seeds", "description", "heavy", "name", "tuned"})
-    body = copy.deepcopy(raw) | PATH_FIELDS
-    for section, field in _fields(body):
-        if section in HASHED_FROM_THE_START or f"{section}.{field}" in HASHED_FROM_THE_START:
-            continue  # (a section hashed whole from the start, as `tune`, is so still)
-        here = body[section][field] if field else body[section]
-        if here == _left_out_value(raw, section, field):
-            (body[section] if field else body).pop(field or section)
-    augment = body["data"]["augment"]
-    body["data"]["augment"] = _AUGMENT_AS_HASHED.get(augment, augment)
-    return body
-
-
-def _pretty_loc(loc) -> str:
-    return ".".join(str(p) for p in loc) or "<top level>"
-
-
-def _allowed_keys(parent_loc) -> list[str]:
-    """The keys a section accepts, found by walking the pydantic models along the error's location."""
-    model: type[BaseModel] = Spec
-    for part in parent_loc:
-        field = model.model_fields.get(str(part))
-        if field is None:
-            break
-        sub = next((a for a in typing.get_args(field.annotation) or (field.annotation,)
-                    if isinstance(a, type) and issubclass(a, BaseModel)), None)
-        if sub is None:
-            break
-        model = sub
-    return sorted(model.model_fields)
-
-
-def first_error(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    loc = _pretty_loc(err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if not err["loc"] and err["type"] == "value_error":  # a check across sections names its keys itself
-        return msg
-    if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown key (expected one of: {', '.join(_allowed_keys(err['loc'][:-1]))})"
-    got = err.get("input")
-    if isinstance(got, (dict, list)) or got is None:
-        return f"{loc}: {msg}"
-    return f"{loc}: {msg}, got {got!r}"
-
-
-def _section(raw: dict, keys: list[str], path: str, where: str) -> dict:
-    """The section of `raw` that holds the last of `keys` (made where missing): the one walker of dotted keys,
-    for --set on a spec's YAML and for the overrides a tuning trial samples, so both reach a field the same way."""
-    node = raw
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise SpecError(f"{where}: --set {path}: '{k}' is not a section")
-    return node
-
-
-def apply_override(raw: dict, assignment: str, file: str) -> None:
-    """`model.depth=56` -> raw["model"]["depth"] = 56, with the value parsed as YAML."""
-    if "=" not in assignment:
-        raise SpecError(f"{file}: --set {assignment}: expected KEY.PATH=VALUE")
-    path, value = assignment.split("=", 1)
-    keys = path.strip().split(".")
-    node = _section(raw, keys, path, file)
-    try:
-        node[keys[-1]] = parse_yaml(value)
-    except SpecError as e:
-        raise SpecError(f"{file}: --set {path}: {e}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{file}: --set {path}: expected a YAML value (e.g. 56, 0.1, [0, 1], true), got {value!r}: "
-                        f"{getattr(e, 'problem', e)}") from None
-
-
 def with_overrides(spec: Spec, overrides: dict[str, object]) -> Spec:
     """A copy of `spec` with dotted-key overrides (e.g. {"schedule.gamma": 0.2}, what a tuning trial samples),
     validated again as a whole."""
     raw = spec.model_dump(mode="json")
     for path, value in overrides.items():
         keys = path.split(".")
-        _section(raw, keys, path, spec.name or "spec")[keys[-1]] = value
+        section_of(raw, keys, path, spec.name or "spec")[keys[-1]] = value
     return Spec.model_validate(raw)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader, refusing a key given twice in one mapping: left to itself the last one wins, and a spec
-    edited in two places trains on whichever came second without a word."""
-
-    def construct_mapping(self, node, deep=False):
-        seen: dict[object, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise SpecError(f"key {key!r} given twice (line {seen[key]} and line {line}); expected each key once "
-                                "in a mapping")
-            seen[key] = line
-        return super().construct_mapping(node, deep)
-
-
-def parse_yaml(text: str):
-    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader: plain data, no objects
-
-
-def _read_yaml(path: Path):
-    """The YAML of a spec file, or one line saying why there is none: not text, not YAML, or no keys at all (an
-    empty or all-comment file would otherwise be the default recipe, trained without a word)."""
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{path}: not a text file (byte 0x{e.object[e.start]:02x} at offset {e.start} is not UTF-8); "
-                        "expected a YAML spec") from None
-    try:
-        raw = parse_yaml(text)
-    except SpecError as e:
-        raise SpecError(f"{path}: {e}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise SpecError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if raw is None or raw == {}:
-        raise SpecError(f"{path}: empty spec (no keys, only blanks or comments); expected a mapping of spec keys "
-                        "(model, optimizer, schedule, data, ...)")
-    if not isinstance(raw, dict):
-        raise SpecError(f"{path}: <top level>: expected a mapping of spec keys, got {type(raw).__name__}")
-    return raw
-
-
-NOT_INHERITED = ("description", "name", "heavy")  # what a spec says of itself, never taken from its base
-
-
-def merged(base: dict, over: dict) -> dict:
-    """`over` on top of `base`, section by section (a list or value replaces; a mapping merges key by key)."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def with_base(path: Path, raw: dict, seen: tuple[Path, ...] = ()) -> dict:
-    """A spec that names `base: FILE` (relative to its folder, inside the folder above it: `baseline.yaml`,
-    `../table6/resnet32.yaml`) states only its difference, as Hydra's defaults with an override do: the base's keys,
-    less its description, name and heaviness, with this spec's on top. The result is validated as any spec, so the
-    resolved spec and its hash are those of the whole recipe written out."""
-    base = raw.pop("base", None)
-    if base is None:
-        return raw
-    target = path.parent / str(base)
-    if not isinstance(base, str) or target.suffix != ".yaml" or not inside(path.parent.parent, target):
-        raise SpecError(f"{path}: base: expected a .yaml spec beside this one or in a folder beside its own (e.g. "
-                        f"baseline.yaml), got {base!r}")
-    if target.resolve() in seen or target.resolve() == path.resolve():
-        raise SpecError(f"{path}: base: {base}: bases that lead back to this spec (expected a chain that ends)")
-    if not target.is_file():
-        raise SpecError(f"{path}: base: {base}: spec file not found")
-    parent = with_base(target, copy.deepcopy(_read_yaml(target)), (*seen, path.resolve()))
-    return merged({k: v for k, v in parent.items() if k not in NOT_INHERITED}, raw)
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> Spec:
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: spec file not found (expected a YAML file)")
-    raw = with_base(path, copy.deepcopy(_read_yaml(path)))
+    raw = with_base(path, copy.deepcopy(read_yaml(path)))
     for o in overrides:
         apply_override(raw, o, str(path))
     try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+from scipy.stats import ttest_ind
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,6 @@ def noise_verdict(a: np.ndarray, b: np.ndarray, names: tuple[str, str] = ("this 
     if np.std(a) == 0 and np.std(b) == 0:
         verdict = "outside noise" if a.mean() != b.mean() else "identical"
     else:
-        from scipy.stats import ttest_ind
-
         # Student's pooled test where one side is a single run: its deviation is 0 and adds no degree of freedom.
         p = ttest_ind(a, b, equal_var=min(sizes) < 2).pvalue
         verdict = f"{'outside' if p < 0.05 else 'within'} seed noise (p={p:.2f})"

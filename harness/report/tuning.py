@@ -8,6 +8,9 @@ import os
 import sys
 from pathlib import Path
 
+import optuna
+from optuna.storages.journal import JournalFileBackend
+
 from harness.tracking import store as tracking
 from harness.tracking.figures import study_figures
 
@@ -21,7 +24,6 @@ def optuna_storage() -> str:
 def write_tuning_figures(out: Path, url: str | None = None) -> list[Path]:
     """Each study's figures into `out`/tuning/<study>/; a storage file that is not there is left uncreated and
     the committed figures as they are (said in one line)."""
-    import optuna
 
     url = url or optuna_storage()
     path = Path(url.removeprefix("journal:")) if url.startswith("journal:") else tracking.sqlite_file(url)
@@ -30,8 +32,6 @@ def write_tuning_figures(out: Path, url: str | None = None) -> list[Path]:
         return []
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
         storage = optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     else:
         storage = url

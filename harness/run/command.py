@@ -14,7 +14,7 @@ from harness.batch.dispatch import Told, run_batch
 from harness.batch.options import BatchOptions
 from harness.errors import UserError
 from harness.run.validate import load_all
-from harness.tracking.records import import_record
+from harness.tracking.importing import import_record
 from harness.tracking.status import summary
 
 

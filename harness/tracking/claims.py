@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from harness.errors import UserError
 from harness.tracking import store as tracking
 
@@ -70,8 +72,6 @@ BESIDE_THE_STORE = Places()
 
 @cache
 def _table(url: str):
-    import sqlalchemy as sa
-
     if db := tracking.sqlite_file(url):
         db.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": 60} if url.startswith("sqlite") else {},
@@ -89,7 +89,6 @@ def _table(url: str):
 
 def _try_take(url: str, spec_hash: str, holder: str) -> str | None:
     """Claims `spec_hash` for `holder`: None when taken, else the live holder's name."""
-    import sqlalchemy as sa
 
     engine, t = _table(url)
     now = time.time()
@@ -138,7 +137,6 @@ def _beat(url: str, spec_hash: str, holder: str, stop: threading.Event) -> None:
 @contextmanager
 def claimed(spec_hash: str, name: str, log=print, places: Places = BESIDE_THE_STORE):
     """Hold the claim on `spec_hash` for the duration of the block, waiting while a live holder has it."""
-    import sqlalchemy as sa
 
     url = places.claims_url()
     where = f"{places.node}/" if places.node else ""

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+from optuna.exceptions import ExperimentalWarning
+from optuna.visualization import matplotlib as ovm
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -166,7 +168,6 @@ def known_plot_warnings():
     matplotlib expanding equal y limits (a history of one value), and the plots' own ExperimentalWarning (used
     knowingly). The plots are still drawn; these warnings, matched by message or category, are silenced around
     the plots only."""
-    from optuna.exceptions import ExperimentalWarning
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ExperimentalWarning)
@@ -189,7 +190,6 @@ def study_title(study) -> str:
 def study_figures(study, out: Path) -> list[Path]:
     """Optuna's optimization history, parameter importances and parallel coordinates as PNGs in `out`; returns
     those drawn. One that cannot be drawn yet (importances need two finished trials) is said and skipped."""
-    from optuna.visualization import matplotlib as ovm
 
     out.mkdir(parents=True, exist_ok=True)
     drawn = []

@@ -17,9 +17,9 @@ import torch
 from harness.core.data import Arrays, DeviceData
 from harness.core.devices import device_name
 from harness.core.identity import RunIdentity
+from harness.core.meter import Diverged
 from harness.core.result import Result
 from harness.core.spec import RunSpec
-from harness.core.train import Diverged
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking.run_facts import (
     content_digest,

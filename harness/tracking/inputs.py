@@ -8,14 +8,22 @@ Source, Dataset and Model columns of the runs list, run filtering by dataset and
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
 from pathlib import Path
 
+import mlflow.data
+import mlflow.pytorch
 import numpy as np
 import torch
+from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
+from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
 from harness.core.groups import load_paper, note_of, paper_file
 
@@ -42,7 +50,6 @@ def _source(data_id: str):
     """(name, digest, MLflow dataset source) of a data id. The digest is the file's SHA-256 prefix already in the
     data id, so nothing is hashed again; a cifar-10-batches-py folder holds torchvision's copy of the official
     archive, named by its URL and md5."""
-    from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
 
     name, _, digest = data_id.partition(":")
     if digest:  # an .npz: name is the file's name
@@ -58,7 +65,6 @@ def dataset(x: np.ndarray, y: np.ndarray, data_id: str, sizes: dict[str, int]) -
     """The run's data as an MLflow dataset (name, digest, source, schema, profile), as a plain dict so that an
     offline record carries it to `import`; the profile holds the split sizes the run trained, validated and
     tested on."""
-    import mlflow.data
 
     name, digest, source = _source(data_id)
     ds = mlflow.data.from_numpy(x, source=source, targets=y, name=name, digest=digest)
@@ -79,7 +85,6 @@ def weights_sha256(model: torch.nn.Module) -> str:
     """SHA-256 of the final weights (every state_dict tensor's name, dtype, shape and bytes, in order), which a
     record names (tag weights_sha256) so that weights kept elsewhere can be matched to their run; it does not
     depend on the file format the model is saved in."""
-    import hashlib
 
     h = hashlib.sha256()
     for k, v in ready(model).state_dict().items():
@@ -93,8 +98,6 @@ def log_run_inputs(c, run_id: str, ds: dict[str, str] | None) -> None:
     """One dataset input per run, in context `training`: the Dataset column and `dataset.name` filters."""
     if not ds:
         return
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-    from mlflow.exceptions import MlflowException
 
     keys = ("name", "digest", "source_type", "source", "schema", "profile")
     inputs = [DatasetInput(Dataset(**{k: ds.get(k) for k in keys}), tags=[InputTag("mlflow.data.context", "training")])]
@@ -117,8 +120,6 @@ def _model_kwargs(model: torch.nn.Module) -> dict:
     check of it by reloading the model at every log is skipped (the test of the logged model checks more). The
     pip requirements are given, not inferred: inference imports and pip-resolves the environment (slow, may reach
     the network)."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
 
     dtype = np.dtype(np.float64 if next(model.parameters()).dtype == torch.float64 else np.float32)
     signature = ModelSignature(inputs=Schema([TensorSpec(dtype, (-1, 3, 32, 32))]),
@@ -151,8 +152,6 @@ def log_final_model(c, run_id: str, model: torch.nn.Module, name: str = MODEL_NA
 
 
 def _log_model(c, run_id: str, model: torch.nn.Module, name: str) -> None:
-    import mlflow.pytorch
-
     made = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id)
     mlflow.pytorch.log_model(model, name=name, run_id=run_id, model_id=made.model_id, validate_serving_input=False,
                              **_model_kwargs(model))
@@ -161,7 +160,6 @@ def _log_model(c, run_id: str, model: torch.nn.Module, name: str) -> None:
 def save_final_model(path: Path, model: torch.nn.Module) -> None:
     """The same MLflow model as a folder, for `run --offline`; `import` logs it. Written beside and renamed, so a
     killed run leaves the whole folder or none."""
-    import mlflow.pytorch
 
     model = ready(model)
     tmp = path.with_name(path.name + ".tmp")
@@ -174,7 +172,6 @@ def save_final_model(path: Path, model: torch.nn.Module) -> None:
 def import_final_model(c, run_id: str, path: Path, name: str) -> None:
     """Log an offline run's saved MLflow model on its imported run, as `execute` logs a model (an exported
     program is already on the CPU and in eval mode)."""
-    import mlflow.pytorch
 
     _log_model(c, run_id, mlflow.pytorch.load_model(str(path)), name)
 

@@ -20,10 +20,10 @@ from mlflow.entities import Param
 from harness.core.data import Arrays, DeviceData
 from harness.core.devices import device_name
 from harness.core.identity import RunIdentity
+from harness.core.meter import Diverged
 from harness.core.result import Result
 from harness.core.schedule import eval_every
 from harness.core.spec import RunSpec
-from harness.core.train import Diverged
 from harness.errors import UserError
 from harness.tracking import claims
 from harness.tracking import inputs as mlflow_inputs
@@ -51,7 +51,6 @@ class Sink(Protocol):
     checkpoint: Path | None  # None: the run is never resumed (a trial)
     bars: bool  # a progress bar; else a line per evaluation point
     tests: bool  # test numbers at each evaluation point (a trial measures none)
-
     def hold(self): ...
     def settled(self) -> Status | None: ...
     def open(self, data: DeviceData) -> None: ...

@@ -7,15 +7,24 @@ plain file store, so the default is SQLite with artifacts in a folder beside it.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import mlflow
+import sqlalchemy
+from mlflow import MlflowClient
+from mlflow.entities import Metric
+
 from harness.errors import UserError
+from harness.tracking.inputs import NOTE, experiment_note
 
 DEFAULT_URI = "sqlite:///mlruns/mlflow.db"
 
@@ -58,8 +67,6 @@ def store_root(uri: str | None = None) -> Path:
 
 def client():
     """An MlflowClient on the project's store; creates the SQLite folder on first use."""
-    import mlflow
-    from mlflow import MlflowClient
 
     uri = tracking_uri()
     store_root(uri).mkdir(parents=True, exist_ok=True)
@@ -78,7 +85,6 @@ def create_store() -> None:
 def experiment_id(c, group: str) -> str:
     """The group's experiment, made on first use with its description (`mlflow.note.content`), which an experiment
     made before descriptions existed also gets."""
-    from harness.tracking.inputs import NOTE, experiment_note
 
     exp = c.get_experiment_by_name(group)
     if exp is not None:
@@ -112,10 +118,6 @@ def check_store(uri: str | None = None, timeout: float = 5.0) -> None:
 
 
 def _check_server(uri: str, timeout: float) -> None:
-    import base64
-    import urllib.error
-    import urllib.request
-
     path = "/api/2.0/mlflow/experiments/search?max_results=1"
     req = urllib.request.Request(uri.rstrip("/") + path)
     if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
@@ -136,8 +138,6 @@ def _check_server(uri: str, timeout: float) -> None:
 
 
 def _check_database(uri: str, scheme: str, timeout: float) -> None:
-    import sqlalchemy
-
     if scheme == "sqlite" and (db := sqlite_file(uri)) is not None and not db.exists():  # checking creates nothing
         near = next(p for p in (db.parent, *db.parent.parents) if p.exists())
         if not os.access(near, os.W_OK):
@@ -216,7 +216,6 @@ def metric_name(key: str) -> str:
 
 def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> float:
     """One round trip for all metrics of an evaluation point; returns the seconds it took."""
-    from mlflow.entities import Metric
 
     t0 = time.perf_counter()
     ts = int(time.time() * 1000)

@@ -18,9 +18,9 @@ from mlflow.entities import Param
 
 from harness.core.data import Arrays, DeviceData
 from harness.core.devices import device_name
+from harness.core.meter import Diverged
 from harness.core.result import Result
 from harness.core.spec import RunSpec
-from harness.core.train import Diverged
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
 from harness.tracking.run_facts import log, log_eval_point, run_dataset

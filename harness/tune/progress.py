@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+from optuna.trial import TrialState
 from tqdm import tqdm
 
 
@@ -27,8 +28,6 @@ class TrialsProgress:
             self.bar.close()
 
     def __call__(self, study, trial) -> None:
-        from optuna.trial import TrialState
-
         states = [t.state for t in study.get_trials(deepcopy=False)]
         done = sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states)
         pruned = states.count(TrialState.PRUNED)

@@ -13,7 +13,11 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import optuna
 import yaml
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
 
 from harness.core.families import FAMILIES
 from harness.core.spec import Spec, TuneSpec, with_overrides
@@ -27,7 +31,6 @@ def known_experimental():
     heartbeat_interval (how a killed worker's trial gets failed) and Study.set_metric_names knowingly (the plots
     silence their own in harness.tracking.figures); their warnings are silenced around those calls only, so an
     experimental API we did not choose still warns."""
-    from optuna.exceptions import ExperimentalWarning
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ExperimentalWarning)
@@ -42,14 +45,10 @@ def storage_file(url: str) -> Path | None:
 
 
 def open_storage(url: str, heartbeat: int = 30):
-    import optuna
-
     path = storage_file(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
     if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     with known_experimental():
         return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
@@ -59,7 +58,6 @@ def load_study(url: str, heartbeat: int, name: str):
     """The existing study named by --study, for finish and --export. A typo there must not end in Optuna's
     `KeyError: 'Record does not exist.'` traceback: say which studies the storage holds instead, and create
     nothing (opening a SQLite or journal file that is not there would create an empty one)."""
-    import optuna
 
     path = storage_file(url)
     names = []
@@ -78,7 +76,6 @@ def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
     overrides), or check that a resumed one matches: validation errors at different budgets or on different data
     do not compare, and a study mixing them would crown the longest-trained trial rather than the best schedule.
     A study that lacks them takes them from the call that resumes it."""
-    import optuna
 
     study = optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="minimize",
                                 load_if_exists=True)
@@ -103,7 +100,6 @@ def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
 
 def finished(study) -> int:
     """Trials that count towards --trials: complete or pruned (a failed trial is not counted; another is run)."""
-    from optuna.trial import TrialState
 
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -119,7 +115,6 @@ def sampler_seed(study, seed: int) -> int:
 
 def make_pruner(t: TuneSpec, total_iters: int, eval_every: int):
     """Pruning in the trial's own evaluation points (harness.core.schedule.eval_every), the steps it reports at."""
-    import optuna
 
     if t.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=total_iters, reduction_factor=3)
