@@ -5,6 +5,7 @@ from mlflow import MlflowClient
 
 import harness.core.train
 from harness.cli import main
+from harness.tracking.experiments import group_experiments
 
 from .helpers import TINY
 
@@ -14,7 +15,7 @@ TEXT = TINY.replace("total_iters: 12", "total_iters: 16")  # evaluation points (
 
 def _only_run(uri=None):
     c = MlflowClient(uri)
-    (r,) = c.search_runs([c.get_experiment_by_name("t").experiment_id])
+    (r,) = c.search_runs(group_experiments(c, "t"))
     return c, r
 
 

@@ -22,6 +22,7 @@ from harness.core.data import load_arrays, to_device
 from harness.core.meter import Diverged
 from harness.core.spec import RunSpec, Spec, load_spec, resolve_runs
 from harness.core.train import Trainee, param_dtype, train
+from harness.tracking.experiments import group_experiments
 
 from .faults import killed_after
 from .helpers import ROOT, TINY
@@ -117,7 +118,7 @@ def test_autocast_does_not_act_inside_vmap_so_bf16_runs_train_alone():
 
 def _finals(uri, exp="t"):
     c = MlflowClient(uri)
-    runs = c.search_runs([c.get_experiment_by_name(exp).experiment_id])
+    runs = c.search_runs(group_experiments(c, exp))
     return {r.info.run_name: r for r in runs}, c
 
 

@@ -21,6 +21,7 @@ from harness.core.data import load_arrays, to_device
 from harness.core.spec import load_spec
 from harness.core.train import param_dtype
 from harness.errors import UserError
+from harness.tracking.experiments import group_experiments
 from harness.tracking.store import check_store, environ
 
 from .helpers import ROOT, TINY
@@ -132,7 +133,7 @@ def test_the_logged_model_loads_where_harness_cannot_be_imported(store, mini, tm
     and gives the run's own test error."""
     spec = write_spec(tmp_path / "experiments" / "table6", "tiny", FAST)
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
-    (r,) = MlflowClient().search_runs([MlflowClient().get_experiment_by_name("table6").experiment_id])
+    (r,) = MlflowClient().search_runs(group_experiments(MlflowClient(), "table6"))
     error = _test_error_of_logged_model(f"runs:/{r.info.run_id}/resnet8", spec, mini, tmp_path)
     assert error == pytest.approx(r.data.metrics["test_error"])
 
@@ -146,7 +147,7 @@ def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(st
     assert main(["run", str(other), "--data", str(mini), "--no-progress", "--offline", str(tmp_path / "rec")]) == 0
     assert main(["import", str(tmp_path / "rec")]) == 0
     c = MlflowClient()
-    runs = {g: c.search_runs([c.get_experiment_by_name(g).experiment_id])[0] for g in ("table6", "ablations")}
+    runs = {g: c.search_runs(group_experiments(c, g))[0] for g in ("table6", "ablations")}
     for g, path in (("table6", spec), ("ablations", other)):  # the model logged by `run` and by `import`
         error = _test_error_of_logged_model(f"runs:/{runs[g].info.run_id}/resnet8", path, mini, tmp_path)
         assert error == pytest.approx(runs[g].data.metrics["test_error"])
@@ -246,3 +247,23 @@ def test_two_runs_that_log_one_dataset_at_once_both_get_it(store, monkeypatch):
     assert raced == [first] and got == {first: ["0123abcd"], second: ["0123abcd"]}, got
     with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found|No run"):
         log_run_inputs(c, "0" * 32, ds)  # any other error still raises
+
+
+def test_an_experiment_holds_one_data_set_and_budget(store, mini, write_spec):
+    """The paper's setting keeps the group's name; another budget or data file is an experiment of its own, tagged
+    with its group, so the reports still find every run of the group."""
+    from harness.core.data_tag import DataTag
+    from harness.tracking.experiments import experiment_name
+
+    full = DataTag("cifar10-full.npz", 45000, 5000, 10000, official=True)
+    assert experiment_name("table6", full, 1.0) == "table6"
+    assert experiment_name("table6", full, 0.0625) == "table6 · cifar10-full.npz · budget 0.0625"
+    assert experiment_name("table6", DataTag("cifar10-mini.npz", 4068, 0, 1017), 1.0) == \
+        "table6 · cifar10-mini.npz · budget 1"
+    spec = write_spec(store.parent / "experiments" / "t", "a")
+    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--budget", "0.5"]) == 0
+    c = MlflowClient()
+    (exp,) = [e for e in c.search_experiments() if e.tags.get("group") == "t"]
+    assert exp.name == "t · cifar10-mini.npz · budget 0.5" and exp.tags["budget"] == "0.5"
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
+    assert [r.info.run_name for r in c.search_runs(group_experiments(c, "t"))] == ["a-s0-b0.5"]

@@ -20,6 +20,7 @@ import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
+from harness.tracking.experiments import group_experiments
 
 from .helpers import ROOT, TINY
 
@@ -35,8 +36,8 @@ def ray_env(env_with):
 
 
 def _runs(c, group="t"):
-    exp = c.get_experiment_by_name(group)
-    return c.search_runs([exp.experiment_id]) if exp else []
+    ids = group_experiments(c, group)
+    return c.search_runs(ids) if ids else []
 
 
 def _final(c, run):
@@ -379,9 +380,10 @@ while True:
 READ_RUNS = f"""
 import json, sys
 from mlflow import MlflowClient
+from harness.tracking.experiments import group_experiments
 c = MlflowClient(sys.argv[1])
 out = {{}}
-for r in c.search_runs([c.get_experiment_by_name("t").experiment_id]):
+for r in c.search_runs(group_experiments(c, "t")):
     steps = [m.step for m in c.get_metric_history(r.info.run_id, "val_error")]
     assert r.info.run_name not in out, "a run made twice"
     out[r.info.run_name] = dict(status=r.info.status, device=r.data.tags["device"],

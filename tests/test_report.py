@@ -16,6 +16,7 @@ from harness.report import pages
 from harness.report.campaign import split_of
 from harness.report.pages import paper_cell
 from harness.report.stats import noise_verdict, paper_figure
+from harness.tracking.experiments import group_experiments
 
 from .helpers import ROOT, TINY
 
@@ -59,7 +60,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     c = MlflowClient()
     statuses = {}
     for g in ("table6", "ablations", "ladder"):
-        for r in c.search_runs([c.get_experiment_by_name(g).experiment_id]):
+        for r in c.search_runs(group_experiments(c, g)):
             statuses[r.info.run_name] = r.info.status
     assert statuses == {"resnet32-s0": "FINISHED", "resnet32-s1": "FINISHED", "plain8-s0": "FINISHED",
                         "a_diverges-s0": "FAILED", "fc_relu-s0": "FINISHED", "0_seed-s0": "FINISHED",
@@ -78,8 +79,8 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert "not comparable" in t6 and "Device: cpu" in t6
     csv = pd.read_csv(out / "table6.csv")
     res = csv[csv.model == "ResNet-8"].iloc[0]
-    exp_id = c.get_experiment_by_name("table6").experiment_id
-    errs = [r.data.metrics["test_error"] for r in c.search_runs([exp_id], "tags.spec_name = 'resnet32'")]
+    errs = [r.data.metrics["test_error"] for r in c.search_runs(group_experiments(c, "table6"),
+                                                                 "tags.spec_name = 'resnet32'")]
     assert res.n == 2 and abs(res.measured_mean - sum(errs) / 2) < 0.01
     assert pd.isna(res.delta_vs_paper)  # a subset at any budget is never compared with the paper
     assert res.best_over_training_if_selected_on_test <= res.measured_mean + 1e-9
@@ -167,11 +168,11 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, w
     assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 1
     assert main(["run", str(exp / "ladder"), "--data", str(mini), "--no-progress", "--force"]) == 0  # same seed again
     c = MlflowClient()
-    t6 = c.get_experiment_by_name("table6").experiment_id
-    done = c.search_runs([t6], "tags.spec_name = 'resnet32'")[0]
+    done = c.search_runs(group_experiments(c, "table6"), "tags.spec_name = 'resnet32'")[0]
     mini_id = done.data.tags["data_id"]
     assert re.fullmatch(r"cifar10-mini\.npz:[0-9a-f]{16}", mini_id), mini_id
-    in_flight = c.create_run(t6, run_name="resnet32-s2", tags={  # a seed still training when the report is made
+    # a seed still training when the report is made
+    in_flight = c.create_run(done.info.experiment_id, run_name="resnet32-s2", tags={
         **{k: v for k, v in done.data.tags.items() if not k.startswith("mlflow.")}, "spec_hash": "in-flight"})
     for k in ("model.arch", "model.depth"):
         c.log_param(in_flight.info.run_id, k, done.data.params[k])

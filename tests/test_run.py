@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from harness.cli import main
 from harness.core.devices import worker_devices
+from harness.tracking.experiments import group_experiments
 
 from .faults import killed_after
 from .helpers import ROOT, TINY
@@ -23,8 +24,8 @@ FINAL_KEYS = ("test_error", "test_loss", "val_error", "val_loss", "train_loss", 
 
 def _runs(group="t"):
     c = MlflowClient()
-    exp = c.get_experiment_by_name(group)
-    return c, (c.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else [])
+    ids = group_experiments(c, group)
+    return c, (c.search_runs(ids, order_by=["attributes.start_time ASC"]) if ids else [])
 
 
 def test_run_is_tracked_and_rerun_skips(store, mini, capsys, write_spec, monkeypatch):
@@ -77,7 +78,7 @@ def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ref_uri)
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
     c = MlflowClient(ref_uri)
-    ref_run = c.search_runs([c.get_experiment_by_name("t").experiment_id])[0]
+    ref_run = c.search_runs(group_experiments(c, "t"))[0]
     reference = _final(c, ref_run.info.run_id)
 
     # Same spec, SIGKILLed right after iteration 10 (last checkpoint at 8), then rerun.
@@ -88,11 +89,11 @@ def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypa
                        capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr
     c2 = MlflowClient(uri)
-    killed = c2.search_runs([c2.get_experiment_by_name("t").experiment_id])
+    killed = c2.search_runs(group_experiments(c2, "t"))
     assert len(killed) == 1 and killed[0].info.status == "RUNNING"
     assert list((tmp_path / "killed" / "checkpoints").glob("*.pt"))
     assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
-    resumed = c2.search_runs([c2.get_experiment_by_name("t").experiment_id])
+    resumed = c2.search_runs(group_experiments(c2, "t"))
     assert len(resumed) == 1 and resumed[0].info.run_id == killed[0].info.run_id
     assert resumed[0].info.status == "FINISHED"
     assert _final(c2, resumed[0].info.run_id) == reference  # bit-exact on CPU
@@ -268,7 +269,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
 
     def finals(uri):
         c = MlflowClient(uri)
-        runs = c.search_runs([c.get_experiment_by_name("t").experiment_id])
+        runs = c.search_runs(group_experiments(c, "t"))
         return {r.info.run_name: (r.info.status, r.data.tags["device"], _final(c, r.info.run_id)) for r in runs}
 
     ref_uri = f"sqlite:///{tmp_path}/ref/mlflow.db"
@@ -286,7 +287,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
     assert p.returncode == 1 and "2 runs at a time on cpu, 1 CPU thread(s) each" in p.stderr, p.stderr
     assert p.stderr.count("mlflow: creating the store") == 1, p.stderr  # by the parent, not a race
     c = MlflowClient(uri)
-    killed = c.search_runs([c.get_experiment_by_name("t").experiment_id])
+    killed = c.search_runs(group_experiments(c, "t"))
     assert sorted(r.info.status for r in killed) == ["RUNNING", "RUNNING"]
     assert len(list((tmp_path / "kept").glob("*.pt"))) == 2 and not (tmp_path / "jobs" / "checkpoints").exists()
 
@@ -335,5 +336,5 @@ def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path, mini, env_w
     assert p.returncode == 130 and "interrupted: the same command resumes killed runs" in err, err[-3000:]
     assert "Traceback" not in err and "leaked semaphore" not in err, err[-3000:]
     c = MlflowClient(uri)
-    runs = c.search_runs([c.get_experiment_by_name("t").experiment_id])
+    runs = c.search_runs(group_experiments(c, "t"))
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], err[-3000:]  # the third never started

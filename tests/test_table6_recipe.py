@@ -7,6 +7,7 @@ from harness.cli import main
 from harness.core.data import load_arrays, to_device
 from harness.core.spec import Spec, resolve_runs
 from harness.core.train import param_dtype, train
+from harness.tracking.experiments import group_experiments
 
 from .helpers import TINY
 
@@ -24,7 +25,7 @@ def test_a_spec_without_validation_split_trains_on_every_image_with_train_and_te
     err = capsys.readouterr().err
     assert "all-s0: warm-up (lr 0.01) ended by its cap warmup.max_iters=5 at iteration 5" in err, err
     c = MlflowClient()
-    (r,) = c.search_runs([c.get_experiment_by_name("t").experiment_id])
+    (r,) = c.search_runs(group_experiments(c, "t"))
     assert r.info.status == "FINISHED"
     assert "train=4068 val=0 test=1017" in r.data.tags["data"]
     assert r.data.tags["warmup_ended_by"] == "cap at iteration 5"

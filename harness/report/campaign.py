@@ -15,6 +15,7 @@ from harness.core.data_tag import DataTag
 from harness.core.groups import REPORTED
 from harness.errors import UserError
 from harness.tracking import store as tracking
+from harness.tracking.experiments import group_experiments
 from harness.tracking.inputs import NOTE
 from harness.tracking.records import TIMES_TAG
 
@@ -31,10 +32,8 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
     c = tracking.client()
     rows = []
     for g in groups:
-        exp = c.get_experiment_by_name(g)
-        if exp is None:
-            continue
-        for r in c.search_runs([exp.experiment_id], max_results=5000):
+        ids = group_experiments(c, g)
+        for r in c.search_runs(ids, max_results=5000) if ids else ():
             m, t, p = r.data.metrics, r.data.tags, r.data.params
             hist = tracking.metric_history(c, r.info.run_id, "test_error") if "test_error" in m else []
             rows.append({

@@ -22,6 +22,7 @@ from harness.core.groups import GROUPS
 from harness.core.spec import Collected, RunSpec, collect_runs
 from harness.errors import SpecError
 from harness.tracking import store as tracking
+from harness.tracking.experiments import find_group_run
 from harness.tracking.records import committed
 
 DEFAULT_FOLDERS = tuple(str(g.folder) for g in GROUPS if g.trained)
@@ -42,7 +43,7 @@ def planner(records: Path | None):
         todo, in_store, in_records = [], 0, 0
         for r in runs:
             spec_hash = r.spec_hash(arrays.data_id)
-            found = tracking.find_run(c, tracking.experiment_id(c, r.group), spec_hash)
+            found = find_group_run(c, r.group, spec_hash)
             if found is not None and (found.info.status == "FINISHED" or found.data.tags.get("failure") == "diverged"):
                 in_store += 1
             elif records is not None and committed(records, r.group, r.run_name, spec_hash):

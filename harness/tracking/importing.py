@@ -19,6 +19,7 @@ from harness.core.names import name_problem
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
+from harness.tracking.experiments import find_group_run, run_experiment
 from harness.tracking.records import (
     FORMAT,
     FORMATS,
@@ -136,8 +137,8 @@ def import_record(record_path: Path) -> Status:
     if "digest" not in rec:
         log(f"{record_path}: no digest (written before records carried one): its content is imported unchecked")
     c = tracking.client()
-    exp_id = tracking.experiment_id(c, group)
-    existing = tracking.find_run(c, exp_id, tags["spec_hash"])
+    exp_id = run_experiment(c, group, DataTag.read(tags.get("data", "")), float(tags.get("budget", 1)))
+    existing = find_group_run(c, group, tags["spec_hash"])
     if existing is not None and existing.info.status == "FINISHED":
         log(f"{rec['run_name']}: already FINISHED in MLflow (run {existing.info.run_id}); not imported again")
         return Status.SKIPPED

@@ -24,6 +24,7 @@ from harness.core.names import inside, name_problem
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
+from harness.tracking.experiments import find_group_run, group_of
 from harness.tracking.run_facts import content_digest
 
 FORMAT = 2  # 2 adds start_time, end_time, dataset and MLflow's description and source tags; 1 is still read
@@ -38,8 +39,8 @@ TIMES_TAG = "run_times"  # on a run imported from a record that kept no start an
 DROPPED_TAGS = ("imported_from", TIMES_TAG)  # where a record came from is this machine's business, not the run's
 
 
-def record_of(c, run) -> dict:
-    """The record of one MLflow run, as `run --offline` writes it, plus `format`."""
+def record_of(c, run, group: str) -> dict:
+    """The record of one MLflow run of `group`, as `run --offline` writes it, plus `format`."""
     tags = {k: v for k, v in run.data.tags.items()
             if (not k.startswith("mlflow.") or k.startswith(KEPT_MLFLOW_TAGS)) and k not in DROPPED_TAGS}
     by_step: dict[int, dict] = {}
@@ -53,8 +54,7 @@ def record_of(c, run) -> dict:
         for step, value in tracking.metric_history(c, run.info.run_id, key):
             by_step.setdefault(step, {"step": step})[key] = value
         final[key] = run.data.metrics[key]
-    exp = c.get_experiment(run.info.experiment_id)
-    rec = {"format": FORMAT, "group": exp.name, "run_name": run.info.run_name, "status": run.info.status,
+    rec = {"format": FORMAT, "group": group, "run_name": run.info.run_name, "status": run.info.status,
             "tags": tags, "params": dict(run.data.params),
             "spec_yaml": _spec_yaml(run),
             "history": [by_step[s] for s in sorted(by_step)], "summary": summary, "final": final,
@@ -138,15 +138,16 @@ def write_record(root: Path, record: dict) -> bool:
     return True
 
 
-def finished_runs(c) -> list:
-    """Every FINISHED top-level run with a spec_hash (Optuna trials are child runs: tuned specs are the record),
-    oldest first, so that the newest run of a spec_hash is the one written."""
+def finished_runs(c) -> list[tuple[str, object]]:
+    """(group, run) of every FINISHED top-level run with a spec_hash (Optuna trials are child runs: tuned specs are
+    the record), oldest first, so that the newest run of a spec_hash is the one written."""
     runs = []
     for exp in c.search_experiments():
-        runs += [r for r in c.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'",
-                                          max_results=50000)
+        runs += [(group_of(exp), r) for r in c.search_runs([exp.experiment_id],
+                                                           filter_string="attributes.status = 'FINISHED'",
+                                                           max_results=50000)
                  if "spec_hash" in r.data.tags and "mlflow.parentRunId" not in r.data.tags]
-    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    return sorted(runs, key=lambda gr: (gr[1].info.start_time or 0, gr[1].info.run_id))
 
 
 def export_results(out: Path) -> int:
@@ -157,8 +158,8 @@ def export_results(out: Path) -> int:
         return 0
     c = tracking.client()
     records = {}
-    for run in finished_runs(c):
-        rec = record_of(c, run)
+    for group, run in finished_runs(c):
+        rec = record_of(c, run, group)
         records[record_path(out, rec)] = rec
     written = sum(write_record(out, rec) for rec in records.values())
     print(f"results: {len(records)} finished runs, {written} file(s) written to {out}/, "
@@ -170,10 +171,10 @@ def export_run(out: Path, group: str, spec_hash: str) -> Path | None:
     """One run's record into `out` as soon as it has FINISHED (`--publish`): a long batch whose store goes with its
     machine keeps every run it finished. Returns the record's path, or None where the run did not finish."""
     c = tracking.client()
-    run = tracking.find_run(c, tracking.experiment_id(c, group), spec_hash)
+    run = find_group_run(c, group, spec_hash)
     if run is None or run.info.status != "FINISHED":
         return None
-    rec = record_of(c, run)
+    rec = record_of(c, run, group)
     path = record_path(out, rec)
     if write_record(out, rec):
         print(f"results: wrote {path}", file=sys.stderr, flush=True)

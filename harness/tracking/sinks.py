@@ -29,6 +29,7 @@ from harness.tracking import claims
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
 from harness.tracking.claims import BESIDE_THE_STORE, Places
+from harness.tracking.experiments import find_group_run, run_experiment
 from harness.tracking.folder import ToFolder
 from harness.tracking.run_facts import (
     ending_line,
@@ -100,7 +101,7 @@ class ToMlflow:
         self.run, self.arrays, self.device, self.force, self.bars, self.where = \
             run, arrays, device, dest.force, dest.progress, where
         self.places = dest.places
-        self.exp_id = tracking.experiment_id(self.c, run.group)
+        self.exp_id = run_experiment(self.c, run.group, ident.data, run.budget)
         self.ident, self.spec_hash = ident, ident.spec_hash
         self.checkpoint = dest.places.checkpoints() / f"{self.spec_hash}.pt"
         self.system_metrics = dest.system_metrics
@@ -116,7 +117,7 @@ class ToMlflow:
     def settled(self) -> Status | None:
         """SKIPPED for a FINISHED run and DIVERGED for one that diverged before: neither trains again without
         --force (a diverged recipe diverges again); None for a run to train or resume."""
-        self.existing = None if self.force else tracking.find_run(self.c, self.exp_id, self.spec_hash)
+        self.existing = None if self.force else find_group_run(self.c, self.run.group, self.spec_hash)
         if self.existing is None:
             return None
         run, info = self.run, self.existing.info

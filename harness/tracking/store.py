@@ -82,21 +82,29 @@ def create_store() -> None:
     client().search_experiments(max_results=1)
 
 
-def experiment_id(c, group: str) -> str:
-    """The group's experiment, made on first use with its description (`mlflow.note.content`), which an experiment
-    made before descriptions existed also gets."""
+KIND = "mlflow.experimentKind"  # MLflow 3's UI shows an experiment of this kind as model training, not GenAI
+MODEL_TRAINING = "custom_model_development"
 
-    exp = c.get_experiment_by_name(group)
+
+def experiment_id(c, name: str, note: str | None = None, tags: dict[str, str] | None = None,
+                  folder: str | None = None) -> str:
+    """The experiment `name`, made on first use with its description (`mlflow.note.content`: the group's own unless
+    `note` says otherwise), its kind (model training) and `tags`; an experiment made before either existed gets
+    them. Its artifacts go to artifacts/<folder or name>/ beside a local store."""
+    note = experiment_note(name) if note is None else note
+    wanted = {NOTE: note, KIND: MODEL_TRAINING, **(tags or {})}
+    exp = c.get_experiment_by_name(name)
     if exp is not None:
-        if NOTE not in exp.tags:
-            c.set_experiment_tag(exp.experiment_id, NOTE, experiment_note(group))
+        for k, v in wanted.items():
+            if k not in exp.tags:
+                c.set_experiment_tag(exp.experiment_id, k, v)
         return exp.experiment_id
     local = urlparse(tracking_uri()).scheme in ("", "file", "sqlite")  # a server keeps its own artifact root
-    artifacts = (store_root() / "artifacts" / group).resolve().as_uri() if local else None
+    artifacts = (store_root() / "artifacts" / (folder or name)).resolve().as_uri() if local else None
     try:
-        return c.create_experiment(group, artifact_location=artifacts, tags={NOTE: experiment_note(group)})
+        return c.create_experiment(name, artifact_location=artifacts, tags=wanted)
     except Exception:  # another worker created it first
-        return c.get_experiment_by_name(group).experiment_id
+        return c.get_experiment_by_name(name).experiment_id
 
 
 def check_store(uri: str | None = None, timeout: float = 5.0) -> None:
@@ -153,9 +161,11 @@ def _check_database(uri: str, scheme: str, timeout: float) -> None:
         engine.dispose()
 
 
-def find_run(c, exp_id: str, spec_hash: str):
-    """The newest run of this exact resolved spec, or None."""
-    runs = c.search_runs([exp_id], filter_string=f"tags.spec_hash = '{spec_hash}'",
+def find_run(c, exp_ids: list[str], spec_hash: str):
+    """The newest run of this exact resolved spec in these experiments, or None."""
+    if not exp_ids:
+        return None
+    runs = c.search_runs(exp_ids, filter_string=f"tags.spec_hash = '{spec_hash}'",
                          order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
