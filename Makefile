@@ -85,6 +85,7 @@ PORT    ?= 5000
 WORKERS ?= 1
 ui: $(STAMP)
 	mkdir -p mlruns
+	@echo "MLflow: http://127.0.0.1:$(PORT)/#/experiments?workflowType=machine_learning (the model-training view)"
 	$(PY) -m mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port $(PORT) --workers $(WORKERS)
 
 # optuna-dashboard on the tuning studies (the study's objective is named val_error), on loopback only.

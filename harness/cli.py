@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from harness.errors import UserError
-from harness.parser import build_parser, results_dir
+from harness.parser import parse, results_dir
 
 
 def batch_options(a):
@@ -137,7 +137,7 @@ def main(argv=None) -> int:
 
     # MLflow's INFO lines (store creation, migrations) say nothing a user acts on; its warnings stay
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         with stop_signals():  # SIGTERM (a scheduler's stop) ends the command as Ctrl-C does
             if args.command in STORE_COMMANDS and not getattr(args, "offline", None):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from importlib import metadata
 from pathlib import Path
 
 
@@ -189,7 +191,7 @@ def _table_parser(sub) -> None:
 def _report_parser(sub) -> None:
     rp = sub.add_parser("report", help="write reports/ (markdown, CSV, figures) from the MLflow store")
     rp.add_argument("--out", default="reports", help="where to write; OUT/bench/*.jsonl become OUT/bench.md")
-    rp.add_argument("--budget", dest="report_budget", type=float, default=None,
+    rp.add_argument("--budget", dest="report_budget", type=float, default=None, metavar="BUDGET",
                     help="which runs (default: the budget of the latest finished table6 run)")
     rp.add_argument("--data-id", default=None,
                     help="which data (default: that of the latest finished table6 run): the runs' data_id tag, an "
@@ -204,9 +206,17 @@ def _report_parser(sub) -> None:
                          "write)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Reproduce He et al. 2015 Table 6 on CIFAR-10: "
+def version() -> str:
+    try:
+        return metadata.version("resnet-repro")
+    except metadata.PackageNotFoundError:  # a checkout run without `pip install -e .`
+        return "unknown (not installed)"
+
+
+def build_parser(prog: str = "harness") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Reproduce He et al. 2015 Table 6 on CIFAR-10: "
                                 "declarative specs, tracked in MLflow, resumable, tuned with Optuna.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_run_parser, _import_parser, _results_parser, _validate_parser, _bench_parser, _table_parser,
                 _report_parser, _check_group_parser):
@@ -221,7 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
     _set_and_budget_args(tu, 0.05, "fraction of the paper's iterations per trial")
     tu.add_argument("--data", default=DEFAULT_DATA, help=DATA_HELP + "; its test split is never read")
     tu.add_argument("--device", default=None, help=DEVICE_HELP)
-    tu.add_argument("--workers", type=int, default=1, help="processes working on the one study")
+    tu.add_argument("--jobs", "--workers", dest="workers", type=int, default=1, metavar="N",
+                    help="N processes working on the one study, as `run --jobs N` trains N runs at once (--workers "
+                         "is the same flag's older name)")
     tu.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats (RDB storage)")
     tu.add_argument("--seed", type=int, default=0, help="sampler seed: worker i of a call uses seed + i + the "
                     "trials already in the study, so a resumed study draws new points (tag sampler_seed)")
@@ -231,3 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also write Optuna's plots into DIR/<study>/ (they always go to the study's parent MLflow "
                          "run; reports/tuning/ is written by `report --all` and `make report`)")
     return p
+
+
+def prog_name(argv0: str) -> str:
+    """What the usage line calls the program: the script a user typed (`resnet-repro`), or `python -m harness`."""
+    name = Path(argv0).name
+    return "python -m harness" if name in ("__main__.py", "-m", "") else name
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line parsed; a flag the chosen subcommand does not know is that subcommand's error (its usage,
+    not the top-level one, which would not list the flags it takes)."""
+    p = build_parser(prog_name(sys.argv[0]) if argv is None else "harness")
+    args, extra = p.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001 - argparse's own
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+

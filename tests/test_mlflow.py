@@ -11,6 +11,7 @@ import time
 import urllib.parse
 import urllib.request
 
+import mlflow
 import numpy as np
 import pytest
 import torch
@@ -156,19 +157,30 @@ def test_runs_show_source_dataset_model_and_descriptions_through_the_rest_api(st
     with mlflow_server(uri, tmp_path, free_port(), env_with(MLFLOW_TRACKING_URI=uri)) as base:
         run = _get(base, "runs/get", run_id=runs["table6"].info.run_id)["run"]
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
-        (ds,) = run["inputs"]["dataset_inputs"]
+        inputs = {t["value"]: d["dataset"] for d in run["inputs"]["dataset_inputs"] for t in d["tags"]
+                  if t["key"] == "mlflow.data.context"}
         (out,) = run["outputs"]["model_outputs"]
         model = _get(base, f"logged-models/{out['model_id']}")["model"]
         found = _post(base, "runs/search", {"experiment_ids": [run["info"]["experiment_id"]],
-                                            "filter": "dataset.name = 'cifar10-mini.npz'"})
-        exp = _get(base, "experiments/get-by-name", experiment_name="table6")["experiment"]
+                                            "filter": "dataset.name = 'cifar10-mini.npz [train]'"})
+        exp = _get(base, "experiments/get-by-name",
+                   experiment_name="table6 · cifar10-mini.npz · budget 1")["experiment"]
         imported = _get(base, "runs/get", run_id=runs["ablations"].info.run_id)["run"]
     assert tags["mlflow.source.type"] == "LOCAL" and len(tags["mlflow.source.git.commit"]) >= 7
-    assert tags["mlflow.note.content"] == "depth 8, a test"
-    assert ds["dataset"]["name"] == "cifar10-mini.npz" and ds["dataset"]["digest"] == tags["data_id"].split(":")[1]
-    profile = json.loads(ds["dataset"]["profile"])
-    assert (profile["train_size"], profile["val_size"], profile["test_size"]) == (3661, 407, 1017)
+    assert tags["mlflow.note.content"].startswith("depth 8, a test\n\nThis run: seed 0; 6 iterations of batch 32")
+    assert set(inputs) == {"training", "validation", "evaluation"}  # one dataset per split, each in its context
+    assert [inputs[c]["name"] for c in ("training", "validation", "evaluation")] == \
+        ["cifar10-mini.npz [train]", "cifar10-mini.npz [val]", "cifar10-mini.npz [test]"]
+    profile = json.loads(inputs["training"]["profile"])
+    assert (profile["num_rows"], profile["train_size"], profile["val_size"], profile["test_size"]) == \
+        (3661, 3661, 407, 1017)
+    assert inputs["training"]["schema"]  # the panel shows the features and targets
     assert model["info"]["name"] == "resnet8" and model["info"]["source_run_id"] == runs["table6"].info.run_id
+    model_params = {p["key"]: p["value"] for p in model["data"]["params"]}
+    model_metrics = {m["key"]: m for m in model["data"]["metrics"]}
+    assert model_params["model.arch"] == "resnet" and model_params["optimizer.lr"] == "0.1"
+    assert model_metrics["test_error"]["value"] == pytest.approx(runs["table6"].data.metrics["test_error"])
+    assert model_metrics["test_error"]["dataset_name"] == "cifar10-mini.npz [test]"
     assert [r["info"]["run_id"] for r in found["runs"]] == [runs["table6"].info.run_id]
     assert "7.51" in {t["key"]: t["value"] for t in exp["tags"]}["mlflow.note.content"]  # the paper's ResNet-32
     assert imported["inputs"]["dataset_inputs"] and imported["outputs"]["model_outputs"]
@@ -242,11 +254,11 @@ def test_two_runs_that_log_one_dataset_at_once_both_get_it(store, monkeypatch):
         return original(self, run_id, datasets=datasets, models=models)
 
     monkeypatch.setattr(MlflowClient, "log_inputs", racing)
-    log_run_inputs(c, first, ds)
+    log_run_inputs(c, first, {"train": ds})
     got = {r: [d.dataset.digest for d in c.get_run(r).inputs.dataset_inputs] for r in (first, second)}
     assert raced == [first] and got == {first: ["0123abcd"], second: ["0123abcd"]}, got
     with pytest.raises(MlflowException, match="RESOURCE_DOES_NOT_EXIST|not found|No run"):
-        log_run_inputs(c, "0" * 32, ds)  # any other error still raises
+        log_run_inputs(c, "0" * 32, {"train": ds})  # any other error still raises
 
 
 def test_an_experiment_holds_one_data_set_and_budget(store, mini, write_spec):
@@ -267,3 +279,39 @@ def test_an_experiment_holds_one_data_set_and_budget(store, mini, write_spec):
     assert exp.name == "t · cifar10-mini.npz · budget 0.5" and exp.tags["budget"] == "0.5"
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
     assert [r.info.run_name for r in c.search_runs(group_experiments(c, "t"))] == ["a-s0-b0.5"]
+
+
+def test_a_runs_inputs_model_and_description_say_what_it_trained(store, mini, write_spec):
+    """Each split is its own MLflow dataset (two splits of one file are two training datasets, each with its own
+    sizes); the logged model carries the run's params and final metrics on their datasets (the Models tab compares
+    them); the description says the run's own iteration counts at its budget."""
+    folder = store.parent / "experiments" / "t"
+    a = write_spec(folder, "a", "description: 'lr /10 at 32k and 48k (§4.2)'\n" + TINY)
+    b = write_spec(folder, "b", TINY.replace("val_fraction: 0.1", "val_fraction: 0.2"))
+    assert main(["run", str(a), str(b), "--data", str(mini), "--no-progress", "--budget", "0.5"]) == 0
+    c = MlflowClient()
+    runs = {r.info.run_name: r for r in c.search_runs(group_experiments(c, "t"))}
+    train = {}
+    for name, r in runs.items():
+        by_context = {t.value: d.dataset for d in r.inputs.dataset_inputs for t in d.tags}
+        assert set(by_context) == {"training", "validation", "evaluation"}
+        train[name] = by_context["training"]
+    assert train["a-s0-b0.5"].name == train["b-s0-b0.5"].name == "cifar10-mini.npz [train]"
+    assert train["a-s0-b0.5"].digest != train["b-s0-b0.5"].digest  # MLflow keeps one entry per name and digest
+    assert json.loads(train["b-s0-b0.5"].profile)["num_rows"] == 3254
+    note = runs["a-s0-b0.5"].data.tags["mlflow.note.content"]
+    assert note.startswith("lr /10 at 32k and 48k (§4.2)\n\nThis run: seed 0; 6 iterations of batch 32")
+    assert "budget 0.5" in note
+    spec_yaml = mlflow.artifacts.load_text(f"{runs['a-s0-b0.5'].info.artifact_uri}/spec.yaml")
+    assert "§4.2" in spec_yaml  # not its escape
+    assert runs["a-s0-b0.5"].data.tags["mlflow.user"]  # MLflow's "Created by"
+    models = c.search_logged_models(experiment_ids=[runs["a-s0-b0.5"].info.experiment_id])
+    assert len(models) == 2
+    for m in models:
+        run = runs[next(n for n, r in runs.items() if r.info.run_id == m.source_run_id)]
+        assert m.params["schedule.total_iters"] == "6" and m.params["data.val_fraction"] == \
+            run.data.params["data.val_fraction"]
+        test = next(x for x in m.metrics if x.key == "test_error")
+        assert test.value == pytest.approx(run.data.metrics["test_error"]) and test.dataset_name == \
+            "cifar10-mini.npz [test]"
+

@@ -338,3 +338,22 @@ def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path, mini, env_w
     c = MlflowClient(uri)
     runs = c.search_runs(group_experiments(c, "t"))
     assert sorted(r.info.status for r in runs) == ["KILLED", "KILLED"], err[-3000:]  # the third never started
+
+
+def test_the_command_line_says_its_version_and_each_subcommand_its_own_usage(capsys):
+    """--version; a flag a subcommand does not take is that subcommand's error with its own usage line; tune takes
+    --jobs as run and table do; report's --budget reads BUDGET."""
+    from harness.parser import build_parser, prog_name
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("harness 0.1.0")
+    with pytest.raises(SystemExit) as e:
+        main(["run", "x.yaml", "--bogus"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: harness run ") and "unrecognized arguments: --bogus" in err
+    assert build_parser().parse_args(["tune", "s.yaml", "--jobs", "3"]).workers == 3
+    assert "--budget BUDGET" in build_parser().format_help() or "--budget BUDGET" in \
+        build_parser()._subparsers._group_actions[0].choices["report"].format_help()
+    assert prog_name("/usr/bin/resnet-repro") == "resnet-repro" and prog_name("harness/__main__.py") == \
+        "python -m harness"

@@ -67,11 +67,22 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path,
         assert "test_error" not in run.data.metrics  # the test split is never evaluated while tuning
         assert {"optimizer.lr", "schedule.name", "schedule.milestones"} <= set(run.data.params), run.data.params
         assert run.data.tags["mlflow.note.content"].startswith(f"Trial {n} of Optuna study 's'")
-        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["cifar10-mini.npz"]
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["cifar10-mini.npz [train]",
+                                                                       "cifar10-mini.npz [val]"]  # no test split
+        # in the units it trained with, as any run: 24 iterations at budget 1, milestones inside them
+        assert run.data.params["schedule.total_iters"] == "24"
+        if run.data.params["schedule.name"] == "multistep":
+            assert all(0 < int(m) < 24 for m in run.data.params["schedule.milestones"].strip("[]").split(", "))
     assert optuna.load_study(study_name="s", storage=storage).metric_names == ["val_error"]
     best = optuna.load_study(study_name="s", storage=storage).best_trial
     assert children[str(best.number)].data.tags["best"] == "true"
     assert sum(r.data.tags["best"] == "true" for r in children.values()) == 1
+    parent = MlflowClient().get_run(children["0"].data.tags["mlflow.parentRunId"])
+    defined = parent.data.params  # the study's definition and its winner, as params
+    assert (defined["direction"], defined["pruner"], defined["search.lr"], defined["budget"]) == \
+        ("minimize", "median", "[1e-05, 0.3]", "1")
+    assert defined["best.trial"] == str(best.number) and float(defined["best.lr"]) == pytest.approx(best.params["lr"])
+    assert parent.data.tags["mlflow.note.content"].startswith("Optuna study 's'") and parent.inputs.dataset_inputs
     assert (tmp_path / "plots" / "s" / "optimization_history.png").stat().st_size > 0
     tuned = load_spec(out)  # an ordinary, valid spec
     assert tuned.optimizer.lr == pytest.approx(best.params["lr"])

@@ -78,6 +78,10 @@ class Progress:
         self.bar.set_postfix(loss=f"{m['train_loss']:.3f}", lr=f"{m['lr']:.3g}", **err,
                              img_s=f"{m['images_per_s']:.0f}")
 
+    def evaluating(self) -> None:
+        """Said on the bar while an evaluation point measures its splits, which takes a while with no tick."""
+        self.bar.set_postfix_str("evaluating val/test ...", refresh=True)
+
     def write(self, line: str) -> None:
         self.bar.write(line, file=sys.stderr)
 

@@ -233,6 +233,7 @@ class Trainee:
             return False
         train_loss, elapsed = meter.read(st.it)
         st.train_seconds += elapsed
+        self.bar.evaluating()
         last = {"train_loss": train_loss, "train_error": meter.train_error(),
                 **measure(self.model, self.data, self.run.spec, self.device, self.splits), "lr": lr,
                 "images_per_s": meter.seen / elapsed}

@@ -18,6 +18,7 @@ from harness.tracking import store as tracking
 from harness.tracking.experiments import group_experiments
 from harness.tracking.inputs import NOTE
 from harness.tracking.records import TIMES_TAG
+from harness.tracking.run_facts import RUN_LINE
 
 GROUPS = tuple(g.name for g in REPORTED)
 
@@ -45,7 +46,8 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
                 "status": r.info.status, "failure": t.get("failure", ""), "official": t.get("official_test_set"),
                 "arch": p.get("model.arch"), "depth": int(p.get("model.depth", 0)),
                 "batch_size": int(p.get("batch_size", 0)),
-                "description": t.get(NOTE, "").replace("|", "/"), "start_time": r.info.start_time or 0,
+                "description": t.get(NOTE, "").split(RUN_LINE)[0].replace("|", "/"),
+                "start_time": r.info.start_time or 0,
                 "end_time": 0 if TIMES_TAG in t else (r.info.end_time or 0),  # an import's time dates no page
                 "test_error": m.get("test_error", math.nan), "val_error": m.get("val_error", math.nan),
                 "train_error": m.get("train_error", math.nan),

@@ -47,7 +47,7 @@ def learning_curve(history: dict[str, History], title: str, path: Path) -> None:
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 70), fontsize=9)  # a long run name and data tag wrap inside the figure
     _save(fig, path)
 
 

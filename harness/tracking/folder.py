@@ -28,7 +28,7 @@ from harness.tracking.run_facts import (
     log_eval_point,
     named_metrics,
     resolved_yaml,
-    run_dataset,
+    run_datasets,
     run_params,
     run_tags,
 )
@@ -116,7 +116,8 @@ class ToFolder:
         summary = {"final_iteration": final.get("iterations", 0), "train_seconds": final.get("train_seconds", 0),
                    "wall_seconds_this_attempt": wall}
         record = {"format": 2, "group": run.group, "run_name": run.run_name, "status": status, "tags": tags,
-                  "params": run_params(run), "spec_yaml": resolved_yaml(run), "dataset": run_dataset(self.arrays, data),
+                  "params": run_params(run), "spec_yaml": resolved_yaml(run),
+                  "dataset": run_datasets(self.arrays, self.ident, run.spec)["train"],
                   "history": [named_metrics(by_step[k]) for k in sorted(by_step)], "summary": named_metrics(summary),
                   "final": final, "start_time": self.started, "end_time": int(time.time() * 1000)}
         record["digest"] = content_digest(record)

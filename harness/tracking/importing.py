@@ -15,7 +15,9 @@ import yaml
 from mlflow.entities import Metric, Param
 
 from harness.core.data_tag import DataTag
+from harness.core.identity import RunIdentity
 from harness.core.names import name_problem
+from harness.core.spec import RunSpec, Spec
 from harness.errors import UserError
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
@@ -27,7 +29,7 @@ from harness.tracking.records import (
     TIMES_TAG,
     path_fields,
 )
-from harness.tracking.run_facts import content_digest, log, log_curve, meaningful
+from harness.tracking.run_facts import content_digest, log, log_curve, meaningful, run_params
 from harness.tracking.status import Status, summary
 
 
@@ -79,11 +81,36 @@ def import_results(paths: list[Path]) -> int:
 
 
 def as_current(rec: dict) -> dict:
-    """A format-1 record as format 2 holds it: bookkeeping metrics under timing/, only the params that mean
-    something, the description (the resolved spec's) and source tags MLflow shows, and the dataset from the data
-    id. Its times are not known; import_record takes them from its train_seconds."""
-    if rec.get("format", FORMAT) >= 2:
+    """A record as the current format holds it (format 1 converted: as_format_2), with the params and identity tags
+    that fields added since give it (normalised)."""
+    return normalised(rec if rec.get("format", FORMAT) >= 2 else as_format_2(rec))
+
+
+def normalised(rec: dict) -> dict:
+    """The params and identity tags a record written before they existed lacks, as its run had them: a spec field
+    added since (model.init, schedule.threshold, ...) at the value its run trained with (the default the spec hash
+    rule leaves out), and official_test_set / tested_on_official / full_training_data from its data tag and budget.
+    So the runs table and Compare show two seeds of one spec alike whatever harness recorded them. A record whose
+    spec no longer validates is imported as it is."""
+    body = yaml.safe_load(rec["spec_yaml"]) or {}
+    try:
+        spec = Spec.model_validate({k: v for k, v in body.items() if k not in RUN_KEYS})
+        run = RunSpec(spec=spec, group=rec["group"], name=rec["tags"].get("spec_name", "run"),
+                      seed=body["seed"], budget=body["budget"], source_file=str(body.get("source_file", "")))
+    except (ValueError, KeyError, TypeError):
         return rec
+    tags, data = rec["tags"], DataTag.read(rec["tags"].get("data", ""))
+    ident = RunIdentity(tags["spec_hash"], tags.get("data_id", ""), data, run.budget).tags()
+    return {**rec, "params": {**run_params(run), **rec["params"]}, "tags": {**ident, **tags}}
+
+
+RUN_KEYS = ("seed", "budget", "group", "source_file")  # what resolved_yaml adds to the spec's own fields
+
+
+def as_format_2(rec: dict) -> dict:
+    """A format-1 record as format 2 holds it: bookkeeping metrics under timing/, only the params that mean
+    something, the description (the resolved spec's) and source tags MLflow shows. Its times are not known;
+    import_record takes them from its train_seconds."""
 
     def renamed(d: dict) -> dict:
         return {tracking.metric_name(k): v for k, v in d.items()}
@@ -95,11 +122,17 @@ def as_current(rec: dict) -> dict:
     tags.setdefault("mlflow.source.name", "python -m harness")
     if commit := tags.get("git_commit", "").removesuffix("-dirty"):
         tags.setdefault("mlflow.source.git.commit", commit)
-    sizes = DataTag.read(tags.get("data", "")).sizes
-    dataset = rec.get("dataset") or mlflow_inputs.dataset_of_id(tags["data_id"], sizes)
-    return {**rec, "format": FORMAT, "tags": tags, "params": meaningful(rec["params"]), "dataset": dataset,
+    return {**rec, "format": FORMAT, "tags": tags, "params": meaningful(rec["params"]), "dataset": rec.get("dataset"),
             "history": [renamed(h) for h in rec["history"]], "summary": renamed(rec["summary"]),
             "final": renamed(rec.get("final", {}))}
+
+
+def record_datasets(rec: dict) -> dict[str, dict[str, str]]:
+    """A record's splits as MLflow datasets, from its data id, data tag and split seed (any record has them; the
+    schema is its dataset's where it kept one), so old and new records log the same inputs."""
+    schema = (rec.get("dataset") or {}).get("schema")
+    return mlflow_inputs.split_datasets(rec["tags"]["data_id"], DataTag.read(rec["tags"].get("data", "")),
+                                        int(rec["params"].get("data.split_seed", 0)), schema)
 
 
 def _times(rec: dict) -> tuple[int, int]:
@@ -152,10 +185,13 @@ def import_record(record_path: Path) -> Status:
     for i in range(0, max(len(metrics), 1), 1000):  # MLflow takes at most 1000 metrics per batch
         c.log_batch(run_id, metrics=metrics[i:i + 1000], params=params if i == 0 else [])
     c.log_text(run_id, rec["spec_yaml"], "spec.yaml")
-    mlflow_inputs.log_run_inputs(c, run_id, rec.get("dataset"))
+    datasets = record_datasets(rec)
+    mlflow_inputs.log_run_inputs(c, run_id, datasets)
     if (record_path.parent / mlflow_inputs.MODEL_NAME / "MLmodel").exists():
         mlflow_inputs.import_final_model(c, run_id, record_path.parent / mlflow_inputs.MODEL_NAME,
-                                         mlflow_inputs.model_name(rec["params"]))
+                                         mlflow_inputs.model_name(rec["params"]),
+                                         mlflow_inputs.ModelFacts(rec["params"], rec["final"], datasets,
+                                                                  int(rec["final"].get("iterations", 0))))
     if rec["status"] == "FINISHED":
         log_curve(c, run_id, f"{rec['run_name']} ({tags['data']}, budget {tags['budget']})")
     else:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow.data
@@ -20,11 +21,12 @@ import mlflow.pytorch
 import numpy as np
 import torch
 from mlflow.data.sources import HTTPDatasetSource, LocalArtifactDatasetSource
-from mlflow.entities import Dataset, DatasetInput, InputTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.types import Schema, TensorSpec
 
+from harness.core.data_tag import DataTag
 from harness.core.groups import load_paper, note_of, paper_file
 
 NOTE = "mlflow.note.content"  # the description MLflow's UI shows and edits, for experiments and runs alike
@@ -61,24 +63,29 @@ def _sizes_profile(sizes: dict[str, int]) -> dict[str, int]:
     return {f"{k}_size": v for k, v in sizes.items()}
 
 
-def dataset(x: np.ndarray, y: np.ndarray, data_id: str, sizes: dict[str, int]) -> dict[str, str]:
-    """The run's data as an MLflow dataset (name, digest, source, schema, profile), as a plain dict so that an
-    offline record carries it to `import`; the profile holds the split sizes the run trained, validated and
-    tested on."""
+CONTEXTS = {"train": "training", "val": "validation", "test": "evaluation"}  # each split's mlflow.data.context
 
+
+def schema_of(x: np.ndarray, y: np.ndarray) -> str:
+    """MLflow's schema of CIFAR-10 images and labels (uint8 32x32x3 features, integer targets), as its dataset
+    panel shows it; read off two rows, so nothing is hashed."""
+    return mlflow.data.from_numpy(x[:2], targets=y[:2], name="schema", digest="0").to_dict()["schema"]
+
+
+def split_datasets(data_id: str, tag: DataTag, split_seed: int, schema: str | None) -> dict[str, dict[str, str]]:
+    """The run's splits as MLflow datasets, by split (train, val, test; none for an empty split). MLflow keeps one
+    dataset per experiment, name and digest and shows the first one logged under them, so each split is named as
+    one (`cifar10-full.npz [train]`) and its digest is the file's with what selects the split: the split sizes and
+    split seed for train and val, the size for test. A 45k/5k run and a 50k run of one file are then two training
+    datasets, each with its own sizes in its profile."""
     name, digest, source = _source(data_id)
-    ds = mlflow.data.from_numpy(x, source=source, targets=y, name=name, digest=digest)
-    out = ds.to_dict()
-    out["profile"] = json.dumps({**json.loads(out.get("profile") or "{}"), **_sizes_profile(sizes)})
-    return out
-
-
-def dataset_of_id(data_id: str, sizes: dict[str, int]) -> dict[str, str | None]:
-    """The same dataset from the data id and split sizes alone (no schema), for a record that predates datasets
-    in records (format 1)."""
-    name, digest, source = _source(data_id)
-    return {"name": name, "digest": digest, "source_type": source._get_source_type(), "source": source.to_json(),
-            "schema": None, "profile": json.dumps(_sizes_profile(sizes))}
+    selects = {"train": f"{tag.train}/{tag.val}/{split_seed}", "val": f"{tag.train}/{tag.val}/{split_seed}",
+               "test": f"{tag.test}"}
+    return {split: {"name": f"{name} [{split}]",
+                    "digest": hashlib.sha256(f"{digest}:{split}:{selects[split]}".encode()).hexdigest()[:16],
+                    "source_type": source._get_source_type(), "source": source.to_json(), "schema": schema,
+                    "profile": json.dumps({"num_rows": n, **_sizes_profile(tag.sizes)})}
+            for split, n in tag.sizes.items() if n}
 
 
 def weights_sha256(model: torch.nn.Module) -> str:
@@ -94,13 +101,14 @@ def weights_sha256(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def log_run_inputs(c, run_id: str, ds: dict[str, str] | None) -> None:
-    """One dataset input per run, in context `training`: the Dataset column and `dataset.name` filters."""
-    if not ds:
+def log_run_inputs(c, run_id: str, datasets: dict[str, dict[str, str]]) -> None:
+    """One dataset input per split, in its context (training, validation, evaluation): the Dataset column, the
+    run's dataset panel and `dataset.name` filters."""
+    if not datasets:
         return
-
     keys = ("name", "digest", "source_type", "source", "schema", "profile")
-    inputs = [DatasetInput(Dataset(**{k: ds.get(k) for k in keys}), tags=[InputTag("mlflow.data.context", "training")])]
+    inputs = [DatasetInput(Dataset(**{k: ds.get(k) for k in keys}), tags=[InputTag("mlflow.data.context", CONTEXTS[s])])
+              for s, ds in datasets.items()]
     for attempt in range(3):
         try:
             c.log_inputs(run_id, datasets=inputs)
@@ -142,19 +150,39 @@ def model_name(params: dict[str, str]) -> str:
     return arch if arch.endswith(depth) else f"{arch}{depth}"
 
 
-def log_final_model(c, run_id: str, model: torch.nn.Module, name: str = MODEL_NAME) -> float:
-    """The final weights as the run's MLflow PyTorch model `name` (`runs:/<run_id>/<name>`); returns the seconds
-    it took. The logged model is made in the run's experiment first: left to itself, log_model puts it in the
-    process's active experiment (Default), where `runs:/` does not look for it."""
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the logged model carries of its run, so that the Models tab compares models as the runs table compares
+    runs: the run's params, and its final metrics each on the split's dataset it was measured on."""
+
+    params: dict[str, str]
+    final: dict[str, float]  # the last evaluation point: train_*, val_*, test_*
+    datasets: dict[str, dict[str, str]]  # split -> its MLflow dataset (split_datasets)
+    step: int  # the iteration they were measured at: the run's history gets no point of its own from them
+
+
+def log_final_model(c, run_id: str, model: torch.nn.Module, name: str, facts: ModelFacts) -> float:
+    """The final weights as the run's MLflow PyTorch model `name` (`runs:/<run_id>/<name>`), with the run's params
+    and final metrics; returns the seconds it took. The logged model is made in the run's experiment first: left to
+    itself, log_model puts it in the process's active experiment (Default), where `runs:/` does not look for it."""
     t0 = time.perf_counter()
-    _log_model(c, run_id, ready(model), name)
+    _log_model(c, run_id, ready(model), name, facts)
     return time.perf_counter() - t0
 
 
-def _log_model(c, run_id: str, model: torch.nn.Module, name: str) -> None:
-    made = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id)
+def _log_model(c, run_id: str, model: torch.nn.Module, name: str, facts: ModelFacts) -> None:
+    made = c.create_logged_model(c.get_run(run_id).info.experiment_id, name=name, source_run_id=run_id,
+                                 params=facts.params)
     mlflow.pytorch.log_model(model, name=name, run_id=run_id, model_id=made.model_id, validate_serving_input=False,
                              **_model_kwargs(model))
+    now = int(time.time() * 1000)
+    linked = []
+    for key, value in facts.final.items():
+        ds = facts.datasets.get(key.split("_")[0], {})
+        if ds and key.endswith(("_error", "_loss")):
+            linked.append(Metric(key, float(value), now, facts.step, model_id=made.model_id, dataset_name=ds["name"],
+                                 dataset_digest=ds["digest"]))
+    c.log_batch(run_id, metrics=linked)
 
 
 def save_final_model(path: Path, model: torch.nn.Module) -> None:

@@ -79,8 +79,10 @@ def _times_of(run) -> dict:
 
 
 def _dataset_of(run) -> dict | None:
-    """The run's training dataset input as the dict mlflow_inputs.dataset makes, or None."""
+    """The run's training dataset input as the dict mlflow_inputs.split_datasets makes, or None."""
     for d in run.inputs.dataset_inputs if run.inputs else ():
+        if {t.value for t in d.tags if t.key == "mlflow.data.context"} - {"training"}:
+            continue
         ds = d.dataset
         return {"name": ds.name, "digest": ds.digest, "source_type": ds.source_type, "source": ds.source,
                 "schema": ds.schema, "profile": ds.profile}

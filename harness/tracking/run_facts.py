@@ -52,7 +52,7 @@ def _errors(metrics: dict) -> str:
 def resolved_yaml(run: RunSpec) -> str:
     body = run.spec.model_dump(mode="json", exclude={"seeds"})
     body.update(seed=run.seed, budget=run.budget, group=run.group, source_file=run.source_file)
-    return yaml.safe_dump(body, sort_keys=False)
+    return yaml.safe_dump(body, sort_keys=False, allow_unicode=True)  # `§4.2`, not `\xA74.2`
 
 
 UNUSED = {"optimizer.name": {"sgd": ("betas",), "adam": ("momentum", "nesterov")},
@@ -67,10 +67,41 @@ def meaningful(flat: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in flat.items() if k not in dropped and k not in ("name", "heavy") and v != "None"}
 
 
+def param_text(value) -> str:
+    """A param as the runs table shows it: a float to 12 significant digits (a sampled or scaled lr reads
+    `0.001`, not `0.0010000000000000002`), anything else as str."""
+    if isinstance(value, float):
+        return f"{value:.12g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(param_text(v) for v in value) + "]"
+    return str(value)
+
+
 def run_params(run: RunSpec) -> dict[str, str]:
     flat = flatten(run.spec.model_dump(mode="json", exclude={"seeds", "description", "tune", "tuned"}))
     flat.update(seed=run.seed, budget=run.budget)
-    return meaningful({k: str(v) for k, v in flat.items()})
+    return meaningful({k: param_text(v) for k, v in flat.items()})
+
+
+RUN_LINE = "\n\nThis run: "  # where a run's own line starts in its description, after the spec's
+
+
+def run_note(run: RunSpec) -> str:
+    """The run's description: its spec's, then what this run trained (its seed and its own iteration counts at its
+    budget), so that a spec's words about the paper's 64k iterations never stand alone on a 4,000-iteration run."""
+    spec, s = run.spec, run.spec.schedule
+    family = FAMILIES[s.name]
+    parts = [f"seed {run.seed}", f"{s.total_iters:,} iterations of batch {spec.batch_size}",
+             f"{spec.optimizer.name} lr {spec.optimizer.lr:g}, schedule {s.name}"]
+    if family.milestones and s.milestones:
+        parts.append(f"lr x{s.gamma:g} at iterations {', '.join(f'{m:,}' for m in s.milestones)}")
+    elif family.gamma:
+        parts.append(f"lr x{s.gamma:g} on a plateau")
+    if s.warmup is not None:
+        parts.append(f"warm-up at lr {s.warmup.lr:g}")
+    if run.budget != 1.0:
+        parts.append(f"budget {run.budget:g}: the spec's iteration counts (above) scaled by it")
+    return f"{spec.description}{RUN_LINE}{'; '.join(parts)}."
 
 
 def named_metrics(metrics: dict) -> dict:
@@ -89,7 +120,7 @@ def log_curve(c, run_id: str, title: str) -> None:
 def run_tags(run: RunSpec, ident: RunIdentity, device: torch.device) -> dict[str, str]:
     """The run's identity (harness.core.identity) and what else finds and describes it."""
     return {"spec_name": run.name, **ident.tags(), "device": device_name(device), "git_commit": tracking.git_commit(),
-            "spec_file": run.source_file, "torch": torch.__version__, mlflow_inputs.NOTE: run.spec.description,
+            "spec_file": run.source_file, "torch": torch.__version__, mlflow_inputs.NOTE: run_note(run),
             **tuned_tags(run.spec), **tracking.source_tags()}
 
 
@@ -100,8 +131,10 @@ def tuned_tags(spec) -> dict[str, str]:
                                  for k, v in t.model_dump().items()}
 
 
-def run_dataset(arrays: Arrays, data: DeviceData) -> dict[str, str]:
-    return mlflow_inputs.dataset(arrays.x_train, arrays.y_train, arrays.data_id, data.sizes)
+def run_datasets(arrays: Arrays, ident: RunIdentity, spec) -> dict[str, dict[str, str]]:
+    """The run's splits as MLflow datasets (harness.tracking.inputs.split_datasets), with the arrays' schema."""
+    return mlflow_inputs.split_datasets(arrays.data_id, ident.data, spec.data.split_seed,
+                                        mlflow_inputs.schema_of(arrays.x_train, arrays.y_train))
 
 
 def ending_line(run: RunSpec, status: str, wall: float, final: dict, data: DeviceData, where: str = "") -> str:

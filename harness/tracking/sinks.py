@@ -37,7 +37,7 @@ from harness.tracking.run_facts import (
     log_curve,
     log_eval_point,
     resolved_yaml,
-    run_dataset,
+    run_datasets,
     run_params,
     run_tags,
 )
@@ -84,7 +84,7 @@ def open_sink(run: RunSpec, ident: RunIdentity, arrays: Arrays, device: torch.de
     """The trial's child run (`dest.trial`), the run's folder under `dest.offline` (`run --offline`), else its MLflow
     run with its checkpoint in `dest.places`."""
     if dest.trial is not None:
-        return ToTrial(run, arrays, device, dest.trial, dest.progress)
+        return ToTrial(run, ident, arrays, device, dest.trial, dest.progress)
     if dest.offline is not None:
         return ToFolder(run, ident, arrays, device, dest.offline, dest.force, dest.progress, where)
     return ToMlflow(run, ident, arrays, device, dest, where)
@@ -147,7 +147,7 @@ class ToMlflow:
         self.run_id = r.info.run_id
         c.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(run).items()])
         c.log_text(self.run_id, resolved_yaml(run), "spec.yaml")
-        mlflow_inputs.log_run_inputs(c, self.run_id, run_dataset(self.arrays, data))
+        mlflow_inputs.log_run_inputs(c, self.run_id, run_datasets(self.arrays, self.ident, run.spec))
         self.monitor = self._monitor()
         log(f"{run.run_name}: MLflow run {self.run_id} in experiment '{run.group}' on {device_name(self.device)}, "
             f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations, evaluated every "
@@ -175,8 +175,11 @@ class ToMlflow:
         if final.warmup_ended_by:  # "cap": the safety cap, not the training error, ended the ResNet-110 warm-up
             c.set_tag(run_id, "warmup_ended_by", f"{final.warmup_ended_by} at iteration {final.warmup_ended_at}")
         c.set_tag(run_id, "weights_sha256", mlflow_inputs.weights_sha256(model))
+        params = run_params(self.run)
+        facts = mlflow_inputs.ModelFacts(params, final.metrics, run_datasets(self.arrays, self.ident, self.run.spec),
+                                         final.iterations)
         summary["model_log_seconds"] = mlflow_inputs.log_final_model(c, run_id, model,
-                                                                     mlflow_inputs.model_name(run_params(self.run)))
+                                                                     mlflow_inputs.model_name(params), facts)
         tracking.log_metrics(c, run_id, summary, final.iterations)
         log_curve(c, run_id, f"{self.run.run_name} ({data.description}, budget {self.run.budget:g})")
         mlflow_inputs.stop(self.monitor)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import getpass
 import os
 import subprocess
 import sys
@@ -211,7 +212,16 @@ def source_tags() -> dict[str, str]:
     except (OSError, subprocess.CalledProcessError):
         full = commit.removesuffix("-dirty")
     return {"mlflow.source.type": "LOCAL", "mlflow.source.name": "python -m harness",
-            "mlflow.source.git.commit": os.environ.get("HARNESS_GIT_COMMIT", full).removesuffix("-dirty")}
+            "mlflow.source.git.commit": os.environ.get("HARNESS_GIT_COMMIT", full).removesuffix("-dirty"),
+            "mlflow.user": user()}
+
+
+def user() -> str:
+    """Who ran it, as MLflow's fluent runs say (its "Created by" column): the login name."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no user of that uid (a container's)
+        return "unknown"
 
 
 TIMING = ("images_per_s", "train_seconds", "mlflow_log_seconds", "model_log_seconds", "final_iteration",

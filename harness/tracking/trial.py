@@ -18,12 +18,13 @@ from mlflow.entities import Param
 
 from harness.core.data import Arrays, DeviceData
 from harness.core.devices import device_name
+from harness.core.identity import RunIdentity
 from harness.core.meter import Diverged
 from harness.core.result import Result
 from harness.core.spec import RunSpec
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
-from harness.tracking.run_facts import log, log_eval_point, run_dataset
+from harness.tracking.run_facts import log, log_eval_point, run_datasets, run_params
 from harness.tracking.status import Status
 
 
@@ -54,8 +55,9 @@ class ToTrial:
     checkpoint = None  # a trial is never resumed
     tests = False
 
-    def __init__(self, run: RunSpec, arrays: Arrays, device: torch.device, trial: TrialOf, bars: bool):
-        self.run, self.arrays, self.device, self.trial, self.bars = run, arrays, device, trial, bars
+    def __init__(self, run: RunSpec, ident: RunIdentity, arrays: Arrays, device: torch.device, trial: TrialOf,
+                 bars: bool):
+        self.run, self.ident, self.arrays, self.device, self.trial, self.bars = run, ident, arrays, device, trial, bars
         self.spec_hash = f"{trial.study}-t{trial.number}"
         self.c = tracking.client()
         self.run_id = ""
@@ -77,8 +79,9 @@ class ToTrial:
             "sampler_seed": str(t.sampler_seed), "git_commit": tracking.git_commit(), **tracking.source_tags(),
             mlflow_inputs.NOTE: f"Trial {t.number} of Optuna study '{t.study}' ({t.spec_file}, budget {t.budget:g}), "
                                 f"scored on the validation split: {settings}"}).info.run_id
-        self.c.log_batch(self.run_id, params=[Param(k, str(v)) for k, v in t.overrides.items()])
-        mlflow_inputs.log_run_inputs(self.c, self.run_id, run_dataset(self.arrays, data))
+        # the schedule as the trial trained it (its budget's iterations), as any run's params say it
+        self.c.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(self.run).items()])
+        mlflow_inputs.log_run_inputs(self.c, self.run_id, run_datasets(self.arrays, self.ident, self.run.spec))
         t.on_open(self.run_id)
 
     def on_eval(self, step: int, metrics: dict[str, float]) -> bool:

@@ -23,16 +23,18 @@ from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from harness.batch.life import DeviceCache, live
-from harness.core.data import Arrays, load_arrays
+from harness.core.data import Arrays, data_tag, load_arrays
 from harness.core.devices import pick_device, thread_share, worker_devices
 from harness.core.schedule import eval_every
 from harness.core.spec import RunSpec, Spec, TuneSpec, load_spec, require_validation, resolve_runs, with_overrides
 from harness.errors import UserError
 from harness.tracking import store as tracking
 from harness.tracking.figures import study_figures
+from harness.tracking.inputs import schema_of, split_datasets
 from harness.tracking.sinks import Destination
 from harness.tracking.status import Status
 from harness.tracking.trial import TrialOf
+from harness.tune.parent import EXPERIMENT, definition, parent_run, record_winner
 from harness.tune.progress import TrialsProgress
 from harness.tune.study import (
     export,
@@ -44,8 +46,6 @@ from harness.tune.study import (
     sampler_seed,
     suggest,
 )
-
-EXPERIMENT = "tuning"
 
 
 @dataclass(frozen=True)
@@ -72,18 +72,6 @@ class TuneOptions:
         object.__setattr__(self, "study", self.study or Path(self.spec).stem)
 
 
-def _parent_run(c, exp_id: str, study: str, spec_path: str, budget: float) -> str:
-    """The study's MLflow run, found by its tags or made by the first process that asks, so that every worker's
-    trials hang under one parent."""
-    runs = c.search_runs([exp_id], filter_string=f"tags.study_name = '{study}' and tags.role = 'study'",
-                         max_results=1)
-    if runs:
-        return runs[0].info.run_id
-    r = c.create_run(exp_id, run_name=f"study-{study}",
-                     tags={"study_name": study, "role": "study", "spec_file": spec_path, "budget": f"{budget:g}"})
-    return r.info.run_id
-
-
 class Objective:
     """One worker's trials: each samples a schedule and lives as any run does (harness.batch.life), as an MLflow
     child run of the study's parent run (harness.tracking.trial) that reports its validation errors to the pruner;
@@ -93,8 +81,7 @@ class Objective:
         self.o, self.base, self.arrays, self.device, self.seed = o, base, arrays, device, seed
         self.t = base.tune or TuneSpec()
         self.cache: DeviceCache = {}
-        c = tracking.client()
-        self.parent = _parent_run(c, tracking.experiment_id(c, EXPERIMENT), o.study, o.spec, o.budget)
+        self.parent = parent_run(tracking.client(), o.study, definition(o.study, o.spec, o.budget, o.data, base))
         self.bars = o.workers == 1 and sys.stderr.isatty()  # K workers' bars would interleave
 
     def __call__(self, trial: optuna.Trial) -> float:
@@ -127,7 +114,6 @@ def run_worker(o: TuneOptions, arrays, left: int, seed: int) -> None:
     once the study holds --trials finished ones: other workers on the same study finish trials too. The sampler
     draws from `seed` (study.sampler_seed, plus the worker's index)."""
 
-
     base = load_spec(o.spec, o.overrides)
     t = base.tune or TuneSpec()
     device = pick_device(o.device)
@@ -156,7 +142,6 @@ def worker_places(device_arg: str | None, workers: int) -> list[tuple[str, int |
     """Each worker's device and CPU threads, as `run --jobs` places its workers: dealt over the GPUs when there are
     several, and on a CPU the threads split between the workers (K workers on all cores each would thrash)."""
 
-
     device = pick_device(device_arg)
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     threads = thread_share(workers) if device.type == "cpu" else None
@@ -165,7 +150,6 @@ def worker_places(device_arg: str | None, workers: int) -> list[tuple[str, int |
 
 def work(o: TuneOptions, w: Worker) -> None:
     """A worker process's body: its own data (the test split never read), its own device and threads."""
-
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if w.threads:
@@ -180,8 +164,6 @@ def run_workers(o: TuneOptions, left: int, seed: int) -> None:
     """min(--workers, left) processes on the one study, each started by calling `work` with the options and its
     Worker (the spawn context, a fresh interpreter: CUDA does not survive a fork); the parent makes the MLflow
     parent run first, so that they do not race for it."""
-    c = tracking.client()
-    _parent_run(c, tracking.experiment_id(c, EXPERIMENT), o.study, o.spec, o.budget)
     spawn = multiprocessing.get_context("spawn")
     procs = [spawn.Process(target=work, args=(o, Worker(device, threads, left, seed + i)), name=f"tune-worker-{i}")
              for i, (device, threads) in enumerate(worker_places(o.device, min(o.workers, left)))]
@@ -204,6 +186,9 @@ def run_trials(o: TuneOptions, base: Spec) -> None:
     study = open_study(o.study, o.storage, o.heartbeat, {
         "budget": o.budget, "data_id": arrays.data_id, "data": str(o.data), "spec": str(o.spec),
         "overrides": list(o.overrides)})
+    datasets = split_datasets(arrays.data_id, data_tag(arrays, base.data), base.data.split_seed,
+                              schema_of(arrays.x_train, arrays.y_train))
+    parent_run(tracking.client(), o.study, definition(o.study, o.spec, o.budget, o.data, base), datasets)  # first
     left = o.trials - finished(study)
     seed = sampler_seed(study, o.seed)
     if left <= 0:
@@ -230,22 +215,21 @@ def _plots(c, parent: str, study, out: Path | None = None) -> None:
     """Optuna's plots as artifacts of the study's parent run (folder `optuna`), and into `out` only where --plots
     names one: reports/tuning/ is `report`'s to write, from the Optuna storage."""
 
-
     with tempfile.TemporaryDirectory() as tmp:
         for path in study_figures(study, out or Path(tmp)):
             c.log_artifact(parent, str(path), "optuna")
 
 
-def finish(study, spec_path: str, budget: float, plots: str | None) -> dict:
-    """Tag the best trial, log Optuna's plots on the parent run (and into --plots), return the summary."""
-
+def finish(study, o: TuneOptions, base: Spec) -> dict:
+    """Tag the best trial, record it on the parent run, log Optuna's plots there (and into --plots), return the
+    summary."""
     name = study.study_name
     trials = study.get_trials(deepcopy=False)
     counted = Counter(t.state for t in trials)
     count = {s.name.lower(): counted[s] for s in TrialState}  # in Optuna's order of states
     c = tracking.client()
     exp_id = tracking.experiment_id(c, EXPERIMENT)
-    parent = _parent_run(c, exp_id, name, spec_path, study.user_attrs.get("budget", budget))
+    parent = parent_run(c, name, definition(name, o.spec, study.user_attrs.get("budget", o.budget), o.data, base))
     summary = {"study": name, "trials": len(trials), **{k: v for k, v in count.items() if v}}
     _fail_dead_trials(c, exp_id, name, trials)
     if any(t.state == TrialState.COMPLETE for t in trials):
@@ -256,7 +240,8 @@ def finish(study, spec_path: str, budget: float, plots: str | None) -> dict:
         tracking.log_metrics(c, parent, {"best_val_error": best.value, "n_trials": len(trials),
                                          "n_pruned": count.get("pruned", 0)}, 0)
         c.set_tag(parent, "best_trial", str(best.number))
-        _plots(c, parent, study, Path(plots) / name if plots else None)
+        record_winner(c, parent, best.number, best.value, best.params)
+        _plots(c, parent, study, Path(o.plots) / name if o.plots else None)
     c.set_terminated(parent, "FINISHED")  # a later `tune` of the same study reopens nothing: it logs to it again
     return summary
 
@@ -275,7 +260,7 @@ def main(o: TuneOptions) -> int:
     if o.trials:
         run_trials(o, base)
     study = load_study(o.storage, o.heartbeat, o.study)
-    summary = finish(study, o.spec, o.budget, o.plots)
+    summary = finish(study, o, base)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     print("tune: " + ", ".join(f"{k}={v}" for k, v in summary.items()), file=sys.stderr)
     if o.export:
