@@ -29,7 +29,7 @@ from harness.tracking import claims
 from harness.tracking import inputs as mlflow_inputs
 from harness.tracking import store as tracking
 from harness.tracking.claims import BESIDE_THE_STORE, Places
-from harness.tracking.experiments import find_group_run, run_experiment
+from harness.tracking.experiments import experiment_name, find_group_run, run_experiment
 from harness.tracking.folder import ToFolder
 from harness.tracking.run_facts import (
     ending_line,
@@ -102,6 +102,7 @@ class ToMlflow:
             run, arrays, device, dest.force, dest.progress, where
         self.places = dest.places
         self.exp_id = run_experiment(self.c, run.group, ident.data, run.budget)
+        self.exp_name = experiment_name(run.group, ident.data, run.budget)
         self.ident, self.spec_hash = ident, ident.spec_hash
         self.checkpoint = dest.places.checkpoints() / f"{self.spec_hash}.pt"
         self.system_metrics = dest.system_metrics
@@ -149,7 +150,7 @@ class ToMlflow:
         c.log_text(self.run_id, resolved_yaml(run), "spec.yaml")
         mlflow_inputs.log_run_inputs(c, self.run_id, run_datasets(self.arrays, self.ident, run.spec))
         self.monitor = self._monitor()
-        log(f"{run.run_name}: MLflow run {self.run_id} in experiment '{run.group}' on {device_name(self.device)}, "
+        log(f"{run.run_name}: MLflow run {self.run_id} in experiment '{self.exp_name}' on {device_name(self.device)}, "
             f"{data.description}, budget {run.budget:g} ({run.spec.schedule.total_iters} iterations, evaluated every "
             f"{eval_every(run.spec.schedule.total_iters, run.spec.eval_points)})")
 
