@@ -158,7 +158,7 @@ class ModelFacts:
     params: dict[str, str]
     final: dict[str, float]  # the last evaluation point: train_*, val_*, test_*
     datasets: dict[str, dict[str, str]]  # split -> its MLflow dataset (split_datasets)
-    step: int  # the iteration they were measured at: the run's history gets no point of its own from them
+    step: int  # the iteration they were measured at, whose points in the run's history they are
 
 
 def log_final_model(c, run_id: str, model: torch.nn.Module, name: str, facts: ModelFacts) -> float:
@@ -175,14 +175,22 @@ def _log_model(c, run_id: str, model: torch.nn.Module, name: str, facts: ModelFa
                                  params=facts.params)
     mlflow.pytorch.log_model(model, name=name, run_id=run_id, model_id=made.model_id, validate_serving_input=False,
                              **_model_kwargs(model))
-    now = int(time.time() * 1000)
     linked = []
     for key, value in facts.final.items():
         ds = facts.datasets.get(key.split("_")[0], {})
         if ds and key.endswith(("_error", "_loss")):
-            linked.append(Metric(key, float(value), now, facts.step, model_id=made.model_id, dataset_name=ds["name"],
-                                 dataset_digest=ds["digest"]))
+            at = _logged_point(c, run_id, key, facts.step) or Metric(key, float(value), int(time.time() * 1000),
+                                                                     facts.step)
+            linked.append(Metric(key, at.value, at.timestamp, at.step, model_id=made.model_id,
+                                 dataset_name=ds["name"], dataset_digest=ds["digest"]))
     c.log_batch(run_id, metrics=linked)
+
+
+def _logged_point(c, run_id: str, key: str, step: int) -> Metric | None:
+    """The run's own point of `key` at `step`. The model's metric is logged with its value and time, so that the
+    store takes it as that point (its key, step, time and value are the history's identity) and the run's history
+    gets no second point at the last step."""
+    return next((m for m in c.get_metric_history(run_id, key) if m.step == step), None)
 
 
 def save_final_model(path: Path, model: torch.nn.Module) -> None:
@@ -197,11 +205,11 @@ def save_final_model(path: Path, model: torch.nn.Module) -> None:
     os.replace(tmp, path)
 
 
-def import_final_model(c, run_id: str, path: Path, name: str) -> None:
-    """Log an offline run's saved MLflow model on its imported run, as `execute` logs a model (an exported
-    program is already on the CPU and in eval mode)."""
+def import_final_model(c, run_id: str, path: Path, name: str, facts: ModelFacts) -> None:
+    """Log an offline run's saved MLflow model on its imported run, as a live run logs its model, with the same
+    facts (a saved model is already on the CPU and in eval mode)."""
 
-    _log_model(c, run_id, mlflow.pytorch.load_model(str(path)), name)
+    _log_model(c, run_id, mlflow.pytorch.load_model(str(path)), name, facts)
 
 
 SYSTEM_METRICS = "MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"  # MLflow's own switch; here on unless set false
