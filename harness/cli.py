@@ -127,8 +127,17 @@ def cmd_check_group(a) -> int:
     return check_group(GroupCheck(**{k: v for k, v in vars(a).items() if k not in ("func", "command")}))
 
 
+def cmd_diagnose(a) -> int:
+    from harness.report.diagnosis import DiagnoseOptions, diagnose
+
+    return diagnose(DiagnoseOptions(Path(a.spec) if a.spec else None, a.overrides, Path(a.paper), Path(a.base),
+                                    Path(a.results) if a.results else results_dir(),
+                                    Path(a.campaign) if a.campaign else None, a.budget, a.seeds, a.json))
+
+
 HANDLERS = {"run": cmd_run, "import": cmd_import, "results": cmd_results, "validate": cmd_validate, "bench": cmd_bench,
-            "table": cmd_table, "report": cmd_report, "check-group": cmd_check_group, "tune": cmd_tune}
+            "table": cmd_table, "report": cmd_report, "check-group": cmd_check_group, "tune": cmd_tune,
+            "diagnose": cmd_diagnose}
 STORE_COMMANDS = ("run", "table", "report", "tune", "import")  # those that read or write the MLflow store
 
 

@@ -206,6 +206,27 @@ def _report_parser(sub) -> None:
                          "write)")
 
 
+def _diagnose_parser(sub) -> None:
+    d = sub.add_parser("diagnose", help="which of a reproduction's choices cost how much: each departure from the "
+                       "paper's recipe with its measured cost (from results/), and a campaign for the rest")
+    d.add_argument("spec", nargs="?", default=None,
+                   help="your setup as a spec (default: the paper's spec, changed by --set)")
+    d.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=SET_HELP)
+    d.add_argument("--paper", default="experiments/table6/resnet32.yaml", metavar="SPEC",
+                   help="the paper's recipe (default: %(default)s)")
+    d.add_argument("--base", default="experiments/ablations/baseline.yaml", metavar="SPEC",
+                   help="where a generated one-factor run starts: the paper's recipe with a validation split "
+                        "(default: %(default)s)")
+    d.add_argument("--results", default=None, metavar="DIR",
+                   help="the records to read (default: results/, or $HARNESS_RESULTS)")
+    d.add_argument("--campaign", default=None, metavar="FILE",
+                   help="where the campaign for unmeasured factors is written (default: build/diagnose/<name>.yaml)")
+    d.add_argument("--budget", type=float, default=None,
+                   help="that campaign's budget (default: the why-campaign's, experiments/campaigns/cpu-why.yaml)")
+    d.add_argument("--seeds", type=int, nargs="+", default=[0, 1], metavar="S", help="its seeds (default: 0 1)")
+    d.add_argument("--json", action="store_true", help="the diagnosis as JSON, for scripts")
+
+
 def version() -> str:
     try:
         return metadata.version("resnet-repro")
@@ -219,7 +240,7 @@ def build_parser(prog: str = "harness") -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_run_parser, _import_parser, _results_parser, _validate_parser, _bench_parser, _table_parser,
-                _report_parser, _check_group_parser):
+                _report_parser, _check_group_parser, _diagnose_parser):
         add(sub)
 
     tu = sub.add_parser("tune", help="Optuna study over the LR schedule on the validation split, with pruning")
