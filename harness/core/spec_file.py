@@ -62,7 +62,10 @@ def section_of(raw: dict, keys: list[str], path: str, where: str) -> dict:
 
 
 def apply_override(raw: dict, assignment: str, file: str) -> None:
-    """`model.depth=56` -> raw["model"]["depth"] = 56, with the value parsed as YAML."""
+    """`model.depth=56` -> raw["model"]["depth"] = 56, with the value parsed as YAML. OmegaConf's dotlist parses the
+    same `key=value` form, but its values are OmegaConf's grammar (`${...}` interpolation, its own quoting), not the
+    YAML a spec is written in, and a bad key would be its error, not one line naming the file and the key; this
+    is the few lines that keep `--set` a spec's own language."""
     if "=" not in assignment:
         raise SpecError(f"{file}: --set {assignment}: expected KEY.PATH=VALUE")
     path, value = assignment.split("=", 1)
