@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 from harness.cli import main
 from harness.core.spec import load_spec
+from harness.tune.study import open_storage
 
 from .faults import killed_after
 
@@ -35,7 +36,7 @@ tune:
 
 
 def _trials(storage, study):
-    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+    return optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials(deepcopy=False)
 
 
 def _children(study):
@@ -128,18 +129,22 @@ def test_poisoned_test_split_changes_no_trial(store, mini, tmp_path, write_spec)
 
 
 @pytest.mark.slow
-def test_killed_worker_leaves_a_failed_trial_and_the_study_resumes(store, mini, tmp_path, env_with, write_spec):
+@pytest.mark.parametrize("kind", ["sqlite", "journal"])
+def test_killed_worker_leaves_a_failed_trial_that_the_resumed_study_runs_again(kind, store, mini, tmp_path, env_with,
+                                                                               write_spec):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
-    storage = f"sqlite:///{tmp_path}/optuna.db"
+    storage = f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else f"journal:{tmp_path}/study.journal"
     cmd = [sys.executable, "-m", "harness", "tune", str(spec), "--trials", "3", "--study", "k", "--storage", storage,
            "--budget", "1", "--data", str(mini), "--heartbeat", "1", "--plots", str(tmp_path / "plots")]
     p = subprocess.run(cmd, env=env_with(**killed_after(10)), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert [t.state.name for t in _trials(storage, "k")] == ["RUNNING"]
-    time.sleep(3)  # past the grace period (2 heartbeats)
+    time.sleep(3 if kind == "sqlite" else 0)  # past the grace period (2 heartbeats); a journal has none
     assert main(cmd[3:]) == 0
     trials = _trials(storage, "k")
     assert trials[0].state.name == "FAIL"
+    assert trials[1].params == trials[0].params  # the cut-off trial is run again, not lost
+    assert trials[1].state.name in ("COMPLETE", "PRUNED") and trials[0].state.name == "FAIL"
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 3
     killed = [r for r in _children("k") if r.data.tags["trial_number"] == "0"]
     assert len(killed) == 1 and killed[0].info.status == "FAILED"

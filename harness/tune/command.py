@@ -43,6 +43,7 @@ from harness.tune.study import (
     make_pruner,
     open_storage,
     open_study,
+    requeue_cut_off,
     sampler_seed,
     suggest,
 )
@@ -189,6 +190,9 @@ def run_trials(o: TuneOptions, base: Spec) -> None:
     datasets = split_datasets(arrays.data_id, data_tag(arrays, base.data), base.data.split_seed,
                               schema_of(arrays.x_train, arrays.y_train))
     parent_run(tracking.client(), o.study, definition(o.study, o.spec, o.budget, o.data, base), datasets)  # first
+    if o.storage.startswith("journal:") and (again := requeue_cut_off(study)):
+        print(f"tune: trial(s) {', '.join(map(str, again))} of study '{o.study}' were cut off (RUNNING in "
+              f"{o.storage} with no process left): failed, and their parameters run again first", file=sys.stderr)
     left = o.trials - finished(study)
     seed = sampler_seed(study, o.seed)
     if left <= 0:

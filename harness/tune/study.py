@@ -2,8 +2,10 @@
 the best trial written back as a spec.
 
 Storage is an Optuna RDB URL (SQLite by default; PostgreSQL for many machines) with heartbeats, so a worker
-killed mid-trial leaves a trial that the next worker marks FAIL (fail_stale_trials) instead of a trial stuck
-in RUNNING, or `journal:PATH` (JournalStorage on a file) for many local processes.
+killed mid-trial leaves a trial that the next worker marks FAIL (fail_stale_trials) and runs again with the same
+parameters (Optuna's RetryFailedTrialCallback), or `journal:PATH` (JournalStorage on a file: one small
+append-only file a checkout can commit, so a study goes on from a fresh clone), whose cut-off trials `tune` fails
+and re-runs itself when it starts (requeue_cut_off): a cut-off trial is re-run, never lost.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import optuna
 import yaml
 from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RetryFailedTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -51,7 +54,22 @@ def open_storage(url: str, heartbeat: int = 30):
     if url.startswith("journal:"):
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     with known_experimental():
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
+                                          failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+
+
+def requeue_cut_off(study) -> list[int]:
+    """A journal file has no heartbeat: a trial whose process was killed stays RUNNING there. Called when a `tune`
+    starts, before its workers, every RUNNING trial is such a one (a journal is one machine's file, worked on by
+    one `tune` at a time): each is marked FAIL and its parameters are queued, so the next trial runs them again.
+    Returns the numbers of the trials re-queued."""
+    again = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        # FrozenTrial keeps its storage id private; Optuna's own fail_stale_trials reads it the same way
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)  # noqa: SLF001
+        study.enqueue_trial(t.params, user_attrs={"rerun_of": t.number}, skip_if_exists=False)
+        again.append(t.number)
+    return again
 
 
 def load_study(url: str, heartbeat: int, name: str):
