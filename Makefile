@@ -15,7 +15,7 @@ ARGS    ?=
 export MLFLOW_TRACKING_URI ?= sqlite:///mlruns/mlflow.db
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install test test-fast lint run reproduce-table cpu-table cpu-why report results tune ui dashboard bench clean
+.PHONY: install test test-fast lint run reproduce-table cpu-table cpu-why cpu-tune report results tune ui dashboard bench clean
 
 install: $(STAMP)
 
@@ -72,6 +72,16 @@ report: $(STAMP)
 tune: $(STAMP)
 	$(PY) -m harness tune $(TUNE_SPEC) --trials $(TRIALS) --data $(DATA) --budget $(TUNE_BUDGET) \
 	    --export $(TUNE_EXPORT) $(ARGS)
+
+# The CPU study (issue 37): ResNet-20's LR schedule on the 45k/5k split at budget 1/16, two trials at once, in an
+# Optuna journal that results/tuning/ commits, so `make cpu-tune` on a fresh clone goes on where it stopped (a
+# trial cut off runs again); the best trial is exported as experiments/tuned/cpu-resnet20.yaml.
+CPU_TUNE_STUDY ?= cpu-resnet20-b1_16
+CPU_TUNE_TRIALS ?= 20
+cpu-tune: $(STAMP)
+	$(PY) -m harness tune experiments/tuning/cpu-resnet20.yaml --study $(CPU_TUNE_STUDY) --trials $(CPU_TUNE_TRIALS) \
+	    --budget 0.0625 --data $(CPU_DATA) --storage journal:results/tuning/$(CPU_TUNE_STUDY).journal --jobs 2 \
+	    --export experiments/tuned/cpu-resnet20.yaml $(ARGS)
 
 # The local store's finished runs into results/ (run and table given --publish write each run's record as it finishes).
 results: $(STAMP)

@@ -30,7 +30,7 @@ from harness.report.pages import ablations, is_cifar10, ladder, table6, tuned
 from harness.report.readme import update_readme
 from harness.report.stats import paper_figure
 from harness.report.summary import write_summary
-from harness.report.tuning import write_tuning_figures
+from harness.report.tuning import committed_journals, write_tuning_figures
 from harness.report.why import write_why_pages
 from harness.tracking import figures as plots
 
@@ -57,6 +57,8 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
     write_why_pages(out)  # each why-campaign's page, of exactly its runs (it spans budgets)
     print(f"report: wrote {write_index(out)}", file=sys.stderr)
     write_tuning_figures(out)  # from the Optuna storage: tune itself logs them on its MLflow run only
+    for journal in committed_journals(out.parent):  # the studies a checkout commits (`make cpu-tune`)
+        write_tuning_figures(out, f"journal:{journal}")
     readme = out.parent / "README.md"  # the checkout's README beside reports/: its campaign blocks quote the pages
     for folder in update_readme(readme, out):
         print(f"report: rewrote {readme}'s block from {out / folder}", file=sys.stderr)

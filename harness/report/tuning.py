@@ -21,6 +21,12 @@ def optuna_storage() -> str:
     return os.environ.get("HARNESS_OPTUNA_STORAGE", DEFAULT_STORAGE)
 
 
+def committed_journals(root: Path) -> list[Path]:
+    """The Optuna journal files a checkout commits under results/tuning/ (`make cpu-tune` keeps its study there,
+    so that a fresh clone goes on with it and draws its figures)."""
+    return sorted((root / "results" / "tuning").glob("*.journal"))
+
+
 def write_tuning_figures(out: Path, url: str | None = None) -> list[Path]:
     """Each study's figures into `out`/tuning/<study>/; a storage file that is not there is left uncreated and
     the committed figures as they are (said in one line)."""
