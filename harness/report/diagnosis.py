@@ -49,7 +49,7 @@ def _setting_words(s: Setting) -> dict:
 
 def _pair_words(p: Pair) -> dict:
     return {"factors": list(p.factors), "cost": round(p.delta, 2), "noise": p.noise,
-            "paper_side": _setting_words(p.before), "your_side": _setting_words(p.after)}
+            "background": p.background, "paper_side": _setting_words(p.before), "your_side": _setting_words(p.after)}
 
 
 def _factor_row(f: str, paper: dict, yours: dict, pairs: list[Pair]) -> dict:
@@ -138,7 +138,8 @@ def _text(title: str, out: dict) -> list[str]:
         a, b = r["your_side"], r["paper_side"]
         lines.append(f"- {r['factor']}: {a['run']} {a['test_error']:.2f} % against {b['run']} {b['test_error']:.2f} %"
                      f" ({a['measured']}, {a['data']}, budget {budget_words(a['budget'])}: {a['iterations']:,} "
-                     f"iterations); {r['noise']}; records: {', '.join(a['records'] + b['records'])}")
+                     f"iterations; {_background(r['background'])}); {r['noise']}; records: "
+                     f"{', '.join(a['records'] + b['records'])}")
         for m in r["other_measurements"]:
             lines.append(f"  also {m['cost']:+.2f} ({m['run']} against {m['against']}, budget "
                          f"{budget_words(m['budget'])})")
@@ -153,6 +154,12 @@ def _text(title: str, out: dict) -> list[str]:
                       f"{budget_words(c['budget'])}, "
                       f"{c['runs_to_train']} not in the records yet; {when}):", f"  {c['command']}"]
     return lines
+
+
+def _background(n: int) -> str:
+    """Where a pair measured its factor: a cost measured on another recipe than the paper's is that recipe's."""
+    return "the rest the paper's recipe" if n == 0 else \
+        f"on a recipe {n} other factor{'s' if n > 1 else ''} away from the paper's"
 
 
 def _table(rows: list[dict], widest: int = 48) -> list[str]:

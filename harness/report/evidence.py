@@ -45,7 +45,8 @@ class Pair:
     factors: tuple[str, ...]
     before: Setting
     after: Setting
-    background: int  # factors outside `factors` in which `before` departs from the paper's recipe
+    background: int  # factors outside `factors` in which `before` departs from the paper's recipe, the split and
+    # the length aside (a run's data and budget, said beside its figure)
 
     @property
     def delta(self) -> float:
@@ -100,7 +101,8 @@ def _rank(p: Pair) -> tuple:
 def one_factor(settings: list[Setting], factor: str, paper: dict[str, F.Value],
                yours: dict[str, F.Value]) -> list[Pair]:
     """Every pair of settings on one data file that differ in `factor` alone, by the change paper -> yours."""
-    pairs = [Pair((factor,), b, a, sum(not F.equal(f, b.values, paper) for f in F.NAMES if f != factor))
+    pairs = [Pair((factor,), b, a, sum(not F.equal(f, b.values, paper) for f in F.NAMES
+                                       if f != factor and f not in F.CONTEXT))
              for b in settings for a in settings
              if a is not b and a.data_id == b.data_id and F.same_change(factor, paper, yours, b.values, a.values)
              and _others_agree(a, b, (factor,))]
