@@ -60,7 +60,7 @@ def test_the_seed_logs_setup_gets_the_records_costs_and_the_why_pages_figures(mo
     if combo["paper_side"] and combo["paper_side"]["budget"] in budgets:
         assert f"| {combo['cost']:+.2f} |".replace("+-", "-") in _why_row(why, combo["your_side"]["run"])
     # The campaign measures exactly the unmeasured factors, each run one factor away from its baseline.
-    unmeasured = [f for f, r in rows.items() if not r["measured"]]
+    unmeasured = [f for f, r in rows.items() if not r["measured"] or r["background"] > 0]
     assert out["campaign"]["path"] == str(campaign) and out["campaign"]["runs"] == len(campaign_runs(campaign))
     runs = campaign_runs(campaign)
     bases = {r.source_file: F.values_of(r.spec) for r in runs if r.name in ("baseline", "resnet32")}

@@ -3,9 +3,9 @@
 The user's setup is a spec (or `--set` overrides on the paper's ResNet-32 spec). Every factor in which it departs
 from the paper's recipe (harness.core.factors) gets the cost the records measure for that very change (a pair of
 settings that differ in it alone, harness.report.evidence), with its seed noise, data and budget, or "not
-measured"; the unmeasured ones get a campaign file that would measure them and its time on this machine
-(harness.report.to_measure). Where several departures are measured together, the sum of one-factor costs is set beside
-the combination's, since factors interact.
+measured"; the unmeasured ones, and those measured only on another recipe, get a campaign file that would measure
+them on the paper's, and its time on this machine (harness.report.to_measure). Where several departures are
+measured together, the sum of one-factor costs is set beside the combination's, since factors interact.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def diagnose(o: DiagnoseOptions) -> int:
     out = {"spec": str(source), "overrides": o.overrides, "paper": str(o.paper),
            "records": int(sum(len(s.runs) for s in settings)), "skipped_records": skipped, "factors": rows,
            "combination": _interaction(rows, together, combinations(together, settings, paper)), "campaign": None}
-    unmeasured = [r["factor"] for r in rows if not r["measured"]]
+    unmeasured = [r["factor"] for r in rows if _to_measure(r)]
     if unmeasured:
         recipe = why_recipe(o.paper, o.base, o.budget, o.seeds)
         path = o.campaign or Path("build/diagnose") / f"{yours_spec.name or 'spec'}.yaml"
@@ -111,6 +111,11 @@ def diagnose(o: DiagnoseOptions) -> int:
     for line in skipped:
         print(f"diagnose: {line}", file=sys.stderr)
     return 0
+
+
+def _to_measure(row: dict) -> bool:
+    """Unmeasured, or measured only on another recipe than the paper's: a cost measured there is that recipe's."""
+    return not row["measured"] or row["background"] > 0
 
 
 def _campaign_words(path: Path, budget: float, cost: Cost, total: int) -> dict:
@@ -148,8 +153,8 @@ def _text(title: str, out: dict) -> list[str]:
         when = "no record measured a rate on this machine" if c["cpu_hours"] is None else \
             f"about {c['cpu_hours']} h of training here, {c['wall_hours']} h at {CPU_JOBS} at once (the median rate " \
             f"of {c['rate_from_records']} records on {c['rate_device']})"
-        missing = [r["factor"] for r in rows if not r["measured"]]
-        lines += ["", f"Not measured: {', '.join(missing)}. The campaign that measures "
+        missing = [r["factor"] for r in rows if _to_measure(r)]
+        lines += ["", f"Not measured on the paper's recipe: {', '.join(missing)}. The campaign that measures "
                       f"{'them' if len(missing) > 1 else 'it'}: {c['path']} ({c['runs']} runs at budget "
                       f"{budget_words(c['budget'])}, "
                       f"{c['runs_to_train']} not in the records yet; {when}):", f"  {c['command']}"]
