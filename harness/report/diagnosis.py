@@ -124,7 +124,7 @@ def _campaign_words(path: Path, budget: float, cost: Cost, total: int) -> dict:
             "command": f"python -m harness table --campaign {path} --data ../shared/data/cifar10-full.npz "
                        f"--jobs {CPU_JOBS} --publish", "cpu_hours": hours,
             "wall_hours": None if hours is None else round(hours / CPU_JOBS, 1), "rate_device": cost.device,
-            "rate_from_records": cost.rate_from}
+            "rate_from_records": cost.rate_from, "rate_of_other_nets": cost.other_nets}
 
 
 def _text(title: str, out: dict) -> list[str]:
@@ -152,7 +152,9 @@ def _text(title: str, out: dict) -> list[str]:
     if c := out["campaign"]:
         when = "no record measured a rate on this machine" if c["cpu_hours"] is None else \
             f"about {c['cpu_hours']} h of training here, {c['wall_hours']} h at {CPU_JOBS} at once (the median rate " \
-            f"of {c['rate_from_records']} records on {c['rate_device']})"
+            f"of {c['rate_from_records']} records on {c['rate_device']}" + \
+            ("; some of its nets have no record here and take other nets' rate, which a CPU may run faster or "
+             "slower per FLOP)" if c["rate_of_other_nets"] else ")")
         missing = [r["factor"] for r in rows if _to_measure(r)]
         lines += ["", f"Not measured on the paper's recipe: {', '.join(missing)}. The campaign that measures "
                       f"{'them' if len(missing) > 1 else 'it'}: {c['path']} ({c['runs']} runs at budget "

@@ -97,6 +97,7 @@ class Cost:
     seconds: float | None  # their training time one after another here (None: no record measured this machine)
     device: str  # the device whose records gave the rate
     rate_from: int  # records the rate is the median of
+    other_nets: bool = False  # some run has no record of its own architecture here: it took other nets' rate
 
 
 def _gflops(spec: Spec, budget: float, data_train: int, data_test: int) -> float:
@@ -107,17 +108,21 @@ def _gflops(spec: Spec, budget: float, data_train: int, data_test: int) -> float
 
 def cost_here(runs: list[RunSpec], settings: list[Setting], data_id: str, pool: tuple[int, int]) -> Cost:
     """Seconds per GFLOP of the records trained on this CPU at the threads a run gets with CPU_JOBS at once (wall
-    time from the record's start to end, evaluations included), times the campaign's runs' GFLOPs."""
+    time from the record's start to end, evaluations included), times the campaign's runs' GFLOPs. A CPU runs one
+    net's FLOPs faster than another's (a wide net's convolutions use it better), so a run takes the median of its
+    own architecture's records where there are some, else of all of them."""
     here = device_name(torch.device("cpu")).rsplit(" x", 1)[0] + f" x{thread_share(CPU_JOBS)} threads"
     done = {h for s in settings for h in s.runs.spec_hash}
     todo = [r for r in runs if r.spec_hash(data_id) not in done]
-    rates = []
+    rates: dict[str, list[float]] = {}
     for s in settings:
         ok = s.runs[(s.runs.status == "FINISHED") & (s.runs.device == here) & s.runs.end.notna()]
         if len(ok):
             g = _gflops(s.spec, 1.0, s.data.train + s.data.val, s.data.test)
-            rates += [(end - start) / 1000 / g for start, end in zip(ok.start, ok.end, strict=True)]
-    if not rates:
+            rates.setdefault(s.spec.model.arch, []).extend(
+                (end - start) / 1000 / g for start, end in zip(ok.start, ok.end, strict=True))
+    every = [x for arch in rates.values() for x in arch]
+    if not every:
         return Cost(len(todo), None, here, 0)
-    per = statistics.median(rates)
-    return Cost(len(todo), sum(per * _gflops(r.spec, 1.0, *pool) for r in todo), here, len(rates))
+    seconds = sum(statistics.median(rates.get(r.spec.model.arch, every)) * _gflops(r.spec, 1.0, *pool) for r in todo)
+    return Cost(len(todo), seconds, here, len(every), any(r.spec.model.arch not in rates for r in todo))
