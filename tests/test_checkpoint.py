@@ -147,7 +147,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(stor
 
     from .helpers import ROOT
 
-    text = TEXT.replace("total_iters: 16", "total_iters: 400").replace("[8, 10]", "[300, 350]") \
+    text = TEXT.replace("total_iters: 16", "total_iters: 160").replace("[8, 10]", "[120, 140]") \
         .replace("eval_points: 4", "eval_points: 8")
     spec = write_spec(store.parent / "experiments" / "t", "tiny", text)
     cmd = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"]
@@ -170,4 +170,4 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(stor
     assert r.info.run_id == killed.info.run_id and r.info.status == "FINISHED"
     for key in ("val_error", "test_error", "train_loss", "lr"):
         steps = [m.step for m in c.get_metric_history(r.info.run_id, key)]
-        assert steps == sorted(set(steps)) == list(range(50, 401, 50)), (key, steps)
+        assert steps == sorted(set(steps)) == list(range(20, 161, 20)), (key, steps)
