@@ -18,6 +18,7 @@ from pathlib import Path
 
 import matplotlib
 from optuna.exceptions import ExperimentalWarning
+from optuna.importance import FanovaImportanceEvaluator
 from optuna.visualization import matplotlib as ovm
 
 matplotlib.use("Agg")
@@ -196,7 +197,9 @@ def study_figures(study, out: Path) -> list[Path]:
     for name in STUDY_FIGURES:
         try:
             with known_plot_warnings(), matplotlib.rc_context():  # Optuna sets its style for the whole process
-                ax = getattr(ovm, f"plot_{name}")(study)
+                # fANOVA's forest is random: seeded, a study's importances draw the same figure every time
+                kwargs = {"evaluator": FanovaImportanceEvaluator(seed=0)} if name == "param_importances" else {}
+                ax = getattr(ovm, f"plot_{name}")(study, **kwargs)
                 fig = (ax[0] if hasattr(ax, "__len__") else ax).figure
                 fig.set_size_inches(8, 5)
                 fig.set_dpi(100)
