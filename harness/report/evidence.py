@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -33,8 +34,9 @@ class Setting:
     values: dict[str, F.Value]
     runs: pd.DataFrame  # one row per record: test_error, status, device, commit, failure, record, ...
 
-    @property
+    @cached_property
     def s(self) -> Summary:
+        """Computed once: pairs are sorted and compared by it many times."""
         return summarize(self.runs)
 
 

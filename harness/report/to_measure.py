@@ -20,12 +20,12 @@ import yaml
 
 from harness.batch.cost import run_gflops
 from harness.core import factors as F
-from harness.core.campaign_file import campaign_runs, load_campaign
+from harness.core.campaign_file import campaign_runs
 from harness.core.devices import device_name, thread_share
 from harness.core.spec import RunSpec, Spec, load_spec
 from harness.report.evidence import Setting
+from harness.report.why import why_campaigns
 
-CAMPAIGNS = Path("experiments/campaigns")
 CPU_JOBS = 2  # runs at once on a 2-core CPU, as `make cpu-table` trains them (the bench's fastest)
 
 
@@ -44,10 +44,8 @@ class Recipe:
 
 def why_recipe(paper: Path, base: Path, budget: float | None, seeds: list[int]) -> Recipe:
     """The why-campaign's budget and overrides (the first campaign file with a `why:` section), or budget 1/8."""
-    for path in sorted(CAMPAIGNS.glob("*.yaml")):
-        camp = load_campaign(path)
-        if camp.why is not None:
-            return Recipe(paper, base, budget or camp.budget, camp.overrides, seeds)
+    for _, camp in why_campaigns(Path()):
+        return Recipe(paper, base, budget or camp.budget, camp.overrides, seeds)
     return Recipe(paper, base, budget or 0.125, [], seeds)
 
 
