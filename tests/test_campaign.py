@@ -1,5 +1,6 @@
 """Campaign files (`table --campaign FILE`): the same runs, hashes and order as the `run` commands they stand for."""
 
+
 import pytest
 import yaml
 
@@ -92,6 +93,23 @@ def test_the_why_campaign_runs_about_22_epochs_each_in_its_slices_order(monkeypa
     assert [(r.name, r.seed, r.spec.data.augment) for r in runs[:3]] == [
         ("adam_no_augment", 0, "none"), ("adam", 0, "flip"), ("adam_crop_flip", 0, "crop_flip")]
     assert len({(r.group, r.run_name) for r in runs}) == len(runs)  # no two runs share a record file name
+
+
+def test_the_tuned_campaign_sets_the_study_s_best_schedule_against_the_spec_it_tuned(monkeypatch):
+    """experiments/campaigns/cpu-tuned.yaml: the tuned spec and its twin (the spec its study tuned, as it is) at the
+    study's budget, seeds 0-2 each, apart in the optimizer and schedule alone (the net, data, split, batch and
+    length are the same), so tuned.md's Δ is the schedule's."""
+    from harness.core.factors import departures, values_of
+
+    monkeypatch.chdir(ROOT)
+    runs = campaign_runs(ROOT / "experiments/campaigns/cpu-tuned.yaml")
+    tuned = [r for r in runs if r.group == "tuned"]
+    twin = [r for r in runs if r.group == "tuning"]
+    assert sorted(r.seed for r in tuned) == sorted(r.seed for r in twin) == [0, 1, 2]
+    source = tuned[0].spec.tuned.source
+    assert (ROOT / source).resolve() == (ROOT / twin[0].source_file).resolve()
+    assert {r.budget for r in runs} == {tuned[0].spec.tuned.budget}
+    assert set(departures(values_of(twin[0].spec), values_of(tuned[0].spec))) <= {"optimizer", "schedule"}
 
 
 def test_a_bad_campaign_file_is_one_line(store, mini, capsys, write_spec):

@@ -242,11 +242,13 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, w
     assert (out / "table6.md").read_bytes() == table6_before and "- Budget: 0.75\n" in (out / "ladder.md").read_text()
 
 
-def _runs(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
-    """Finished runs as the report reads them from MLflow: (group, spec, data tag, test error), budget 1.0."""
+def _runs(rows: list[tuple[str, str, str, float]], tuned_source: str = "") -> pd.DataFrame:
+    """Finished runs as the report reads them from MLflow: (group, spec, data tag, test error), budget 1.0; the
+    tuned ones name `tuned_source` as the spec their study tuned."""
     return pd.DataFrame([{"group": g, "spec": n, "data": d, "split": split_of(d), "test_error": e, "budget": 1.0,
                           "status": "FINISHED", "failure": "", "best_test_error_over_training": e, "device": "cuda",
-                          "spec_hash": f"{g}{n}{e}", "arch": "resnet", "depth": 32} for g, n, d, e in rows])
+                          "spec_hash": f"{g}{n}{e}", "arch": "resnet", "depth": 32,
+                          "tuned_source": tuned_source if g == "tuned" else ""} for g, n, d, e in rows])
 
 
 FULL_45K = "cifar10-full.npz train=45000 val=5000 test=10000 (official test set)"
@@ -271,7 +273,8 @@ def test_pages_compare_with_the_baseline_of_their_split_and_label_what_runs_trai
     assert "| fc_relu |  | 45k/5k | 9.10 ± 0.14 (n=2) | +1.00 |" in ab, ab
     pages.tuned(df, paper, 1.0, True, tmp_path, {})
     tu = (tmp_path / "tuned.md").read_text()
-    assert "Paper schedule: ablations/baseline (" in tu and "| 7.50 (n=1) | -0.60 |" in tu, tu
+    assert "- resnet32: paper schedule: ablations/baseline (" in tu, tu  # names no source: its split's baseline
+    assert "| 7.50 (n=1) | ablations/baseline | 8.10 ± 0.14 (n=2) | -0.60 |" in tu, tu
     pages.table6(df, paper, 1.0, True, tmp_path)
     assert (tmp_path / "table6.md").read_text().startswith("# Table 6 (He et al. 2015) reproduced: CIFAR-10 test "
                                                            "error")
@@ -285,6 +288,26 @@ def test_pages_compare_with_the_baseline_of_their_split_and_label_what_runs_trai
     assert "| fc_relu |  | 45k/5k | 9.10 ± 0.14 (n=2) | — | — (no baseline) |" in ab, ab
     assert "report: ablations.md: no baseline trained on this page's split (45k/5k) in this campaign: looked for " \
         "ablations/baseline (experiments/ablations/baseline.yaml)" in capsys.readouterr().err
+
+
+def test_a_tuned_spec_meets_the_spec_its_study_tuned_not_the_resnet32_baseline(tmp_path):
+    """A schedule tuned on ResNet-20 (tuned.source experiments/tuning/cpu-resnet20.yaml) is set against that spec
+    trained as it is, at the paper's schedule, on the same budget and split, even where the ablations' ResNet-32
+    baseline is in the same campaign; with no run of its twin, the page says which spec it looked for."""
+    paper = load_paper()
+    rows = [("ablations", "baseline", FULL_45K, 8.0), ("tuning", "cpu-resnet20", FULL_45K, 9.0),
+            ("tuning", "cpu-resnet20", FULL_45K, 9.4), ("tuned", "cpu-resnet20", FULL_45K, 8.5),
+            ("tuned", "cpu-resnet20", FULL_45K, 8.7)]
+    df = _runs(rows, tuned_source="experiments/tuning/cpu-resnet20.yaml")
+    assert pages.tuned(df, paper, 1.0, True, tmp_path, {})
+    tu = (tmp_path / "tuned.md").read_text()
+    assert "- cpu-resnet20: paper schedule: tuning/cpu-resnet20 (experiments/tuning/cpu-resnet20.yaml: the spec " \
+        "its study tuned" in tu, tu
+    assert "| 8.60 ± 0.14 (n=2) | tuning/cpu-resnet20 | 9.20 ± 0.28 (n=2) | -0.60 |" in tu, tu
+    pages.tuned(df[df.group != "tuning"], paper, 1.0, True, tmp_path, {})
+    tu = (tmp_path / "tuned.md").read_text()
+    assert "looked for tuning/cpu-resnet20 (experiments/tuning/cpu-resnet20.yaml)" in tu, tu
+    assert "| tuning/cpu-resnet20 | — | — | — (no baseline) |" in tu, tu
 
 
 FULL = "cifar10-full.npz train=50000 val=0 test=10000 (official test set)"

@@ -88,6 +88,7 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path,
     tuned = load_spec(out)  # an ordinary, valid spec
     assert tuned.optimizer.lr == pytest.approx(best.params["lr"])
     assert tuned.tune is None and "trial" in tuned.description
+    assert tuned.tuned.source == str(spec)  # its twin on tuned.md: the spec the study tuned, at its own schedule
 
 
 def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini, tmp_path, monkeypatch, write_spec):

@@ -60,3 +60,6 @@ class TunedFrom(Strict):
     budget: float = Field(gt=0)
     data: str  # the data id the trials trained on
     trials: int = Field(ge=1)  # trials the study had when the spec was exported
+    # The spec file the study tuned, e.g. experiments/tuning/cpu-resnet20.yaml: trained as it is (the paper's
+    # schedule) at the same budget, it is the tuned spec's twin on tuned.md. Read as group/name, never opened.
+    source: str | None = None

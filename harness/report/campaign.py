@@ -20,7 +20,9 @@ from harness.tracking.inputs import NOTE
 from harness.tracking.records import TIMES_TAG
 from harness.tracking.run_facts import RUN_LINE
 
-GROUPS = tuple(g.name for g in REPORTED)
+# The reported groups, and "tuning": a study's spec trained as it is, at the paper's schedule, is the twin a tuned
+# spec is set against on tuned.md (its `tuned.source`); the studies' own runs (parent and trials) are not read.
+GROUPS = tuple(g.name for g in REPORTED) + ("tuning",)
 
 
 def load_runs(groups=GROUPS) -> pd.DataFrame:
@@ -36,6 +38,8 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
         ids = group_experiments(c, g)
         for r in c.search_runs(ids, max_results=5000) if ids else ():
             m, t, p = r.data.metrics, r.data.tags, r.data.params
+            if "mlflow.parentRunId" in t or t.get("role") == "study":  # a study and its trials: no run of a spec
+                continue
             hist = tracking.metric_history(c, r.info.run_id, "test_error") if "test_error" in m else []
             rows.append({
                 "group": g, "run_id": r.info.run_id, "run_name": r.info.run_name, "spec": t.get("spec_name"),
@@ -47,6 +51,7 @@ def load_runs(groups=GROUPS) -> pd.DataFrame:
                 "arch": p.get("model.arch"), "depth": int(p.get("model.depth", 0)),
                 "batch_size": int(p.get("batch_size", 0)),
                 "description": t.get(NOTE, "").split(RUN_LINE)[0].replace("|", "/"),
+                "tuned_source": t.get("tuned.source", ""),
                 "start_time": r.info.start_time or 0,
                 "end_time": 0 if TIMES_TAG in t else (r.info.end_time or 0),  # an import's time dates no page
                 "test_error": m.get("test_error", math.nan), "val_error": m.get("val_error", math.nan),

@@ -128,7 +128,7 @@ def tuned_tags(spec) -> dict[str, str]:
     """A tuned spec's provenance as tags (tuned.study, tuned.budget, ...): where its schedule came from."""
     t = spec.tuned
     return {} if t is None else {f"tuned.{k}": f"{v:g}" if isinstance(v, float) else str(v)
-                                 for k, v in t.model_dump().items()}
+                                 for k, v in t.model_dump(exclude_none=True).items()}
 
 
 def run_datasets(arrays: Arrays, ident: RunIdentity, spec) -> dict[str, dict[str, str]]:

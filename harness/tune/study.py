@@ -193,10 +193,11 @@ def export(study, base: Spec, spec_path: str, path: Path) -> None:
     at = f"at budget {budget:g}" if budget is not None else "at an unrecorded budget"
     body["description"] = (f"Tuned by Optuna study '{study.study_name}' (trial {best.number} of {trials}, validation "
                            f"error {best.value:.2f}% {at} on {data}) from {spec_path}: its schedule is the best of "
-                           "trials at that budget, and `table` trains it at that budget only")
+                           "trials at that budget, and `table` trains it at that budget only; tuned.md sets it "
+                           f"against {spec_path} as it is (the paper's schedule) at the same budget")
     if budget is not None:
         body["tuned"] = {"study": study.study_name, "trial": best.number, "val_error": round(best.value, 4),
-                         "budget": budget, "data": data, "trials": trials}
+                         "budget": budget, "data": data, "trials": trials, "source": spec_path}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(yaml.safe_dump(body, sort_keys=False))
