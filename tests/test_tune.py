@@ -267,7 +267,8 @@ def test_a_tuned_spec_says_where_its_schedule_came_from_and_trains_only_at_its_s
     err = capsys.readouterr().err
     assert "skipped tuned/resnet32: its schedule is the best of study 'resnet32' (20 trials at budget 0.001 on " \
            "cifar10-mini.npz:56ecc45f2a62d293, validation error 67.57 %), not of budget 1" in err, err
-    (short,) = collect_runs([str(ROOT / "experiments/tuned")], [], 0.001).runs
+    assert "skipped tuned/cpu-resnet20: its schedule is the best of study 'cpu-resnet20-b1_16'" in err, err
+    (short,) = tuned_at_their_budget(collect_runs([str(ROOT / "experiments/tuned")], [], 0.001).runs)
     assert tuned_at_their_budget([short]) == [short]
     assert tuned_tags(short.spec)["tuned.study"] == "resnet32" and tuned_tags(short.spec)["tuned.budget"] == "0.001"
     assert "tuned" not in hashed(short.spec)  # a label: the same schedule is the same run, however it is labelled
