@@ -62,6 +62,8 @@ def test_results_round_trip_and_reports_from_results_alone(store, mini, monkeypa
     assert files[-1].name.endswith(f"-{rec['tags']['spec_hash']}.json")
     assert files[-1].read_text() == json.dumps(rec, sort_keys=True, indent=1) + "\n"
     assert [h["step"] for h in rec["history"]] == [6, 12] and "test_error" in rec["final"]
+    assert "timing/train_seconds" in rec["summary"] and "timing/images_per_s" in rec["final"]  # records as written
+    assert not any(k.startswith("system/") for k in rec["summary"] | rec["final"])  # MLflow's names stay MLflow's
     assert yaml.safe_load(rec["spec_yaml"])["model"]["depth"] == 8 and not list(results.rglob("*.pt"))
     assert main(["report", "--all", "--out", "A"]) == 0
     original = runs_by_hash()
@@ -278,7 +280,7 @@ def test_a_format_1_record_imports_as_the_run_mlflow_showed_and_exports_as_forma
     assert sorted(ds) == ["cifar10-mini.npz [test]", "cifar10-mini.npz [train]"]
     assert json.loads(ds["cifar10-mini.npz [train]"].profile) == {"num_rows": 4068, "train_size": 4068,
                                                                   "val_size": 0, "test_size": 1017}
-    assert "timing/train_seconds" in r.data.metrics and "timing/images_per_s" in r.data.metrics
+    assert "system/train_seconds" in r.data.metrics and "system/images_per_s" in r.data.metrics
     assert not {"images_per_s", "train_seconds", "final_iteration"} & set(r.data.metrics)
     assert "optimizer.betas" not in r.data.params and "None" not in r.data.params.values()
     assert r.data.params["optimizer.momentum"] == "0.9" and "heavy" not in r.data.params

@@ -64,8 +64,9 @@ def train_times(runs: pd.DataFrame) -> list[Timing]:
     for r in runs[runs.status == "FINISHED"].itertuples():
         run = c.get_run(r.run_id)
         m, p = run.data.metrics, run.data.params
-        # A store written before bookkeeping moved under timing/ holds the bare names.
-        seconds, iters = (m.get(tracking.metric_name(k), m.get(k, 0)) for k in ("train_seconds", "final_iteration"))
+        # A store written before bookkeeping moved under system/ holds it under timing/, or older, bare.
+        seconds, iters = (m.get(tracking.metric_name(k), m.get(tracking.record_key(k), m.get(k, 0)))
+                          for k in ("train_seconds", "final_iteration"))
         if seconds:
             out.append(Timing(seconds, iters * int(p.get("batch_size", 0)), r.device))
     return out

@@ -113,7 +113,7 @@ def as_format_2(rec: dict) -> dict:
     import_record takes them from its train_seconds."""
 
     def renamed(d: dict) -> dict:
-        return {tracking.metric_name(k): v for k, v in d.items()}
+        return {tracking.record_key(k): v for k, v in d.items()}
 
     tags = dict(rec["tags"])
     if description := (yaml.safe_load(rec["spec_yaml"]) or {}).get("description"):
@@ -139,7 +139,7 @@ def _times(rec: dict) -> tuple[int, int]:
     """(start, end) in ms: the record's, else (format 1) ending now after its training time."""
     if rec.get("start_time") and rec.get("end_time"):
         return int(rec["start_time"]), int(rec["end_time"])
-    seconds = rec["summary"].get(tracking.metric_name("train_seconds")) or 0
+    seconds = rec["summary"].get(tracking.record_key("train_seconds")) or 0
     end = int(time.time() * 1000)
     return end - int(seconds * 1000), end
 
@@ -154,8 +154,9 @@ def _metrics(rec: dict, start: int, end: int) -> list:
     def at(step: int) -> int:
         return start + (end - start) * step // last if last else end
 
-    metrics = [Metric(k, float(v), at(h["step"]), h["step"]) for h in history for k, v in h.items() if k != "step"]
-    return metrics + [Metric(k, float(v), end, last) for k, v in rec["summary"].items()]
+    metrics = [Metric(tracking.store_key(k), float(v), at(h["step"]), h["step"]) for h in history
+               for k, v in h.items() if k != "step"]
+    return metrics + [Metric(tracking.store_key(k), float(v), end, last) for k, v in rec["summary"].items()]
 
 
 def import_record(record_path: Path) -> Status:

@@ -29,7 +29,7 @@ from harness.tracking.run_facts import content_digest
 
 FORMAT = 2  # 2 adds start_time, end_time, dataset and MLflow's description and source tags; 1 is still read
 FORMATS = (1, 2)
-SUMMARY_KEYS = tuple(tracking.metric_name(k) for k in ("final_iteration", "train_seconds", "mlflow_log_seconds",
+SUMMARY_KEYS = tuple(tracking.record_key(k) for k in ("final_iteration", "train_seconds", "mlflow_log_seconds",
                                                        "model_log_seconds", "stopped_early_at",
                                                        "wall_seconds_this_attempt"))  # logged once, at the end
 KEPT_MLFLOW_TAGS = (mlflow_inputs.NOTE, "mlflow.source.")  # the description and the Source column; not mlflow.user
@@ -46,14 +46,15 @@ def record_of(c, run, group: str) -> dict:
     by_step: dict[int, dict] = {}
     summary, final = {}, {}
     for key in sorted(run.data.metrics):
-        if key.startswith("system/"):  # the machine's load while it trained: the store's, not the record's
+        name = tracking.record_name(key)  # None: the monitor's load of the machine, the store's, not the record's
+        if name is None:
             continue
-        if key in SUMMARY_KEYS:
-            summary[key] = run.data.metrics[key]
+        if name in SUMMARY_KEYS:
+            summary[name] = run.data.metrics[key]
             continue
         for step, value in tracking.metric_history(c, run.info.run_id, key):
-            by_step.setdefault(step, {"step": step})[key] = value
-        final[key] = run.data.metrics[key]
+            by_step.setdefault(step, {"step": step})[name] = value
+        final[name] = run.data.metrics[key]
     rec = {"format": FORMAT, "group": group, "run_name": run.info.run_name, "status": run.info.status,
             "tags": tags, "params": dict(run.data.params),
             "spec_yaml": _spec_yaml(run),

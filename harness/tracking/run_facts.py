@@ -105,8 +105,8 @@ def run_note(run: RunSpec) -> str:
 
 
 def named_metrics(metrics: dict) -> dict:
-    """Metrics under the names MLflow holds them by (bookkeeping under timing/), as a record keeps them."""
-    return {tracking.metric_name(k): v for k, v in metrics.items()}
+    """Metrics under the names a record keeps them by (bookkeeping under timing/: tracking.record_key)."""
+    return {tracking.record_key(k): v for k, v in metrics.items()}
 
 
 def log_curve(c, run_id: str, title: str) -> None:

@@ -225,13 +225,36 @@ def user() -> str:
 
 
 TIMING = ("images_per_s", "train_seconds", "mlflow_log_seconds", "model_log_seconds", "final_iteration",
-          "wall_seconds_this_attempt")  # bookkeeping, not results: logged as timing/<name>
+          "wall_seconds_this_attempt")  # bookkeeping, not results
+STORE_PREFIX = "system/"  # bookkeeping's name in MLflow
+RECORD_PREFIX = "timing/"  # bookkeeping's name in a record (format 2), kept so that committed records stay as written
 
 
 def metric_name(key: str) -> str:
-    """A metric's name in MLflow: bookkeeping under `timing/`, so that MLflow's charts and columns open with the
-    results (test_error, val_error, train_loss, lr) and group the rest apart."""
-    return f"timing/{key}" if key in TIMING else key
+    """A metric's name in MLflow: bookkeeping under `system/`, beside the system-metrics monitor's. MLflow 3's run
+    page opens with a section per `prefix/` and puts the unprefixed metrics last, and shows `system/` metrics on its
+    System metrics tab only, so there the Model metrics tab holds the results (test_error, val_error, train_loss,
+    lr) alone and the bookkeeping stays in the runs table's columns and the System metrics tab."""
+    return f"{STORE_PREFIX}{key}" if key in TIMING else key
+
+
+def record_key(key: str) -> str:
+    """A metric's name in a record: bookkeeping under `timing/`, as records have held it since format 2."""
+    return f"{RECORD_PREFIX}{key}" if key in TIMING else key
+
+
+def store_key(record_name: str) -> str:
+    """A record's metric name as MLflow holds it (record_key's inverse composed with metric_name)."""
+    return metric_name(record_name.removeprefix(RECORD_PREFIX))
+
+
+def record_name(store_name: str) -> str | None:
+    """An MLflow metric's name in a record; None for the monitor's `system/` metrics (the machine's load while it
+    trained is the store's, not the record's)."""
+    if store_name.startswith(STORE_PREFIX):
+        bare = store_name.removeprefix(STORE_PREFIX)
+        return record_key(bare) if bare in TIMING else None
+    return store_name
 
 
 def log_metrics(c, run_id: str, metrics: dict[str, float], step: int) -> float:
