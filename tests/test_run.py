@@ -358,3 +358,25 @@ def test_the_command_line_says_its_version_and_each_subcommand_its_own_usage(cap
         build_parser()._subparsers._group_actions[0].choices["report"].format_help()
     assert prog_name("/usr/bin/resnet-repro") == "resnet-repro" and prog_name("harness/__main__.py") == \
         "python -m harness"
+
+
+def test_a_set_that_makes_a_variant_says_it_keeps_the_spec_s_name_and_how_to_name_it(capsys):
+    """`run --set data.val_fraction=0.2` trains other runs than resnet20.yaml's own under the name resnet20: one
+    line says so and names `--set name=NAME`; seeds, the speed path or a name given say nothing."""
+    from harness.run.command import say_when_a_variant_keeps_the_name
+    from harness.run.validate import load_all
+
+    spec = str(ROOT / "experiments/table6/resnet20.yaml")
+    for overrides, said in ((["seeds=[1]"], False), (["channels_last=true"], False),
+                            (["data.val_fraction=0.2", "name=resnet20_val20"], False),
+                            (["seeds=[1]", "data.val_fraction=0.2"], True)):
+        runs = load_all([spec], overrides, 0.01)
+        say_when_a_variant_keeps_the_name([spec], overrides, 0.01, runs)
+        err = capsys.readouterr().err
+        assert bool(err) == said, (overrides, err)
+        if said:
+            assert err == ("run: --set data.val_fraction=0.2 makes other runs than the spec's own, under its name "
+                           "(resnet20; MLflow and the records tell them apart by params and spec_hash); `--set "
+                           "name=NAME` names the variant\n")
+    named = load_all([spec], ["data.val_fraction=0.2", "name=resnet20_val20", "seeds=[0]"], 0.01)
+    assert [r.run_name for r in named] == ["resnet20_val20-s0-b0.01"]
