@@ -216,7 +216,7 @@ def twin_of(df: pd.DataFrame, runs: pd.DataFrame) -> tuple[list[tuple[str, str, 
     """The paper's schedule a tuned spec's runs are set against, as (the refs looked for, the runs found): the spec
     its study tuned, trained as it is at the same budget and data (`tuned.source`: same net, split and recipe but
     the schedule), else, for a spec that does not name its source, the paper's recipe on its split."""
-    sources = sorted(set(runs.tuned_source) - {""}) if "tuned_source" in runs else []
+    sources = sorted(set(runs.tuned_source) - {""})
     if sources:
         src = Path(sources[0])
         ref = (src.parent.name, src.stem, "the spec its study tuned, trained with its own schedule, the paper's")

@@ -189,8 +189,7 @@ def export(study, base: Spec, spec_path: str, path: Path) -> None:
     body = spec.model_dump(mode="json", exclude={"tune", "name"}, exclude_none=True)
     budget = best.user_attrs.get("budget", study.user_attrs.get("budget"))  # the trial's own, not this call's
     data = study.user_attrs.get("data_id", "unrecorded data")
-    # finished as --trials counts them (complete or pruned): a failed trial is a cut-off one, run again
-    trials = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    trials = finished(study)  # as --trials counts them: a failed trial is a cut-off one, run again
     at = f"at budget {budget:g}" if budget is not None else "at an unrecorded budget"
     body["description"] = (f"Tuned by Optuna study '{study.study_name}' (trial {best.number} of {trials}, validation "
                            f"error {best.value:.2f}% {at} on {data}) from {spec_path}: its schedule is the best of "
