@@ -35,13 +35,14 @@ def train(train_loader, model, criterion, optimizer, epoch):
 PEER_RESNET = "import torch.nn as nn\n\ndef resnet8():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))\n"
 
 
-def test_bench_json_is_machine_readable_with_a_peer_row(mini, tmp_path):
+def test_bench_json_is_machine_readable_with_a_peer_row(mini_quarter, tmp_path):
     peer = tmp_path / "peer"
     peer.mkdir()
     (peer / "trainer.py").write_text(PEER_TRAINER)
     (peer / "resnet.py").write_text(PEER_RESNET)
     p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--iters", "2", "--warmup", "1",
-                        "--batch-size", "16", "--workers", "0", "--data", str(mini), "--peer", str(peer), "--json"],
+                        "--batch-size", "16", "--workers", "0", "--data", str(mini_quarter), "--peer", str(peer),
+                        "--json"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)  # the peer's own prints do not reach stdout
@@ -92,10 +93,10 @@ def test_bench_rejects_bad_input_in_one_line(capsys, tmp_path):
         assert message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_bench_times_only_the_variants_asked_for_alone_and_as_jobs(mini, tmp_path):
+def test_bench_times_only_the_variants_asked_for_alone_and_as_jobs(mini_quarter, tmp_path):
     p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--iters", "2", "--warmup", "1",
-                        "--batch-size", "16", "--data", str(mini), "--variants", "ours_channels_last", "--jobs", "2",
-                        "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+                        "--batch-size", "16", "--data", str(mini_quarter), "--variants", "ours_channels_last",
+                        "--jobs", "2", "--json"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)
     assert list(r["variants"]) == ["ours_channels_last", "ours_channels_last_x2"]
@@ -115,10 +116,11 @@ def test_a_peers_cuda_calls_point_at_the_cpu_only_while_it_is_timed():
     assert torch.Tensor.cuda is original
 
 
-def test_bench_group_rows_time_k_runs_together(mini, tmp_path):
+def test_bench_group_rows_time_k_runs_together(mini_quarter, tmp_path):
     """`bench --group 1,3`: rows for exactly those group sizes, each against one run of ours alone."""
     p = subprocess.run([sys.executable, "-m", "harness", "bench", "--model", "resnet8", "--iters", "2", "--warmup", "1",
-                        "--batch-size", "16", "--data", str(mini), "--variants", "ours", "--group", "1,3", "--json"],
+                        "--batch-size", "16", "--data", str(mini_quarter), "--variants", "ours", "--group", "1,3",
+                        "--json"],
                        capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)["variants"]

@@ -34,7 +34,7 @@ def test_the_cpu_campaign_resolves_to_the_hashes_of_its_run_commands(monkeypatch
 
 
 @pytest.mark.slow
-def test_a_campaign_skips_what_its_run_commands_finished(store, mini, capsys, write_spec, monkeypatch):
+def test_a_campaign_skips_what_its_run_commands_finished(store, mini_quarter, capsys, write_spec, monkeypatch):
     exp = store.parent / "experiments"
     spec = write_spec(exp / "table6", "resnet8")
     write_spec(exp / "table6", "plain8", TINY.replace("arch: resnet", "arch: plain"))
@@ -43,24 +43,24 @@ def test_a_campaign_skips_what_its_run_commands_finished(store, mini, capsys, wr
     camp.write_text(yaml.safe_dump({"budget": 0.5, "overrides": ["eval_points=2"], "runs": [
         {"spec": "experiments/table6/resnet8.yaml", "seeds": [1]},
         {"spec": "experiments/table6/plain8.yaml", "seeds": [0]}]}))
-    assert main(["run", str(spec.relative_to(store.parent)), "--data", str(mini), "--budget", "0.5", "--set",
+    assert main(["run", str(spec.relative_to(store.parent)), "--data", str(mini_quarter), "--budget", "0.5", "--set",
                  "eval_points=2", "--set", "seeds=[1]", "--no-progress", "--publish"]) == 0
     capsys.readouterr()
-    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--publish",
+    assert main(["table", "--campaign", str(camp), "--data", str(mini_quarter), "--no-progress", "--publish",
                  "--no-report"]) == 0
     err = capsys.readouterr().err
     assert "plan: 2 runs in total, 1 already done, 1 to do; ETA" in err, err
     assert "plan: to do, in this order: table6/plain8-s0-b0.5\n" in err
-    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--no-report"]) == 0
+    assert main(["table", "--campaign", str(camp), "--data", str(mini_quarter), "--no-progress", "--no-report"]) == 0
     assert "plan: 2 runs in total, 2 already done, 0 to do" in capsys.readouterr().err
     assert sorted(p.name.rsplit("-", 1)[0] for p in (store.parent / "results/table6").glob("*.json")) == [
         "plain8-s0-b0.5", "resnet8-s1-b0.5"]  # exported after each command
     # A fresh machine: an empty store, the committed records only. Nothing is trained again, unless --force.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store.parent}/fresh/mlflow.db")
-    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--no-report"]) == 0
+    assert main(["table", "--campaign", str(camp), "--data", str(mini_quarter), "--no-progress", "--no-report"]) == 0
     err = capsys.readouterr().err
     assert "plan: 2 runs in total, 2 already done (2 of them by their records in results/), 0 to do" in err, err
-    assert main(["table", "--campaign", str(camp), "--data", str(mini), "--no-progress", "--no-report",
+    assert main(["table", "--campaign", str(camp), "--data", str(mini_quarter), "--no-progress", "--no-report",
                  "--force"]) == 0
     assert "plan: 2 runs in total, 0 already done, 2 to do" in capsys.readouterr().err
 

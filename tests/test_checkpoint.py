@@ -19,7 +19,7 @@ def _only_run(uri=None):
     return c, r
 
 
-def _killed_after_10(spec, mini, monkeypatch):
+def _killed_after_10(spec, npz, monkeypatch):
     """The run stopped as Ctrl-C stops it (marked KILLED) before iteration 11: X.pt of iteration 8, X.prev.pt of 4."""
     next_batch = harness.core.train.next_batch
 
@@ -30,11 +30,11 @@ def _killed_after_10(spec, mini, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(harness.core.train, "next_batch", interrupted)
-        assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 130
+        assert main(["run", str(spec), "--data", str(npz), "--no-progress"]) == 130
 
 
 @pytest.fixture(scope="module")
-def reference(mini):
+def reference(mini_quarter):
     """The final metrics of the same run uninterrupted (train alone: the numbers the runner logs are its own)."""
     import torch
     import yaml
@@ -45,16 +45,16 @@ def reference(mini):
 
     spec = Spec.model_validate(yaml.safe_load(TEXT))
     run = resolve_runs("experiments/t/tiny.yaml", spec, 1.0)[0]
-    data = to_device(load_arrays(mini), spec.data, torch.device("cpu"), param_dtype(spec))
+    data = to_device(load_arrays(mini_quarter), spec.data, torch.device("cpu"), param_dtype(spec))
     final, _ = train(run, data, torch.device("cpu"), progress=False)
     return {k: final.metrics[k] for k in FINAL_KEYS}
 
 
 @pytest.mark.parametrize("damaged", ["latest", "both"])
-def test_a_truncated_checkpoint_is_named_and_the_run_finishes_on_the_next_call(damaged, reference, store, mini,
+def test_a_truncated_checkpoint_is_named_and_the_run_finishes_on_the_next_call(damaged, reference, store, mini_quarter,
                                                                               monkeypatch, capsys, write_spec):
     spec = write_spec(store.parent / "experiments" / "t", "tiny", TEXT)
-    _killed_after_10(spec, mini, monkeypatch)
+    _killed_after_10(spec, mini_quarter, monkeypatch)
     c, killed = _only_run()
     assert killed.info.status == "KILLED"
     ckpt = store / "checkpoints" / f"{killed.data.tags['spec_hash']}.pt"
@@ -64,7 +64,7 @@ def test_a_truncated_checkpoint_is_named_and_the_run_finishes_on_the_next_call(d
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a copy cut short, a full disk
     capsys.readouterr()
 
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     err = capsys.readouterr().err
     assert f"{ckpt}: damaged checkpoint (" in err and "truncated or not a torch.save archive" in err, err
     c, r = _only_run()
@@ -90,14 +90,14 @@ class _RunsCode:
         return builtins.exec, (f"open({self.marker!r}, 'w').write('ran')",)
 
 
-def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_restarts(store, mini, monkeypatch, capsys,
+def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_restarts(store, mini_quarter, monkeypatch, capsys,
                                                                            write_spec):
     """Both checkpoints replaced by files whose unpickling runs code (a shared --checkpoint-dir anyone can write):
     neither is unpickled, each is one line, and the run restarts from iteration 0 and finishes."""
     import torch
 
     spec = write_spec(store.parent / "experiments" / "t", "tiny", TEXT)
-    _killed_after_10(spec, mini, monkeypatch)
+    _killed_after_10(spec, mini_quarter, monkeypatch)
     c, killed = _only_run()
     ckpt = store / "checkpoints" / f"{killed.data.tags['spec_hash']}.pt"
     marker = store.parent / "code-ran"
@@ -105,7 +105,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_the_run_restarts(store,
         torch.save({"model": _RunsCode(marker), "loop": {"it": 8}}, path)
     capsys.readouterr()
 
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     assert not marker.exists()  # nothing in the file ran
     refused = [line for line in capsys.readouterr().err.splitlines() if line.startswith(f"{ckpt.parent}/")]
     assert len(refused) == 2 and all("refused: it holds objects beyond tensors" in line and "exec" in line
@@ -136,7 +136,7 @@ def test_a_checkpoint_holds_only_what_weights_only_loads(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(store, mini, write_spec, env_with):
+def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(store, mini_quarter, write_spec, env_with):
     """SIGTERM (a scheduler's stop) to a real `harness run` once it has a checkpoint: exit 143, the run KILLED with
     its checkpoint kept; the same command resumes that MLflow run to FINISHED, every metric step logged once."""
     import os
@@ -150,7 +150,7 @@ def test_sigterm_ends_a_run_as_ctrl_c_does_and_the_rerun_logs_no_step_twice(stor
     text = TEXT.replace("total_iters: 16", "total_iters: 160").replace("[8, 10]", "[120, 140]") \
         .replace("eval_points: 4", "eval_points: 8")
     spec = write_spec(store.parent / "experiments" / "t", "tiny", text)
-    cmd = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"]
+    cmd = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini_quarter), "--no-progress"]
     env = env_with(PYTHONPATH=ROOT, OMP_NUM_THREADS=1)
     p = subprocess.Popen(cmd, env=env, cwd=store.parent, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300

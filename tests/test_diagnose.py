@@ -92,7 +92,7 @@ def test_the_papers_own_spec_departs_in_nothing(monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_a_generated_campaign_run_tiny_is_picked_up_by_the_next_diagnose(store, mini, write_spec, capsys):
+def test_a_generated_campaign_run_tiny_is_picked_up_by_the_next_diagnose(store, mini_quarter, write_spec, capsys):
     root = store.parent
     paper = write_spec(root / "experiments" / "table6", "paper", TINY.replace("val_fraction: 0.1", "val_fraction: 0"))
     base = write_spec(root / "experiments" / "ablations", "baseline")
@@ -102,7 +102,7 @@ def test_a_generated_campaign_run_tiny_is_picked_up_by_the_next_diagnose(store, 
     first = json.loads(capsys.readouterr().out)
     assert [(r["factor"], r["measured"]) for r in first["factors"]] == [("augmentation", False)]
     assert first["campaign"]["runs"] == 2 and first["campaign"]["runs_to_train"] == 2
-    assert main(["table", "--campaign", "c.yaml", "--data", str(mini), "--no-progress", "--publish",
+    assert main(["table", "--campaign", "c.yaml", "--data", str(mini_quarter), "--no-progress", "--publish",
                  "--no-report"]) == 0
     capsys.readouterr()
     assert main(args) == 0

@@ -14,10 +14,10 @@ BASE = {"model": {"arch": "resnet", "depth": 8},
         "batch_size": 32, "eval_points": 3}
 
 
-def _losses(mini, **overrides):
+def _losses(npz, **overrides):
     spec = Spec.model_validate({**BASE, **overrides})
     run = resolve_runs("experiments/t/x.yaml", spec, 1.0)[0]
-    data = to_device(load_arrays(mini), spec.data, torch.device("cpu"), param_dtype(spec))
+    data = to_device(load_arrays(npz), spec.data, torch.device("cpu"), param_dtype(spec))
     seen = []
     result, model = train(run, data, torch.device("cpu"), on_eval=lambda s, m: seen.append(m["train_loss"]) and False,
                           progress=False)
@@ -25,25 +25,25 @@ def _losses(mini, **overrides):
 
 
 @pytest.mark.parametrize("mode", [True, "reduce-overhead"])
-def test_compiled_step_follows_the_eager_trajectory(mini, mode):
+def test_compiled_step_follows_the_eager_trajectory(mini_quarter, mode):
     """On CPU "reduce-overhead" has no CUDA graphs to capture and must still train the same model."""
-    eager, _, _ = _losses(mini)
-    compiled, _, _ = _losses(mini, compile=mode)
+    eager, _, _ = _losses(mini_quarter)
+    compiled, _, _ = _losses(mini_quarter, compile=mode)
     assert len(eager) == len(compiled) == 3
     assert compiled == pytest.approx(eager, rel=1e-3)
 
 
 @pytest.mark.parametrize("dtype,param", [("bfloat16", torch.float32), ("float64", torch.float64)])
-def test_precision_specs_run(mini, dtype, param):
-    losses, metrics, model = _losses(mini, dtype=dtype, eval_points=1)  # bf16 is emulated on most CPUs: slow
+def test_precision_specs_run(mini_quarter, dtype, param):
+    losses, metrics, model = _losses(mini_quarter, dtype=dtype, eval_points=1)  # bf16 is emulated on most CPUs: slow
     assert len(losses) == 1 and all(torch.isfinite(torch.tensor(losses)))
     assert next(model.parameters()).dtype == param
     assert 0 <= metrics["val_error"] <= 100
 
 
-def test_channels_last_matches_contiguous(mini):
-    a, _, _ = _losses(mini)
-    b, _, _ = _losses(mini, channels_last=True)
+def test_channels_last_matches_contiguous(mini_quarter):
+    a, _, _ = _losses(mini_quarter)
+    b, _, _ = _losses(mini_quarter, channels_last=True)
     assert b == pytest.approx(a, rel=1e-3)
 
 
@@ -62,7 +62,7 @@ class FloatDtypes(TorchDispatchMode):
         return out
 
 
-def test_float64_is_float64_throughout_the_step(mini):
+def test_float64_is_float64_throughout_the_step(mini_quarter):
     """The seed log's float64: the mean, the normalised and augmented batch, forward, loss, backward, optimizer
     and evaluation compute in float64 (the loss and the mean were float32). The one float32 tensor is the flip
     draw, a coin toss kept in float32 in every dtype so that one seed gives the same batches in each."""
@@ -73,7 +73,7 @@ def test_float64_is_float64_throughout_the_step(mini):
     model, opt = fresh_model(run, cpu)  # built in float32 by torch.nn, then cast: no part of a step
     step = make_step(model, opt, spec, cpu)
     with FloatDtypes() as seen:
-        data = to_device(load_arrays(mini), spec.data, cpu, param_dtype(spec))
+        data = to_device(load_arrays(mini_quarter), spec.data, cpu, param_dtype(spec))
         for _ in range(2):
             step(*train_batch(data, torch.arange(8), "crop_flip", gen), 0.1)
         evaluate(model, data.x_val[:16], data.y_val[:16], data.eval_mean, torch.float64, autocast_for(spec, cpu))

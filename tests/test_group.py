@@ -64,17 +64,17 @@ def _together(runs, arrays):
 
 
 @pytest.fixture(scope="module")
-def f64_group(tmp_path_factory, mini, write_spec):
+def f64_group(tmp_path_factory, mini_quarter, write_spec):
     """The F64 spec's three seeds trained as one uninterrupted group, without MLflow: (spec path, history, ends),
     shared by the tests that compare against it (float64 on this CPU is slow: ~15 s a run)."""
     spec = write_spec(tmp_path_factory.mktemp("f64") / "experiments" / "t", "tiny", F64)
-    return (spec, *_together(_runs(spec), load_arrays(mini)))
+    return (spec, *_together(_runs(spec), load_arrays(mini_quarter)))
 
 
 @pytest.mark.slow
-def test_a_group_of_three_seeds_trains_each_as_alone(f64_group, mini):
+def test_a_group_of_three_seeds_trains_each_as_alone(f64_group, mini_quarter):
     spec, hist, ends = f64_group
-    runs, arrays = _runs(spec), load_arrays(mini)
+    runs, arrays = _runs(spec), load_arrays(mini_quarter)
     for r in runs:
         alone_hist, alone_final, alone_model = _alone(r, arrays)
         assert sorted(hist[r.seed]) == sorted(alone_hist) == [6, 12]
@@ -123,12 +123,12 @@ def _finals(uri, exp="t"):
 
 
 @pytest.mark.slow
-def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path, monkeypatch, mini, env_with):
+def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path, monkeypatch, mini_quarter, env_with):
     spec, ref, _ = f64_group  # the uninterrupted group
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path}/killed/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    args = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--group", "3"]
+    args = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini_quarter), "--group", "3"]
     # Killed before iteration 8's batch: the checkpoints are those of iteration 6.
     p = subprocess.run(args, env=env_with(MLFLOW_TRACKING_URI=uri, **killed_after(7)), cwd=tmp_path,
                        capture_output=True, text=True)
@@ -137,7 +137,7 @@ def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path,
     assert len(killed) == 3 and {r.info.status for r in killed.values()} == {"RUNNING"}
     ckpts = [p.name for p in (tmp_path / "killed" / "checkpoints").glob("*.pt")]
     assert len([n for n in ckpts if not n.endswith(".prev.pt")]) == 3, ckpts  # each member's own, at iteration 6
-    assert main(["run", str(spec), "--data", str(mini), "--group", "3", "--no-progress"]) == 0
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--group", "3", "--no-progress"]) == 0
     resumed, c = _finals(uri)
     assert {n: r.info.run_id for n, r in resumed.items()} == {n: r.info.run_id for n, r in killed.items()}
     for seed in (0, 1, 2):
@@ -146,45 +146,45 @@ def test_killed_group_resumes_every_member_as_uninterrupted(f64_group, tmp_path,
         history = {m.step: m.value for m in c.get_metric_history(r.info.run_id, "train_loss")}
         assert history == {it: ref[seed][it]["train_loss"] for it in (6, 12)}  # bit-exact on resume
         assert r.data.metrics["test_error"] == ref[seed][12]["test_error"]
-    assert main(["run", str(spec), "--data", str(mini), "--group", "3", "--no-progress"]) == 0  # all skipped
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--group", "3", "--no-progress"]) == 0  # all skipped
     assert len(_finals(uri)[0]) == 3
 
 
 @pytest.mark.slow
-def test_a_member_that_diverges_fails_alone(store, mini, write_spec):
+def test_a_member_that_diverges_fails_alone(store, mini_quarter, write_spec):
     folder = store.parent / "experiments" / "t"
     bad = write_spec(folder, "a_diverges", F64.replace("lr: 0.1", "lr: 1.0e+30").replace("[0, 1, 2]", "[0]"))
     good = write_spec(folder, "b_fine", F64.replace("[0, 1, 2]", "[0]"))
-    assert main(["run", str(bad), str(good), "--data", str(mini), "--group", "2", "--no-progress"]) == 1
+    assert main(["run", str(bad), str(good), "--data", str(mini_quarter), "--group", "2", "--no-progress"]) == 1
     runs, c = _finals(f"sqlite:///{store}/mlflow.db")
     assert runs["a_diverges-s0"].info.status == "FAILED"
     assert runs["a_diverges-s0"].data.tags["failure"] == "diverged"
     fine = runs["b_fine-s0"]
     assert fine.info.status == "FINISHED"
-    _, alone_final, _ = _alone(_runs(good)[0], load_arrays(mini))
+    _, alone_final, _ = _alone(_runs(good)[0], load_arrays(mini_quarter))
     _close(fine.data.metrics, alone_final.metrics)
     logged = {m.step: m.value for m in c.get_metric_history(runs["a_diverges-s0"].info.run_id, "train_loss")}
     alone = {}
     with pytest.raises(Diverged):  # alone, the same run diverges at the same evaluation point
-        train(_runs(bad)[0], to_device(load_arrays(mini), _runs(bad)[0].spec.data, CPU, torch.float64), CPU,
+        train(_runs(bad)[0], to_device(load_arrays(mini_quarter), _runs(bad)[0].spec.data, CPU, torch.float64), CPU,
               on_eval=lambda it, m: alone.__setitem__(it, m["train_loss"]) and False, progress=False)
     assert sorted(logged) == sorted(alone), (logged, alone)
     assert all(math.isclose(logged[k], alone[k], rel_tol=1e-9) for k in alone), (logged, alone)
 
 
-def test_group_needs_one_job(store, mini, capsys, write_spec):
+def test_group_needs_one_job(store, mini_quarter, capsys, write_spec):
     spec = write_spec(store.parent / "experiments" / "t", "tiny")
-    assert main(["run", str(spec), "--data", str(mini), "--group", "2", "--jobs", "2"]) == 2
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--group", "2", "--jobs", "2"]) == 2
     assert "--group 2: expected --group 1 with --jobs" in capsys.readouterr().err
-    assert main(["run", str(spec), "--data", str(mini), "--group", "0"]) == 2
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--group", "0"]) == 2
     assert "--group: expected a group size of at least 1, got 0" in capsys.readouterr().err
 
 
-def test_offline_group_writes_each_members_record(store, mini, write_spec):
+def test_offline_group_writes_each_members_record(store, mini_quarter, write_spec):
     """`run --offline --group K` (the lent GPU machine has no MLflow): each member its own record.json, as alone."""
     spec = write_spec(store.parent / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
     out = store.parent / "records"
-    args = ["run", str(spec), "--data", str(mini), "--group", "2", "--offline", str(out), "--no-progress"]
+    args = ["run", str(spec), "--data", str(mini_quarter), "--group", "2", "--offline", str(out), "--no-progress"]
     assert main(args) == 0
     records = {r["run_name"]: r for r in (json.loads(p.read_text()) for p in out.glob("*/record.json"))}
     assert sorted(records) == ["tiny-s0", "tiny-s1"]
@@ -196,7 +196,7 @@ def test_offline_group_writes_each_members_record(store, mini, write_spec):
     assert main(args) == 0  # all recorded: skipped
 
 
-def test_the_gpu_scripts_run_trains_several_specs_grouped_into_records(mini, tmp_path, env_with, write_spec):
+def test_the_gpu_scripts_run_trains_several_specs_grouped_into_records(mini_quarter, tmp_path, env_with, write_spec):
     """docs/gpu.md's campaign command: `scripts/gpu.sh run SPEC... --group K`, each member's record in $OUT/records."""
     folder = tmp_path / "experiments" / "t"
     specs = [write_spec(folder, "a", TINY), write_spec(folder, "b", TINY.replace("lr: 0.1", "lr: 0.05"))]
@@ -207,7 +207,7 @@ def test_the_gpu_scripts_run_trains_several_specs_grouped_into_records(mini, tmp
     python3 = tmp_path / "bin" / "python3"  # the device's python3, here this interpreter
     python3.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python3.chmod(0o755)
-    p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu.sh"), "run", *map(str, specs), "--data", str(mini),
+    p = subprocess.run(["bash", str(ROOT / "scripts" / "gpu.sh"), "run", *map(str, specs), "--data", str(mini_quarter),
                         "--group", "2"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     log = (tmp_path / "out" / "run.log").read_text()
@@ -220,14 +220,14 @@ def test_the_gpu_scripts_run_trains_several_specs_grouped_into_records(mini, tmp
 
 
 @pytest.mark.slow
-def test_ghost_bn_members_train_as_alone_in_float64(tmp_path, mini, write_spec):
+def test_ghost_bn_members_train_as_alone_in_float64(tmp_path, mini_quarter, write_spec):
     """model.bn_batch in a group: each member's BN takes its statistics over its own groups of images, as alone
     (the vmapped step runs the same GhostBatchNorm2d per member), to the float64 tolerances above."""
     from harness.core.models import GhostBatchNorm2d
 
     text = F64.replace("seeds: [0, 1, 2]", "seeds: [0, 1]").replace("depth: 8}", "depth: 8, bn_batch: 16}")
     spec = write_spec(tmp_path / "experiments" / "t", "ghost", text)
-    runs, arrays = _runs(spec), load_arrays(mini)
+    runs, arrays = _runs(spec), load_arrays(mini_quarter)
     hist, ends = _together(runs, arrays)
     for r in runs:
         alone_hist, alone_final, alone_model = _alone(r, arrays)
@@ -242,12 +242,12 @@ def test_ghost_bn_members_train_as_alone_in_float64(tmp_path, mini, write_spec):
 
 @pytest.mark.slow
 def test_check_group_passes_under_inductor_on_the_cpu_and_fails_when_bn_statistics_are_not_written_back(
-        monkeypatch, capsys, mini):
+        monkeypatch, capsys, mini_quarter):
     """`check-group` at a tiny size (K=2 ResNet-8, batch 16, 6 iterations, float64, torch.compile's inductor):
     every member trains as alone. With the write-back of BN running statistics removed from the grouped step (the
     fault it exists to catch), it fails on them."""
-    assert main(["check-group", "--k", "2", "--iters", "6", "--depth", "8", "--batch-size", "16", "--data", str(mini),
-                 "--device", "cpu"]) == 0
+    assert main(["check-group", "--k", "2", "--iters", "6", "--depth", "8", "--batch-size", "16", "--data",
+                 str(mini_quarter), "--device", "cpu"]) == 0
     err = capsys.readouterr().err
     assert "float64, compile=default" in err and err.count(": ok") == 2 and "check-group: PASS" in err, err
     real_copy = torch.Tensor.copy_
@@ -258,6 +258,6 @@ def test_check_group_passes_under_inductor_on_the_cpu_and_fails_when_bn_statisti
         return real_copy(self, src, *a, **k)
 
     monkeypatch.setattr(torch.Tensor, "copy_", no_write_back)
-    assert main(["check-group", "--k", "2", "--iters", "6", "--depth", "8", "--batch-size", "16", "--data", str(mini),
-                 "--device", "cpu", "--compile", "eager"]) == 1
+    assert main(["check-group", "--k", "2", "--iters", "6", "--depth", "8", "--batch-size", "16", "--data",
+                 str(mini_quarter), "--device", "cpu", "--compile", "eager"]) == 1
     assert "DIFFERS" in capsys.readouterr().err

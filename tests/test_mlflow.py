@@ -113,13 +113,13 @@ print(100.0 * wrong / len(y))
 """
 
 
-def _test_error_of_logged_model(uri: str, spec_path, mini, tmp_path) -> float:
+def _test_error_of_logged_model(uri: str, spec_path, npz, tmp_path) -> float:
     """The logged model, loaded as any MLflow user would where only mlflow and torch are installed (a subprocess
     in which `harness` cannot be imported), evaluated on the run's own test split normalized here."""
     from harness.core.data import normalize
 
     spec = load_spec(spec_path)
-    data = to_device(load_arrays(mini), spec.data, torch.device("cpu"), param_dtype(spec))
+    data = to_device(load_arrays(npz), spec.data, torch.device("cpu"), param_dtype(spec))
     np.save(tmp_path / "x.npy", normalize(data.x_test, data.eval_mean, data.dtype).numpy())
     np.save(tmp_path / "y.npy", data.y_test.numpy())
     p = subprocess.run([sys.executable, "-c", LOAD_WITHOUT_HARNESS, uri, str(tmp_path / "x.npy"),
@@ -129,13 +129,13 @@ def _test_error_of_logged_model(uri: str, spec_path, mini, tmp_path) -> float:
     return float(p.stdout.split()[-1])
 
 
-def test_the_logged_model_loads_where_harness_cannot_be_imported(store, mini, tmp_path, write_spec):
+def test_the_logged_model_loads_where_harness_cannot_be_imported(store, mini_quarter, tmp_path, write_spec):
     """`mlflow.pytorch.load_model` with only mlflow and torch: the model is named by its architecture and depth,
     and gives the run's own test error."""
     spec = write_spec(tmp_path / "experiments" / "table6", "tiny", FAST)
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     (r,) = MlflowClient().search_runs(group_experiments(MlflowClient(), "table6"))
-    error = _test_error_of_logged_model(f"runs:/{r.info.run_id}/resnet8", spec, mini, tmp_path)
+    error = _test_error_of_logged_model(f"runs:/{r.info.run_id}/resnet8", spec, mini_quarter, tmp_path)
     assert error == pytest.approx(r.data.metrics["test_error"])
 
 

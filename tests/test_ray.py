@@ -50,7 +50,7 @@ def _steps_once(c, run) -> bool:
 
 
 @pytest.mark.slow
-def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path, write_spec, ray_env):
+def test_two_drivers_on_one_spec_train_each_run_once(store, mini_quarter, tmp_path, write_spec, ray_env):
     """Two `harness run` of the same spec and seeds at once: every run is claimed before it trains, so the driver
     that comes second waits on the claim and then finds the run FINISHED."""
     spec = write_spec(tmp_path / "experiments" / "t", "tiny", TINY.replace("seeds: [0]", "seeds: [0, 1]")
@@ -58,7 +58,7 @@ def test_two_drivers_on_one_spec_train_each_run_once(store, mini, tmp_path, writ
     from harness.tracking import store as tracking
 
     tracking.create_store()  # as `run --jobs` does; two fresh processes racing to create MLflow's tables is not this
-    cmd = [PY, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"]
+    cmd = [PY, "-m", "harness", "run", str(spec), "--data", str(mini_quarter), "--no-progress"]
     drivers = [subprocess.Popen(cmd, env=ray_env(), cwd=tmp_path, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
         errs = [p.communicate(timeout=150)[1] for p in drivers]
@@ -247,8 +247,9 @@ def ray_cluster(netns, tmp_path, free_port, ray_env):
 
 
 @pytest.mark.slow
-def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_server, ray_cluster, net_prefix, mini,
-                                                                       tmp_path, monkeypatch, write_spec, ray_env):
+def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_server, ray_cluster, net_prefix,
+                                                                       mini_quarter, tmp_path, monkeypatch, write_spec,
+                                                                       ray_env):
     """`table --address`: one run lands on each node (one CPU each); the worker node is killed once its run has
     a checkpoint, Ray retries the task on the head, which takes over the run's claim (its holder is gone) and
     resumes it from the shared checkpoint to the numbers of an uninterrupted run on one thread."""
@@ -263,14 +264,14 @@ def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_serv
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+        assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     finally:
         torch.set_num_threads(threads)
     ref = MlflowClient()
     reference = {r.info.run_name: _final(ref, r) for r in _runs(ref)}
 
     shared = tmp_path / "shared-checkpoints"
-    p = subprocess.Popen(netns + [PY, "-m", "harness", "table", str(spec.parent), "--data", str(mini),
+    p = subprocess.Popen(netns + [PY, "-m", "harness", "table", str(spec.parent), "--data", str(mini_quarter),
                                   "--no-report", "--no-progress", "--address", address, "--checkpoint-dir",
                                   str(shared), "--claims-db", pg],
                          env=ray_env(MLFLOW_TRACKING_URI=uri, HARNESS_CLAIM_TIMEOUT=30, **_ray_auth(token), **login),
@@ -307,11 +308,13 @@ def _outsiders_are_refused(netns: list[str], address: str, uri: str, pg: str, tm
             if not k.startswith(("RAY_AUTH", "MLFLOW_TRACKING_", "PGPASS"))}
     tries = {"ray": (OUTSIDER_RAY, "InvalidAuthToken"), "mlflow": (OUTSIDER_MLFLOW, "HTTP 401"),
              "postgresql": (OUTSIDER_PG, "no password supplied")}
-    for name, (code, refusal) in tries.items():
-        arg = {"ray": address, "mlflow": uri, "postgresql": pg}[name]
-        p = subprocess.run(netns + [PY, "-c", code, arg], env={**bare, "RAY_AUTH_MODE": "disabled"},
-                           capture_output=True, text=True, timeout=180)
-        out = p.stdout + p.stderr
+    args = {"ray": address, "mlflow": uri, "postgresql": pg}
+    clients = {name: subprocess.Popen(netns + [PY, "-c", code, args[name]], env={**bare, "RAY_AUTH_MODE": "disabled"},
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for name, (code, _) in tries.items()}  # all three at once: each spends its time importing its client
+    for name, (_, refusal) in tries.items():
+        p = clients[name]
+        out = p.communicate(timeout=180)[0]
         print(f"{name} without credentials: exit {p.returncode}: {out.strip().splitlines()[-1][:300]}")
         assert p.returncode != 0 and refusal in out and "LET IN" not in out, (name, out[-3000:])
 

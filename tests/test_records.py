@@ -144,13 +144,13 @@ def test_the_committed_reports_come_back_byte_for_byte_from_the_committed_record
     assert (store.parent / "README.md").read_bytes() == (ROOT / "README.md").read_bytes()
 
 
-def test_publish_writes_each_record_as_its_run_finishes(store, mini, env_with, write_spec):
+def test_publish_writes_each_record_as_its_run_finishes(store, mini_quarter, env_with, write_spec):
     """`run --publish` (and `table --publish`, `make cpu-table`): a run's record is in results/ as soon as the run
     finishes, so a batch killed in a later run (a machine gone mid-campaign, its store with it) keeps it."""
     folder = store.parent / "experiments" / "t"
     short = write_spec(folder, "a_short", TINY)
     long = write_spec(folder, "b_long", TINY.replace("total_iters: 12", "total_iters: 16"))
-    p = subprocess.run([sys.executable, "-m", "harness", "run", str(short), str(long), "--data", str(mini),
+    p = subprocess.run([sys.executable, "-m", "harness", "run", str(short), str(long), "--data", str(mini_quarter),
                         "--no-progress", "--publish"], env=env_with(**killed_after(14)), cwd=store.parent,
                        capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr[-3000:]  # killed in b_long, before the batch's own export

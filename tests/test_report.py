@@ -33,7 +33,7 @@ def test_paper_figures_are_found_from_any_directory(tmp_path, monkeypatch):
     assert load_paper()["test_error"]["resnet32"] == 7.51
 
 
-def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store, mini, capsys, write_spec):
+def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store, mini_quarter, capsys, write_spec):
     exp = store.parent / "experiments"
     exp.mkdir(parents=True)
     shutil.copy(ROOT / "experiments/paper.yaml", exp / "paper.yaml")
@@ -49,7 +49,7 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
 
     (store.parent / "reports" / "bench").mkdir(parents=True)  # a real H100 bench line, rendered by report
     shutil.copy(ROOT / "reports/bench/h100-2026-11-23.jsonl", store.parent / "reports" / "bench")
-    code = main(["table", "--data", str(mini), "--no-progress", "--publish"])
+    code = main(["table", "--data", str(mini_quarter), "--no-progress", "--publish"])
     err = capsys.readouterr().err
     assert code == 2  # an invalid spec (and a diverged run): not everything finished
     assert "bad_spec.yaml: model.depth: expected 6n+2" in err
@@ -67,15 +67,15 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
                         "baseline-s0": "FINISHED"}
 
     assert (store.parent / "results" / "table6").is_dir()  # `table --publish` exported its finished runs
-    assert "cifar10-mini-b1/" in (store.parent / "reports" / "README.md").read_text()
-    out = store.parent / "reports" / "cifar10-mini-b1"  # `table` reports every campaign, each in its folder
+    assert "cifar10-mini-quarter-b1/" in (store.parent / "reports" / "README.md").read_text()
+    out = store.parent / "reports" / "cifar10-mini-quarter-b1"  # `table` reports every campaign, each in its folder
     assert "| ours_graphed | 37,327.0 | 3.43 |" in (out.parent / "bench.md").read_text()  # resnet20's row in that file
     for f in ("table6.md", "table6.csv", "ablations.md", "ladder.md", "error_vs_depth.png", "curves_table6.png",
               "ladder.png"):
         assert (out / f).stat().st_size > 0, f
     t6 = (out / "table6.md").read_text()
-    assert "NOT CIFAR-10 test error" in t6 and "Data: cifar10-mini.npz (train/val split: 3661/407;" in t6
-    assert "Budget: 1" in t6 and "| ResNet-8 | 0.08 | 3661/407 | " in t6
+    assert "NOT CIFAR-10 test error" in t6 and "Data: cifar10-mini-quarter.npz (train/val split: 922/102;" in t6
+    assert "Budget: 1" in t6 and "| ResNet-8 | 0.08 | 922/102 | " in t6
     assert "not comparable" in t6 and "Device: cpu" in t6
     csv = pd.read_csv(out / "table6.csv")
     res = csv[csv.model == "ResNet-8"].iloc[0]
@@ -88,11 +88,11 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
     assert "| a_diverges |" in ab and "diverged" in ab and "| fc_relu | ReLU after the fc layer |" in ab
     assert "noise unknown: n=1 in this row" in ab
     assert "Baseline: ablations/baseline (experiments/ablations/baseline.yaml: ResNet-32 on the paper's recipe and " \
-        "the ablations' 45k/5k split; 3661/407), " in ab and "| baseline |" not in ab  # the ablations' split
+        "the ablations' 45k/5k split; 922/102), " in ab and "| baseline |" not in ab  # the ablations' split
     lad = (out / "ladder.md").read_text()
     assert "| 0_seed |" in lad and "| paper_resnet32 |" in lad
     summary = (out / "summary.md").read_text()  # the ablations' effects, the diverged one in its table row only
-    assert "against the ablations' baseline (ablations/baseline, trained on 3661/407):\n- fc_relu — ReLU after the " \
+    assert "against the ablations' baseline (ablations/baseline, trained on 922/102):\n- fc_relu — ReLU after the " \
         "fc layer: " in summary, summary
     assert re.search(r"- fc_relu — ReLU after the fc layer: (\d+\.\d\d) vs (\d+\.\d\d) \([+-]\d+\.\d\d points; "
                      r"noise unknown: n=1 in fc_relu, n=1 in the baseline\)\n<!-- summary:end -->", summary), summary
@@ -100,13 +100,13 @@ def test_table_runs_everything_survives_a_failure_and_reports_from_mlflow(store,
 
     # Rerun: the plan sees everything done (the diverged run is not retried) and trains nothing.
     (exp / "ablations" / "bad_spec.yaml").unlink()
-    assert main(["table", "--data", str(mini), "--no-progress", "--no-report"]) == 0
+    assert main(["table", "--data", str(mini_quarter), "--no-progress", "--no-report"]) == 0
     assert "7 already done, 0 to do" in capsys.readouterr().err
 
     # A budget with no runs is one line and exit 2, as is a store that is not there (and reading creates none).
     assert main(["report", "--budget", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "no finished runs for --budget 0.5; the store has: budget 1 on cifar10-mini.npz:" in err
+    assert "no finished runs for --budget 0.5; the store has: budget 1 on cifar10-mini-quarter.npz:" in err
     assert err.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in err, err
     missing = store.parent / "elsewhere" / "mlflow.db"
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{missing}"  # the store fixture's monkeypatch restores it
@@ -152,7 +152,7 @@ def test_a_single_seed_is_judged_against_the_seed_spread_of_the_other_side():
     assert noise_verdict(shallow, shallow + 2) == "outside seed noise (p=0.02)"  # Welch where both have seeds
 
 
-def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, write_spec):
+def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini_quarter, capsys, write_spec):
     """One store of real tiny runs (ResNet-8, 12 iterations at budget 1, 6 at 0.5): campaign A (budget 1) has
     table6 and ladder runs, campaign B (budget 0.5) only a table6 run, campaign C the same file name with other
     bytes. Each report must say which runs it is of, and what in its folder it did not rewrite."""
@@ -165,12 +165,12 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, w
     write_spec(exp / "table6", "resnet32", TINY.replace("seeds: [0]", "seeds: [0, 1]"))
     write_spec(exp / "table6", "resnet8_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))  # same row, fails
     write_spec(exp / "ladder", "3_multistep", TINY.replace("lr: 0.1", "lr: 0.05"))  # not table6's recipe: it closes
-    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini), "--no-progress"]) == 1
-    assert main(["run", str(exp / "ladder"), "--data", str(mini), "--no-progress", "--force"]) == 0  # same seed again
+    assert main(["run", str(exp / "table6"), str(exp / "ladder"), "--data", str(mini_quarter), "--no-progress"]) == 1
+    assert main(["run", str(exp / "ladder"), "--data", str(mini_quarter), "--no-progress", "--force"]) == 0  # again
     c = MlflowClient()
     done = c.search_runs(group_experiments(c, "table6"), "tags.spec_name = 'resnet32'")[0]
     mini_id = done.data.tags["data_id"]
-    assert re.fullmatch(r"cifar10-mini\.npz:[0-9a-f]{16}", mini_id), mini_id
+    assert re.fullmatch(r"cifar10-mini-quarter\.npz:[0-9a-f]{16}", mini_id), mini_id
     # a seed still training when the report is made
     in_flight = c.create_run(done.info.experiment_id, run_name="resnet32-s2", tags={
         **{k: v for k, v in done.data.tags.items() if not k.startswith("mlflow.")}, "spec_hash": "in-flight"})
@@ -182,17 +182,17 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, w
     assert main(["report", "--out", str(out)]) == 0
     capsys.readouterr()
     t6md = (out / "table6.md").read_text()
-    assert t6md.startswith("# Table 6 (He et al. 2015) rerun at budget 1 on cifar10-mini.npz: not CIFAR-10 test "
-                           "error\n"), t6md[:200]
+    assert t6md.startswith("# Table 6 (He et al. 2015) rerun at budget 1 on cifar10-mini-quarter.npz: not CIFAR-10 "
+                           "test error\n"), t6md[:200]
     assert "| best seed (final error) |" in t6md
-    assert re.search(r"\| ResNet-8 \| 0.08 \| 3661/407 \| 9.50 ± 0.25 \(best 9.00\) \| ", t6md), t6md
+    assert re.search(r"\| ResNet-8 \| 0.08 \| 922/102 \| 9.50 ± 0.25 \(best 9.00\) \| ", t6md), t6md
     assert "(n=2; 1 failed: diverged; 1 unfinished) |" in t6md
     assert "ResNet-8: the paper's Table 6 figure 9.00 is the best of its runs" in t6md
     row = pd.read_csv(out / "table6.csv").iloc[0]
     assert (row.paper_test_error, row.paper_std, row.paper_best_run, row.n) == (9.5, 0.25, 9.0, 2)
     assert row.best_seed <= row.measured_mean
     lad = (out / "ladder.md").read_text()
-    assert re.search(r"\| 3_multistep \|  \| 3661/407 \| \d+\.\d\d \(n=1\) \|", lad), lad  # a rerun replaces its run
+    assert re.search(r"\| 3_multistep \|  \| 922/102 \| \d+\.\d\d \(n=1\) \|", lad), lad  # a rerun replaces its run
     assert re.search(r"\| paper_resnet32 \| .* \| (within|outside) seed noise \(p=\d\.\d\d\), taking this rung's seed "
                      r"spread for the previous rung \(n=1\) \|", lad), lad  # two seeds against one
     assert "the ladder runs backwards" not in lad  # that reading is of a short run, and this is budget 1
@@ -200,21 +200,21 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, w
 
     # Campaign B has no ladder runs: ladder.md and ladder.png stay, and report says so and of which runs they are.
     assert main(["run", str(exp / "table6" / "resnet32.yaml"), "--set", "seeds=[0]", "--budget", "0.5",
-                 "--data", str(mini), "--no-progress"]) == 0
+                 "--data", str(mini_quarter), "--no-progress"]) == 0
     capsys.readouterr()
     assert main(["report", "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert (f"report: left {out}/ladder.md, {out}/ladder.png as they were (no ladder runs for budget 0.5 on "
-            f"{mini_id}; ladder.md is from an earlier report: budget 1, data cifar10-mini.npz (train/val split: "
-            "3661/407") in err, err
+            f"{mini_id}; ladder.md is from an earlier report: budget 1, data cifar10-mini-quarter.npz (train/val "
+            "split: 922/102") in err, err
     assert "ablations.md" not in err and "tuned.md" not in err  # never written here: nothing to say
     assert (out / "ladder.md").read_bytes() == ladder_before
     assert "- Budget: 0.5\n" in (out / "table6.md").read_text()
 
     # Campaign C: another file of the same name. --data-id by file name works where it names one data id.
-    other = store.parent / "other" / "cifar10-mini.npz"
+    other = store.parent / "other" / "cifar10-mini-quarter.npz"
     other.parent.mkdir()
-    with np.load(mini) as z:
+    with np.load(mini_quarter) as z:
         np.savez(other, x_train=z["x_train"][:400], y_train=z["y_train"][:400], x_test=z["x_test"][:100],
                  y_test=z["y_test"][:100])
     assert main(["run", str(exp / "table6" / "resnet32.yaml"), "--set", "seeds=[0]", "--budget", "0.5",
@@ -223,17 +223,18 @@ def test_report_says_which_runs_it_is_of_and_what_it_left(store, mini, capsys, w
     assert main(["report", "--budget", "1", "--data-id", "cifar10-full.npz"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: ") and "no finished runs for --budget 1 --data-id cifar10-full.npz; the store " \
-        "has: budget 0.5 on cifar10-mini.npz:" in err, err  # the newest campaign first
+        "has: budget 0.5 on cifar10-mini-quarter.npz:" in err, err  # the newest campaign first
     assert f"budget 0.5 on {mini_id} (1 finished run)" in err, err
     assert f"budget 1 on {mini_id} (3 finished runs)" in err, err  # resnet32 s0, s1 and 3_multistep once
-    assert main(["report", "--data-id", "cifar10-mini.npz"]) == 2  # two files have that name
-    assert "--data-id cifar10-mini.npz: names 2 data ids" in capsys.readouterr().err
-    assert main(["report", "--out", str(store.parent / "r1"), "--budget", "1", "--data-id", "cifar10-mini.npz"]) == 0
+    assert main(["report", "--data-id", "cifar10-mini-quarter.npz"]) == 2  # two files have that name
+    assert "--data-id cifar10-mini-quarter.npz: names 2 data ids" in capsys.readouterr().err
+    assert main(["report", "--out", str(store.parent / "r1"), "--budget", "1", "--data-id",
+                 "cifar10-mini-quarter.npz"]) == 0
     assert f"budget 1, {mini_id})" in capsys.readouterr().err
     assert "- Budget: 1\n" in (store.parent / "r1" / "table6.md").read_text()
 
     # Campaign D has ladder runs only (e.g. `table experiments/ladder`): a ladder page, Table 6 left as it was.
-    assert main(["run", str(exp / "ladder"), "--budget", "0.75", "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(exp / "ladder"), "--budget", "0.75", "--data", str(mini_quarter), "--no-progress"]) == 0
     table6_before = (out / "table6.md").read_bytes()
     capsys.readouterr()
     assert main(["report", "--out", str(out), "--budget", "0.75", "--data-id", mini_id]) == 0  # as `table` asks

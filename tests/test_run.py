@@ -71,13 +71,13 @@ def _final(c, run_id):
     return {k: c.get_run(run_id).data.metrics[k] for k in FINAL_KEYS}
 
 
-def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypatch, env_with, write_spec):
+def test_killed_run_resumes_to_identical_metrics(store, mini_quarter, tmp_path, monkeypatch, env_with, write_spec):
     text = TINY.replace("total_iters: 12", "total_iters: 16")
     spec = write_spec(tmp_path / "experiments" / "t", "tiny", text)
     # Uninterrupted reference in a store of its own.
     ref_uri = f"sqlite:///{tmp_path}/ref/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ref_uri)
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     c = MlflowClient(ref_uri)
     ref_run = c.search_runs(group_experiments(c, "t"))[0]
     reference = _final(c, ref_run.info.run_id)
@@ -85,7 +85,8 @@ def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypa
     # Same spec, SIGKILLed right after iteration 10 (last checkpoint at 8), then rerun.
     uri = f"sqlite:///{tmp_path}/killed/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    p = subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress"],
+    p = subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini_quarter),
+                        "--no-progress"],
                        env=env_with(MLFLOW_TRACKING_URI=uri, **killed_after(10)), cwd=tmp_path,
                        capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr
@@ -93,7 +94,7 @@ def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypa
     killed = c2.search_runs(group_experiments(c2, "t"))
     assert len(killed) == 1 and killed[0].info.status == "RUNNING"
     assert list((tmp_path / "killed" / "checkpoints").glob("*.pt"))
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     resumed = c2.search_runs(group_experiments(c2, "t"))
     assert len(resumed) == 1 and resumed[0].info.run_id == killed[0].info.run_id
     assert resumed[0].info.status == "FINISHED"
@@ -102,11 +103,11 @@ def test_killed_run_resumes_to_identical_metrics(store, mini, tmp_path, monkeypa
     assert steps == [4, 8, 12, 16]
 
 
-def test_divergence_is_recorded_and_the_batch_goes_on(store, mini, capsys, write_spec):
+def test_divergence_is_recorded_and_the_batch_goes_on(store, mini_quarter, capsys, write_spec):
     folder = store.parent / "experiments" / "t"
     bad = write_spec(folder, "a_diverges", TINY.replace("lr: 0.1", "lr: 1.0e+30"))
     good = write_spec(folder, "b_fine")
-    code = main(["run", str(bad), str(good), "--data", str(mini), "--no-progress"])
+    code = main(["run", str(bad), str(good), "--data", str(mini_quarter), "--no-progress"])
     assert code == 1  # not everything finished
     c, runs = _runs()
     by_name = {r.info.run_name: r for r in runs}
@@ -116,11 +117,11 @@ def test_divergence_is_recorded_and_the_batch_goes_on(store, mini, capsys, write
     err = capsys.readouterr().err
     assert "a_diverges-s0: FAILED, " in err and "2 runs: 1 diverged, 1 finished in " in err, err
     # a diverged run is not retried silently
-    assert main(["run", str(bad), "--data", str(mini), "--no-progress"]) == 1
+    assert main(["run", str(bad), "--data", str(mini_quarter), "--no-progress"]) == 1
     assert len(_runs()[1]) == 2
 
 
-def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, capsys, monkeypatch, write_spec):
+def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini_quarter, capsys, monkeypatch, write_spec):
     """Beside divergence: a spec the data cannot serve ends `bad_input` with its one-line message, any other
     exception `error` named by its type; each run is FAILED and the batch goes on."""
     folder = store.parent / "experiments" / "t"
@@ -137,7 +138,7 @@ def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, caps
 
     monkeypatch.setattr(life, "train_group", refuses_a)
     bad_spec = write_spec(folder, "a_bad", TINY.replace("eval_points: 4", "eval_points: 3"))
-    assert main(["run", str(bad_spec), str(good), "--data", str(mini), "--no-progress"]) == 1
+    assert main(["run", str(bad_spec), str(good), "--data", str(mini_quarter), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "a_bad-s0: FAILED, data.val_size: expected at most 4067" in err, err
     assert "2 runs: 1 failed, 1 finished in " in err, err
@@ -151,18 +152,18 @@ def test_bad_input_and_errors_are_tagged_and_the_batch_goes_on(store, mini, caps
         raise RuntimeError("boom")
 
     monkeypatch.setattr(life, "train_group", boom)
-    assert main(["run", str(good), "--data", str(mini), "--no-progress", "--force"]) == 1
+    assert main(["run", str(good), "--data", str(mini_quarter), "--no-progress", "--force"]) == 1
     assert "b_fine-s0: FAILED with RuntimeError: boom" in capsys.readouterr().err
     newest = _runs()[1][-1]
     assert (newest.info.status, newest.data.tags["failure"], newest.data.tags["failure_message"]) == \
         ("FAILED", "error", "RuntimeError: boom")
 
 
-def test_resnet110_style_warmup_returns_to_base_lr(store, mini, write_spec):
+def test_resnet110_style_warmup_returns_to_base_lr(store, mini_quarter, write_spec):
     text = TINY.replace("total_iters: 12}", "total_iters: 60, warmup: {lr: 0.01, until_train_error: 100.0, "
                         "max_iters: 50}}").replace("[8, 10]", "[55]").replace("eval_points: 4", "eval_points: 6")
     spec = write_spec(store.parent / "experiments" / "t", "warm", text)
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     c, runs = _runs()
     lrs = [m.value for m in sorted(c.get_metric_history(runs[0].info.run_id, "lr"), key=lambda m: m.step)]
     # error < 100 % at the first check (iteration 20) ends warm-up; lr goes back to 0.1, then /10 at 55
@@ -177,12 +178,12 @@ def test_help_is_the_map(env_with):
     assert os.path.isfile(ROOT / "Makefile")
 
 
-def test_offline_run_then_import_is_a_finished_mlflow_run(store, mini, tmp_path, capsys, write_spec):
+def test_offline_run_then_import_is_a_finished_mlflow_run(store, mini_quarter, tmp_path, capsys, write_spec):
     """The GPU machine has no MLflow: `run --offline` writes a record, `import` makes it the run `run` would
     have made, so a later `run` of the same spec skips it and a second import adds nothing."""
     spec = write_spec(tmp_path / "experiments" / "t", "tiny")
     out = tmp_path / "records"
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress", "--offline", str(out)]) == 0
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress", "--offline", str(out)]) == 0
     assert not store.exists() or not _runs()[1]  # nothing in MLflow yet
     (record,) = out.glob("*/record.json")
     assert {p.name for p in record.parent.iterdir()} == {"record.json", "model"}  # checkpoint gone
@@ -197,16 +198,16 @@ def test_offline_run_then_import_is_a_finished_mlflow_run(store, mini, tmp_path,
     assert r.outputs.model_outputs and r.inputs.dataset_inputs
     capsys.readouterr()
     assert main(["import", str(out)]) == 0 and "not imported again" in capsys.readouterr().err
-    assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     assert "already FINISHED" in capsys.readouterr().err and len(_runs()[1]) == 1
 
 
-def test_offline_run_killed_resumes_from_its_folder(store, mini, tmp_path, env_with, write_spec):
+def test_offline_run_killed_resumes_from_its_folder(store, mini_quarter, tmp_path, env_with, write_spec):
     text = TINY.replace("total_iters: 12", "total_iters: 16")
     spec = write_spec(tmp_path / "experiments" / "t", "tiny", text)
     out = tmp_path / "records"
-    args = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress", "--offline",
-            str(out)]
+    args = [sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini_quarter), "--no-progress",
+            "--offline", str(out)]
     p = subprocess.run(args, env=env_with(**killed_after(10)), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr
     (folder,) = out.iterdir()
@@ -252,7 +253,7 @@ def test_jobs_deal_workers_over_the_gpus_unless_one_is_named():
 
 
 @pytest.mark.slow
-def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers(store, mini, tmp_path, capsys,
+def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers(store, mini_quarter, tmp_path, capsys,
                                                                                  monkeypatch, env_with, write_spec):
     """`--jobs 2`: two Ray tasks on an embedded Ray with one CPU thread each, nothing set up. Killed mid-run
     (both workers SIGKILL themselves after iteration 10; Ray told not to retry), the batch exits non-zero, leaves
@@ -263,8 +264,8 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
                       .replace("eval_points: 4", "eval_points: 2"))
 
     def run(uri, jobs, **env):
-        return subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--no-progress",
-                               "--jobs", str(jobs), "--checkpoint-dir", "kept"],
+        return subprocess.run([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini_quarter),
+                               "--no-progress", "--jobs", str(jobs), "--checkpoint-dir", "kept"],
                               env=env_with(MLFLOW_TRACKING_URI=uri, **env), cwd=tmp_path, capture_output=True,
                               text=True)
 
@@ -278,7 +279,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert main(["run", str(spec), "--data", str(mini), "--no-progress"]) == 0
+        assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     finally:
         torch.set_num_threads(threads)
     reference = finals(ref_uri)
@@ -302,7 +303,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
         assert metrics == reference[name][2], name  # bit-exact: same thread count, same seeds
     assert not list((tmp_path / "kept").glob("*.pt"))
 
-    assert main(["run", str(spec), "--data", str(mini), "--jobs", "0"]) == 2
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--jobs", "0"]) == 2
     assert "--jobs: expected a whole number of runs at a time, at least 1, got 0" in capsys.readouterr().err
 
 
@@ -317,13 +318,14 @@ def _running(db) -> int:
 
 
 @pytest.mark.slow
-def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path, mini, env_with, write_spec):
+def test_ctrl_c_under_jobs_marks_runs_killed_and_exits_130(tmp_path, mini_quarter, env_with, write_spec):
     """Ctrl-C reaches the whole process group: each worker marks its run KILLED (resumable), no queued run starts,
     and the command ends with one line and exit 130 instead of waiting for the batch."""
     spec = write_spec(tmp_path / "experiments" / "t", "long", TINY.replace("total_iters: 12", "total_iters: 3000")
                       .replace("seeds: [0]", "seeds: [0, 1, 2]").replace("eval_points: 4", "eval_points: 2"))
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    p = subprocess.Popen([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini), "--jobs", "2"],
+    p = subprocess.Popen([sys.executable, "-m", "harness", "run", str(spec), "--data", str(mini_quarter), "--jobs",
+                          "2"],
                          env=env_with(MLFLOW_TRACKING_URI=uri, OMP_NUM_THREADS=2), cwd=tmp_path, text=True,
                          stderr=subprocess.PIPE, start_new_session=True,  # a terminal's Ctrl-C hits the group
                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -169,7 +169,7 @@ def _plateau_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("legacy", [False, True], ids=["checkpoint", "checkpoint_from_before_schedule"])
-def test_plateau_run_resumes_to_the_same_numbers(mini, tmp_path, legacy):
+def test_plateau_run_resumes_to_the_same_numbers(mini_quarter, tmp_path, legacy):
     """Killed after an evaluation point (plateau state, ramp and data order in the checkpoint), resumed; also from
     a checkpoint in the layout written before the Schedule object (its state in the loop's dict and in torch's
     ReduceLROnPlateau), which a run killed then still resumes from."""
@@ -177,7 +177,7 @@ def test_plateau_run_resumes_to_the_same_numbers(mini, tmp_path, legacy):
     from harness.core.train import param_dtype, train
 
     run = _plateau_run(tmp_path)
-    data = to_device(load_arrays(mini), run.spec.data, torch.device("cpu"), param_dtype(run.spec))
+    data = to_device(load_arrays(mini_quarter), run.spec.data, torch.device("cpu"), param_dtype(run.spec))
     drop = ("images_per_s", "train_seconds")
     whole, _ = train(run, data, torch.device("cpu"), progress=False, evaluate_test=False)
     reference = {k: v for k, v in whole.as_dict().items() if k not in drop}

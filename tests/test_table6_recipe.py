@@ -54,21 +54,21 @@ def test_tune_refuses_a_spec_without_validation_split(store, mini, tmp_path, cap
     assert not storage.exists() and not store.exists()
 
 
-def _warmup_run(mini, until: float, cap: int):
+def _warmup_run(npz, until: float, cap: int):
     spec = Spec.model_validate({
         "model": {"arch": "resnet", "depth": 8}, "batch_size": 32, "eval_points": 2,
         "schedule": {"milestones": [], "total_iters": 24, "warmup": {"lr": 0.01, "until_train_error": until,
                                                                      "max_iters": cap}}})
     run = resolve_runs("experiments/t/w.yaml", spec, 1.0)[0]
-    data = to_device(load_arrays(mini), spec.data, torch.device("cpu"), param_dtype(spec))
+    data = to_device(load_arrays(npz), spec.data, torch.device("cpu"), param_dtype(spec))
     return train(run, data, torch.device("cpu"), progress=False, evaluate_test=False)[0]
 
 
-def test_warmup_ends_by_the_training_error_or_by_its_cap_and_says_which(mini, capsys):
+def test_warmup_ends_by_the_training_error_or_by_its_cap_and_says_which(mini_quarter, capsys):
     """The paper's rule (training error below the threshold, checked every 20 iterations) or the safety cap."""
-    by_rule = _warmup_run(mini, until=100.0, cap=22)
+    by_rule = _warmup_run(mini_quarter, until=100.0, cap=22)
     assert (by_rule.warmup_ended_by, by_rule.warmup_ended_at) == ("train_error", 20)
     assert "ended at iteration 20: training error below 100%" in capsys.readouterr().err
-    by_cap = _warmup_run(mini, until=1.0, cap=22)
+    by_cap = _warmup_run(mini_quarter, until=1.0, cap=22)
     assert (by_cap.warmup_ended_by, by_cap.warmup_ended_at) == ("cap", 22)
     assert "ended by its cap warmup.max_iters=22 at iteration 22" in capsys.readouterr().err

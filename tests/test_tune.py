@@ -91,7 +91,8 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path,
     assert tuned.tuned.source == str(spec)  # its twin on tuned.md: the spec the study tuned, at its own schedule
 
 
-def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini, tmp_path, monkeypatch, write_spec):
+def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini_quarter, tmp_path, monkeypatch,
+                                                                       write_spec):
     """train() evaluates every schedule.eval_every iterations; the tuner builds its pruner from the same number,
     so a median pruner's warm-up and hyperband's resources are whole evaluation points."""
     import harness.tune.command
@@ -105,23 +106,23 @@ def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mi
     monkeypatch.setattr(harness.tune.command, "make_pruner", make_pruner)
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE.replace("total_iters: 24", "total_iters: 26"))
     assert main(["tune", str(spec), "--trials", "1", "--study", "e", "--storage", f"sqlite:///{tmp_path}/optuna.db",
-                 "--budget", "1", "--data", str(mini), "--plots", str(tmp_path / "plots")]) == 0
+                 "--budget", "1", "--data", str(mini_quarter), "--plots", str(tmp_path / "plots")]) == 0
     (child,) = _children("e")
     steps = [m.step for m in MlflowClient().get_metric_history(child.info.run_id, "val_error")]
     assert steps == [7, 14, 21, 26]  # ceil(26 / 4) apart, and the last iteration
     assert built == [(26, 7)]
 
 
-def test_poisoned_test_split_changes_no_trial(store, mini, tmp_path, write_spec):
+def test_poisoned_test_split_changes_no_trial(store, mini_quarter, tmp_path, write_spec):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     poisoned = tmp_path / "poisoned.npz"
-    with np.load(mini) as z:
+    with np.load(mini_quarter) as z:
         rng = np.random.default_rng(1)
         np.savez(poisoned, x_train=z["x_train"], y_train=z["y_train"],
                  x_test=rng.integers(0, 256, z["x_test"].shape, dtype=np.uint8),
                  y_test=rng.permutation(z["y_test"]))
     values = []
-    for data, name in ((mini, "clean"), (poisoned, "poisoned")):
+    for data, name in ((mini_quarter, "clean"), (poisoned, "poisoned")):
         storage = f"sqlite:///{tmp_path}/{name}.db"
         assert main(["tune", str(spec), "--trials", "3", "--study", name, "--storage", storage, "--budget", "1",
                      "--data", str(data), "--plots", str(tmp_path / "plots")]) == 0
@@ -131,12 +132,12 @@ def test_poisoned_test_split_changes_no_trial(store, mini, tmp_path, write_spec)
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["sqlite", "journal"])
-def test_killed_worker_leaves_a_failed_trial_that_the_resumed_study_runs_again(kind, store, mini, tmp_path, env_with,
-                                                                               write_spec):
+def test_killed_worker_leaves_a_failed_trial_that_the_resumed_study_runs_again(kind, store, mini_quarter, tmp_path,
+                                                                               env_with, write_spec):
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
     storage = f"sqlite:///{tmp_path}/optuna.db" if kind == "sqlite" else f"journal:{tmp_path}/study.journal"
     cmd = [sys.executable, "-m", "harness", "tune", str(spec), "--trials", "3", "--study", "k", "--storage", storage,
-           "--budget", "1", "--data", str(mini), "--heartbeat", "1", "--plots", str(tmp_path / "plots")]
+           "--budget", "1", "--data", str(mini_quarter), "--heartbeat", "1", "--plots", str(tmp_path / "plots")]
     p = subprocess.run(cmd, env=env_with(**killed_after(10)), cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == -signal.SIGKILL, p.stderr[-2000:]
     assert [t.state.name for t in _trials(storage, "k")] == ["RUNNING"]
@@ -153,10 +154,10 @@ def test_killed_worker_leaves_a_failed_trial_that_the_resumed_study_runs_again(k
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["postgres", "journal"])
-def test_three_workers_share_one_study(kind, store, mini, tmp_path, request, write_spec):
+def test_three_workers_share_one_study(kind, store, mini_quarter, tmp_path, request, write_spec):
     storage = request.getfixturevalue("postgres_db") if kind == "postgres" else f"journal:{tmp_path}/journal.log"
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
-    args = ["tune", str(spec), "--study", "w", "--storage", storage, "--budget", "1", "--data", str(mini),
+    args = ["tune", str(spec), "--study", "w", "--storage", storage, "--budget", "1", "--data", str(mini_quarter),
             "--workers", "3", "--seed", "7", "--plots", str(tmp_path / "plots")]
     assert main(args + ["--trials", "6"]) == 0
     from harness.core.devices import thread_share

@@ -50,16 +50,16 @@ RUNS = [
 
 
 @pytest.mark.slow
-def test_the_why_page_is_of_the_campaigns_runs_and_says_what_is_missing(store, mini, write_spec, capsys):
+def test_the_why_page_is_of_the_campaigns_runs_and_says_what_is_missing(store, mini_quarter, write_spec, capsys):
     root = store.parent
     write_spec(root / "experiments" / "seedlog", "adam", ADAM)
     write_spec(root / "experiments" / "ablations", "baseline")
     camp = why_campaign(root, RUNS)
     part = why_campaign(root, RUNS[:4], "part", None)  # slices a and b in part: no recipe run, no factors yet
-    assert main(["table", "--campaign", str(part.relative_to(root)), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["table", "--campaign", str(part.relative_to(root)), "--data", str(mini_quarter), "--no-progress"]) == 0
     part.unlink()
     # a run of the same spec outside the campaign (another seed) is in the store, not on the page
-    assert main(["run", "experiments/ablations/baseline.yaml", "--data", str(mini), "--set", "seeds=[7]",
+    assert main(["run", "experiments/ablations/baseline.yaml", "--data", str(mini_quarter), "--set", "seeds=[7]",
                  "--set", "eval_points=3", "--no-progress"]) == 0
     out = root / "reports"
     assert write_why_pages(out, root=root) == [out / "why-tiny" / "why.md"]
@@ -78,7 +78,7 @@ def test_the_why_page_is_of_the_campaigns_runs_and_says_what_is_missing(store, m
     assert (out / "why-tiny" / "why.png").stat().st_size > 10_000
 
     # the rest lands: the page fills in, and the same records give the same page
-    assert main(["table", "--campaign", str(camp.relative_to(root)), "--data", str(mini), "--no-progress"]) == 0
+    assert main(["table", "--campaign", str(camp.relative_to(root)), "--data", str(mini_quarter), "--no-progress"]) == 0
     capsys.readouterr()
     write_why_pages(out, root=root)
     page = (out / "why-tiny" / "why.md").read_text()
