@@ -91,6 +91,16 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path,
     assert tuned.tuned.source == str(spec)  # its twin on tuned.md: the spec the study tuned, at its own schedule
 
 
+def test_an_rdb_storage_is_opened_without_an_api_optuna_deprecated(tmp_path):
+    """The retry of a killed worker's trial goes through RDBStorage's heartbeat_stale_trial_callback, not
+    failed_trial_callback (deprecated in Optuna 4.9, gone in 6): opening a storage warns of nothing."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        storage = open_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat=5)
+    assert storage.heartbeat_stale_trial_callback is not None and storage.grace_period == 10
+
 def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini_quarter, tmp_path, monkeypatch,
                                                                        write_spec):
     """train() evaluates every schedule.eval_every iterations; the tuner builds its pruner from the same number,

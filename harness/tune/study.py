@@ -3,7 +3,7 @@ the best trial written back as a spec.
 
 Storage is an Optuna RDB URL (SQLite by default; PostgreSQL for many machines) with heartbeats, so a worker
 killed mid-trial leaves a trial that the next worker marks FAIL (fail_stale_trials) and runs again with the same
-parameters (Optuna's RetryFailedTrialCallback), or `journal:PATH` (JournalStorage on a file: one small
+parameters (Optuna's RetryHeartbeatStaleTrialCallback), or `journal:PATH` (JournalStorage on a file: one small
 append-only file a checkout can commit, so a study goes on from a fresh clone), whose cut-off trials `tune` fails
 and re-runs itself when it starts (requeue_cut_off): a cut-off trial is re-run, never lost.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import yaml
 from optuna.exceptions import ExperimentalWarning
-from optuna.storages import RetryFailedTrialCallback
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
@@ -31,9 +31,9 @@ from harness.tracking import store as tracking
 @contextmanager
 def known_experimental():
     """Optuna warns (ExperimentalWarning) on every use of an API it marks experimental. We use RDBStorage's
-    heartbeat_interval (how a killed worker's trial gets failed) and Study.set_metric_names knowingly (the plots
-    silence their own in harness.tracking.figures); their warnings are silenced around those calls only, so an
-    experimental API we did not choose still warns."""
+    heartbeat_interval and RetryHeartbeatStaleTrialCallback (how a killed worker's trial gets failed and run again)
+    and Study.set_metric_names knowingly (the plots silence their own in harness.tracking.figures); their warnings
+    are silenced around those calls only, so an experimental API we did not choose still warns."""
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=ExperimentalWarning)
@@ -55,7 +55,7 @@ def open_storage(url: str, heartbeat: int = 30):
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
     with known_experimental():
         return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat, grace_period=2 * heartbeat,
-                                          failed_trial_callback=RetryFailedTrialCallback(max_retry=2))
+                                          heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=2))
 
 
 def requeue_cut_off(study) -> list[int]:
