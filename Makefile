@@ -28,8 +28,9 @@ $(STAMP): pyproject.toml
 lint: $(STAMP)
 	$(PY) -m ruff check harness tests
 
+# --durations: the slowest tests, so CI's log shows where the suite's 15 minutes go.
 test: $(STAMP) lint
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=15 $(ARGS)
 
 # The developer's loop: everything but the tests marked slow (`make test`, as CI runs it, keeps them).
 test-fast: $(STAMP) lint

@@ -69,6 +69,18 @@ def store(tmp_path, monkeypatch) -> Path:
     return tmp_path / "mlruns"
 
 
+@pytest.fixture()
+def one_torch_thread():
+    """Torch on one CPU thread for the test's body: an in-process reference run then meets the numbers of a worker
+    that trains on one thread (float32 sums differ in the last bits across thread counts)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _write_spec(folder: Path, name: str, text: str = TINY) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.yaml"

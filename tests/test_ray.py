@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
@@ -249,7 +248,7 @@ def ray_cluster(netns, tmp_path, free_port, ray_env):
 @pytest.mark.slow
 def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_server, ray_cluster, net_prefix,
                                                                        mini_quarter, tmp_path, monkeypatch, write_spec,
-                                                                       ray_env):
+                                                                       ray_env, one_torch_thread):
     """`table --address`: one run lands on each node (one CPU each); the worker node is killed once its run has
     a checkpoint, Ray retries the task on the head, which takes over the run's claim (its holder is gone) and
     resumes it from the shared checkpoint to the numbers of an uninterrupted run on one thread."""
@@ -261,12 +260,7 @@ def test_a_table_spreads_over_two_nodes_and_a_dead_node_loses_no_run(mlflow_serv
                                                                               "milestones: [90, 108]"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/ref/mlflow.db")
     monkeypatch.chdir(tmp_path)  # `run` exports its records under ./results: here, not into the checkout
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     ref = MlflowClient()
     reference = {r.info.run_name: _final(ref, r) for r in _runs(ref)}
 

@@ -254,7 +254,8 @@ def test_jobs_deal_workers_over_the_gpus_unless_one_is_named():
 
 @pytest.mark.slow
 def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers(store, mini_quarter, tmp_path, capsys,
-                                                                                 monkeypatch, env_with, write_spec):
+                                                                                 monkeypatch, env_with, write_spec,
+                                                                                 one_torch_thread):
     """`--jobs 2`: two Ray tasks on an embedded Ray with one CPU thread each, nothing set up. Killed mid-run
     (both workers SIGKILL themselves after iteration 10; Ray told not to retry), the batch exits non-zero, leaves
     its runs RUNNING with checkpoints in the --checkpoint-dir the driver was given (a value each task carries),
@@ -276,12 +277,7 @@ def test_jobs_run_several_at_once_and_a_killed_batch_resumes_to_the_same_numbers
 
     ref_uri = f"sqlite:///{tmp_path}/ref/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", ref_uri)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     reference = finals(ref_uri)
 
     uri = f"sqlite:///{tmp_path}/jobs/mlflow.db"
