@@ -127,11 +127,13 @@ def test_download_offline_is_one_line_and_leaves_nothing(tmp_path, env_with, wri
 
 def test_the_committed_reports_come_back_byte_for_byte_from_the_committed_records(store, env_with):
     """What `make report` does on a fresh clone (results/ into a throw-away store, then `report --all`, each a
-    command of its own) writes every committed page, figure and the README's campaign block back unchanged, dates
-    included: a page dated by the time of an import (a record that kept no run times) would change each day."""
+    command of its own) writes every committed page, figure, study page and the README's campaign block back
+    unchanged, dates included: a page dated by the time of an import (a record that kept no run times) would change
+    each day."""
     out = store.parent / "reports"
     shutil.copytree(ROOT / "reports", out)
     shutil.copy(ROOT / "README.md", store.parent / "README.md")
+    shutil.copytree(ROOT / "results" / "tuning", store.parent / "results" / "tuning")  # the studies' pages too
     for args in (["results", "import", str(ROOT / "results")], ["report", "--all"]):
         p = subprocess.run([sys.executable, "-m", "harness", *args], env=env_with(), cwd=store.parent,
                            capture_output=True, text=True)

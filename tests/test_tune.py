@@ -1,5 +1,6 @@
 """Optuna tuning against real storages (SQLite, JournalStorage, PostgreSQL) and a real MLflow store."""
 
+import datetime as dt
 import re
 import shutil
 import signal
@@ -10,10 +11,14 @@ import time
 import numpy as np
 import optuna
 import pytest
+import torch
 from mlflow import MlflowClient
 
 from harness.cli import main
+from harness.core.devices import device_name
 from harness.core.spec import load_spec
+from harness.report.index import write_index
+from harness.report.tuning import write_tuning_pages
 from harness.tune.study import open_storage
 
 from .faults import killed_after
@@ -58,6 +63,7 @@ def test_study_prunes_tracks_in_mlflow_and_exports_a_spec(store, mini, tmp_path,
     trials = _trials(storage, "s")
     states = {t.number: t.state.name for t in trials}
     assert states[3] == "PRUNED"
+    assert {t.user_attrs["device"] for t in trials} == {device_name(torch.device("cpu"))}  # the study's page says it
     assert sum(s in ("COMPLETE", "PRUNED") for s in states.values()) == 5
     children = {r.data.tags["trial_number"]: r for r in _children("s")}
     assert sorted(children) == sorted(str(n) for n in states)
@@ -160,6 +166,10 @@ def test_killed_worker_leaves_a_failed_trial_that_the_resumed_study_runs_again(k
     assert sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials) == 3
     killed = [r for r in _children("k") if r.data.tags["trial_number"] == "0"]
     assert len(killed) == 1 and killed[0].info.status == "FAILED"
+    (page, *_) = write_tuning_pages(tmp_path / "reports", storage)  # the study's page tells the cut-off trial
+    rows = {line.split(" | ")[0]: line for line in page.read_text().splitlines() if line.startswith("| ")}
+    assert "| failed (cut off" in rows["| 0"] and "its parameters ran again as trial 1 |" in rows["| 0"], rows
+    assert "(a rerun of trial 0) |" in rows["| 1"], rows
 
 
 @pytest.mark.slow
@@ -289,3 +299,58 @@ def test_a_tuned_spec_says_where_its_schedule_came_from_and_trains_only_at_its_s
     study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
     assert study_title(study) == ("Optuna study 'lr32': 2 trials at budget 0.0625 on "
                                   "cifar10-full.npz:a44cc18e4ad961b5, validation error (the test split never selects)")
+
+
+def test_a_study_s_page_says_each_trial_s_schedule_state_time_and_machine(tmp_path):
+    """reports/tuning/<study>/study.md, from the study alone: what its trials ran at, each trial's schedule, state
+    (where a pruned one stopped, which trial a cut-off one ran again as) and minutes, the machines its time was
+    spent on, the best, and the command that goes on with it; the index lists it with the trials' counts."""
+    url = f"journal:{tmp_path}/s.journal"
+    study = optuna.create_study(study_name="s1", storage=open_storage(url))
+    for key, value in {"budget": 0.0625, "data_id": "cifar10-full.npz:a44cc18e4ad961b5", "data": "full.npz",
+                       "spec": "experiments/tuning/x.yaml", "overrides": []}.items():
+        study.set_user_attr(key, value)
+    space = {"family": optuna.distributions.CategoricalDistribution(["multistep", "cosine"]),
+             "lr": optuna.distributions.FloatDistribution(0.02, 0.5, log=True),
+             "gamma": optuna.distributions.FloatDistribution(0.05, 0.5, log=True)}
+    start = dt.datetime(2026, 12, 1, 10, 0)
+    one, two = "cpu:x86_64 AMD EPYC x1 threads", "cpu:x86_64 AMD EPYC x2 threads"
+
+    def add(state, params, value, steps, minutes, **attrs):
+        study.add_trial(optuna.trial.FrozenTrial(
+            number=0, trial_id=0, state=state, value=value, datetime_start=start,
+            datetime_complete=start + dt.timedelta(minutes=minutes), params=params,
+            distributions={k: space[k] for k in params}, user_attrs=attrs, system_attrs={},
+            intermediate_values=steps))
+
+    S = optuna.trial.TrialState
+    add(S.COMPLETE, {"family": "cosine", "lr": 0.1392}, 14.16, {4000: 14.16}, 28.4, device=one)
+    add(S.PRUNED, {"family": "multistep", "lr": 0.02, "gamma": 0.1}, 19.88, {1000: 25.0, 3006: 19.88}, 21.9,
+        device=one)
+    add(S.FAIL, {"family": "multistep", "lr": 0.0364, "gamma": 0.17}, None, {668: 40.24}, 200)
+    add(S.COMPLETE, {"family": "multistep", "lr": 0.0364, "gamma": 0.17}, 17.58, {4000: 17.58}, 34.0, rerun_of=2,
+        device=two)
+    out = tmp_path / "reports"
+    (page, *figures) = write_tuning_pages(out, url)
+    text = page.read_text()
+    assert page == out / "tuning" / "s1" / "study.md" and [f.name for f in figures] == [
+        "optimization_history.png", "param_importances.png", "parallel_coordinate.png"]
+    assert text.startswith("# Optuna study 's1': 4 trials at budget 0.0625 on cifar10-full.npz:a44cc18e4ad961b5, "
+                           "validation error (the test split never selects)\n"), text
+    for line in ("- Budget: 0.0625", f"- Device: {one}, {two}, not recorded (1 of 4 trials)",
+                 "- Trials: 4 (2 complete, 1 pruned, 1 failed);", "- Training time: 84.3 min, summed over the "
+                 "complete and pruned trials", "- Date: 2026-12-01 ", "## Best: trial 0, 14.16 % validation error",
+                 "| trial | family | lr | gamma | state | validation error (%) | minutes |",
+                 "| 0 | cosine | 0.1392 | — | complete | 14.16 | 28.4 |",
+                 "| 1 | multistep | 0.02 | 0.1 | pruned at iteration 3006 | 19.88 | 21.9 |",
+                 "| 2 | multistep | 0.0364 | 0.17 | failed (cut off) at iteration 668; its parameters ran again as "
+                 "trial 3 | 40.24 | — |",  # a failed trial's end is when it was found cut off: no minutes
+                 "| 3 | multistep | 0.0364 | 0.17 | complete (a rerun of trial 2) | 17.58 | 34.0 |",
+                 f"`python -m harness tune experiments/tuning/x.yaml --study s1 --storage {url} --budget 0.0625 "
+                 "--data full.npz --trials N`", "![param_importances](param_importances.png)"):
+        assert line in text, (line, text)
+    index = write_index(out).read_text()
+    assert (f"- **tuning/s1/**: Optuna study 's1': 4 trials at budget 0.0625 on cifar10-full.npz:a44cc18e4ad961b5, "
+            "validation error (the test split never selects). Trials 4 (2 complete, 1 pruned, 1 failed), device "
+            f"{one}, {two}, not recorded (1 of 4 trials), 2026-12-01. Pages: [study.md](tuning/s1/study.md)") \
+        in index, index

@@ -30,7 +30,7 @@ from harness.report.pages import ablations, is_cifar10, ladder, table6, tuned
 from harness.report.readme import update_readme
 from harness.report.stats import paper_figure
 from harness.report.summary import write_summary
-from harness.report.tuning import committed_journals, write_tuning_figures
+from harness.report.tuning import committed_journals, write_tuning_pages
 from harness.report.why import write_why_pages
 from harness.tracking import figures as plots
 
@@ -38,10 +38,9 @@ PAGES = {g.name: list(g.pages) for g in REPORTED}
 
 def report(out: Path = Path("reports"), budget: float | None = None, data_id: str | None = None,
            every: bool = False) -> int:
-    """Write the pages of the campaign that `budget` and
-    `data_id` name (default: that of the latest finished Table 6 run); with `every`, each campaign of the store
-    into `out`/<data>-b<budget>/, the index `out`/README.md, the tuning studies' figures and the campaign blocks of
-    the README beside `out`."""
+    """Write the pages of the campaign that `budget` and `data_id` name (default: that of the latest finished
+    Table 6 run); with `every`, each campaign of the store into `out`/<data>-b<budget>/, the tuning studies' pages
+    and figures, the index `out`/README.md and the campaign blocks of the README beside `out`."""
     if not every:
         write_reports(out, budget, data_id)
         return 0
@@ -55,10 +54,10 @@ def report(out: Path = Path("reports"), budget: float | None = None, data_id: st
             slug += "-" + c.data_id.split(":")[-1][:8]
         write_reports(out / slug, float(c.budget), str(c.data_id))
     write_why_pages(out)  # each why-campaign's page, of exactly its runs (it spans budgets)
-    print(f"report: wrote {write_index(out)}", file=sys.stderr)
-    write_tuning_figures(out)  # from the Optuna storage: tune itself logs them on its MLflow run only
+    write_tuning_pages(out)  # from the Optuna storage: tune itself logs the figures on its MLflow run only
     for journal in committed_journals(out.parent):  # the studies a checkout commits (`make cpu-tune`)
-        write_tuning_figures(out, f"journal:{journal}")
+        write_tuning_pages(out, f"journal:{journal}")
+    print(f"report: wrote {write_index(out)}", file=sys.stderr)  # last: it lists the pages above
     readme = out.parent / "README.md"  # the checkout's README beside reports/: its campaign blocks quote the pages
     for folder in update_readme(readme, out):
         print(f"report: rewrote {readme}'s block from {out / folder}", file=sys.stderr)

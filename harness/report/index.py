@@ -59,6 +59,19 @@ def folder_entry(folder: Path) -> tuple[tuple, str] | None:
     return (-budget, not official, folder.name), line
 
 
+def study_entries(out: Path) -> list[str]:
+    """One line per Optuna study page (reports/tuning/<study>/study.md, harness.report.tuning), read from its
+    header as a campaign's line is."""
+    lines = []
+    for page in sorted((out / "tuning").glob("*/study.md")):
+        f = header_fields(page)
+        trials = f.get("Trials", "?").split(";")[0]  # the counts, not the page's note on them
+        lines.append(f"- **{page.parent.relative_to(out).as_posix()}/**: {f['title']}. Trials {trials}, device "
+                     f"{f.get('Device', '?')}, {_date(f.get('Date', '?'))}. Pages: "
+                     f"[study.md]({page.relative_to(out).as_posix()})")
+    return lines
+
+
 def write_index(out: Path) -> Path:
     entries = sorted(e for d in out.iterdir() if d.is_dir() and (e := folder_entry(d)))
     lines = ["# Reports", "",
@@ -67,6 +80,9 @@ def write_index(out: Path) -> Path:
              "paper; a shorter budget shows that the pipeline works and how recipes behave in a short run. Every "
              "folder but a lost one is rebuilt by `make report` from the run records in results/.", ""]
     lines += [line for _, line in entries]
+    if studies := study_entries(out):
+        lines += ["", "Optuna studies of the learning-rate schedule (validation error on each spec's validation split; "
+                  "the test split never selects):", "", *studies]
     if (out / "bench.md").is_file():
         lines += ["", "Throughput (training images/s, not error): [bench.md](bench.md)."]
     path = out / "README.md"

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from harness.batch.life import DeviceCache, live
 from harness.core.data import Arrays, data_tag, load_arrays
-from harness.core.devices import pick_device, thread_share, worker_devices
+from harness.core.devices import device_name, pick_device, thread_share, worker_devices
 from harness.core.schedule import eval_every
 from harness.core.spec import RunSpec, Spec, TuneSpec, load_spec, require_validation, resolve_runs, with_overrides
 from harness.errors import UserError
@@ -91,6 +91,7 @@ class Objective:
         # milestones sampled close together may merge at a small budget, as they always have for trials
         run: RunSpec = resolve_runs(self.o.spec, spec, self.o.budget, check_budget=False)[0]
         trial.set_user_attr("budget", self.o.budget)  # what --export labels the tuned spec with
+        trial.set_user_attr("device", device_name(self.device))  # where its time was spent (the study's page)
         val_errors: list[float] = []
 
         def report(step: int, val_error: float) -> bool:
