@@ -37,11 +37,15 @@ def _value(x) -> str:
     return f"{x:.4g}" if isinstance(x, float) else str(x)
 
 
-def _minutes(t: FrozenTrial) -> str:
+def _seconds(t: FrozenTrial) -> float | None:
     """A finished trial's training time; a failed one's end is when a later call found it cut off, not a time."""
     if t.state == TrialState.FAIL or t.datetime_start is None or t.datetime_complete is None:
-        return "—"
-    return f"{(t.datetime_complete - t.datetime_start).total_seconds() / 60:.1f}"
+        return None
+    return (t.datetime_complete - t.datetime_start).total_seconds()
+
+
+def _minutes(t: FrozenTrial) -> str:
+    return "—" if (s := _seconds(t)) is None else f"{s / 60:.1f}"
 
 
 STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
@@ -64,7 +68,7 @@ def _state(t: FrozenTrial, reruns: dict[int, int]) -> str:
     last = max(t.intermediate_values, default=None)
     at = f" at iteration {last}" if last is not None and t.state != TrialState.COMPLETE else ""
     again = f"; its parameters ran again as trial {reruns[t.number]}" if t.number in reruns else ""
-    rerun = f" (a rerun of trial {rerun_of(t)})" if rerun_of(t) is not None else ""
+    rerun = f" (a rerun of trial {n})" if (n := rerun_of(t)) is not None else ""
     cut = " (cut off)" if t.state == TrialState.FAIL else ""
     return f"{STATE_WORDS.get(t.state, t.state.name.lower())}{cut}{at}{rerun}{again}"
 
@@ -83,8 +87,7 @@ drawn: importances need two finished trials)."""
     unrecorded = sum("device" not in t.user_attrs for t in trials)
     device = ", ".join(devices + ([f"not recorded ({unrecorded} of {len(trials)} trials)"] if unrecorded else []))
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    spent = sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done
-                if t.datetime_start and t.datetime_complete)
+    spent = sum(s for t in done if (s := _seconds(t)) is not None)
     ends = [t.datetime_complete for t in done if t.datetime_complete]
     budget = attrs.get("budget")
     overrides = attrs.get("overrides") or []
