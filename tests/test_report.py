@@ -371,3 +371,23 @@ def test_a_noise_verdict_says_when_the_spread_it_used_mixes_machines_or_commits(
     if (ROOT / ".git").exists() and os.popen(f"git -C {ROOT} rev-parse --is-shallow-repository").read().strip() == \
             "false":
         assert "| table6/plain20 | 0†, 1, 2 |" in page and "table6/plain20 seed 0 (ace4ed7dd265)" in page
+
+
+def test_a_page_of_runs_of_two_machines_counts_each_and_says_what_a_delta_across_them_measures():
+    """One machine: the device line alone. Two: each machine with its count of runs, and a line saying that a Δ
+    between rows of different machines measures the machines too; the committed 1/32 summary (runs of an AMD EPYC
+    and an Intel Xeon) says so, and the reports index still quotes its device line."""
+    from harness.report.pages import device_lines
+
+    amd, xeon = "cpu:x86_64 AMD EPYC x1 threads", "cpu:x86_64 Intel Xeon x2 threads"
+    assert device_lines(pd.DataFrame({"device": [amd, amd]})) == [f"- Device: {amd}"]
+    two = device_lines(pd.DataFrame({"device": [xeon, amd, amd]}))
+    assert two[0] == f"- Device: {amd} (2 runs), {xeon} (1 run)"
+    assert two[1].startswith("- Machines: 2 (a CPU or GPU and its thread count each): a Δ between rows of different "
+                             "machines also measures the machines")
+    page = (ROOT / "reports/cifar10-full-b0.03125/summary.md").read_text().splitlines()
+    devices = next(line for line in page if line.startswith("- Device: "))
+    assert re.search(r"\(\d+ runs?\), ", devices), devices
+    assert page[page.index(devices) + 1].startswith("- Machines: 3 "), page[:12]
+    index = (ROOT / "reports/README.md").read_text()
+    assert f"device {devices.removeprefix('- Device: ')}," in index
