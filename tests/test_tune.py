@@ -107,26 +107,36 @@ def test_an_rdb_storage_is_opened_without_an_api_optuna_deprecated(tmp_path):
         storage = open_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat=5)
     assert storage.heartbeat_stale_trial_callback is not None and storage.grace_period == 10
 
-def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini_quarter, tmp_path, monkeypatch,
+def test_the_pruner_counts_in_the_evaluation_points_a_trial_reports_at(store, mini_quarter, tmp_path, capsys,
                                                                        write_spec):
     """train() evaluates every schedule.eval_every iterations; the tuner builds its pruner from the same number,
-    so a median pruner's warm-up and hyperband's resources are whole evaluation points."""
-    import harness.tune.command
+    so a median pruner's warm-up and hyperband's resources are whole evaluation points. The study records its
+    pruner, its page says where a trial may stop, and a resume whose spec moves the evaluation points is refused
+    in one line with nothing run."""
+    from harness.core.tuning_schema import Pruning
+    from harness.report.tuning import study_page
 
-    built = []
-
-    def make_pruner(t, total_iters, eval_every):
-        built.append((total_iters, eval_every))
-        return optuna.pruners.NopPruner()
-
-    monkeypatch.setattr(harness.tune.command, "make_pruner", make_pruner)
     spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE.replace("total_iters: 24", "total_iters: 26"))
-    assert main(["tune", str(spec), "--trials", "1", "--study", "e", "--storage", f"sqlite:///{tmp_path}/optuna.db",
-                 "--budget", "1", "--data", str(mini_quarter), "--plots", str(tmp_path / "plots")]) == 0
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["tune", str(spec), "--study", "e", "--storage", storage, "--budget", "1", "--data", str(mini_quarter),
+            "--plots", str(tmp_path / "plots")]
+    assert main(args + ["--trials", "1"]) == 0
     (child,) = _children("e")
     steps = [m.step for m in MlflowClient().get_metric_history(child.info.run_id, "val_error")]
     assert steps == [7, 14, 21, 26]  # ceil(26 / 4) apart, and the last iteration
-    assert built == [(26, 7)]
+    study = optuna.load_study(study_name="e", storage=storage)
+    assert study.user_attrs["pruner"] == {"name": "median", "first": 7, "total": 26, "reduction_factor": 3,
+                                          "startup_trials": 3}
+    assert "- Pruner: Optuna's MedianPruner (n_warmup_steps 7, n_startup_trials 3): a trial worse than the median " \
+        "of earlier trials at the same iteration stops, from iteration 7 on" in study_page(study, storage, [])
+    assert Pruning("hyperband", 334, 4000).words().endswith("a trial may stop at iteration 334, 1002 or 3006, the "
+                                                            "rungs of the bracket it falls in")
+    capsys.readouterr()
+    spec.write_text(spec.read_text().replace("eval_points: 4", "eval_points: 2"))
+    assert main(args + ["--trials", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'e'" in err and "n_warmup_steps 7" in err and "n_warmup_steps 13" in err, err
+    assert len(_trials(storage, "e")) == 1 and len(_children("e")) == 1
 
 
 def test_poisoned_test_split_changes_no_trial(store, mini_quarter, tmp_path, write_spec):

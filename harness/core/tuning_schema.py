@@ -4,6 +4,7 @@ schedule came from (`tuned:`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -47,6 +48,47 @@ class TuneSpec(Strict):
         if v is not None and not 0 <= v[0] < v[1]:
             raise ValueError(f"expected [low, high] with 0 <= low < high, got {list(v)}")
         return v
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """The study's pruner in the iterations a trial reports at (harness.core.schedule.eval_every), worked out once
+    per call from the spec and budget. `tune` records it on the study (user attribute `pruner`), so the study's
+    page says where a trial may stop, and refuses to resume a study with other settings."""
+
+    name: str  # the spec's tune.pruner: hyperband, median or none
+    first: int  # the earliest iteration a trial may stop at: hyperband's min_resource, median's n_warmup_steps
+    total: int  # a trial's iterations: hyperband's max_resource
+    reduction_factor: int = 3  # hyperband: a third of a rung's trials go on to the next rung
+    startup_trials: int = 3  # median: trials that finish before it prunes any
+
+    def stops(self) -> list[int]:
+        """Hyperband's rungs: the iterations where a trial may stop, whichever bracket it falls in."""
+        out, at = [], self.first
+        while at < self.total:
+            out.append(at)
+            at *= self.reduction_factor
+        return out
+
+    def words(self) -> str:
+        if self.name == "hyperband":
+            return (f"Optuna's HyperbandPruner (min_resource {self.first}, max_resource {self.total}, reduction "
+                    f"factor {self.reduction_factor}): a trial may stop at iteration {_either(self.stops())}, the "
+                    "rungs of the bracket it falls in")
+        if self.name == "median":
+            return (f"Optuna's MedianPruner (n_warmup_steps {self.first}, n_startup_trials {self.startup_trials}): "
+                    f"a trial worse than the median of earlier trials at the same iteration stops, from iteration "
+                    f"{self.first} on")
+        return "no pruner: every trial runs its full length"
+
+
+def _either(steps: list[int]) -> str:
+    words = [str(s) for s in steps]
+    return " or ".join([", ".join(words[:-1]), words[-1]]) if len(words) > 1 else "".join(words)
+
+
+def pruning(t: TuneSpec, total_iters: int, eval_every: int) -> Pruning:
+    return Pruning(t.pruner, eval_every, total_iters)
 
 
 class TunedFrom(Strict):

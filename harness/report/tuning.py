@@ -17,6 +17,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
+from harness.core.tuning_schema import Pruning
 from harness.tracking import store as tracking
 from harness.tracking.figures import study_figures, study_title
 
@@ -101,6 +102,7 @@ drawn: importances need two finished trials)."""
              f"- Budget: {budget:g}" if budget is not None else "- Budget: not recorded",
              f"- Data: {attrs.get('data_id', 'not recorded')} (read from {attrs.get('data', 'not recorded')})",
              f"- Device: {device or 'no trials'}",
+             f"- Pruner: {Pruning(**attrs['pruner']).words() if 'pruner' in attrs else 'not recorded'}",
              f"- Trials: {len(trials)} ({counts or 'none'}); `--trials` counts the complete and pruned ones, and a "
              "cut-off trial runs again",
              f"- Training time: {spent / 60:.1f} min, summed over the complete and pruned trials (several may run "

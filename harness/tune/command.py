@@ -27,6 +27,7 @@ from harness.core.data import Arrays, data_tag, load_arrays
 from harness.core.devices import device_name, pick_device, thread_share, worker_devices
 from harness.core.schedule import eval_every
 from harness.core.spec import RunSpec, Spec, TuneSpec, load_spec, require_validation, resolve_runs, with_overrides
+from harness.core.tuning_schema import Pruning, pruning
 from harness.errors import UserError
 from harness.tracking import store as tracking
 from harness.tracking.figures import study_figures
@@ -111,19 +112,17 @@ class Objective:
         return val_errors[-1]
 
 
-def run_worker(o: TuneOptions, arrays, left: int, seed: int) -> None:
+def run_worker(o: TuneOptions, arrays, left: int, seed: int, prune: Pruning) -> None:
     """Run at most `left` trials (what the study lacked of --trials when the parent looked), and stop early
     once the study holds --trials finished ones: other workers on the same study finish trials too. The sampler
     draws from `seed` (study.sampler_seed, plus the worker's index)."""
 
     base = load_spec(o.spec, o.overrides)
-    t = base.tune or TuneSpec()
     device = pick_device(o.device)
     storage = open_storage(o.storage, o.heartbeat)
-    total = resolve_runs(o.spec, base, o.budget)[0].spec.schedule.total_iters
     study = optuna.create_study(study_name=o.study, storage=storage, direction="minimize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=5),
-                                pruner=make_pruner(t, total, eval_every(total, base.eval_points)))
+                                pruner=make_pruner(prune))
     objective = Objective(o, base, arrays, device, seed)
     with TrialsProgress(o.study, o.trials, finished(study), objective.bars) as progress:
         study.optimize(objective, n_trials=left, catch=(RuntimeError,), callbacks=[
@@ -138,6 +137,7 @@ class Worker:
     threads: int | None  # CPU threads it trains on; None: PyTorch's default
     left: int  # trials the study lacked when the parent looked
     seed: int  # its sampler's seed: the call's seed + its index
+    prune: Pruning  # the study's pruner, as the parent recorded it
 
 
 def worker_places(device_arg: str | None, workers: int) -> list[tuple[str, int | None]]:
@@ -157,18 +157,19 @@ def work(o: TuneOptions, w: Worker) -> None:
     if w.threads:
         torch.set_num_threads(w.threads)
     try:
-        run_worker(replace(o, device=w.device), load_arrays(o.data, with_test=False), w.left, w.seed)
+        run_worker(replace(o, device=w.device), load_arrays(o.data, with_test=False), w.left, w.seed, w.prune)
     except KeyboardInterrupt:  # Ctrl-C reaches every worker with its parent: the parent says it once
         sys.exit(130)
 
 
-def run_workers(o: TuneOptions, left: int, seed: int) -> None:
+def run_workers(o: TuneOptions, left: int, seed: int, prune: Pruning) -> None:
     """min(--workers, left) processes on the one study, each started by calling `work` with the options and its
     Worker (the spawn context, a fresh interpreter: CUDA does not survive a fork); the parent makes the MLflow
     parent run first, so that they do not race for it."""
     spawn = multiprocessing.get_context("spawn")
-    procs = [spawn.Process(target=work, args=(o, Worker(device, threads, left, seed + i)), name=f"tune-worker-{i}")
-             for i, (device, threads) in enumerate(worker_places(o.device, min(o.workers, left)))]
+    places = worker_places(o.device, min(o.workers, left))
+    procs = [spawn.Process(target=work, args=(o, Worker(device, threads, left, seed + i, prune)),
+                           name=f"tune-worker-{i}") for i, (device, threads) in enumerate(places)]
     for p in procs:
         p.start()
     for p in procs:
@@ -183,11 +184,12 @@ def run_trials(o: TuneOptions, base: Spec) -> None:
     a number to add: a rerun of a finished study runs nothing, and each worker runs at most what is left (the
     workers' MaxTrialsCallback stops them there together)."""
 
-    resolve_runs(o.spec, base, o.budget)  # --budget and --data are checked before a study is created
+    total = resolve_runs(o.spec, base, o.budget)[0].spec.schedule.total_iters  # checks --budget before a study
+    prune = pruning(base.tune or TuneSpec(), total, eval_every(total, base.eval_points))
     arrays = load_arrays(o.data, with_test=False)  # the test split is never read for tuning
     study = open_study(o.study, o.storage, o.heartbeat, {
         "budget": o.budget, "data_id": arrays.data_id, "data": str(o.data), "spec": str(o.spec),
-        "overrides": list(o.overrides)})
+        "overrides": list(o.overrides)}, prune)
     datasets = split_datasets(arrays.data_id, data_tag(arrays, base.data), base.data.split_seed,
                               schema_of(arrays.x_train, arrays.y_train))
     parent_run(tracking.client(), o.study, definition(o.study, o.spec, o.budget, o.data, base), datasets)  # first
@@ -200,9 +202,9 @@ def run_trials(o: TuneOptions, base: Spec) -> None:
         print(f"tune: study '{o.study}' already has {o.trials - left} finished trials (--trials {o.trials}); "
               "nothing to run", file=sys.stderr)
     elif o.workers > 1:
-        run_workers(o, left, seed)
+        run_workers(o, left, seed, prune)
     else:
-        run_worker(o, arrays, left, seed)
+        run_worker(o, arrays, left, seed, prune)
 
 
 def _fail_dead_trials(c, exp_id: str, study_name: str, trials) -> None:

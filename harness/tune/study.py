@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 import warnings
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import optuna
@@ -24,6 +25,7 @@ from optuna.trial import TrialState
 
 from harness.core.families import FAMILIES
 from harness.core.spec import Spec, TuneSpec, with_overrides
+from harness.core.tuning_schema import Pruning
 from harness.errors import UserError
 from harness.tracking import store as tracking
 
@@ -89,11 +91,12 @@ def load_study(url: str, heartbeat: int, name: str):
     return optuna.load_study(study_name=name, storage=storage)
 
 
-def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
+def open_study(name: str, url: str, heartbeat: int, ran_at: dict, pruning: Pruning):
     """Create the study and record on it what its trials run at (`ran_at`: budget, data_id, data, spec,
-    overrides), or check that a resumed one matches: validation errors at different budgets or on different data
-    do not compare, and a study mixing them would crown the longest-trained trial rather than the best schedule.
-    A study that lacks them takes them from the call that resumes it."""
+    overrides) and its pruner, or check that a resumed one matches: validation errors at different budgets or on
+    different data do not compare, and a study mixing them would crown the longest-trained trial rather than the
+    best schedule; a pruner compares trials at its rungs, and rungs at other iterations do not compare. A study
+    that lacks them takes them from the call that resumes it."""
 
     study = optuna.create_study(study_name=name, storage=open_storage(url, heartbeat), direction="minimize",
                                 load_if_exists=True)
@@ -113,6 +116,12 @@ def open_study(name: str, url: str, heartbeat: int, ran_at: dict):
         raise UserError(f"--data {ran_at['data']}: study '{name}' was run on {ran['data']} (data id "
                         f"{ran['data_id']}), not on this data (data id {data_id}); resume it with that data, or "
                         "name a new study with --study")
+    if "pruner" not in ran:  # a study from before `tune` recorded its pruner takes this call's, as it ran
+        study.set_user_attr("pruner", asdict(pruning))
+    elif ran["pruner"] != asdict(pruning):
+        raise UserError(f"study '{name}' was pruned by {Pruning(**ran['pruner']).words()}; this call's spec and "
+                        f"budget give {pruning.words()}: trials pruned at other iterations do not compare; resume it "
+                        "with the spec it ran, or name a new study with --study")
     return study
 
 
@@ -131,13 +140,14 @@ def sampler_seed(study, seed: int) -> int:
     return seed + len(study.get_trials(deepcopy=False))
 
 
-def make_pruner(t: TuneSpec, total_iters: int, eval_every: int):
-    """Pruning in the trial's own evaluation points (harness.core.schedule.eval_every), the steps it reports at."""
+def make_pruner(p: Pruning):
+    """Pruning in the trial's own evaluation points, the steps it reports at."""
 
-    if t.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=total_iters, reduction_factor=3)
-    if t.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=eval_every)
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.first, max_resource=p.total,
+                                              reduction_factor=p.reduction_factor)
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.startup_trials, n_warmup_steps=p.first)
     return optuna.pruners.NopPruner()
 
 
