@@ -109,3 +109,34 @@ def test_the_shipped_why_campaign_names_its_runs_and_a_bad_plan_is_one_line(tmp_
     with pytest.raises(SpecError, match=r"why-tiny.yaml: why.baseline: expected group/name "
                                         r"\(e.g. ablations/baseline\), got 'ablations'"):
         load_campaign(camp)
+
+
+def test_a_single_seed_factor_within_three_seed_stds_is_due_a_second_seed():
+    """Slices a and b measure the seed spread (pooled over their rows of two seeds or more); a single-seed factor
+    whose Δ lies within 3× that is named as due a second seed, one clear of it is not, and with no spread measured
+    yet the page claims nothing."""
+    import pandas as pd
+
+    from harness.core.campaign_file import WhyPlan
+    from harness.report.stats import summarize
+    from harness.report.why_text import Role, pooled_spread, second_seeds
+
+    def role(ref, *errors):
+        runs = pd.DataFrame({"status": "FINISHED", "test_error": list(errors), "best_test_error_over_training":
+                             list(errors), "failure": "", "device": "cpu", "commit": "abc"})
+        return Role(ref, runs, summarize(runs), 1.0, 20.0, "crop_flip")
+
+    plan = WhyPlan(**{**PLAN, "factors": ["ablations/no_lr_decay", "ablations/flip_only", "ablations/fc_relu"]})
+    get = {r.ref: r for r in [role("ablations/baseline", 14.0, 15.0), role("seedlog/adam", 23.0, 24.0, 25.0),
+                              role("seedlog/adam_no_augment", 26.0), role("ablations/wide", 24.0, 24.5),
+                              role("seedlog/adam_on_resnet8"), role("ablations/no_lr_decay", 16.0),
+                              role("ablations/flip_only", 20.0), role("ablations/fc_relu", 15.0, 16.0)]}
+    spread, rows = pooled_spread(list(get.values())[:5])  # variances 0.5, 1.0, 0.125 over 1 + 2 + 1 dof
+    assert rows == 3 and abs(spread - ((0.5 + 2 * 1.0 + 0.125) / 4) ** 0.5) < 1e-12
+    (line, _) = second_seeds(plan, get)
+    assert f"pooled over 3 rows of two seeds or more). A single-seed row whose Δ lies within 3× that " \
+           f"(±{3 * spread:.2f}) is due a second seed before its verdict stands: ablations/no_lr_decay (+1.50)." in line
+    assert "flip_only" not in line and "fc_relu" not in line  # +5.50 is clear of ±2.43; fc_relu has two seeds
+    alone = {**get, **{r: role(r, *e) for r, e in [("seedlog/adam", (23.0,)), ("ablations/baseline", (14.5,)),
+                                                    ("ablations/wide", (24.0,))]}}
+    assert second_seeds(plan, alone) == []  # no row of two seeds: no spread to judge by

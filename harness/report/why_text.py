@@ -179,6 +179,35 @@ def section_b(plan: WhyPlan, get: dict[str, Role]) -> list[str]:
     return lines
 
 
+SECOND_SEED_WITHIN = 3  # a single-seed factor whose Δ lies within this many seed stds gets a second seed
+
+
+def pooled_spread(roles: list[Role]) -> tuple[float, int]:
+    """The seed std pooled over the rows with two or more seeds (each variance weighted by its n − 1), and how many
+    rows it pools: how far seeds alone move a row at this budget, which a single-seed row cannot say of itself."""
+    rows = [r for r in {r.ref: r for r in roles}.values() if r.s.n > 1]
+    dof = sum(r.s.n - 1 for r in rows)
+    return (math.sqrt(sum((r.s.n - 1) * r.s.std ** 2 for r in rows) / dof) if dof else math.nan), len(rows)
+
+
+def second_seeds(plan: WhyPlan, get: dict[str, Role]) -> list[str]:
+    """Which single-seed factors are due a second seed: those whose Δ against the baseline lies within
+    SECOND_SEED_WITHIN times the seed spread that slices a and b measured; one run there cannot tell a factor
+    from its seed."""
+    base = get[plan.baseline]
+    single = [r for r in (get[x] for x in plan.factors) if r.s.n == 1]
+    spread, rows = pooled_spread([get[x] for x in (plan.baseline, plan.log_setup, *plan.augmentation, plan.net,
+                                                   plan.recipe)])
+    if not (single and base.s.n) or math.isnan(spread):
+        return []
+    bound = SECOND_SEED_WITHIN * spread
+    due = [f"{r.ref} ({r.s.mean - base.s.mean:+.2f})" for r in single if abs(r.s.mean - base.s.mean) < bound]
+    return [f"Seed noise: slices a and b put the seed std at {spread:.2f} points (pooled over {rows} rows of two "
+            f"seeds or more). A single-seed row whose Δ lies within {SECOND_SEED_WITHIN}× that (±{bound:.2f}) is "
+            "due a second seed before its verdict stands: "
+            + (", ".join(due) if due else "none of them, every single-seed Δ lies outside it") + ".", ""]
+
+
 def section_c(plan: WhyPlan, get: dict[str, Role]) -> list[str]:
     base = get[plan.baseline]
     factors = sorted((get[r] for r in plan.factors), key=lambda r: -(delta(r, base)[0] if r.s.n else -math.inf))
@@ -187,6 +216,7 @@ def section_c(plan: WhyPlan, get: dict[str, Role]) -> list[str]:
              *comparison_table([(variant_words(r.runs.description.iloc[-1]) if len(r.runs) else "—", r)
                                 for r in factors], base), "",
              "Chance is 90 % error on 10 balanced classes: a row near 90 did not learn.", ""]
+    lines += second_seeds(plan, get)
     if gone := missing(factors):
         lines += [f"Not trained yet: {gone}.", ""]
     return lines
