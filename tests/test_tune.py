@@ -347,7 +347,7 @@ def test_a_study_s_page_says_each_trial_s_schedule_state_time_and_machine(tmp_pa
         "optimization_history.png", "param_importances.png", "parallel_coordinate.png"]
     assert text.startswith("# Optuna study 's1': 4 trials at budget 0.0625 on cifar10-full.npz:a44cc18e4ad961b5, "
                            "validation error (the test split never selects)\n"), text
-    for line in ("- Budget: 0.0625", f"- Device: {one}, {two}, not recorded (1 of 4 trials)",
+    for line in ("- Budget: 0.0625", f"- Device: {one} (2 trials), {two} (1 trial), not recorded (1 of 4 trials)",
                  "- Trials: 4 (2 complete, 1 pruned, 1 failed);", "- Training time: 84.3 min, summed over the "
                  "complete and pruned trials", "- Date: 2026-12-01 ", "## Best: trial 0, 14.16 % validation error",
                  "| trial | family | lr | gamma | state | validation error (%) | minutes |",
@@ -362,5 +362,6 @@ def test_a_study_s_page_says_each_trial_s_schedule_state_time_and_machine(tmp_pa
     index = write_index(out).read_text()
     assert (f"- **tuning/s1/**: Optuna study 's1': 4 trials at budget 0.0625 on cifar10-full.npz:a44cc18e4ad961b5, "
             "validation error (the test split never selects). Trials 4 (2 complete, 1 pruned, 1 failed), device "
-            f"{one}, {two}, not recorded (1 of 4 trials), 2026-12-01. Pages: [study.md](tuning/s1/study.md)") \
+            f"{one} (2 trials), {two} (1 trial), not recorded (1 of 4 trials), 2026-12-01. Pages: "
+            "[study.md](tuning/s1/study.md)") \
         in index, index

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -84,9 +85,10 @@ drawn: importances need two finished trials)."""
                                                              TrialState.RUNNING)}
     counts = ", ".join(f"{n} {STATE_WORDS[s]}" for s, n in states.items() if n)
     reruns = {n: t.number for t in trials if (n := rerun_of(t)) is not None}
-    devices = sorted({t.user_attrs["device"] for t in trials if "device" in t.user_attrs})
+    devices = sorted(Counter(t.user_attrs["device"] for t in trials if "device" in t.user_attrs).items())
     unrecorded = sum("device" not in t.user_attrs for t in trials)
-    device = ", ".join(devices + ([f"not recorded ({unrecorded} of {len(trials)} trials)"] if unrecorded else []))
+    device = ", ".join([f"{d} ({n} trial{'s' if n > 1 else ''})" for d, n in devices]
+                       + ([f"not recorded ({unrecorded} of {len(trials)} trials)"] if unrecorded else []))
     done = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     spent = sum(s for t in done if (s := _seconds(t)) is not None)
     ends = [t.datetime_complete for t in done if t.datetime_complete]
