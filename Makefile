@@ -49,11 +49,13 @@ reproduce-table: $(STAMP)
 CAMPAIGN ?= experiments/campaigns/cpu-b1_32.yaml
 FULL_NPZ := ../shared/data/cifar10-full.npz
 CPU_DATA := $(if $(and $(filter file,$(origin DATA)),$(wildcard $(FULL_NPZ))),$(FULL_NPZ),$(DATA))
-# CPU_JOBS: runs at once, each with its share of the threads: two measured fastest on a 2-core CPU (bench's _x2 rows).
+# The path: --fastest takes what bench measured fastest on this very CPU for the campaign's main net
+# (reports/bench/*.jsonl: runs at once, torch.compile, channels_last); on a CPU bench never measured, CPU_JOBS runs at
+# once (two measured fastest on the first 2-core CPU, bench's _x2 rows) and the campaign file's own path fields.
 CPU_JOBS ?= 2
 cpu-table: $(STAMP)
 	$(PY) -m harness table --publish --campaign $(CAMPAIGN) --data $(CPU_DATA) $(if $(filter %.npz,$(CPU_DATA)),,--download) \
-	    --no-report --no-progress --jobs $(CPU_JOBS) $(ARGS)
+	    --no-report --no-progress --jobs $(CPU_JOBS) --fastest $(ARGS)
 	$(MAKE) report
 
 # Why 68-75 %? The seed log's net and recipe against the paper's, a factor at a time (experiments/campaigns/cpu-why.yaml):

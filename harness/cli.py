@@ -29,7 +29,7 @@ def batch_options(a):
                         offline=Path(a.offline) if getattr(a, "offline", None) else None,
                         progress=not a.no_progress and sys.stderr.isatty(), jobs=a.jobs, group=a.group,
                         cluster=Cluster(a.address, a.cpus_per_run, a.gpus_per_run), places=where,
-                        system_metrics=not a.no_system_metrics,
+                        system_metrics=not a.no_system_metrics, fastest=Path(a.fastest) if a.fastest else None,
                         publish=results_dir() if getattr(a, "publish", False) else None)
 
 

@@ -98,6 +98,11 @@ def _batch_args(p: argparse.ArgumentParser) -> None:
     machine while they train."""
     _jobs_arg(p)
     _group_arg(p)
+    p.add_argument("--fastest", nargs="?", const="reports/bench", default=None, metavar="BENCH_DIR",
+                   help="on a CPU, train on the path `bench --json` measured fastest on this very CPU and thread count "
+                        "for the net most runs train (runs at once, torch.compile, channels_last: the bench lines in "
+                        "BENCH_DIR/*.jsonl, default reports/bench); it replaces --jobs and the specs' path fields, "
+                        "which are not part of a run's hash; with no such line, the runs train as given")
     p.add_argument("--no-system-metrics", action="store_true",
                    help="no system/... metrics (CPU, memory, GPU utilisation every 10 s, MLflow's system-metrics "
                         "monitor; also off with MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)")

@@ -22,10 +22,11 @@ import torch
 
 from harness.batch.cluster import check_shared, import_ray, run_tasks
 from harness.batch.cost import Rate, gflops_on_data
+from harness.batch.fastest import fastest, on_path
 from harness.batch.life import live
 from harness.batch.options import BatchOptions
 from harness.core.data import Arrays, check_batch_fits, load_arrays
-from harness.core.devices import check_jobs, pick_device
+from harness.core.devices import check_jobs, device_name, pick_device
 from harness.core.grouped import default_group, partition
 from harness.core.spec import RunSpec
 from harness.errors import UserError
@@ -70,13 +71,30 @@ def run_batch(runs: list[RunSpec], o: BatchOptions, told: Told = Told(), plan: P
         print(f"{told.title or 'run'}: {len(runs)} run(s); loading {o.data}", file=sys.stderr, flush=True)
     arrays = load_arrays(o.data, download=o.download)
     check_batch_fits(runs, arrays)  # every run's batch against its split of this data, before any MLflow run
-    o = replace(o, group=check_group(o.group, o.jobs, dev, cluster=bool(o.cluster.address)))
     todo = plan(runs, arrays, dev) if plan else runs
+    if o.fastest is not None and todo:
+        o, todo = take_fastest(o, todo, dev)
+    o = replace(o, group=check_group(o.group, o.jobs, dev, cluster=bool(o.cluster.address)))
     t0 = time.perf_counter()
     counts = execute_all(todo, arrays, dev, o, told.label)
     print(f"{told.title + ': ' if told.title else ''}{len(todo)} runs: {summary(counts)} in "
           f"{time.perf_counter() - t0:.0f}s{told.note}", file=sys.stderr)
     return Batch(counts, arrays.data_id)
+
+
+def take_fastest(o: BatchOptions, runs: list[RunSpec], device: torch.device) -> tuple[BatchOptions, list[RunSpec]]:
+    """--fastest: the options and runs on the path bench measured fastest on this CPU (harness.batch.fastest), said in
+    one line; on a GPU or a cluster the runs train as given (bench's lines there are not of one machine's cores)."""
+    if device.type != "cpu" or o.cluster.address:
+        print("path: --fastest chooses among the paths of one CPU; training as given", file=sys.stderr)
+        return o, runs
+    path, line = fastest(o.fastest, device_name(device), runs)
+    print(line, file=sys.stderr, flush=True)
+    if path is None:
+        return o, runs
+    if path.jobs > 1:
+        import_ray()
+    return replace(o, jobs=path.jobs), on_path(runs, path)
 
 
 def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchOptions,

@@ -38,6 +38,7 @@ class BatchOptions:
     places: Places = BESIDE_THE_STORE
     system_metrics: bool = True  # MLflow samples the machine while a run trains (system/... metrics)
     publish: Path | None = None  # results/: each run's record written there as soon as it finishes
+    fastest: Path | None = None  # bench lines for this CPU's fastest path (harness.batch.fastest); None: as given
 
     @property
     def destination(self) -> Destination:
