@@ -3,6 +3,9 @@ from the lines kept in reports/bench/*.jsonl; a machine bench never measured tra
 it. The path is not part of a run's hash: the runs stay the same runs."""
 
 import json
+import signal
+import subprocess
+import sys
 
 import torch
 from mlflow import MlflowClient
@@ -13,6 +16,7 @@ from harness.core.devices import device_name
 from harness.core.spec import load_spec, resolve_runs
 from harness.tracking.experiments import group_experiments
 
+from .faults import killed_after
 from .helpers import TINY
 
 INTEL, AMD = "cpu:x86_64 Intel(R) Xeon(R) Processor x2 threads", "cpu:x86_64 AMD EPYC x2 threads"
@@ -56,10 +60,11 @@ def test_the_fastest_measured_path_is_this_machines_for_the_batchs_main_net(tmp_
                                             "batch 128") and "bench --model resnet32 --batch-size 128" in line
 
 
-def test_a_table_trains_on_the_measured_path_and_its_runs_keep_their_hash(store, mini_quarter, write_spec, capsys,
-                                                                        tmp_path):
+def test_a_table_trains_on_the_measured_path_and_a_run_resumed_on_another_says_so(store, mini_quarter, write_spec,
+                                                                                   capsys, tmp_path, env_with):
     """Asked for two runs at once, the table trains one at a time with channels_last, as this machine's bench line
-    says is fastest; the run is the same run a table without --fastest finds done."""
+    says is fastest. Killed there, the run resumes without --fastest, on the spec's own path: the same run (the
+    path is not in its hash), its `resumed_on` tag saying what it went on with; then a table finds it done."""
     here = device_name(torch.device("cpu"))
     bench = tmp_path / "bench"
     bench.mkdir()
@@ -67,13 +72,22 @@ def test_a_table_trains_on_the_measured_path_and_its_runs_keep_their_hash(store,
                                                                   "ours_x2": (100.0, 2)}) + "\n")
     spec = write_spec(tmp_path / "experiments" / "t", "tiny")
     args = ["table", str(spec.parent), "--data", str(mini_quarter), "--no-progress", "--no-report"]
-    assert main([*args, "--jobs", "2", "--fastest", str(bench)]) == 0
-    err = capsys.readouterr().err
+    killed = subprocess.run([sys.executable, "-m", "harness", *args, "--jobs", "2", "--fastest", str(bench)],
+                            env=env_with(**killed_after(10)), cwd=tmp_path, capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert f"path: channels_last, one run at a time, the fastest bench measured for resnet8 at batch 32 on {here} " \
-           "(500 img/s; the fastest with 2 run(s) at once: 100; here.jsonl)" in err, err
-    assert "jobs: 2 runs at a time" not in err  # trained here, not on Ray
+           "(500 img/s; the fastest with 2 run(s) at once: 100; here.jsonl)" in killed.stderr, killed.stderr
+    assert "jobs: 2 runs at a time" not in killed.stderr  # trained here, not on Ray
     c = MlflowClient()
     (run,) = c.search_runs(group_experiments(c, "t"))
-    assert run.info.status == "FINISHED" and run.data.params["channels_last"] == "True"
+    assert run.info.status == "RUNNING" and run.data.params["channels_last"] == "True"
+
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"tiny-s0: started on {here}; goes on on {here}, compile False, channels_last False (tag resumed_on)" \
+        in err, err
+    (run,) = c.search_runs(group_experiments(c, "t"))
+    assert run.info.status == "FINISHED" and run.data.tags["resumed_on"] == f"{here}, compile False, channels_last " \
+        "False" and run.data.params["channels_last"] == "True"
     assert main(args) == 0
     assert "1 already done" in capsys.readouterr().err

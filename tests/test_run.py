@@ -97,7 +97,7 @@ def test_killed_run_resumes_to_identical_metrics(store, mini_quarter, tmp_path, 
     assert main(["run", str(spec), "--data", str(mini_quarter), "--no-progress"]) == 0
     resumed = c2.search_runs(group_experiments(c2, "t"))
     assert len(resumed) == 1 and resumed[0].info.run_id == killed[0].info.run_id
-    assert resumed[0].info.status == "FINISHED"
+    assert resumed[0].info.status == "FINISHED" and "resumed_on" not in resumed[0].data.tags  # the same machine
     assert _final(c2, resumed[0].info.run_id) == reference  # bit-exact on CPU
     steps = [m.step for m in c2.get_metric_history(resumed[0].info.run_id, "val_error")]
     assert steps == [4, 8, 12, 16]

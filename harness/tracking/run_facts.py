@@ -117,6 +117,20 @@ def log_curve(c, run_id: str, title: str) -> None:
         c.log_artifact(run_id, str(path))
 
 
+PATH_PARAMS = ("compile", "channels_last")  # how a run is computed, not what it is (harness.core.spec_hash)
+
+
+def resumed_elsewhere(tags: dict[str, str], params: dict[str, str], run: RunSpec, device: torch.device) -> str:
+    """'' where a killed run resumes on the device and path it started on; else what it goes on with, as a line for
+    its `resumed_on` tag: a run started as two one-thread runs on one CPU may finish as one compiled run on another
+    (run --fastest), and its device tag and params, written when it started, say only where it began."""
+    now = {"device": device_name(device), **{k: param_text(getattr(run.spec, k)) for k in PATH_PARAMS}}
+    was = {"device": tags.get("device", ""), **{k: params.get(k, "False") for k in PATH_PARAMS}}
+    if now == was:
+        return ""
+    return f"{now['device']}, " + ", ".join(f"{k} {now[k]}" for k in PATH_PARAMS)
+
+
 def run_tags(run: RunSpec, ident: RunIdentity, device: torch.device) -> dict[str, str]:
     """The run's identity (harness.core.identity) and what else finds and describes it."""
     return {"spec_name": run.name, **ident.tags(), "device": device_name(device), "git_commit": tracking.git_commit(),

@@ -37,6 +37,7 @@ from harness.tracking.run_facts import (
     log_curve,
     log_eval_point,
     resolved_yaml,
+    resumed_elsewhere,
     run_datasets,
     run_params,
     run_tags,
@@ -140,6 +141,12 @@ class ToMlflow:
             at = f"iteration checkpoint {self.checkpoint.name}" if self.checkpoint.exists() else \
                 "the start (no checkpoint yet)"
             log(f"{run.run_name}: resuming MLflow run {self.run_id} ({self.existing.info.status}) from {at}")
+            tags = self.existing.data.tags
+            elsewhere = resumed_elsewhere(tags, self.existing.data.params, run, self.device)
+            before = tags.get("resumed_on", "")
+            if elsewhere and not before.endswith(elsewhere):  # each move once, in order
+                c.set_tag(self.run_id, "resumed_on", f"{before}; then {elsewhere}" if before else elsewhere)
+                log(f"{run.run_name}: started on {tags.get('device')}; goes on on {elsewhere} (tag resumed_on)")
             self.monitor = self._monitor()
             return
         self.checkpoint.unlink(missing_ok=True)
