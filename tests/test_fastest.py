@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 from mlflow import MlflowClient
 
@@ -60,6 +61,7 @@ def test_the_fastest_measured_path_is_this_machines_for_the_batchs_main_net(tmp_
                                             "batch 128") and "bench --model resnet32 --batch-size 128" in line
 
 
+@pytest.mark.slow
 def test_a_table_trains_on_the_measured_path_and_a_run_resumed_on_another_says_so(store, mini_quarter, write_spec,
                                                                                    capsys, tmp_path, env_with):
     """Asked for two runs at once, the table trains one at a time with channels_last, as this machine's bench line
