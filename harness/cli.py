@@ -79,7 +79,8 @@ def cmd_tune(a) -> int:
 
     return main(TuneOptions(spec=a.spec, study=a.study, storage=a.storage, trials=a.trials, budget=a.budget,
                             data=a.data, workers=a.workers, heartbeat=a.heartbeat, seed=a.seed, plots=a.plots,
-                            overrides=tuple(a.overrides), device=a.device, export=a.export))
+                            overrides=tuple(a.overrides), device=a.device, export=a.export,
+                            fastest=Path(a.fastest) if a.fastest else None))
 
 
 def cmd_table(a) -> int:

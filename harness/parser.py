@@ -93,16 +93,20 @@ def _data_and_device_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help=DEVICE_HELP)
 
 
-def _batch_args(p: argparse.ArgumentParser) -> None:
-    """How a batch of runs is spread: --jobs and the cluster options, --group; and whether MLflow samples the
-    machine while they train."""
-    _jobs_arg(p)
-    _group_arg(p)
+def _fastest_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fastest", nargs="?", const="reports/bench", default=None, metavar="BENCH_DIR",
                    help="on a CPU, train on the path `bench --json` measured fastest on this very CPU and thread count "
                         "for the net most runs train (runs at once, torch.compile, channels_last: the bench lines in "
                         "BENCH_DIR/*.jsonl, default reports/bench); it replaces --jobs and the specs' path fields, "
                         "which are not part of a run's hash; with no such line, the runs train as given")
+
+
+def _batch_args(p: argparse.ArgumentParser) -> None:
+    """How a batch of runs is spread: --jobs and the cluster options, --group; and whether MLflow samples the
+    machine while they train."""
+    _jobs_arg(p)
+    _group_arg(p)
+    _fastest_arg(p)
     p.add_argument("--no-system-metrics", action="store_true",
                    help="no system/... metrics (CPU, memory, GPU utilisation every 10 s, MLflow's system-metrics "
                         "monitor; also off with MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false)")
@@ -260,6 +264,7 @@ def build_parser(prog: str = "harness") -> argparse.ArgumentParser:
     tu.add_argument("--jobs", "--workers", dest="workers", type=int, default=1, metavar="N",
                     help="N processes working on the one study, as `run --jobs N` trains N runs at once (--workers "
                          "is the same flag's older name)")
+    _fastest_arg(tu)
     tu.add_argument("--heartbeat", type=int, default=30, help="seconds between trial heartbeats (RDB storage)")
     tu.add_argument("--seed", type=int, default=0, help="sampler seed: worker i of a call uses seed + i + the "
                     "trials already in the study, so a resumed study draws new points (tag sampler_seed)")

@@ -93,3 +93,27 @@ def test_a_table_trains_on_the_measured_path_and_a_run_resumed_on_another_says_s
         "False" and run.data.params["channels_last"] == "True"
     assert main(args) == 0
     assert "1 already done" in capsys.readouterr().err
+
+
+def test_a_study_s_trials_train_on_the_measured_path_without_it_entering_the_study(store, mini_quarter, tmp_path,
+                                                                                   capsys, write_spec):
+    """`tune --jobs 2 --fastest`: this machine's bench line says one channels_last run is fastest, so the trial trains
+    here with channels_last (its child run's params say so); the study records no override it was not given."""
+    import optuna
+
+    from .test_tune import TUNE, _children
+
+    here = device_name(torch.device("cpu"))
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "here.jsonl").write_text(_line(here, "resnet8", 32, {"ours_channels_last": (500.0, 1),
+                                                                  "ours_x2": (100.0, 2)}) + "\n")
+    spec = write_spec(tmp_path / "experiments" / "tuning", "tiny", TUNE)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    assert main(["tune", str(spec), "--trials", "1", "--study", "f", "--storage", storage, "--budget", "1", "--data",
+                 str(mini_quarter), "--jobs", "2", "--fastest", str(bench)]) == 0
+    assert f"path: channels_last, one run at a time, the fastest bench measured for resnet8 at batch 32 on {here}" \
+        in capsys.readouterr().err
+    (child,) = _children("f")
+    assert child.data.params["channels_last"] == "True" and child.data.tags["device"] == here
+    assert optuna.load_study(study_name="f", storage=storage).user_attrs["overrides"] == []

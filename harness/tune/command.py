@@ -22,6 +22,7 @@ import torch
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
+from harness.batch.fastest import TrainPath, fastest
 from harness.batch.life import DeviceCache, live
 from harness.core.data import Arrays, data_tag, load_arrays
 from harness.core.devices import device_name, pick_device, thread_share, worker_devices
@@ -68,6 +69,7 @@ class TuneOptions:
     overrides: tuple[str, ...] = ()
     device: str | None = None
     export: str | None = None
+    fastest: Path | None = None  # bench lines for this CPU's fastest path (harness.batch.fastest); None: as given
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", tuple(self.overrides))
@@ -112,12 +114,15 @@ class Objective:
         return val_errors[-1]
 
 
-def run_worker(o: TuneOptions, arrays, left: int, seed: int, prune: Pruning) -> None:
+def run_worker(o: TuneOptions, arrays, left: int, seed: int, prune: Pruning, path: TrainPath | None) -> None:
     """Run at most `left` trials (what the study lacked of --trials when the parent looked), and stop early
     once the study holds --trials finished ones: other workers on the same study finish trials too. The sampler
-    draws from `seed` (study.sampler_seed, plus the worker's index)."""
+    draws from `seed` (study.sampler_seed, plus the worker's index); the trials train on `path` where --fastest
+    found one (not part of a trial's spec hash, nor of the study's recorded overrides)."""
 
     base = load_spec(o.spec, o.overrides)
+    if path is not None:
+        base = base.model_copy(update={"compile": path.compile, "channels_last": path.channels_last})
     device = pick_device(o.device)
     storage = open_storage(o.storage, o.heartbeat)
     study = optuna.create_study(study_name=o.study, storage=storage, direction="minimize", load_if_exists=True,
@@ -138,6 +143,7 @@ class Worker:
     left: int  # trials the study lacked when the parent looked
     seed: int  # its sampler's seed: the call's seed + its index
     prune: Pruning  # the study's pruner, as the parent recorded it
+    path: TrainPath | None  # the path --fastest chose, or None: the spec's own
 
 
 def worker_places(device_arg: str | None, workers: int) -> list[tuple[str, int | None]]:
@@ -157,18 +163,19 @@ def work(o: TuneOptions, w: Worker) -> None:
     if w.threads:
         torch.set_num_threads(w.threads)
     try:
-        run_worker(replace(o, device=w.device), load_arrays(o.data, with_test=False), w.left, w.seed, w.prune)
+        run_worker(replace(o, device=w.device), load_arrays(o.data, with_test=False), w.left, w.seed, w.prune,
+                   w.path)
     except KeyboardInterrupt:  # Ctrl-C reaches every worker with its parent: the parent says it once
         sys.exit(130)
 
 
-def run_workers(o: TuneOptions, left: int, seed: int, prune: Pruning) -> None:
+def run_workers(o: TuneOptions, left: int, seed: int, prune: Pruning, path: TrainPath | None) -> None:
     """min(--workers, left) processes on the one study, each started by calling `work` with the options and its
     Worker (the spawn context, a fresh interpreter: CUDA does not survive a fork); the parent makes the MLflow
     parent run first, so that they do not race for it."""
     spawn = multiprocessing.get_context("spawn")
     places = worker_places(o.device, min(o.workers, left))
-    procs = [spawn.Process(target=work, args=(o, Worker(device, threads, left, seed + i, prune)),
+    procs = [spawn.Process(target=work, args=(o, Worker(device, threads, left, seed + i, prune, path)),
                            name=f"tune-worker-{i}") for i, (device, threads) in enumerate(places)]
     for p in procs:
         p.start()
@@ -179,12 +186,29 @@ def run_workers(o: TuneOptions, left: int, seed: int, prune: Pruning) -> None:
         print(f"tune: worker exit codes {codes}", file=sys.stderr)
 
 
+def fastest_path(o: TuneOptions, run: RunSpec) -> TrainPath | None:
+    """--fastest: the path bench measured fastest on this CPU for the spec's net (harness.batch.fastest), its workers
+    the runs at once it measured; said in one line. On a GPU the trials train as given."""
+    device = pick_device(o.device)
+    if device.type != "cpu":
+        print("path: --fastest chooses among the paths of one CPU; training as given", file=sys.stderr)
+        return None
+    path, line = fastest(o.fastest, device_name(device), [run])
+    print(line, file=sys.stderr, flush=True)
+    return path
+
+
 def run_trials(o: TuneOptions, base: Spec) -> None:
     """Bring the study to --trials finished trials, here or in worker processes. --trials is a total to reach, not
     a number to add: a rerun of a finished study runs nothing, and each worker runs at most what is left (the
     workers' MaxTrialsCallback stops them there together)."""
 
-    total = resolve_runs(o.spec, base, o.budget)[0].spec.schedule.total_iters  # checks --budget before a study
+    first = resolve_runs(o.spec, base, o.budget)[0]  # checks --budget before a study
+    total = first.spec.schedule.total_iters
+    path = None
+    if o.fastest is not None:
+        path = fastest_path(o, first)
+        o = replace(o, workers=path.jobs) if path else o
     prune = pruning(base.tune or TuneSpec(), total, eval_every(total, base.eval_points))
     arrays = load_arrays(o.data, with_test=False)  # the test split is never read for tuning
     study = open_study(o.study, o.storage, o.heartbeat, {
@@ -202,9 +226,9 @@ def run_trials(o: TuneOptions, base: Spec) -> None:
         print(f"tune: study '{o.study}' already has {o.trials - left} finished trials (--trials {o.trials}); "
               "nothing to run", file=sys.stderr)
     elif o.workers > 1:
-        run_workers(o, left, seed, prune)
+        run_workers(o, left, seed, prune, path)
     else:
-        run_worker(o, arrays, left, seed, prune)
+        run_worker(o, arrays, left, seed, prune, path)
 
 
 def _fail_dead_trials(c, exp_id: str, study_name: str, trials) -> None:
