@@ -156,7 +156,7 @@ def why_figure(curves: list[EpochCurve], log_points: list[tuple[str, list[tuple[
     right.barh(list(y), [d for _, d, _ in costs], xerr=[s for _, _, s in costs], color="C3", alpha=0.7, capsize=3)
     right.set_yticks(list(y), [textwrap.shorten(n, 40) for n, _, _ in costs], fontsize=7)
     right.axvline(0, color="k", lw=0.8)
-    right.set_xlabel(f"test-error points, {cost_label}")
+    right.set_xlabel(textwrap.fill(f"test-error points, {cost_label}", 70))  # a long label wraps, never clips
     right.grid(axis="x", alpha=0.3)
     right.set_title("what each change costs (whisker: its runs' seed std)", fontsize=9)
     _save(fig, path)
