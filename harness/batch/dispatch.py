@@ -22,11 +22,11 @@ import torch
 
 from harness.batch.cluster import check_shared, import_ray, run_tasks
 from harness.batch.cost import Rate, gflops_on_data
-from harness.batch.fastest import fastest, on_path
+from harness.batch.fastest import chosen, on_path
 from harness.batch.life import live
 from harness.batch.options import BatchOptions
 from harness.core.data import Arrays, check_batch_fits, load_arrays
-from harness.core.devices import check_jobs, device_name, pick_device
+from harness.core.devices import check_jobs, pick_device
 from harness.core.grouped import default_group, partition
 from harness.core.spec import RunSpec
 from harness.errors import UserError
@@ -83,18 +83,13 @@ def run_batch(runs: list[RunSpec], o: BatchOptions, told: Told = Told(), plan: P
 
 
 def take_fastest(o: BatchOptions, runs: list[RunSpec], device: torch.device) -> tuple[BatchOptions, list[RunSpec]]:
-    """--fastest: the options and runs on the path bench measured fastest on this CPU (harness.batch.fastest), said in
-    one line; on a GPU or a cluster the runs train as given (bench's lines there are not of one machine's cores)."""
-    if device.type != "cpu" or o.cluster.address:
-        print("path: --fastest chooses among the paths of one CPU; training as given", file=sys.stderr)
-        return o, runs
-    path, line = fastest(o.fastest, device_name(device), runs)
-    print(line, file=sys.stderr, flush=True)
+    """--fastest: the options and runs on the path bench measured fastest on this CPU (harness.batch.fastest)."""
+    path = chosen(o.fastest, device, runs, cluster=bool(o.cluster.address))
     if path is None:
         return o, runs
     if path.jobs > 1:
         import_ray()
-    return replace(o, jobs=path.jobs), on_path(runs, path)
+    return replace(o, jobs=path.jobs), [r.model_copy(update={"spec": on_path(r.spec, path)}) for r in runs]
 
 
 def execute_all(runs: list[RunSpec], arrays: Arrays, device: torch.device, o: BatchOptions,

@@ -13,12 +13,16 @@ it.
 from __future__ import annotations
 
 import json
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from harness.core.archs import ARCHS
-from harness.core.spec import ModelSpec, RunSpec
+from harness.core.devices import device_name
+from harness.core.spec import ModelSpec, RunSpec, Spec
 
 # bench's variants of our loop (harness.bench.timing) by their path: (torch.compile, channels_last)
 VARIANT_PATHS = {"ours": (False, False), "ours_channels_last": (False, True), "ours_compiled": (True, False),
@@ -83,8 +87,17 @@ def fastest(bench_dir: Path, device: str, runs: list[RunSpec]) -> tuple[TrainPat
                   f"({best.images_per_s:.0f} img/s{against}; {best.source})")
 
 
-def on_path(runs: list[RunSpec], path: TrainPath) -> list[RunSpec]:
-    """The runs with the path's compile and channels_last: the same runs (same hash), computed another way."""
-    return [r.model_copy(update={"spec": r.spec.model_copy(update={"compile": path.compile,
-                                                                      "channels_last": path.channels_last})})
-            for r in runs]
+def chosen(bench_dir: Path, device: torch.device, runs: list[RunSpec], cluster: bool = False) -> TrainPath | None:
+    """--fastest for `run`, `table` and `tune` alike: the path for `runs` on this CPU, said in one line; on a GPU or
+    a cluster None (bench's lines there are not of one machine's cores), and the runs train as given."""
+    if device.type != "cpu" or cluster:
+        print("path: --fastest chooses among the paths of one CPU; training as given", file=sys.stderr)
+        return None
+    path, line = fastest(bench_dir, device_name(device), runs)
+    print(line, file=sys.stderr, flush=True)
+    return path
+
+
+def on_path(spec: Spec, path: TrainPath) -> Spec:
+    """The spec with the path's compile and channels_last: the same run (same hash), computed another way."""
+    return spec.model_copy(update={"compile": path.compile, "channels_last": path.channels_last})

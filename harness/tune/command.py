@@ -22,7 +22,7 @@ import torch
 from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
-from harness.batch.fastest import TrainPath, fastest
+from harness.batch.fastest import TrainPath, chosen, on_path
 from harness.batch.life import DeviceCache, live
 from harness.core.data import Arrays, data_tag, load_arrays
 from harness.core.devices import device_name, pick_device, thread_share, worker_devices
@@ -122,7 +122,7 @@ def run_worker(o: TuneOptions, arrays, left: int, seed: int, prune: Pruning, pat
 
     base = load_spec(o.spec, o.overrides)
     if path is not None:
-        base = base.model_copy(update={"compile": path.compile, "channels_last": path.channels_last})
+        base = on_path(base, path)
     device = pick_device(o.device)
     storage = open_storage(o.storage, o.heartbeat)
     study = optuna.create_study(study_name=o.study, storage=storage, direction="minimize", load_if_exists=True,
@@ -186,18 +186,6 @@ def run_workers(o: TuneOptions, left: int, seed: int, prune: Pruning, path: Trai
         print(f"tune: worker exit codes {codes}", file=sys.stderr)
 
 
-def fastest_path(o: TuneOptions, run: RunSpec) -> TrainPath | None:
-    """--fastest: the path bench measured fastest on this CPU for the spec's net (harness.batch.fastest), its workers
-    the runs at once it measured; said in one line. On a GPU the trials train as given."""
-    device = pick_device(o.device)
-    if device.type != "cpu":
-        print("path: --fastest chooses among the paths of one CPU; training as given", file=sys.stderr)
-        return None
-    path, line = fastest(o.fastest, device_name(device), [run])
-    print(line, file=sys.stderr, flush=True)
-    return path
-
-
 def run_trials(o: TuneOptions, base: Spec) -> None:
     """Bring the study to --trials finished trials, here or in worker processes. --trials is a total to reach, not
     a number to add: a rerun of a finished study runs nothing, and each worker runs at most what is left (the
@@ -207,7 +195,7 @@ def run_trials(o: TuneOptions, base: Spec) -> None:
     total = first.spec.schedule.total_iters
     path = None
     if o.fastest is not None:
-        path = fastest_path(o, first)
+        path = chosen(o.fastest, pick_device(o.device), [first])
         o = replace(o, workers=path.jobs) if path else o
     prune = pruning(base.tune or TuneSpec(), total, eval_every(total, base.eval_points))
     arrays = load_arrays(o.data, with_test=False)  # the test split is never read for tuning
